@@ -1,0 +1,50 @@
+# usr_es — `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test check lint typecheck fmt fixtures docs bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv and install usr_es with its dev tools
+
+demo: $(STAMP) ## Run the end-to-end demo in a temporary root
+	$(BIN)/usr demo
+
+test: $(STAMP) ## Run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check usr_es tests bench
+	$(BIN)/ruff format --check usr_es tests bench
+
+typecheck: $(STAMP) ## mypy --strict on usr_es
+	$(BIN)/mypy usr_es
+
+check: lint typecheck test ## lint + typecheck + tests
+
+fmt: $(STAMP) ## Format and autofix
+	$(BIN)/ruff format usr_es tests bench
+	$(BIN)/ruff check --fix usr_es tests bench
+
+fixtures: $(STAMP) ## Regenerate replay_fixtures/ (review the diff!)
+	$(BIN)/python -m usr_es.fixtures replay_fixtures
+
+docs: $(STAMP) ## Regenerate docs/cli.md from the help texts
+	$(BIN)/python -m usr_es.clidoc docs/cli.md
+
+bench: $(STAMP) ## Benchmarks against the physical baseline (N=1,000,000 by default)
+	$(BIN)/python bench/run.py $(if $(N),--n $(N),)
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

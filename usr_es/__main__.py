@@ -1,0 +1,5 @@
+"""`python -m usr_es` runs the `usr` command line."""
+
+from .cli import main
+
+main()

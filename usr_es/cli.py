@@ -1,0 +1,514 @@
+"""The `usr` command line: parse, call one `Dataset` (or registry) function, render.
+
+Heavy modules (pyarrow, the dataset) are imported inside commands so `usr --help` stays fast.
+Every `UsrError` is turned into `error: ...` (+ `hint: ...`) on stderr and its exit code by
+`main`; no user error prints a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from .errors import EXIT_INTERNAL, InvalidInput, UsrError
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
+
+app = typer.Typer(
+    name="usr",
+    help="Universal Sequence Record, event-sourced: every change is an event in .events.log; "
+    "records.parquet and _derived/ are rebuilt from it.\n\n"
+    "Example: usr --root /data/usr init densegen/demo --source 'lab run 7'",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+namespace_app = typer.Typer(help="Register and inspect overlay namespaces in registry.yaml.", no_args_is_help=True)
+events_app = typer.Typer(help="Read the event log.", no_args_is_help=True)
+app.add_typer(namespace_app, name="namespace")
+app.add_typer(events_app, name="events")
+
+
+class Format(StrEnum):
+    auto = "auto"
+    rich = "rich"
+    plain = "plain"
+    json = "json"
+
+
+class EventsFormat(StrEnum):
+    json = "json"
+    raw = "raw"
+
+
+class InputFmt(StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    fasta = "fasta"
+
+
+class Conflict(StrEnum):
+    error = "error"
+    skip = "skip"
+
+
+_state: dict[str, Path | None] = {"root": None}
+
+FormatOpt = Annotated[Format, typer.Option("--format", help="auto (rich on a terminal), rich, plain or json.")]
+CommandIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--command-id",
+        envvar="USR_COMMAND_ID",
+        help="Idempotency key: a retry with an id already in the log appends nothing and returns the original.",
+    ),
+]
+ExpectedSeqOpt = Annotated[
+    int | None,
+    typer.Option("--expected-seq", help="Fail with a concurrency error unless the log is at this seq."),
+]
+DatasetArg = Annotated[str, typer.Argument(help="Dataset id (`name` or `ns/name`) or dataset directory path.")]
+
+
+@app.callback()
+def _global(
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Datasets root (default: $USR_ROOT, else nearest ancestor with registry.yaml)."),
+    ] = None,
+) -> None:
+    _state["root"] = root
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _root(*, create: bool = False) -> Path:
+    from .roots import find_root
+
+    explicit = _state["root"]
+    if create and explicit is not None:
+        explicit.expanduser().mkdir(parents=True, exist_ok=True)
+    return find_root(explicit)
+
+
+def _dataset(ident: str) -> Dataset:
+    from .dataset import Dataset
+    from .roots import looks_like_path
+
+    if looks_like_path(ident) or (os.sep in ident and Path(ident).is_dir() and not _state["root"]):
+        return Dataset.at(Path(ident))
+    return Dataset.open(_root(), ident)
+
+
+def _existing(ident: str) -> Dataset:
+    from .dataset import Dataset
+    from .roots import resolve_existing
+
+    ds = _dataset(ident)
+    if ds.exists:
+        return ds
+    return Dataset.open(ds.root, resolve_existing(ds.root, ident))
+
+
+def _resolved(fmt: Format) -> Format:
+    if fmt is Format.auto:
+        return Format.rich if sys.stdout.isatty() else Format.plain
+    return fmt
+
+
+def _json_default(obj: Any) -> Any:
+    import datetime
+
+    if isinstance(obj, (datetime.datetime, datetime.date)):
+        return obj.isoformat().replace("+00:00", "Z")
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _emit_json(data: Any) -> None:
+    import msgspec
+
+    sys.stdout.write(
+        msgspec.json.encode({"usr_output_version": 1, "data": data}, enc_hook=_json_default).decode() + "\n"
+    )
+
+
+def _plain_value(value: Any) -> str:
+    import msgspec
+
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, dict)):
+        return msgspec.json.encode(value, enc_hook=_json_default).decode()
+    if hasattr(value, "isoformat"):
+        return str(_json_default(value))
+    return str(value)
+
+
+def _emit_object(obj: Any, fmt: Format, *, title: str | None = None) -> None:
+    import msgspec
+
+    data = msgspec.to_builtins(obj, enc_hook=_json_default)
+    fmt = _resolved(fmt)
+    if fmt is Format.json:
+        _emit_json(data)
+        return
+    if fmt is Format.rich:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False)
+        for key, value in data.items():
+            table.add_row(str(key), _plain_value(value))
+        Console().print(table)
+        return
+    for key, value in data.items():
+        typer.echo(f"{key}: {_plain_value(value)}")
+
+
+def _emit_rows(rows: list[dict[str, Any]], columns: list[str], fmt: Format, *, title: str | None = None) -> None:
+    fmt = _resolved(fmt)
+    if fmt is Format.json:
+        _emit_json(rows)
+        return
+    if fmt is Format.rich:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*(_plain_value(row.get(c)) for c in columns))
+        Console().print(table)
+        return
+    typer.echo("\t".join(columns))
+    for row in rows:
+        typer.echo("\t".join(_plain_value(row.get(c)) for c in columns))
+
+
+def _emit_receipt(receipt: Any, message: str, fmt: Format) -> None:
+    for warning in receipt.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if _resolved(fmt) is Format.json:
+        import msgspec
+
+        _emit_json(msgspec.to_builtins(receipt))
+        return
+    suffix = " (retry: already in the log, nothing appended)" if receipt.replayed else ""
+    typer.echo(f"{message} [seq {receipt.seq}]{suffix}")
+
+
+# -- namespaces --------------------------------------------------------------------------------
+@namespace_app.command("register")
+def namespace_register(
+    namespace: Annotated[str, typer.Argument(help="Namespace name, ^[a-z][a-z0-9_]*$.")],
+    columns: Annotated[
+        str,
+        typer.Option("--columns", help="Comma-separated ns__field:type; commas inside <> and [] belong to the type."),
+    ],
+    owner: Annotated[str, typer.Option("--owner")] = "",
+    description: Annotated[str, typer.Option("--description")] = "",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing namespace.")] = False,
+) -> None:
+    """Register a namespace and its columns (creates registry.yaml with usr_state on first use).
+
+    Example: usr --root /data/usr namespace register mock --columns 'mock__score:float64,mock__vec:list<float64>'
+    """
+    from .registry import register_namespace, split_columns_spec
+
+    root = _root(create=True) if _state["root"] else _root()
+    spec = register_namespace(
+        root,
+        namespace,
+        split_columns_spec(columns),
+        owner=owner,
+        description=description,
+        overwrite=overwrite,
+    )
+    typer.echo(f"Registered namespace '{spec.name}' ({len(spec.columns)} column(s)) in {root / 'registry.yaml'}")
+
+
+@namespace_app.command("list")
+def namespace_list(fmt: FormatOpt = Format.auto) -> None:
+    """List registered namespaces and their columns.
+
+    Example: usr namespace list --format json
+    """
+    from .registry import load_registry
+
+    registry = load_registry(_root())
+    rows = [
+        {"namespace": name, "columns": [c.name for c in spec.columns], "owner": spec.owner}
+        for name, spec in sorted(registry.namespaces.items())
+    ]
+    if _resolved(fmt) is Format.plain:
+        for name, spec in sorted(registry.namespaces.items()):
+            typer.echo(f"{name}: {', '.join(c.name for c in spec.columns)}")
+        return
+    _emit_rows(rows, ["namespace", "columns", "owner"], fmt, title="namespaces")
+
+
+@namespace_app.command("show")
+def namespace_show(name: Annotated[str, typer.Argument(help="Namespace name.")], fmt: FormatOpt = Format.auto) -> None:
+    """Show one namespace: owner, description, columns and types.
+
+    Example: usr namespace show quickstart
+    """
+    import msgspec
+
+    from .registry import show_namespace
+
+    spec = show_namespace(_root(), name)
+    _emit_object(msgspec.to_builtins(spec), fmt, title=f"namespace {name}")
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+@app.command("init")
+def init(
+    dataset: Annotated[str, typer.Argument(help="New dataset id: `name` or `ns/name`.")],
+    source: Annotated[str, typer.Option("--source", help="Provenance label.")] = "",
+    notes: Annotated[str, typer.Option("--notes", help="Free text for meta.md.")] = "",
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Create an empty dataset. Requires registry.yaml under --root.
+
+    Example: usr --root /data/usr init densegen/demo --source "readme quickstart"
+    """
+    from .dataset import Dataset
+    from .roots import validate_id
+
+    ds = Dataset.open(_root(), validate_id(dataset))
+    receipt = ds.init(source=source, notes=notes, command_id=command_id)
+    _emit_receipt(receipt, f"Initialized dataset at {ds.dir}", fmt)
+
+
+@app.command("import")
+def import_(
+    dataset: DatasetArg,
+    from_: Annotated[InputFmt, typer.Option("--from", help="Input format.", case_sensitive=False)],
+    path: Annotated[Path, typer.Option("--path", help="Input file.")],
+    bio_type: Annotated[str, typer.Option("--bio-type", help="dna, rna or protein (unless a column has it).")] = "dna",
+    alphabet: Annotated[
+        str, typer.Option("--alphabet", help="dna_4, dna_5, rna_4, rna_5, protein_20 or protein_21.")
+    ] = "dna_4",
+    source: Annotated[str | None, typer.Option("--source", help="Provenance (default: the input path).")] = None,
+    on_conflict: Annotated[
+        Conflict,
+        typer.Option("--on-conflict", help="error: reject duplicates; skip: keep the first, skip known ids."),
+    ] = Conflict.error,
+    command_id: CommandIdOpt = None,
+    expected_seq: ExpectedSeqOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Import sequences (extra columns ignored; optional bio_type/alphabet columns must be filled).
+
+    Example: usr import densegen/demo --from csv --path seqs.csv --bio-type dna --alphabet dna_4
+    """
+    ds = _existing(dataset)
+    receipt = ds.import_file(
+        path,
+        fmt=from_.value,
+        bio_type=bio_type,
+        alphabet=alphabet,
+        source=source,
+        on_conflict=on_conflict.value,
+        command_id=command_id,
+        expected_seq=expected_seq,
+    )
+    skipped = receipt.metrics.get("rows_skipped", 0)
+    extra = f" ({skipped} skipped)" if skipped else ""
+    _emit_receipt(receipt, f"Imported {receipt.rows_written} records into {ds.name}{extra}", fmt)
+
+
+# -- reads -------------------------------------------------------------------------------------
+@app.command("ls")
+def ls(fmt: FormatOpt = Format.auto) -> None:
+    """List datasets under the root.
+
+    Example: usr ls --format json
+    """
+    import msgspec
+
+    from .dataset import Dataset
+
+    root = _root()
+    rows = [msgspec.to_builtins(s) for s in Dataset.list_all(root)]
+    if not rows and _resolved(fmt) is not Format.json:
+        typer.echo(f"(no datasets under {root})")
+        return
+    _emit_rows(rows, ["dataset", "rows", "cols", "size_bytes", "updated", "head_seq"], fmt, title=str(root))
+
+
+@app.command("info")
+def info(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
+    """Summary: path, rows, columns, namespaces, head seq, projection lag.
+
+    Example: usr info densegen/demo --format json
+    """
+    _emit_object(_existing(dataset).info(), fmt, title=dataset)
+
+
+@app.command("head")
+def head(
+    dataset: DatasetArg,
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of rows.")] = 10,
+    columns: Annotated[str, typer.Option("--columns", help="Comma-separated column names.")] = "",
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Show the first rows of the dataset.
+
+    Example: usr head densegen/demo -n 5 --columns id,sequence
+    """
+    cols = [c.strip() for c in columns.split(",") if c.strip()] or None
+    table = _existing(dataset).head(n, columns=cols)
+    _emit_rows(table.to_pylist(), table.column_names, fmt, title=dataset)
+
+
+@app.command("schema")
+def schema(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
+    """Show the dataset schema (name, type, nullable).
+
+    Example: usr schema densegen/demo --format json
+    """
+    import msgspec
+
+    rows = [msgspec.to_builtins(c) for c in _existing(dataset).schema()]
+    _emit_rows(rows, ["name", "type", "nullable"], fmt, title=dataset)
+
+
+@events_app.command("tail")
+def events_tail(
+    dataset: DatasetArg,
+    n: Annotated[int, typer.Option("--n", help="Last N events (0 = all).")] = 0,
+    fmt: Annotated[EventsFormat, typer.Option("--format", help="json (verified, compact) or raw bytes.")] = (
+        EventsFormat.json
+    ),
+    follow: Annotated[bool, typer.Option("--follow", help="Keep printing new events as they are appended.")] = False,
+) -> None:
+    """Print events of .events.log (complete lines only; a torn tail is never shown).
+
+    Example: usr events tail densegen/demo --n 5 --format json
+    """
+    ds = _existing(dataset)
+    lines = list(ds.iter_events())
+    shown = lines[-n:] if n else lines
+    for line in shown:
+        sys.stdout.write(line.raw.decode() + "\n")
+    sys.stdout.flush()
+    if not follow:
+        return
+    from .log import iter_lines
+
+    last = lines[-1] if lines else None
+    offset, seq, prev = (last.end, last.seq, last.hash) if last else (0, 0, "0" * 32)
+    while True:
+        for line in iter_lines(ds.log_path, start_offset=offset, start_seq=seq, start_hash=prev):
+            sys.stdout.write(line.raw.decode() + "\n")
+            offset, seq, prev = line.end, line.seq, line.hash
+        sys.stdout.flush()
+        time.sleep(0.2)
+
+
+# -- history -----------------------------------------------------------------------------------
+@app.command("replay")
+def replay(
+    dataset: DatasetArg,
+    until: Annotated[
+        str, typer.Option("--until", help="SEQ, EVENT_ID or RFC 3339 TIMESTAMP (last event at or before).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="New (or empty) directory for the past dataset.")],
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Write the dataset as it was right after an event into --out (the live dataset is untouched).
+
+    Example: usr replay densegen/demo --until 2 --out /tmp/demo_at_2
+    """
+    result = _existing(dataset).replay(until, out)
+    if _resolved(fmt) is Format.json:
+        _emit_object(result, fmt)
+        return
+    typer.echo(f"Replayed {dataset} to seq {result.seq} ({result.timestamp_utc}, {result.rows} rows) into {result.out}")
+
+
+@app.command("rebuild")
+def rebuild(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
+    """Regenerate every projection (records.parquet, meta.md) from the log.
+
+    Example: usr rebuild densegen/demo
+    """
+    result = _existing(dataset).rebuild()
+    if _resolved(fmt) is Format.json:
+        _emit_object(result, fmt)
+        return
+    typer.echo(f"Rebuilt {', '.join(result.files)} of {result.dataset} from {result.seq} event(s) ({result.rows} rows)")
+
+
+@app.command("verify")
+def verify(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
+    """Check the hash chain, every payload digest, and that replay equals the stored files.
+
+    Exits 6 on any mismatch, naming the first bad line or differing file.
+    Example: usr verify densegen/demo
+    """
+    from .errors import EXIT_INTEGRITY
+
+    report = _existing(dataset).verify()
+    if _resolved(fmt) is Format.json:
+        _emit_object(report, fmt)
+    else:
+        typer.echo(report.verdict)
+    if not report.ok:
+        raise typer.Exit(EXIT_INTEGRITY)
+
+
+@app.command("demo")
+def demo(
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Where to build the demo root (default: a new temp dir).")
+    ] = None,
+) -> None:
+    """Run an end-to-end story on generated data and show where the files are.
+
+    Example: usr demo --root /tmp/usr_demo
+    """
+    from .demo import run_demo
+
+    run_demo(root or _state["root"], echo=typer.echo)
+
+
+def _fail(exc: UsrError) -> NoReturn:
+    typer.echo(f"error: {exc.message}", err=True)
+    if exc.hint:
+        typer.echo(f"hint: {exc.hint}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning every UsrError into `error:`/`hint:` + exit code."""
+    try:
+        app(args=argv, prog_name="usr")
+    except UsrError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except OSError as exc:
+        _fail(InvalidInput(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)))
+    except Exception as exc:  # a bug: say so plainly, still no traceback unless asked for
+        if os.environ.get("USR_DEBUG"):
+            raise
+        typer.echo(f"error: internal error ({type(exc).__name__}): {exc}", err=True)
+        typer.echo("hint: this is a bug in usr_es; rerun with USR_DEBUG=1 for the traceback", err=True)
+        sys.exit(EXIT_INTERNAL)

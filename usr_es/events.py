@@ -1,0 +1,110 @@
+"""What happened: event Structs (past tense, stable tags) and the log line envelope.
+
+One `.events.log` line is a `LogRecord`: the fields Notify and USR users read today
+(`event_version` 1, `timestamp_utc`, `action`, `dataset`, `args`, `metrics`, `artifacts`,
+`maintenance`, `fingerprint`, `registry_hash`, `actor`, `version`) followed by our additive
+fields (`seq`, `event_id`, `command_id`, `command`, `event`, `payload`, `prev`, `hash`).
+Imports only `commands`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .commands import Command
+
+EVENT_VERSION = 1
+GENESIS_HASH = "0" * 32
+
+
+class DatasetInitialized(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="dataset_initialized"):
+    """An empty dataset was created; `created_at` becomes `usr:dataset_created_at`."""
+
+    name: str
+    created_at: str
+    source: str = ""
+    notes: str = ""
+
+
+class SequencesImported(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="sequences_imported"):
+    """Rows (in the payload: id, bio_type, sequence, alphabet) were appended to the base table.
+
+    Every appended row gets `source` and `created_at` from here.
+    """
+
+    rows: int
+    skipped: int
+    source: str
+    created_at: str
+
+
+Event = DatasetInitialized | SequencesImported
+
+#: `action` names, reusing the original USR names where the operation is the same.
+ACTIONS: dict[type, str] = {
+    DatasetInitialized: "init",
+    SequencesImported: "import_rows",
+}
+
+#: Events that change `records.parquet`; any other event leaves the base file untouched.
+BASE_EVENTS: tuple[type, ...] = (DatasetInitialized, SequencesImported)
+
+
+class DatasetRef(msgspec.Struct, frozen=True):
+    name: str
+    root: str | None
+
+
+class Fingerprint(msgspec.Struct, frozen=True):
+    """Shape of `records.parquet` after the event: rows, columns and file size in bytes."""
+
+    rows: int
+    cols: int
+    size_bytes: int
+
+
+class Actor(msgspec.Struct, frozen=True):
+    tool: str
+    run_id: str
+    host: str
+    pid: int
+
+
+class PayloadRef(msgspec.Struct, frozen=True):
+    """A content-addressed payload artifact: `file` under the dataset, xxh3-128 `digest`."""
+
+    file: str
+    digest: str
+    rows: int
+    size_bytes: int
+
+
+class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of `.events.log`. Field order is the on-disk key order; `hash` stays last."""
+
+    event_version: int = EVENT_VERSION
+    timestamp_utc: str
+    action: str
+    dataset: DatasetRef
+    args: dict[str, Any]
+    metrics: dict[str, Any]
+    artifacts: dict[str, Any]
+    maintenance: dict[str, Any]
+    fingerprint: Fingerprint
+    registry_hash: str | None
+    actor: Actor
+    version: str
+    seq: int
+    event_id: str
+    command_id: str
+    command: Command
+    event: Event
+    payload: PayloadRef | None
+    prev: str
+    hash: str = ""
+
+
+record_encoder = msgspec.json.Encoder()
+record_decoder = msgspec.json.Decoder(LogRecord)

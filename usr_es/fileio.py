@@ -1,0 +1,235 @@
+"""The I/O seam: every log, payload and projection byte goes through one `FileOps` object.
+
+Production binds it to `os` and `fcntl`. Tests swap it (`use_fileops`) to fail the k-th
+operation, or set `USR_ES_CRASH_AT=<point>[:k]` to `os._exit(137)` at a named point in a real
+writer process. `USR_ES_TEST_SPLIT_APPEND=1` (tests only) splits each log append into two
+writes with a pause between, so a SIGKILL can tear a line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import CommitError, IntegrityError
+
+FILE_MODE = 0o644
+PRIVATE_MODE = 0o600
+DIR_MODE = 0o755
+
+
+class FileOps:
+    """Thin wrapper over the OS calls usr_es makes; subclass to inject faults."""
+
+    def __init__(self) -> None:
+        spec = os.environ.get("USR_ES_CRASH_AT", "")
+        point, _, count = spec.partition(":")
+        self._crash_point = point or None
+        self._crash_after = int(count) if count else 1
+        self._seen: dict[str, int] = {}
+        self.split_appends = os.environ.get("USR_ES_TEST_SPLIT_APPEND") == "1"
+
+    # -- named crash points -------------------------------------------------------------
+    def point(self, name: str) -> None:
+        """Mark a named point of a write; a configured crash fires here."""
+        if self._crash_point != name:
+            return
+        self._seen[name] = self._seen.get(name, 0) + 1
+        if self._seen[name] >= self._crash_after:
+            os._exit(137)
+
+    # -- primitive operations -----------------------------------------------------------
+    def open(self, path: Path, flags: int, mode: int = FILE_MODE) -> int:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: Path) -> None:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+    def lock(self, fd: int, *, shared: bool = False) -> None:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+
+    def unlock(self, fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def read_bytes(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_current = FileOps()
+
+
+def fileops() -> FileOps:
+    """Return the FileOps in use."""
+    return _current
+
+
+@contextlib.contextmanager
+def use_fileops(ops: FileOps) -> Iterator[FileOps]:
+    """Temporarily route all I/O through `ops` (tests)."""
+    global _current
+    previous, _current = _current, ops
+    try:
+        yield ops
+    finally:
+        _current = previous
+
+
+def reset_fileops() -> None:
+    """Re-read the environment (crash/split switches); used by test writer processes."""
+    global _current
+    _current = FileOps()
+
+
+def _write_all(ops: FileOps, fd: int, data: bytes) -> None:
+    offset = 0
+    while offset < len(data):
+        offset += ops.write(fd, data[offset:] if offset else data)
+
+
+def write_atomic(path: Path, data: bytes, *, point: str = "publish", mode: int = FILE_MODE) -> None:
+    """Publish `data` at `path` atomically: temp file, fsync, rename, fsync of the directory."""
+    ops = fileops()
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        _write_all(ops, fd, data)
+        ops.fsync(fd)
+    except BaseException:
+        ops.close(fd)
+        with contextlib.suppress(OSError):
+            ops.unlink(tmp)
+        raise
+    ops.close(fd)
+    ops.point(f"before_rename:{point}")
+    try:
+        ops.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            ops.unlink(tmp)
+        raise
+    ops.fsync_dir(path.parent)
+
+
+def write_once(path: Path, data: bytes, *, point: str = "payload") -> None:
+    """Write an immutable, content-addressed file durably; an existing file is left as is."""
+    if path.exists():
+        return
+    write_atomic(path, data, point=point, mode=FILE_MODE)
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Remove temp files left by a crashed writer (call only under the dataset lock)."""
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for entry in directory.iterdir():
+        if entry.name.startswith(".tmp-") and entry.is_file():
+            with contextlib.suppress(OSError):
+                fileops().unlink(entry)
+                removed += 1
+    return removed
+
+
+def append_record(path: Path, data: bytes, *, expected_size: int) -> None:
+    """Append one complete record to the log with a single write and fsync.
+
+    Raises `CommitError` with the commit state when the write fails: the log is truncated
+    back to `expected_size` when possible (NOT_COMMITTED), else INDETERMINATE. A failed
+    fsync after a full write is INDETERMINATE: the bytes may or may not be durable.
+    """
+    ops = fileops()
+    created = not path.exists()
+    try:
+        fd = ops.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as exc:
+        raise CommitError(f"cannot open {path.name}: {exc.strerror}", state="NOT_COMMITTED") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise IntegrityError(f"{path.name} is not a regular file with one link; refusing to append")
+        if info.st_size != expected_size:
+            raise CommitError(
+                f"{path.name} changed size under the lock ({info.st_size} != {expected_size})",
+                state="NOT_COMMITTED",
+            )
+        try:
+            if ops.split_appends and len(data) > 1:
+                half = len(data) // 2
+                _write_all(ops, fd, data[:half])
+                time.sleep(0.002)
+                _write_all(ops, fd, data[half:])
+            else:
+                _write_all(ops, fd, data)
+        except OSError as exc:
+            state = "NOT_COMMITTED"
+            try:
+                ops.truncate(fd, expected_size)
+                ops.fsync(fd)
+            except OSError:
+                state = "INDETERMINATE"
+            raise CommitError(f"appending to {path.name} failed: {exc.strerror}", state=state) from exc
+        ops.point("after_write:log")
+        try:
+            ops.fsync(fd)
+            if created:
+                ops.fsync_dir(path.parent)
+        except OSError as exc:
+            raise CommitError(f"fsync of {path.name} failed: {exc.strerror}", state="INDETERMINATE") from exc
+        ops.point("after_fsync:log")
+    finally:
+        ops.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold an `flock` on the lock file `path` (created 0600, never followed through a symlink)."""
+    ops = fileops()
+    try:
+        fd = ops.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntegrityError(f"lock file {path} is a symlink; refusing to use it") from exc
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise IntegrityError(f"lock file {path} is not a regular file with one link")
+        ops.lock(fd, shared=shared)
+        try:
+            yield
+        finally:
+            ops.unlock(fd)
+    finally:
+        ops.close(fd)

@@ -1,0 +1,243 @@
+"""`.events.log`: hash-chained NDJSON lines; framing, chain checks, torn tails, appends.
+
+Each line is a `LogRecord` whose last field is `hash`: the xxh3-128 hex digest of the line's
+own bytes with `"hash":""` in place of the digest. The line also carries `prev` (the previous
+line's hash), so the hashes form a chain from `GENESIS_HASH`. Bytes after the last newline are
+a torn tail: readers never interpret them, the next writer quarantines them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import xxhash
+
+from .errors import CorruptLog, InvalidInput, UnsupportedEvent
+from .events import EVENT_VERSION, GENESIS_HASH, LogRecord, record_decoder, record_encoder
+from .fileio import FILE_MODE, fileops
+
+LOG_FILE = ".events.log"
+QUARANTINE_FILE = ".events.log.quarantine"
+MAX_LINE_BYTES = 1 << 20  # 1 MiB including the newline
+_HASH_KEY = b'"hash":"'
+_SUFFIX = len(_HASH_KEY) + 32 + 2  # "hash":"<32 hex>"}
+_CHUNK = 8 << 20
+
+
+def encode_line(record: LogRecord) -> tuple[bytes, str]:
+    """Return the newline-terminated line for `record` (whose `hash` is empty) and its hash."""
+    if record.hash:
+        raise ValueError("encode_line expects a record without hash")
+    body = record_encoder.encode(record)  # ... ,"hash":""}
+    digest = xxhash.xxh3_128_hexdigest(body)
+    line = body[:-2] + digest.encode() + b'"}\n'
+    if len(line) > MAX_LINE_BYTES:
+        raise InvalidInput(
+            f"Event line would be {len(line)} bytes; the limit is {MAX_LINE_BYTES}.",
+            hint="Bulk data belongs in a payload artifact; shorten the arguments.",
+        )
+    return line, digest
+
+
+def line_digest(raw: bytes) -> tuple[str, str] | None:
+    """Return (claimed hash, computed hash) of a line without newline, or None if unframed."""
+    if len(raw) < _SUFFIX or raw[-_SUFFIX : -_SUFFIX + len(_HASH_KEY)] != _HASH_KEY or raw[-2:] != b'"}':
+        return None
+    claimed = raw[-34:-2].decode("ascii", "replace")
+    computed = xxhash.xxh3_128_hexdigest(raw[:-34] + b'"}')
+    return claimed, computed
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One verified line: its seq, byte range, raw bytes (no newline) and decoded record."""
+
+    seq: int
+    offset: int
+    end: int
+    raw: bytes
+    record: LogRecord
+
+    @property
+    def hash(self) -> str:
+        return self.record.hash
+
+
+@dataclass
+class Scan:
+    """Where a scan ended: the head of the verified prefix and any torn tail after it."""
+
+    seq: int = 0
+    hash: str = GENESIS_HASH
+    size: int = 0
+    last_timestamp: str | None = None
+    torn_offset: int | None = None
+    torn_bytes: int = 0
+    lines: list[LogLine] = field(default_factory=list)
+
+
+def _decode(raw: bytes, number: int, offset: int, expect_prev: str) -> LogRecord:
+    framed = line_digest(raw)
+    if framed is None:
+        try:
+            json.loads(raw)
+        except ValueError:
+            raise CorruptLog("log line is not valid JSON", line=number, offset=offset) from None
+        raise CorruptLog("log line has no trailing hash", line=number, offset=offset)
+    claimed, computed = framed
+    if claimed != computed:
+        raise CorruptLog(
+            f"log line hash mismatch (stored {claimed}, computed {computed})",
+            line=number,
+            offset=offset,
+            hint="The line was edited or damaged; `usr verify` reports every problem.",
+        )
+    try:
+        record = record_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise UnsupportedEvent(
+            f"log line {number} (byte offset {offset}) cannot be read by this usr_es: {exc}",
+            hint="It may have been written by a newer usr_es; upgrade to replay it.",
+        ) from exc
+    if record.event_version != EVENT_VERSION:
+        raise UnsupportedEvent(f"log line {number} has event_version {record.event_version}; expected 1")
+    if record.seq != number:
+        raise CorruptLog(f"seq {record.seq} where {number} was expected", line=number, offset=offset)
+    if record.prev != expect_prev:
+        raise CorruptLog("hash chain broken: prev does not match the previous line", line=number, offset=offset)
+    return record
+
+
+def iter_lines(
+    path: Path,
+    *,
+    start_offset: int = 0,
+    start_seq: int = 0,
+    start_hash: str = GENESIS_HASH,
+    until_seq: int | None = None,
+    scan: Scan | None = None,
+) -> Iterator[LogLine]:
+    """Yield verified lines from `start_offset` (which must begin line `start_seq + 1`).
+
+    Raises `CorruptLog`/`UnsupportedEvent` at the first bad complete line. A final fragment
+    without a newline is not yielded; its offset and size are recorded in `scan`.
+    """
+    state = scan if scan is not None else Scan()
+    state.seq, state.hash, state.size = start_seq, start_hash, start_offset
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        fh.seek(start_offset)
+        offset = start_offset
+        pending = b""
+        while True:
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                break
+            pending += chunk
+            start = 0
+            while True:
+                nl = pending.find(b"\n", start)
+                if nl < 0:
+                    break
+                raw = pending[start:nl]
+                number = state.seq + 1
+                if nl + 1 - start > MAX_LINE_BYTES:
+                    raise CorruptLog("log line exceeds 1 MiB", line=number, offset=offset)
+                record = _decode(raw, number, offset, state.hash)
+                line = LogLine(seq=number, offset=offset, end=offset + len(raw) + 1, raw=raw, record=record)
+                state.seq, state.hash, state.size = number, record.hash, line.end
+                state.last_timestamp = record.timestamp_utc
+                offset = line.end
+                start = nl + 1
+                yield line
+                if until_seq is not None and number >= until_seq:
+                    return
+            pending = pending[start:]
+            if len(pending) > MAX_LINE_BYTES:
+                raise CorruptLog("log line exceeds 1 MiB", line=state.seq + 1, offset=offset)
+        if pending:
+            state.torn_offset, state.torn_bytes = offset, len(pending)
+
+
+def scan_log(path: Path, **kwargs: int | str) -> Scan:
+    """Verify the log from an anchor to its end; return the head (lines are not kept)."""
+    scan = Scan()
+    for _ in iter_lines(path, scan=scan, **kwargs):  # type: ignore[arg-type]
+        pass
+    return scan
+
+
+def read_lines(path: Path, *, until_seq: int | None = None) -> tuple[list[LogLine], Scan]:
+    """Read and verify the whole log (or up to `until_seq`)."""
+    scan = Scan()
+    lines = list(iter_lines(path, until_seq=until_seq, scan=scan))
+    return lines, scan
+
+
+def read_line_at(path: Path, offset: int) -> bytes | None:
+    """Return the raw line starting at `offset` (without newline), or None."""
+    if not path.exists():
+        return None
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.readline(MAX_LINE_BYTES + 1)
+    return data[:-1] if data.endswith(b"\n") else None
+
+
+def find_command(path: Path, command_id: str) -> LogLine | None:
+    """Find the (verified) line that recorded `command_id`, scanning raw bytes first."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    needle = b'"command_id":' + msgspec.json.encode(command_id) + b","
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm.find(needle) < 0:
+            return None
+    for line in iter_lines(path):
+        if line.record.command_id == command_id:
+            return line
+    return None
+
+
+def quarantine_tail(path: Path, scan: Scan) -> int:
+    """Move the torn bytes after the verified prefix into the quarantine file; return their size.
+
+    The fragment is appended (base64, with its offset and digest) as one JSON line to
+    `.events.log.quarantine` and fsync'd before the log is truncated back to its last newline.
+    """
+    if scan.torn_offset is None:
+        return 0
+    ops = fileops()
+    with path.open("rb") as fh:
+        fh.seek(scan.torn_offset)
+        fragment = fh.read()
+    note = {
+        "offset": scan.torn_offset,
+        "size_bytes": len(fragment),
+        "xxh3_128": xxhash.xxh3_128_hexdigest(fragment),
+        "after_seq": scan.seq,
+        "bytes_b64": base64.b64encode(fragment).decode(),
+    }
+    qpath = path.with_name(QUARANTINE_FILE)
+    fd = ops.open(qpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        ops.write(fd, json.dumps(note, sort_keys=True).encode() + b"\n")
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+    fd = ops.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        ops.truncate(fd, scan.torn_offset)
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+    size = len(fragment)
+    scan.torn_offset, scan.torn_bytes = None, 0
+    return size

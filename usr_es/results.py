@@ -1,0 +1,106 @@
+"""Typed results returned by `Dataset` methods (and rendered by the CLI, `--format json` too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    """The durable outcome of a mutation: the event's position in the log.
+
+    `replayed` is true when `command_id` was already in the log: nothing was appended and
+    this is the original receipt. `warnings` reports recoveries done on the way (a torn tail
+    quarantined, a lagging projection caught up).
+    """
+
+    dataset: str
+    action: str
+    seq: int
+    event_id: str
+    command_id: str
+    hash: str
+    timestamp_utc: str
+    metrics: dict[str, Any]
+    replayed: bool = False
+    warnings: list[str] = []
+
+    @property
+    def rows_written(self) -> int:
+        return int(self.metrics.get("rows_written", 0))
+
+    @property
+    def added(self) -> int:
+        """Rows added by an import (the original `AddSequencesResult.added`)."""
+        return self.rows_written
+
+
+class DatasetInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    path: str
+    rows: int
+    columns: list[str]
+    namespaces: list[str]
+    head_seq: int
+    projection_seq: int
+    projection_lag: int  # base-changing events that were missing from records.parquet (now caught up)
+    size_bytes: int
+    created_at: str | None
+    updated: str | None
+    registry_hash: str | None
+    torn_tail_bytes: int = 0
+
+
+class DatasetSummary(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    rows: int
+    cols: int
+    size_bytes: int
+    updated: str | None
+    head_seq: int
+
+
+class ColumnInfo(msgspec.Struct, frozen=True):
+    name: str
+    type: str
+    nullable: bool
+
+
+class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
+    out: str
+    seq: int
+    event_id: str
+    timestamp_utc: str
+    rows: int
+
+
+class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    seq: int
+    rows: int
+    files: list[str]
+
+
+class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
+    """`ok` is false on any mismatch; `problems` names the first bad line or differing file."""
+
+    dataset: str
+    ok: bool
+    seq: int
+    head_hash: str
+    lines: int
+    payloads_checked: int
+    files_checked: list[str]
+    problems: list[str]
+    notes: list[str] = []
+
+    @property
+    def verdict(self) -> str:
+        if self.ok:
+            extra = f"; {'; '.join(self.notes)}" if self.notes else ""
+            return (
+                f"OK: {self.dataset} verified: {self.lines} event(s), chain head {self.head_hash[:12]}, "
+                f"{self.payloads_checked} payload(s), {len(self.files_checked)} projection file(s) equal replay{extra}"
+            )
+        return f"FAILED: {self.dataset}: {self.problems[0]}"

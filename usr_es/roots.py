@@ -1,0 +1,91 @@
+"""Datasets roots and dataset ids: validation, listing and resolution (no dataset content)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import InvalidInput, NotFound
+from .log import LOG_FILE
+from .registry import REGISTRY_FILE
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SKIP = {"archived", "_archive"}
+
+
+def validate_id(dataset_id: str) -> str:
+    """Return a valid dataset id (`name` or `ns/name`) or raise; ids can never leave the root."""
+    if not dataset_id or "\x00" in dataset_id:
+        raise InvalidInput("Dataset id must be a non-empty string without NUL bytes.")
+    if dataset_id.startswith("/") or dataset_id.startswith("~"):
+        raise InvalidInput(f"Dataset id '{dataset_id}' must be relative (use `name` or `ns/name`).")
+    parts = dataset_id.split("/")
+    if len(parts) > 2 or any(not _SEGMENT.match(p) for p in parts):
+        raise InvalidInput(
+            f"Invalid dataset id '{dataset_id}'.",
+            hint="Ids are `name` or `ns/name`; segments start with a letter or digit and use "
+            "letters, digits, '.', '_' or '-' (no '..', empty segments or absolute paths).",
+        )
+    if parts[0] in _SKIP:
+        raise InvalidInput(f"Dataset ids under '{parts[0]}/' are reserved for archived storage.")
+    return dataset_id
+
+
+def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
+    """`--root`, else `$USR_ROOT`, else the nearest ancestor of the cwd holding registry.yaml."""
+    if explicit is not None:
+        root = explicit.expanduser().resolve()
+        if not root.is_dir():
+            raise NotFound(f"Datasets root does not exist: {root}", hint=f"Create it: mkdir -p {root}")
+        return root
+    env = os.environ.get("USR_ROOT")
+    if env:
+        return find_root(Path(env))
+    here = (cwd or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / REGISTRY_FILE).is_file():
+            return candidate
+    raise InvalidInput(
+        "No datasets root: no --root, USR_ROOT is unset, and no registry.yaml above the current directory.",
+        hint="Pass --root DIR (or export USR_ROOT=DIR); `usr --root DIR namespace register ...` starts one.",
+    )
+
+
+def list_datasets(root: Path) -> list[str]:
+    """Dataset ids under `root`: `<ds>` or `<ns>/<ds>` directories holding `.events.log`."""
+    found: list[str] = []
+    if not root.is_dir():
+        return found
+    for first in sorted(root.iterdir()):
+        if not first.is_dir() or first.name.startswith((".", "_")) or first.name in _SKIP:
+            continue
+        if (first / LOG_FILE).is_file():
+            found.append(first.name)
+            continue
+        for second in sorted(first.iterdir()):
+            if second.is_dir() and not second.name.startswith((".", "_")) and (second / LOG_FILE).is_file():
+                found.append(f"{first.name}/{second.name}")
+    return found
+
+
+def looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~")) or text in (".", "..")
+
+
+def resolve_existing(root: Path, ident: str) -> str:
+    """Resolve an existing dataset id: exact `ns/name`, or a unique unqualified `name`."""
+    validate_id(ident)
+    if (root / ident / LOG_FILE).is_file():
+        return ident
+    if "/" in ident:
+        raise NotFound(f"Dataset not found: {ident}", hint=f"`usr --root {root} ls` lists the datasets.")
+    matches = [d for d in list_datasets(root) if d.split("/")[-1] == ident]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFound(f"Dataset not found: {ident}", hint=f"`usr --root {root} ls` lists the datasets.")
+    raise InvalidInput(
+        f"Ambiguous dataset name '{ident}'. Matches: {', '.join(matches)}",
+        hint="Use a namespace-qualified id.",
+    )

@@ -1,0 +1,108 @@
+"""Dataset files other than the log: payload artifacts, frozen registries, projection files.
+
+Payloads are immutable Arrow IPC files (zstd-compressed buffers) named by the xxh3-128 digest
+of their bytes, fsync'd before the log line that references them, and verified on every read.
+Projection files are published atomically through the I/O seam and carry their watermark.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from .errors import IntegrityError, NotFound
+from .events import PayloadRef
+from .fileio import fileops, write_atomic, write_once
+from .projectors import BaseProjection, Watermark
+from .registry import Registry, parse_registry
+
+PAYLOAD_DIR = "_payloads"
+REGISTRY_DIR = "_registry"
+RECORDS_FILE = "records.parquet"
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=1))
+
+
+def encode_payload(table: pa.Table) -> bytes:
+    """Arrow IPC file bytes of `table`, zstd-compressed buffers, one chunk per column."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table.combine_chunks())
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def payload_ref(data: bytes, rows: int) -> PayloadRef:
+    digest = xxhash.xxh3_128_hexdigest(data)
+    return PayloadRef(file=f"{PAYLOAD_DIR}/{digest}.arrow", digest=digest, rows=rows, size_bytes=len(data))
+
+
+def write_payload(dataset_dir: Path, ref: PayloadRef, data: bytes) -> None:
+    """Write the artifact durably (temp, fsync, rename, fsync dir) unless it already exists."""
+    fileops().mkdir(dataset_dir / PAYLOAD_DIR)
+    write_once(dataset_dir / ref.file, data, point="payload")
+    fileops().point("after_payload")
+
+
+def read_payload(dataset_dir: Path, ref: PayloadRef) -> pa.Table:
+    """Read a payload artifact, checking its size and digest first."""
+    path = dataset_dir / ref.file
+    try:
+        data = fileops().read_bytes(path)
+    except FileNotFoundError:
+        raise IntegrityError(f"payload artifact missing: {ref.file}") from None
+    if len(data) != ref.size_bytes or xxhash.xxh3_128_hexdigest(data) != ref.digest:
+        raise IntegrityError(f"payload artifact {ref.file} does not match its digest")
+    table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+    if table.num_rows != ref.rows:
+        raise IntegrityError(f"payload artifact {ref.file} holds {table.num_rows} rows, expected {ref.rows}")
+    return table
+
+
+def freeze_registry(dataset_dir: Path, registry: Registry) -> str:
+    """Keep a frozen copy `_registry/registry.<hash>.yaml`; return the registry hash."""
+    digest = registry.hash
+    fileops().mkdir(dataset_dir / REGISTRY_DIR)
+    write_once(dataset_dir / REGISTRY_DIR / f"registry.{digest}.yaml", registry.to_yaml(), point="registry")
+    return digest
+
+
+def frozen_registry(dataset_dir: Path, digest: str) -> Registry:
+    path = dataset_dir / REGISTRY_DIR / f"registry.{digest}.yaml"
+    if not path.is_file():
+        raise NotFound(f"frozen registry {path.name} is missing from {dataset_dir}")
+    registry = parse_registry(path.read_bytes(), source=str(path))
+    if registry.hash != digest:
+        raise IntegrityError(f"frozen registry {path.name} does not match its hash")
+    return registry
+
+
+def read_watermark(path: Path) -> Watermark | None:
+    """The watermark stamped into a projection file, or None when the file is absent/unreadable."""
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+        return Watermark(
+            seq=int(meta[b"usr_es:seq"]),
+            offset=int(meta[b"usr_es:offset"]),
+            hash=meta[b"usr_es:hash"].decode(),
+        )
+    except (FileNotFoundError, KeyError, ValueError, OSError, pa.ArrowInvalid):
+        return None
+
+
+def read_base(dataset_dir: Path, mark: Watermark) -> BaseProjection:
+    """Load `records.parquet` as a projection (its watermark already checked by the caller)."""
+    table = pq.read_table(dataset_dir / RECORDS_FILE)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    table = table.replace_schema_metadata(None)
+    return BaseProjection(
+        table=table,
+        created_at=meta.get("usr:dataset_created_at", ""),
+        registry_hash=meta.get("usr:registry_hash"),
+        watermark=mark,
+    )
+
+
+def publish(path: Path, data: bytes) -> None:
+    write_atomic(path, data, point=path.name)
