@@ -285,7 +285,8 @@ class Dataset:
         is_init = isinstance(command, InitDataset)
         if is_init:
             load_registry(self.root)  # init requires a registry, like every mutation
-            if self.exists:
+            # A retried init (same command_id) returns its original receipt below, like any command.
+            if self.exists and (command_id is None or find_command(self.log_path, command_id) is None):
                 raise DatasetExists(f"Dataset already initialized: {self.name}")
             fileops().mkdir(self.dir)
         else:
@@ -313,6 +314,7 @@ class Dataset:
             )
             now = utc_now_text(tail.scan.last_timestamp)
             decision = decide(state, command, now=now, rows=rows)
+            rows = None  # the input table is no longer needed: free it before projecting
             record, line, digest, parquet = self._prepare(tail, registry, command, decision, command_id, now)
             append_record(self.log_path, line, expected_size=tail.scan.size)
             fileops().point("after_append")
@@ -346,7 +348,7 @@ class Dataset:
         decision: Decision,
         command_id: str | None,
         now: str,
-    ) -> tuple[LogRecord, bytes, str, bytes | None]:
+    ) -> tuple[LogRecord, bytes, str, memoryview | None]:
         registry_hash = freeze_registry(self.dir, registry)
         fileops().point("after_registry_freeze")
         ref: PayloadRef | None = None
@@ -356,7 +358,7 @@ class Dataset:
             ref = payload_ref(data, payload.num_rows)
             write_payload(self.dir, ref, data)
         seq = tail.scan.seq + 1
-        parquet: bytes | None = None
+        parquet: memoryview | None = None
         if isinstance(decision.event, BASE_EVENTS):
             mark = Watermark(seq=seq, offset=tail.scan.size, hash="")
             base = apply_event(tail.base, decision.event, payload, registry_hash=registry_hash, mark=mark)
@@ -456,8 +458,10 @@ class Dataset:
                 base = self._fold(base, line)
         return base, scan, lines
 
-    def _base_for_read(self) -> tuple[BaseProjection | None, Scan, int]:
-        """The current base projection; takes the lock only if it must catch up."""
+    def _fresh(self) -> tuple[Watermark | None, Scan, int]:
+        """Make `records.parquet` reflect every base-changing event; return its watermark, the log
+        scan and how many events had to be caught up. Takes the lock only when it must catch up.
+        """
         self._require()
         stored = read_watermark(self.records_path)
         anchor = self._anchor(stored)
@@ -465,66 +469,72 @@ class Dataset:
             scan = Scan()
             lagging = False
             for line in iter_lines(
-                self.log_path,
-                start_offset=anchor[0],
-                start_seq=anchor[1] - 1,
-                start_hash=anchor[2],
-                scan=scan,
+                self.log_path, start_offset=anchor[0], start_seq=anchor[1] - 1, start_hash=anchor[2], scan=scan
             ):
                 if line.seq > stored.seq and isinstance(line.record.event, BASE_EVENTS):
                     lagging = True
                     break
             if not lagging:
-                return read_base(self.dir, stored), scan, 0
+                return stored, scan, 0
         with locked(self.dir / LOCK_FILE):
             tail = self._tail(quarantine=False)
-        return tail.base, tail.scan, tail.caught_up
+        return (tail.base.watermark if tail.base is not None else None), tail.scan, tail.caught_up
 
     # -- reads --------------------------------------------------------------------------
     def head(self, n: int = 10, *, columns: list[str] | None = None) -> pa.Table:
-        """The first `n` rows of the base table (log order)."""
+        """The first `n` rows of the base table (log order), reading only the row groups needed."""
         if n < 0:
             raise InvalidInput("head row count must be >= 0.")
-        base, _, _ = self._base_for_read()
-        if base is None:
+        mark, _, _ = self._fresh()
+        if mark is None:
             return pa.table({})
-        table = base.table
+        parquet = pq.ParquetFile(self.records_path)
+        names = parquet.schema_arrow.names
         if columns:
-            missing = [c for c in columns if c not in table.column_names]
+            missing = [c for c in columns if c not in names]
             if missing:
-                raise InvalidInput(
-                    f"Unknown column(s): {', '.join(missing)}.",
-                    hint=f"Columns: {', '.join(table.column_names)}",
-                )
-            table = table.select(columns)
-        return table.slice(0, n)
+                raise InvalidInput(f"Unknown column(s): {', '.join(missing)}.", hint=f"Columns: {', '.join(names)}")
+        batches = []
+        remaining = n
+        for batch in parquet.iter_batches(batch_size=max(n, 1), columns=columns or None):
+            if remaining <= 0:
+                break
+            batches.append(batch.slice(0, remaining))
+            remaining -= min(remaining, batch.num_rows)
+        schema = parquet.schema_arrow if not columns else pa.schema([parquet.schema_arrow.field(c) for c in columns])
+        table = pa.Table.from_batches(batches, schema=schema.remove_metadata())
+        return table
 
     def schema(self) -> list[ColumnInfo]:
         """Name, registry type string and nullability of every column."""
         from .registry import format_type
 
-        self._require()
-        self._base_for_read()
+        self._fresh()
         schema = pq.read_schema(self.records_path)
         return [ColumnInfo(f.name, format_type(f.type), f.nullable) for f in schema]
 
     def info(self) -> DatasetInfo:
-        """Rows, columns, head seq, projection lag and sizes."""
-        base, scan, lag = self._base_for_read()
-        columns = base.table.column_names if base is not None else []
+        """Rows, columns, head seq, projection lag and sizes (from metadata; rows are not read)."""
+        mark, scan, lag = self._fresh()
+        rows, columns, meta = 0, [], {}
+        if mark is not None:
+            metadata = pq.read_metadata(self.records_path)
+            rows = metadata.num_rows
+            columns = list(metadata.schema.to_arrow_schema().names)
+            meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
         return DatasetInfo(
             name=self.name,
             path=str(self.dir),
-            rows=base.rows if base is not None else 0,
+            rows=rows,
             columns=columns,
             namespaces=sorted({c.split("__", 1)[0] for c in columns if "__" in c}),
             head_seq=scan.seq,
-            projection_seq=base.watermark.seq if base is not None else 0,
+            projection_seq=mark.seq if mark is not None else 0,
             projection_lag=lag,
             size_bytes=self.records_path.stat().st_size if self.records_path.exists() else 0,
-            created_at=base.created_at if base is not None else None,
+            created_at=meta.get("usr:dataset_created_at"),
             updated=scan.last_timestamp,
-            registry_hash=base.registry_hash if base is not None else None,
+            registry_hash=meta.get("usr:registry_hash"),
             torn_tail_bytes=scan.torn_bytes,
         )
 

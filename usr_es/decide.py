@@ -122,7 +122,7 @@ def _label_column(rows: pa.Table, name: str, default: str) -> pa.ChunkedArray:
     if name not in rows.column_names:
         return pa.chunked_array([pa.repeat(pa.scalar(default, pa.string()), n)])
     column = pc.cast(rows.column(name), pa.string())
-    bad = _rows(pc.or_(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)))
+    bad = _rows(pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)))
     if bad:
         raise SchemaError(
             f"{len(bad)} row(s) have missing/empty '{name}' (rows: {_listing(bad)}).",
@@ -138,8 +138,10 @@ def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table
     if n_input == 0:
         raise SchemaError("The input has no rows.")
     raw = pc.cast(rows.column("sequence"), pa.string())
-    sequence = pc.utf8_trim_whitespace(raw)
-    empty = _rows(pc.or_(pc.is_null(raw), pc.equal(pc.utf8_length(sequence), 0)))
+    padded = pc.match_substring_regex(raw, r"^\s|\s$")
+    # Trimming copies the column; most inputs have nothing to trim, so skip the copy then.
+    sequence = pc.utf8_trim_whitespace(raw) if pc.any(padded).as_py() else raw
+    empty = _rows(pc.or_kleene(pc.is_null(raw), pc.equal(pc.utf8_length(sequence), 0)))
     if empty:
         raise SchemaError(f"{len(empty)} row(s) have missing/empty 'sequence' (rows: {_listing(empty)}).")
 
@@ -166,18 +168,10 @@ def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table
                 hint=f"{ab} allows {ALPHABETS[ab][1]} in either case; no gaps, spaces or ambiguity codes.",
             )
 
-    seq_list = sequence.to_pylist()
-    sha1 = hashlib.sha1
-    if len(pairs) == 1:
-        prefix = f"{pairs[0]['b']}|"
-        ids_list = [sha1((prefix + s).encode()).hexdigest() for s in seq_list]
-    else:
-        ids_list = [sha1(f"{b}|{s}".encode()).hexdigest() for b, s in zip(bio_type.to_pylist(), seq_list, strict=True)]
-    ids = pa.array(ids_list, pa.string())
-
+    ids = compute_ids(sequence, bio_type, single=pairs[0]["b"] if len(pairs) == 1 else None)
     keep = None
-    if len(set(ids_list)) != n_input:
-        groups = _duplicate_groups(ids_list, seq_list)
+    if len(pc.unique(ids)) != n_input:
+        groups = _duplicate_groups(ids, sequence)
         if command.on_conflict == "error":
             raise DuplicateIDError(
                 f"{len(groups)} duplicate sequence group(s) in the input (showing up to {_SAMPLE}): "
@@ -193,10 +187,11 @@ def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table
     if existing is not None and pc.any(existing).as_py():
         if command.on_conflict == "error":
             clash = _rows(existing)
-            sample = ", ".join(ids_list[r - 1] for r in clash[:_SAMPLE])
+            clash_ids = pc.take(ids, pa.array([r - 1 for r in clash], pa.int64())).to_pylist()
             raise DuplicateIDError(
-                f"{len(clash)} row(s) are already in the dataset (rows: {_listing(clash)}; ids: {sample}).",
-                groups=[ids_list[r - 1] for r in clash],
+                f"{len(clash)} row(s) are already in the dataset (rows: {_listing(clash)}; "
+                f"ids: {', '.join(clash_ids[:_SAMPLE])}).",
+                groups=clash_ids,
                 hint="Pass --on-conflict skip to import only the new sequences.",
             )
         fresh = pc.invert(existing)
@@ -221,14 +216,43 @@ def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table
     return Decision(event, payload if written else None, args, metrics)
 
 
-def _duplicate_groups(ids: list[str], sequences: list[str]) -> list[str]:
-    positions: dict[str, list[int]] = {}
-    for i, rid in enumerate(ids):
-        positions.setdefault(rid, []).append(i + 1)
+def _duplicate_groups(ids: pa.ChunkedArray, sequences: pa.ChunkedArray | pa.Array) -> list[str]:
+    """`<id prefix> rows a,b 'SEQ'` for every id that occurs more than once (1-based rows)."""
+    n = len(ids)
+    grouped = (
+        pa.table({"id": ids, "row": pa.array(range(1, n + 1), pa.int64())})
+        .group_by("id", use_threads=False)
+        .aggregate([("row", "list"), ("row", "count")])
+    )
+    dups = grouped.filter(pc.greater(grouped.column("row_count"), 1))
+    found = sorted(
+        (sorted(rows), rid)
+        for rid, rows in zip(dups.column("id").to_pylist(), dups.column("row_list").to_pylist(), strict=True)
+    )
     groups = []
-    for rid, rows in positions.items():
-        if len(rows) > 1:
-            seq = sequences[rows[0] - 1]
-            shown = seq if len(seq) <= 24 else seq[:21] + "..."
-            groups.append(f"{rid[:12]} rows {','.join(map(str, rows))} '{shown}'")
+    for rows, rid in found:
+        seq = pc.take(sequences, pa.array([rows[0] - 1], pa.int64()))[0].as_py()
+        shown = seq if len(seq) <= 24 else seq[:21] + "..."
+        groups.append(f"{rid[:12]} rows {','.join(map(str, rows))} '{shown}'")
     return groups
+
+
+_HASH_CHUNK = 1 << 16
+
+
+def compute_ids(
+    sequence: pa.ChunkedArray | pa.Array, bio_type: pa.ChunkedArray | pa.Array, *, single: str | None
+) -> pa.ChunkedArray:
+    """sha1 ids for (bio_type, trimmed sequence) rows, hashed in slices to bound memory."""
+    sha1 = hashlib.sha1
+    chunks = []
+    for start in range(0, len(sequence), _HASH_CHUNK):
+        seqs = sequence.slice(start, _HASH_CHUNK).to_pylist()
+        if single is not None:
+            prefix = f"{single}|"
+            hexes = [sha1((prefix + s).encode()).hexdigest() for s in seqs]
+        else:
+            bts = bio_type.slice(start, _HASH_CHUNK).to_pylist()
+            hexes = [sha1(f"{b}|{s}".encode()).hexdigest() for b, s in zip(bts, seqs, strict=True)]
+        chunks.append(pa.array(hexes, pa.string()))
+    return pa.chunked_array(chunks, pa.string())

@@ -49,7 +49,7 @@ class FileOps:
     def open(self, path: Path, flags: int, mode: int = FILE_MODE) -> int:
         return os.open(path, flags | os.O_CLOEXEC, mode)
 
-    def write(self, fd: int, data: bytes) -> int:
+    def write(self, fd: int, data: bytes | memoryview) -> int:
         return os.write(fd, data)
 
     def fsync(self, fd: int) -> None:
@@ -112,19 +112,26 @@ def reset_fileops() -> None:
     _current = FileOps()
 
 
-def _write_all(ops: FileOps, fd: int, data: bytes) -> None:
+def _write_all(ops: FileOps, fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
     offset = 0
-    while offset < len(data):
-        offset += ops.write(fd, data[offset:] if offset else data)
+    while offset < len(view):
+        offset += ops.write(fd, view[offset:] if offset else view)
 
 
-def write_atomic(path: Path, data: bytes, *, point: str = "publish", mode: int = FILE_MODE) -> None:
-    """Publish `data` at `path` atomically: temp file, fsync, rename, fsync of the directory."""
+def write_atomic(
+    path: Path, data: bytes | memoryview | list[bytes | memoryview], *, point: str = "publish", mode: int = FILE_MODE
+) -> None:
+    """Publish `data` (bytes, or parts written in order) at `path` atomically.
+
+    Temp file in the same directory, fsync, rename, fsync of the directory.
+    """
     ops = fileops()
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
     fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        _write_all(ops, fd, data)
+        for part in data if isinstance(data, list) else [data]:
+            _write_all(ops, fd, part)
         ops.fsync(fd)
     except BaseException:
         ops.close(fd)
@@ -142,7 +149,7 @@ def write_atomic(path: Path, data: bytes, *, point: str = "publish", mode: int =
     ops.fsync_dir(path.parent)
 
 
-def write_once(path: Path, data: bytes, *, point: str = "payload") -> None:
+def write_once(path: Path, data: bytes | memoryview, *, point: str = "payload") -> None:
     """Write an immutable, content-addressed file durably; an existing file is left as is."""
     if path.exists():
         return

@@ -137,18 +137,22 @@ def base_metadata(base: BaseProjection) -> dict[str, str]:
     return meta
 
 
-def encode_parquet(table: pa.Table, metadata: dict[str, str], watermark_hash: str) -> bytes:
-    """Serialize `table` with the fixed writer options.
+def encode_parquet(table: pa.Table, metadata: dict[str, str], watermark_hash: str) -> memoryview:
+    """Serialize `table` with the fixed writer options; returns a view of the file bytes.
+
+    Row groups are written one slice at a time, each slice made contiguous first, so the
+    bytes do not depend on how the input happens to be chunked (an incremental fold and a full
+    replay give the same file) and only one row group is ever copied.
 
     `usr_es:hash` goes only into the file-level key/value metadata (not the embedded Arrow
     schema), so a file written with `HASH_PLACEHOLDER` differs from the final one only in
     those 32 bytes: `patch_watermark_hash` swaps them once the log line's hash is known.
     """
-    table = table.replace_schema_metadata(metadata).combine_chunks()
+    schema = table.schema.with_metadata(metadata)
     sink = pa.BufferOutputStream()
     writer = pq.ParquetWriter(
         sink,
-        table.schema,
+        schema,
         compression="zstd",
         compression_level=1,
         use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
@@ -157,25 +161,32 @@ def encode_parquet(table: pa.Table, metadata: dict[str, str], watermark_hash: st
         data_page_version="1.0",
     )
     try:
-        writer.write_table(table, row_group_size=_ROW_GROUP_ROWS)
+        for start in range(0, table.num_rows, _ROW_GROUP_ROWS):
+            piece = table.slice(start, _ROW_GROUP_ROWS).combine_chunks().replace_schema_metadata(metadata)
+            writer.write_table(piece, row_group_size=_ROW_GROUP_ROWS)
         writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
     finally:
         writer.close()
-    return bytes(sink.getvalue().to_pybytes())
+    return memoryview(sink.getvalue())
 
 
-def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> bytes:
+def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> memoryview:
     """Bytes of `records.parquet` for `base` (with the placeholder hash when `pending_hash`)."""
     mark_hash = HASH_PLACEHOLDER if pending_hash else base.watermark.hash
     return encode_parquet(base.table, base_metadata(base), mark_hash)
 
 
-def patch_watermark_hash(data: bytes, real_hash: str) -> bytes:
-    """Replace the placeholder hash in the Parquet footer by `real_hash` (same length)."""
-    footer_len = int.from_bytes(data[-8:-4], "little")
+def patch_watermark_hash(data: memoryview, real_hash: str) -> list[bytes | memoryview]:
+    """Swap the placeholder hash in the Parquet footer for `real_hash` (same length).
+
+    Returns the file as parts (the untouched body as a view, then the patched footer) so the
+    body is not copied. Parquet has no footer checksum, so the result is byte-identical to
+    `encode_parquet(..., real_hash)`; a test proves it.
+    """
+    footer_len = int.from_bytes(bytes(data[-8:-4]), "little")
     start = len(data) - 8 - footer_len
-    footer = data[start:]
+    footer = bytes(data[start:])
     token = HASH_PLACEHOLDER.encode()
     if footer.count(token) != 1 or len(real_hash) != len(HASH_PLACEHOLDER):
         raise ValueError("watermark placeholder not found exactly once in the Parquet footer")
-    return data[:start] + footer.replace(token, real_hash.encode())
+    return [data[:start], footer.replace(token, real_hash.encode())]

@@ -25,20 +25,20 @@ RECORDS_FILE = "records.parquet"
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=1))
 
 
-def encode_payload(table: pa.Table) -> bytes:
-    """Arrow IPC file bytes of `table`, zstd-compressed buffers, one chunk per column."""
+def encode_payload(table: pa.Table) -> memoryview:
+    """Arrow IPC file bytes of `table` (zstd-compressed buffers, one record batch per chunk)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as writer:
-        writer.write_table(table.combine_chunks())
-    return bytes(sink.getvalue().to_pybytes())
+        writer.write_table(table)
+    return memoryview(sink.getvalue())
 
 
-def payload_ref(data: bytes, rows: int) -> PayloadRef:
+def payload_ref(data: bytes | memoryview, rows: int) -> PayloadRef:
     digest = xxhash.xxh3_128_hexdigest(data)
     return PayloadRef(file=f"{PAYLOAD_DIR}/{digest}.arrow", digest=digest, rows=rows, size_bytes=len(data))
 
 
-def write_payload(dataset_dir: Path, ref: PayloadRef, data: bytes) -> None:
+def write_payload(dataset_dir: Path, ref: PayloadRef, data: bytes | memoryview) -> None:
     """Write the artifact durably (temp, fsync, rename, fsync dir) unless it already exists."""
     fileops().mkdir(dataset_dir / PAYLOAD_DIR)
     write_once(dataset_dir / ref.file, data, point="payload")
@@ -104,5 +104,5 @@ def read_base(dataset_dir: Path, mark: Watermark) -> BaseProjection:
     )
 
 
-def publish(path: Path, data: bytes) -> None:
+def publish(path: Path, data: bytes | memoryview | list[bytes | memoryview]) -> None:
     write_atomic(path, data, point=path.name)
