@@ -47,6 +47,7 @@ from .log import (
     LOG_FILE,
     LogLine,
     Scan,
+    check_prefix,
     encode_line,
     find_command,
     iter_lines,
@@ -405,6 +406,10 @@ class Dataset:
         warnings: list[str] = []
         stored = read_watermark(self.records_path)
         anchor = self._anchor(stored)
+        if anchor is not None:
+            # Lines before the anchor are checked from raw bytes (hash + prev link): a bad line
+            # anywhere blocks writes, without decoding the whole history every time.
+            check_prefix(self.log_path, end_offset=anchor[0], lines=anchor[1] - 1, last_hash=anchor[2])
         base = read_base(self.dir, stored) if anchor is not None and stored is not None else None
         scan = Scan()
         start = dict(start_offset=0, start_seq=0, start_hash=GENESIS_HASH)

@@ -28,6 +28,7 @@ QUARANTINE_FILE = ".events.log.quarantine"
 MAX_LINE_BYTES = 1 << 20  # 1 MiB including the newline
 _HASH_KEY = b'"hash":"'
 _SUFFIX = len(_HASH_KEY) + 32 + 2  # "hash":"<32 hex>"}
+_PREV = len(b'"prev":"') + 32 + 2  # "prev":"<32 hex>",
 _CHUNK = 8 << 20
 
 
@@ -165,6 +166,42 @@ def iter_lines(
                 raise CorruptLog("log line exceeds 1 MiB", line=state.seq + 1, offset=offset)
         if pending:
             state.torn_offset, state.torn_bytes = offset, len(pending)
+
+
+def check_prefix(path: Path, *, end_offset: int, lines: int, last_hash: str) -> None:
+    """Check the chain of the first `lines` lines (ending at `end_offset`) from raw bytes only.
+
+    Each line's own hash and its `prev` link (the field just before `hash`) are compared
+    without decoding JSON, so a writer can afford to check the whole prefix before its anchor.
+    """
+    prev = GENESIS_HASH
+    number = 0
+    offset = 0
+    with path.open("rb") as fh:
+        pending = b""
+        while offset + len(pending) < end_offset:
+            chunk = fh.read(min(_CHUNK, end_offset - offset - len(pending)))
+            if not chunk:
+                break
+            pending += chunk
+            start = 0
+            while (nl := pending.find(b"\n", start)) >= 0:
+                raw = pending[start:nl]
+                number += 1
+                framed = line_digest(raw)
+                if framed is None or framed[0] != framed[1]:
+                    raise CorruptLog("log line fails its hash check", line=number, offset=offset)
+                link = raw[-_SUFFIX - _PREV : -_SUFFIX]
+                if link != b'"prev":"' + prev.encode() + b'",':
+                    raise CorruptLog(
+                        "hash chain broken: prev does not match the previous line", line=number, offset=offset
+                    )
+                prev = framed[0]
+                offset += len(raw) + 1
+                start = nl + 1
+            pending = pending[start:]
+    if number != lines or prev != last_hash or offset != end_offset:
+        raise CorruptLog("log prefix does not lead to the recorded projection anchor", line=number + 1, offset=offset)
 
 
 def scan_log(path: Path, **kwargs: int | str) -> Scan:
