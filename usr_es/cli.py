@@ -32,8 +32,15 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-namespace_app = typer.Typer(help="Register and inspect overlay namespaces in registry.yaml.", no_args_is_help=True)
-events_app = typer.Typer(help="Read the event log.", no_args_is_help=True)
+namespace_app = typer.Typer(
+    help="Register and inspect overlay namespaces in registry.yaml.\n\n"
+    "Example: usr --root /data/usr namespace register mock --columns 'mock__score:float64'",
+    no_args_is_help=True,
+)
+events_app = typer.Typer(
+    help="Read the event log.\n\nExample: usr events tail densegen/demo --n 5 --format json",
+    no_args_is_help=True,
+)
 app.add_typer(namespace_app, name="namespace")
 app.add_typer(events_app, name="events")
 

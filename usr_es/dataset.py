@@ -287,14 +287,20 @@ class Dataset:
         if is_init:
             load_registry(self.root)  # init requires a registry, like every mutation
             # A retried init (same command_id) returns its original receipt below, like any command.
-            if self.exists and (command_id is None or find_command(self.log_path, command_id) is None):
+            # A log without one complete line (a crash tore the first append) is not initialized yet.
+            started = self.exists and read_line_at(self.log_path, 0) is not None
+            if started and (command_id is None or find_command(self.log_path, command_id) is None):
                 raise DatasetExists(f"Dataset already initialized: {self.name}")
             fileops().mkdir(self.dir)
         else:
             self._require()
         with locked(self.dir / LOCK_FILE):
-            remove_stale_temps(self.dir)
-            tail = self._tail(quarantine=True)
+            for directory in (self.dir, self.dir / PAYLOAD_DIR, self.dir / REGISTRY_DIR):
+                remove_stale_temps(directory)
+            try:
+                tail = self._tail(quarantine=True)
+            except OSError as exc:
+                raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
             warnings = list(tail.warnings)
             if command_id is not None:
                 prior = find_command(self.log_path, command_id)
@@ -305,7 +311,7 @@ class Dataset:
                     f"Stale write: expected seq {expected_seq} but the log is at seq {tail.scan.seq}.",
                     hint="Re-read the dataset and retry with the current seq.",
                 )
-            registry = self._registry_for_write()
+            registry = self._registry_for_write(tail.scan.registry_hash)
             rows = rows_loader() if rows_loader is not None else None
             state = DatasetState(
                 name=self.name,
@@ -316,7 +322,10 @@ class Dataset:
             now = utc_now_text(tail.scan.last_timestamp)
             decision = decide(state, command, now=now, rows=rows)
             rows = None  # the input table is no longer needed: free it before projecting
-            record, line, digest, parquet = self._prepare(tail, registry, command, decision, command_id, now)
+            try:
+                record, line, digest, parquet = self._prepare(tail, registry, command, decision, command_id, now)
+            except OSError as exc:  # payload or frozen registry: the log is untouched
+                raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
             append_record(self.log_path, line, expected_size=tail.scan.size)
             fileops().point("after_append")
             try:
@@ -333,13 +342,12 @@ class Dataset:
             final = LogRecord(**{**_fields(record), "hash": digest})
             return _receipt(final, warnings=warnings)
 
-    def _registry_for_write(self) -> Registry:
-        if registry_path(self.root).is_file():
+    def _registry_for_write(self, last_hash: str | None) -> Registry:
+        """The live registry; for a dataset outside any root (e.g. a replayed copy), the frozen
+        registry the last event was validated against."""
+        if registry_path(self.root).is_file() or last_hash is None:
             return load_registry(self.root)
-        frozen = sorted((self.dir / REGISTRY_DIR).glob("registry.*.yaml"), key=lambda p: p.stat().st_mtime)
-        if frozen:
-            return frozen_registry(self.dir, frozen[-1].name.split(".")[1])
-        return load_registry(self.root)
+        return frozen_registry(self.dir, last_hash)
 
     def _prepare(
         self,
@@ -621,7 +629,8 @@ class Dataset:
         """Regenerate every projection (records.parquet, meta.md) from the log."""
         self._require()
         with locked(self.dir / LOCK_FILE):
-            remove_stale_temps(self.dir)
+            for directory in (self.dir, self.dir / PAYLOAD_DIR, self.dir / REGISTRY_DIR):
+                remove_stale_temps(directory)
             base, scan, lines = self._replay()
             files = []
             if base is not None:

@@ -30,7 +30,9 @@ class FileOps:
 
     def __init__(self) -> None:
         spec = os.environ.get("USR_ES_CRASH_AT", "")
-        point, _, count = spec.partition(":")
+        point, _, count = spec.rpartition(":")  # point names contain ":" too (after_write:log[:k])
+        if not count.isdigit():
+            point, count = spec, ""
         self._crash_point = point or None
         self._crash_after = int(count) if count else 1
         self._seen: dict[str, int] = {}
@@ -68,7 +70,9 @@ class FileOps:
         os.unlink(path)
 
     def mkdir(self, path: Path) -> None:
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        if not path.parent.is_dir():  # parents get DIR_MODE too (`parents=True` would use 0o777 & ~umask)
+            self.mkdir(path.parent)
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
 
     def lock(self, fd: int, *, shared: bool = False) -> None:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
@@ -210,7 +214,7 @@ def append_record(path: Path, data: bytes, *, expected_size: int) -> None:
         ops.point("after_write:log")
         try:
             ops.fsync(fd)
-            if created:
+            if created or expected_size == 0:  # first record: a crashed writer may have created the file
                 ops.fsync_dir(path.parent)
         except OSError as exc:
             raise CommitError(f"fsync of {path.name} failed: {exc.strerror}", state="INDETERMINATE") from exc

@@ -79,6 +79,7 @@ class Scan:
     hash: str = GENESIS_HASH
     size: int = 0
     last_timestamp: str | None = None
+    registry_hash: str | None = None
     torn_offset: int | None = None
     torn_bytes: int = 0
     lines: list[LogLine] = field(default_factory=list)
@@ -156,6 +157,7 @@ def iter_lines(
                 line = LogLine(seq=number, offset=offset, end=offset + len(raw) + 1, raw=raw, record=record)
                 state.seq, state.hash, state.size = number, record.hash, line.end
                 state.last_timestamp = record.timestamp_utc
+                state.registry_hash = record.registry_hash or state.registry_hash
                 offset = line.end
                 start = nl + 1
                 yield line

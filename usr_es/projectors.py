@@ -167,7 +167,7 @@ def encode_parquet(table: pa.Table, metadata: dict[str, str], watermark_hash: st
         writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
     finally:
         writer.close()
-    return memoryview(sink.getvalue())
+    return memoryview(sink.getvalue()).cast("B")  # Arrow buffers export signed bytes ('b')
 
 
 def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> memoryview:

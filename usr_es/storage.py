@@ -30,7 +30,7 @@ def encode_payload(table: pa.Table) -> memoryview:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
-    return memoryview(sink.getvalue())
+    return memoryview(sink.getvalue()).cast("B")  # Arrow buffers export signed bytes ('b')
 
 
 def payload_ref(data: bytes | memoryview, rows: int) -> PayloadRef:

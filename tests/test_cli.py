@@ -1,0 +1,273 @@
+"""The `usr` command line: JSON output, error lines and exit codes, help texts, retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DEMO_SEQUENCES
+from typer.testing import CliRunner
+
+from usr_es import Dataset
+from usr_es.cli import app
+
+runner = CliRunner()
+
+
+def usr(root: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run `usr --root ROOT ARGS` in-process; assert success and return the result."""
+    result = runner.invoke(app, ["--root", str(root), *args], env=env)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def usr_json(root: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run a data command with `--format json` and return its `data` after checking the envelope."""
+    result = usr(root, *args, "--format", "json", env=env)
+    doc = json.loads(result.stdout)
+    assert doc["usr_output_version"] == 1
+    return doc["data"]
+
+
+def usr_process(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m usr_es ARGS` in a child process, as a user would (errors go through main())."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("USR_")}
+    clean.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "usr_es", *args],
+        cwd=cwd,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def cli_root(tmp_path: Path, demo_csv: Path) -> Path:
+    """A root with namespace `mock` and dataset `demo/ds` holding the demo CSV, built through the CLI."""
+    root = tmp_path / "cliroot"
+    usr(root, "namespace", "register", "mock", "--columns", "mock__score:float64,mock__pos:struct<a:int64,b:string>")
+    usr(root, "init", "demo/ds", "--source", "cli test")
+    usr(root, "import", "demo/ds", "--from", "csv", "--path", str(demo_csv))
+    return root
+
+
+def log_of(root: Path) -> bytes:
+    return Dataset.open(root, "demo/ds").log_path.read_bytes()
+
+
+# -- namespaces ---------------------------------------------------------------------------------
+def test_cli_namespace_register_list_show(tmp_path: Path) -> None:
+    root = tmp_path / "nsroot"
+    result = usr(root, "namespace", "register", "mock", "--columns", "mock__score:float64,mock__t:timestamp[us, UTC]")
+    assert "mock" in result.stdout
+    listed = usr_json(root, "namespace", "list")
+    assert {row["namespace"] for row in listed} == {"mock", "usr_state"}
+    assert next(r for r in listed if r["namespace"] == "mock")["columns"] == ["mock__score", "mock__t"]
+    shown = usr_json(root, "namespace", "show", "mock")
+    assert shown["name"] == "mock"
+    assert shown["columns"] == [
+        {"name": "mock__score", "type": "float64"},
+        {"name": "mock__t", "type": "timestamp[us, UTC]"},
+    ]
+
+
+def test_cli_namespace_register_overwrite(tmp_path: Path) -> None:
+    root = tmp_path / "nsroot"
+    usr(root, "namespace", "register", "mock", "--columns", "mock__a:int64")
+    usr(root, "namespace", "register", "mock", "--columns", "mock__b:string", "--overwrite")
+    assert [c["name"] for c in usr_json(root, "namespace", "show", "mock")["columns"]] == ["mock__b"]
+
+
+# -- lifecycle and reads ------------------------------------------------------------------------
+def test_cli_init_and_import_receipts(tmp_path: Path, demo_csv: Path) -> None:
+    root = tmp_path / "r"
+    usr(root, "namespace", "register", "mock", "--columns", "mock__score:float64")
+    init = usr_json(root, "init", "demo/ds", "--source", "s")
+    assert (init["seq"], init["action"], init["dataset"]) == (1, "init", "demo/ds")
+    imported = usr_json(root, "import", "demo/ds", "--from", "csv", "--path", str(demo_csv))
+    assert (imported["seq"], imported["action"]) == (2, "import_rows")
+    assert imported["metrics"]["rows_written"] == 6 and imported["replayed"] is False
+
+
+def test_cli_ls_info_head_schema_json(cli_root: Path, demo_csv: Path) -> None:
+    listed = usr_json(cli_root, "ls")
+    assert [(d["dataset"], d["rows"], d["head_seq"]) for d in listed] == [("demo/ds", 6, 2)]
+    info = usr_json(cli_root, "info", "demo/ds")
+    assert info["rows"] == 6 and info["head_seq"] == 2 and info["projection_lag"] == 0
+    head = usr_json(cli_root, "head", "demo/ds", "-n", "3")
+    assert [row["sequence"] for row in head] == DEMO_SEQUENCES[:3]
+    assert head[0]["source"] == str(demo_csv)
+    assert head[0]["created_at"].endswith("Z")
+    some = usr_json(cli_root, "head", "demo/ds", "--columns", "id,length")
+    assert list(some[0]) == ["id", "length"] and len(some) == 6
+    schema = usr_json(cli_root, "schema", "demo/ds")
+    assert {c["name"]: c["type"] for c in schema}["created_at"] == "timestamp[us, UTC]"
+
+
+def test_cli_plain_output_for_head(cli_root: Path) -> None:
+    result = usr(cli_root, "head", "demo/ds", "-n", "2", "--columns", "sequence", "--format", "plain")
+    assert result.stdout.splitlines() == ["sequence", *DEMO_SEQUENCES[:2]]
+
+
+def test_cli_events_tail_returns_last_event(cli_root: Path) -> None:
+    result = usr(cli_root, "events", "tail", "demo/ds", "--n", "1", "--format", "json")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    event = json.loads(lines[0])
+    last = json.loads(log_of(cli_root).splitlines()[-1])
+    assert event == last
+    assert event["seq"] == 2 and event["action"] == "import_rows"
+    everything = usr(cli_root, "events", "tail", "demo/ds").stdout.splitlines()
+    assert [json.loads(line)["seq"] for line in everything] == [1, 2]
+
+
+def test_cli_replay_rebuild_verify(cli_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "past"
+    replayed = usr_json(cli_root, "replay", "demo/ds", "--until", "1", "--out", str(out))
+    assert replayed["seq"] == 1 and replayed["rows"] == 0
+    assert usr_json(cli_root, "verify", str(out))["ok"] is True
+    rebuilt = usr_json(cli_root, "rebuild", "demo/ds")
+    assert rebuilt["seq"] == 2 and rebuilt["rows"] == 6
+    report = usr_json(cli_root, "verify", "demo/ds")
+    assert report["ok"] is True and report["problems"] == []
+
+
+def test_cli_verify_exits_6_after_tampering(cli_root: Path) -> None:
+    log = Dataset.open(cli_root, "demo/ds").log_path
+    data = log.read_bytes()
+    log.write_bytes(data.replace(b'"source":"cli test"', b'"source":"cli tesT"', 1))
+    result = runner.invoke(app, ["--root", str(cli_root), "verify", "demo/ds", "--format", "json"])
+    assert result.exit_code == 6
+    report = json.loads(result.stdout)["data"]
+    assert report["ok"] is False and "line 1" in report["problems"][0]
+
+
+# -- idempotent retries -------------------------------------------------------------------------
+def test_cli_command_id_option_gives_idempotent_retry(cli_root: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra.csv"
+    extra.write_text("sequence\nACGTACGTAA\n")
+    args = ["import", "demo/ds", "--from", "csv", "--path", str(extra), "--command-id", "job-17"]
+    first = usr_json(cli_root, *args)
+    log = log_of(cli_root)
+    again = usr_json(cli_root, *args)
+    assert first["replayed"] is False and again["replayed"] is True
+    assert again["event_id"] == first["event_id"] and again["seq"] == first["seq"] == 3
+    assert log_of(cli_root) == log
+
+
+def test_cli_command_id_env_gives_idempotent_retry(cli_root: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra.csv"
+    extra.write_text("sequence\nTTTTGGGGCC\n")
+    args = ["import", "demo/ds", "--from", "csv", "--path", str(extra)]
+    first = usr_json(cli_root, *args, env={"USR_COMMAND_ID": "env-job-1"})
+    log = log_of(cli_root)
+    again = usr_json(cli_root, *args, env={"USR_COMMAND_ID": "env-job-1"})
+    assert again["replayed"] is True and again["event_id"] == first["event_id"]
+    assert json.loads(log.splitlines()[-1])["command_id"] == "env-job-1"
+    assert log_of(cli_root) == log
+
+
+def test_cli_expected_seq_option(cli_root: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra.csv"
+    extra.write_text("sequence\nCCCCAAAAGG\n")
+    done = usr_json(cli_root, "import", "demo/ds", "--from", "csv", "--path", str(extra), "--expected-seq", "2")
+    assert done["seq"] == 3
+
+
+# -- help ---------------------------------------------------------------------------------------
+HELP_COMMANDS = [
+    [],
+    ["namespace"],
+    ["namespace", "register"],
+    ["namespace", "list"],
+    ["namespace", "show"],
+    ["init"],
+    ["import"],
+    ["ls"],
+    ["info"],
+    ["head"],
+    ["schema"],
+    ["events"],
+    ["events", "tail"],
+    ["replay"],
+    ["rebuild"],
+    ["verify"],
+    ["demo"],
+]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "usr")
+def test_cli_help_has_example(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.stdout
+    assert "Example" in result.stdout
+
+
+def test_cli_python_dash_m_help(tmp_path: Path) -> None:
+    proc = usr_process(tmp_path, "--help")
+    assert proc.returncode == 0
+    assert "Usage" in proc.stdout and "Example" in proc.stdout
+    assert proc.stderr == ""
+
+
+# -- user errors --------------------------------------------------------------------------------
+def assert_user_error(proc: subprocess.CompletedProcess[str], code: int) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.splitlines()
+    assert len(lines) in (1, 2), proc.stderr
+    assert lines[0].startswith("error: ")
+    assert sum(line.startswith("error:") for line in lines) == 1
+    if len(lines) == 2:
+        assert lines[1].startswith("hint: ")
+
+
+ERROR_CASES: list[tuple[str, list[str], int]] = [
+    ("duplicate_import", ["import", "demo/ds", "--from", "csv", "--path", "{csv}"], 2),
+    ("bad_alphabet", ["import", "demo/ds", "--from", "csv", "--path", "{csv}", "--alphabet", "protein_20"], 2),
+    ("invalid_id", ["init", "../escape"], 2),
+    ("init_exists", ["init", "demo/ds"], 3),
+    ("missing_dataset", ["info", "demo/ghost"], 4),
+    ("missing_input", ["import", "demo/ds", "--from", "csv", "--path", "{missing}"], 4),
+    ("stale_seq", ["import", "demo/ds", "--from", "csv", "--path", "{new}", "--expected-seq", "1"], 5),
+    ("unknown_namespace", ["namespace", "show", "nope"], 4),
+    ("bad_namespace", ["namespace", "register", "Bad", "--columns", "Bad__x:int64"], 2),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "code"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+def test_cli_user_errors_exit_codes(
+    cli_root: Path, demo_csv: Path, tmp_path: Path, name: str, args: list[str], code: int
+) -> None:
+    new = tmp_path / "new.csv"
+    new.write_text("sequence\nGATTACAGATTACA\n")
+    values = {"csv": str(demo_csv), "missing": str(tmp_path / "missing.csv"), "new": str(new)}
+    before = log_of(cli_root)
+    registry = (cli_root / "registry.yaml").read_bytes()
+    proc = usr_process(tmp_path, "--root", str(cli_root), *[a.format(**values) for a in args])
+    assert_user_error(proc, code)
+    assert log_of(cli_root) == before
+    assert (cli_root / "registry.yaml").read_bytes() == registry
+    assert not (tmp_path / "escape").exists()
+
+
+def test_cli_verify_failure_exit_code_in_process(cli_root: Path, tmp_path: Path) -> None:
+    log = Dataset.open(cli_root, "demo/ds").log_path
+    log.write_bytes(log.read_bytes().replace(b'"action":"init"', b'"action":"Init"', 1))
+    proc = usr_process(tmp_path, "--root", str(cli_root), "verify", "demo/ds")
+    assert proc.returncode == 6
+    assert "Traceback" not in proc.stderr
+    assert "FAILED" in proc.stdout and "line 1" in proc.stdout
+
+
+def test_cli_no_root_is_a_usage_error(tmp_path: Path) -> None:
+    proc = usr_process(tmp_path, "ls")
+    assert_user_error(proc, 2)

@@ -1,0 +1,254 @@
+"""The pure decider: import validation, duplicate handling and secret redaction."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from usr_es.alphabet import ALPHABETS
+from usr_es.commands import ImportSequences, InitDataset
+from usr_es.decide import REDACTED, DatasetState, Decision, decide, redact
+from usr_es.errors import (
+    AlphabetError,
+    DatasetExists,
+    DuplicateIDError,
+    InvalidInput,
+    NotFound,
+    SchemaError,
+)
+from usr_es.events import DatasetInitialized, SequencesImported
+
+NOW = "2024-05-01T12:00:00.000000Z"
+READY = DatasetState(name="demo/ds", initialized=True, seq=1)
+
+
+def sha1_id(bio_type: str, sequence: str) -> str:
+    return hashlib.sha1(f"{bio_type}|{sequence.strip()}".encode()).hexdigest()
+
+
+def import_rows(
+    rows: pa.Table | dict[str, list[Any]] | list[str],
+    *,
+    state: DatasetState = READY,
+    **options: Any,
+) -> Decision:
+    if isinstance(rows, list):
+        rows = {"sequence": rows}
+    table = rows if isinstance(rows, pa.Table) else pa.table(rows)
+    options.setdefault("fmt", "rows")
+    return decide(state, ImportSequences(**options), now=NOW, rows=table)
+
+
+def payload_column(decision: Decision, name: str) -> list[Any]:
+    assert decision.payload is not None
+    return decision.payload.column(name).to_pylist()
+
+
+def test_decide_init_creates_dataset_initialized() -> None:
+    decision = decide(DatasetState(name="demo/ds"), InitDataset(source="lab", notes="n"), now=NOW)
+    assert decision.event == DatasetInitialized(name="demo/ds", created_at=NOW, source="lab", notes="n")
+    assert decision.action == "init"
+    assert decision.payload is None
+
+
+def test_decide_init_twice_is_rejected() -> None:
+    with pytest.raises(DatasetExists):
+        decide(READY, InitDataset(), now=NOW)
+
+
+def test_decide_import_before_init_is_rejected() -> None:
+    with pytest.raises(NotFound):
+        import_rows(["ACGT"], state=DatasetState(name="demo/ds"))
+
+
+def test_decide_import_without_rows_is_rejected() -> None:
+    with pytest.raises(InvalidInput):
+        decide(READY, ImportSequences(fmt="rows"), now=NOW, rows=None)
+
+
+def test_decide_import_requires_sequence_column() -> None:
+    with pytest.raises(SchemaError, match="sequence"):
+        import_rows({"seq": ["ACGT"]})
+
+
+def test_decide_import_rejects_empty_input() -> None:
+    with pytest.raises(SchemaError):
+        import_rows(pa.table({"sequence": pa.array([], pa.string())}))
+
+
+def test_decide_import_names_empty_and_blank_rows_one_based() -> None:
+    with pytest.raises(SchemaError) as info:
+        import_rows(["ACGT", "", "  \t", "GG", None])
+    assert "rows: 2, 3, 5" in str(info.value)
+
+
+@pytest.mark.parametrize("bio_type", ["DNA", "Dna", "peptide", ""])
+def test_decide_import_rejects_unknown_bio_type(bio_type: str) -> None:
+    with pytest.raises(SchemaError, match="bio_type"):
+        import_rows(["ACGT"], bio_type=bio_type)
+
+
+@pytest.mark.parametrize(
+    ("bio_type", "alphabet"),
+    [("dna", "protein_20"), ("dna", "rna_4"), ("rna", "dna_4"), ("protein", "dna_5"), ("dna", "DNA_4"), ("dna", "x")],
+)
+def test_decide_import_rejects_alphabet_not_valid_for_bio_type(bio_type: str, alphabet: str) -> None:
+    with pytest.raises(AlphabetError, match="alphabet"):
+        import_rows(["ACGT"], bio_type=bio_type, alphabet=alphabet)
+
+
+def test_decide_import_rejects_characters_outside_alphabet() -> None:
+    with pytest.raises(AlphabetError) as info:
+        import_rows(["ACGT", "NNNN", "AC GT", "AC-GT"], alphabet="dna_4")
+    assert "rows: 2, 3, 4" in str(info.value)
+
+
+def test_decide_import_accepts_n_in_dna_5() -> None:
+    decision = import_rows(["NNNN", "acgtn"], alphabet="dna_5")
+    assert payload_column(decision, "sequence") == ["NNNN", "acgtn"]
+    assert payload_column(decision, "alphabet") == ["dna_5", "dna_5"]
+
+
+@pytest.mark.parametrize("alphabet", sorted(ALPHABETS))
+def test_decide_import_accepts_every_alphabet_in_either_case(alphabet: str) -> None:
+    bio_type, letters = ALPHABETS[alphabet]
+    sequences = [letters, letters.lower(), letters[::2] + letters.lower()[1::2]]
+    decision = import_rows(sequences, bio_type=bio_type, alphabet=alphabet)
+    assert payload_column(decision, "sequence") == sequences
+    assert payload_column(decision, "id") == [sha1_id(bio_type, s) for s in sequences]
+    assert payload_column(decision, "bio_type") == [bio_type] * 3
+
+
+def test_decide_import_trims_sequences_and_keeps_case() -> None:
+    decision = import_rows(["  acGT\n", "\tTTaa "])
+    assert payload_column(decision, "sequence") == ["acGT", "TTaa"]
+    assert payload_column(decision, "id") == [sha1_id("dna", "acGT"), sha1_id("dna", "TTaa")]
+
+
+def test_decide_import_rejects_duplicates_inside_input_listing_groups() -> None:
+    with pytest.raises(DuplicateIDError) as info:
+        import_rows(["ACGT", "GGGG", "ACGT", " GGGG ", "TTTT", "ACGT"])
+    groups = info.value.groups
+    assert len(groups) == 2
+    assert any("rows 1,3,6" in g and sha1_id("dna", "ACGT")[:12] in g for g in groups)
+    assert any("rows 2,4" in g for g in groups)
+
+
+def test_decide_import_case_variants_are_not_duplicates() -> None:
+    decision = import_rows(["ACGT", "acgt"])
+    assert decision.metrics == {"rows_written": 2, "rows_skipped": 0}
+
+
+def test_decide_import_skip_keeps_first_of_each_duplicate_group() -> None:
+    decision = import_rows(["ACGT", "GGGG", "ACGT", "TTTT", "GGGG"], on_conflict="skip")
+    assert payload_column(decision, "sequence") == ["ACGT", "GGGG", "TTTT"]
+    assert decision.metrics == {"rows_written": 3, "rows_skipped": 2}
+    assert isinstance(decision.event, SequencesImported)
+    assert (decision.event.rows, decision.event.skipped) == (3, 2)
+
+
+def test_decide_import_rejects_ids_already_in_dataset() -> None:
+    state = DatasetState(name="demo/ds", initialized=True, seq=2, ids=pa.array([sha1_id("dna", "GGGG")]))
+    with pytest.raises(DuplicateIDError) as info:
+        import_rows(["ACGT", "GGGG"], state=state)
+    assert "rows: 2" in str(info.value)
+    assert info.value.groups == [sha1_id("dna", "GGGG")]
+
+
+def test_decide_import_skip_drops_ids_already_in_dataset() -> None:
+    known = pa.chunked_array([[sha1_id("dna", "GGGG")], [sha1_id("dna", "TTTT")]])
+    state = DatasetState(name="demo/ds", initialized=True, seq=2, ids=known)
+    decision = import_rows(["ACGT", "GGGG", "ACGT", "CCCC", "TTTT"], state=state, on_conflict="skip")
+    assert payload_column(decision, "sequence") == ["ACGT", "CCCC"]
+    assert decision.metrics == {"rows_written": 2, "rows_skipped": 3}
+
+
+def test_decide_import_skip_of_only_known_ids_has_no_payload() -> None:
+    state = DatasetState(name="demo/ds", initialized=True, seq=2, ids=pa.array([sha1_id("dna", "ACGT")]))
+    decision = import_rows(["ACGT"], state=state, on_conflict="skip")
+    assert decision.payload is None
+    assert decision.metrics == {"rows_written": 0, "rows_skipped": 1}
+
+
+def test_decide_import_uses_bio_type_and_alphabet_columns() -> None:
+    decision = import_rows(
+        {
+            "sequence": ["ACGU", "MKV", "ACGT"],
+            "bio_type": ["rna", "protein", "dna"],
+            "alphabet": ["rna_4", "protein_20", "dna_4"],
+        }
+    )
+    assert payload_column(decision, "bio_type") == ["rna", "protein", "dna"]
+    assert payload_column(decision, "alphabet") == ["rna_4", "protein_20", "dna_4"]
+    assert payload_column(decision, "id") == [sha1_id("rna", "ACGU"), sha1_id("protein", "MKV"), sha1_id("dna", "ACGT")]
+
+
+@pytest.mark.parametrize("column", ["bio_type", "alphabet"])
+@pytest.mark.parametrize("blank", [None, "", "  "])
+def test_decide_import_label_columns_must_be_filled_on_every_row(column: str, blank: str | None) -> None:
+    values: dict[str, list[Any]] = {"bio_type": ["dna", "dna", "dna"], "alphabet": ["dna_4", "dna_4", "dna_4"]}
+    values[column][1] = blank
+    rows = pa.table({"sequence": ["ACGT", "GGGG", "TTTT"], column: pa.array(values[column], pa.string())})
+    with pytest.raises(SchemaError, match=column) as info:
+        import_rows(rows)
+    assert "rows: 2" in str(info.value)
+
+
+def test_decide_import_rna_with_rna_4() -> None:
+    decision = import_rows(["ACGU", "acgu"], bio_type="rna", alphabet="rna_4")
+    assert payload_column(decision, "id") == [sha1_id("rna", "ACGU"), sha1_id("rna", "acgu")]
+    with pytest.raises(AlphabetError):
+        import_rows(["ACGT"], bio_type="rna", alphabet="rna_4")
+
+
+def test_decide_import_protein() -> None:
+    decision = import_rows(["MKVLAAGIW", "mkvx"], bio_type="protein", alphabet="protein_21")
+    assert payload_column(decision, "bio_type") == ["protein", "protein"]
+    with pytest.raises(AlphabetError):
+        import_rows(["MKVX"], bio_type="protein", alphabet="protein_20")
+
+
+def test_decide_import_event_carries_source_and_time() -> None:
+    decision = import_rows(["ACGT"], path="/in/a.csv", fmt="csv")
+    assert decision.event == SequencesImported(rows=1, skipped=0, source="/in/a.csv", created_at=NOW)
+    decision = import_rows(["ACGT"], path="/in/a.csv", fmt="csv", source="lab")
+    assert isinstance(decision.event, SequencesImported) and decision.event.source == "lab"
+    assert decision.action == "import_rows"
+
+
+def test_redact_hides_secret_keys_recursively() -> None:
+    value = {
+        "token": "t0p",
+        "path": "/data/in.csv",
+        "nested": {"client_secret": "s3cr3t", "keep": 1, "deeper": [{"Password": "p"}]},
+        "API-KEY": "k",
+    }
+    assert redact(value) == {
+        "token": REDACTED,
+        "path": "/data/in.csv",
+        "nested": {"client_secret": REDACTED, "keep": 1, "deeper": [{"Password": REDACTED}]},
+        "API-KEY": REDACTED,
+    }
+
+
+def test_redact_hides_secret_argv_values() -> None:
+    argv = ["usr", "import", "--token", "abc123", "--api-key=xyz", "--path", "in.csv", "--webhook-url", "http://h"]
+    assert redact(argv) == [
+        "usr",
+        "import",
+        "--token",
+        REDACTED,
+        f"--api-key={REDACTED}",
+        "--path",
+        "in.csv",
+        "--webhook-url",
+        REDACTED,
+    ]
+
+
+def test_redact_leaves_plain_values_alone() -> None:
+    value = {"source": "lab", "n": 3, "items": ["a", "--verbose", "b"], "none": None}
+    assert redact(value) == value

@@ -1,0 +1,152 @@
+"""Pure projectors: events + payloads -> the base table and deterministic Parquet bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from usr_es.events import DatasetInitialized, SequencesImported
+from usr_es.projectors import (
+    BASE_SCHEMA,
+    PAYLOAD_SCHEMA,
+    BaseProjection,
+    Watermark,
+    apply_event,
+    encode_base,
+    patch_watermark_hash,
+)
+
+CREATED = "2024-05-01T12:00:00.000000Z"
+INIT = DatasetInitialized(name="demo/ds", created_at=CREATED, source="test")
+REGISTRY_HASH = "ab" * 32
+
+
+def raw(data: bytes | memoryview | Sequence[bytes | memoryview]) -> bytes:
+    """File bytes from whatever the encoders hand back (bytes, a view, or parts in order)."""
+    if isinstance(data, (bytes, memoryview)):
+        return bytes(data)
+    return b"".join(bytes(part) for part in data)
+
+
+def payload(sequences: list[str], *, bio_type: str = "dna", alphabet: str = "dna_4") -> pa.Table:
+    ids = [hashlib.sha1(f"{bio_type}|{s}".encode()).hexdigest() for s in sequences]
+    n = len(sequences)
+    return pa.table([ids, [bio_type] * n, sequences, [alphabet] * n], schema=PAYLOAD_SCHEMA)
+
+
+def imported(at: str, source: str = "batch") -> SequencesImported:
+    return SequencesImported(rows=0, skipped=0, source=source, created_at=at)
+
+
+def mark(seq: int) -> Watermark:
+    return Watermark(seq=seq, offset=100 * seq, hash=f"{seq:032x}")
+
+
+def initialised() -> BaseProjection:
+    base = apply_event(None, INIT, None, registry_hash=REGISTRY_HASH, mark=mark(1))
+    assert base is not None
+    return base
+
+
+def fold(base: BaseProjection | None, event: SequencesImported, rows: pa.Table | None, seq: int) -> BaseProjection:
+    result = apply_event(base, event, rows, registry_hash=REGISTRY_HASH, mark=mark(seq))
+    assert result is not None
+    return result
+
+
+def test_apply_init_gives_empty_base_schema_table() -> None:
+    base = initialised()
+    assert base.table.schema == BASE_SCHEMA
+    assert base.rows == 0
+    assert base.created_at == CREATED
+    assert base.watermark == mark(1)
+    assert base.registry_hash == REGISTRY_HASH
+
+
+def test_apply_import_before_init_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        apply_event(None, imported(CREATED), payload(["ACGT"]), registry_hash=None, mark=mark(2))
+
+
+def test_apply_import_appends_rows_in_log_order() -> None:
+    first_at, second_at = "2024-05-01T12:00:01.000001Z", "2024-05-02T00:00:00.250000Z"
+    base = fold(initialised(), imported(first_at, "one"), payload(["ACGT", "gg"]), 2)
+    base = fold(base, imported(second_at, "two"), payload(["TTTTT"]), 3)
+    table = base.table
+    assert table.schema == BASE_SCHEMA
+    assert table.column("sequence").to_pylist() == ["ACGT", "gg", "TTTTT"]
+    assert table.column("source").to_pylist() == ["one", "one", "two"]
+    assert table.schema.field("length").type == pa.int32()
+    assert table.column("length").to_pylist() == [4, 2, 5]
+    assert table.column("created_at").to_pylist() == [
+        datetime(2024, 5, 1, 12, 0, 1, 1, tzinfo=UTC),
+        datetime(2024, 5, 1, 12, 0, 1, 1, tzinfo=UTC),
+        datetime(2024, 5, 2, 0, 0, 0, 250000, tzinfo=UTC),
+    ]
+    assert base.watermark == mark(3)
+    assert base.created_at == CREATED
+
+
+def test_apply_import_without_payload_keeps_rows() -> None:
+    base = fold(initialised(), imported(CREATED), payload(["ACGT"]), 2)
+    after = fold(base, imported(CREATED), None, 3)
+    assert after.table.equals(base.table)
+    assert after.watermark == mark(3)
+
+
+def test_encode_base_is_deterministic() -> None:
+    base = fold(initialised(), imported(CREATED), payload(["ACGT", "GGCC", "a"]), 2)
+    assert raw(encode_base(base)) == raw(encode_base(base))
+    assert raw(encode_base(initialised())) == raw(encode_base(initialised()))
+
+
+def test_encode_base_changes_with_content_and_watermark() -> None:
+    base = fold(initialised(), imported(CREATED), payload(["ACGT"]), 2)
+    other = fold(initialised(), imported(CREATED), payload(["ACGA"]), 2)
+    moved = fold(initialised(), imported(CREATED), payload(["ACGT"]), 3)
+    assert raw(encode_base(base)) != raw(encode_base(other))
+    assert raw(encode_base(base)) != raw(encode_base(moved))
+
+
+def test_incremental_fold_equals_single_fold_of_concatenated_payloads() -> None:
+    parts = [payload(["ACGT", "GG"]), payload(["TTT"]), payload(["CCCCA", "aaa", "g"])]
+    event = imported(CREATED)
+    step = initialised()
+    for part in parts:
+        step = fold(step, event, part, 2)
+    once = fold(initialised(), event, pa.concat_tables(parts), 2)
+    assert step.table.equals(once.table)
+    assert raw(encode_base(step)) == raw(encode_base(once))
+
+
+def test_patched_watermark_equals_direct_encoding() -> None:
+    base = fold(initialised(), imported(CREATED), payload(["ACGT", "TTGA"]), 2)
+    pending = raw(encode_base(base, pending_hash=True))
+    final = raw(encode_base(base))
+    assert len(pending) == len(final)
+    patched = raw(patch_watermark_hash(memoryview(pending), base.watermark.hash))
+    assert patched == final
+    meta = pq.read_metadata(io.BytesIO(patched)).metadata
+    assert meta[b"usr_es:hash"] == base.watermark.hash.encode()
+    assert meta[b"usr_es:seq"] == b"2"
+    assert meta[b"usr_es:offset"] == b"200"
+    assert meta[b"usr:registry_hash"] == REGISTRY_HASH.encode()
+    assert meta[b"usr:dataset_created_at"] == CREATED.encode()
+
+
+def test_patch_watermark_hash_rejects_file_without_placeholder() -> None:
+    final = raw(encode_base(initialised()))
+    with pytest.raises(ValueError):
+        patch_watermark_hash(memoryview(final), "f" * 32)
+
+
+def test_encoded_base_reads_back_as_the_table() -> None:
+    base = fold(initialised(), imported(CREATED), payload(["ACGT", "TTGA"]), 2)
+    table = pq.read_table(io.BytesIO(raw(encode_base(base))))
+    assert table.replace_schema_metadata(None).equals(base.table)
