@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from .errors import EXIT_INTERNAL, InvalidInput, UsrError
+from .errors import EXIT_INTERNAL, CommitError, UsrError
 
 if TYPE_CHECKING:
     from .dataset import Dataset
@@ -99,11 +99,12 @@ def _global(
 
 # -- helpers -----------------------------------------------------------------------------------
 def _root(*, create: bool = False) -> Path:
+    from .fileio import fileops
     from .roots import find_root
 
     explicit = _state["root"]
     if create and explicit is not None:
-        explicit.expanduser().mkdir(parents=True, exist_ok=True)
+        fileops().mkdir(explicit.expanduser().resolve())
     return find_root(explicit)
 
 
@@ -224,8 +225,8 @@ def namespace_register(
         str,
         typer.Option("--columns", help="Comma-separated ns__field:type; commas inside <> and [] belong to the type."),
     ],
-    owner: Annotated[str, typer.Option("--owner")] = "",
-    description: Annotated[str, typer.Option("--description")] = "",
+    owner: Annotated[str, typer.Option("--owner", help="Owner recorded in registry.yaml.")] = "",
+    description: Annotated[str, typer.Option("--description", help="One-line description for registry.yaml.")] = "",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing namespace.")] = False,
 ) -> None:
     """Register a namespace and its columns (creates registry.yaml with usr_state on first use).
@@ -467,6 +468,7 @@ def verify(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
     """Check the hash chain, every payload digest, and that replay equals the stored files.
 
     Exits 6 on any mismatch, naming the first bad line or differing file.
+
     Example: usr verify densegen/demo
     """
     from .errors import EXIT_INTEGRITY
@@ -511,8 +513,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
-    except OSError as exc:
-        _fail(InvalidInput(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)))
+    except OSError as exc:  # an I/O failure the write path did not classify: nothing was reported as done
+        what = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+        _fail(CommitError(f"I/O error: {what}", state="NOT_COMMITTED" if exc.filename else "INDETERMINATE"))
     except Exception as exc:  # a bug: say so plainly, still no traceback unless asked for
         if os.environ.get("USR_DEBUG"):
             raise

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -40,6 +41,7 @@ from .events import (
     Fingerprint,
     LogRecord,
     PayloadRef,
+    record_decoder,
 )
 from .fileio import append_record, fileops, locked, remove_stale_temps, write_atomic
 from .inputs import read_import_file, rows_to_table
@@ -479,6 +481,7 @@ class Dataset:
         stored = read_watermark(self.records_path)
         anchor = self._anchor(stored)
         if anchor is not None and stored is not None:
+            check_prefix(self.log_path, end_offset=anchor[0], lines=anchor[1] - 1, last_hash=anchor[2])
             scan = Scan()
             lagging = False
             for line in iter_lines(
@@ -729,11 +732,9 @@ def _meta_bullet(record: LogRecord) -> str:
 
 
 def _first_record(raw: bytes) -> LogRecord:
-    from .events import record_decoder
-
     try:
         return record_decoder.decode(raw)
-    except Exception as exc:  # msgspec errors
+    except msgspec.DecodeError as exc:
         raise IntegrityError(f"cannot decode log line: {exc}") from exc
 
 

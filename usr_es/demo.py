@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .dataset import Dataset
+from .fileio import fileops
 from .registry import register_namespace, split_columns_spec
 
 
@@ -28,7 +29,7 @@ def _sequences(rng: random.Random, count: int) -> list[str]:
 def run_demo(root: Path | None, *, echo: Callable[[str], None] = print) -> Path:
     """Register a namespace, init, import CSV and FASTA, inspect, replay to the past, verify."""
     root = Path(root).expanduser().resolve() if root else Path(tempfile.mkdtemp(prefix="usr_demo_"))
-    root.mkdir(parents=True, exist_ok=True)
+    fileops().mkdir(root)
     rng = random.Random(7)
     first, second = _sequences(rng, 40), _sequences(rng, 16)
     inputs = root / "_inputs"

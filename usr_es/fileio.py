@@ -185,6 +185,8 @@ def append_record(path: Path, data: bytes, *, expected_size: int) -> None:
     try:
         fd = ops.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntegrityError(f"{path} is a symlink; refusing to append through it") from exc
         raise CommitError(f"cannot open {path.name}: {exc.strerror}", state="NOT_COMMITTED") from exc
     try:
         info = os.fstat(fd)

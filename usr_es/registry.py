@@ -17,7 +17,7 @@ import pyarrow as pa
 import yaml
 
 from .errors import NamespaceError, NotFound, RegistryError
-from .fileio import locked, write_atomic
+from .fileio import fileops, locked, write_atomic
 
 REGISTRY_FILE = "registry.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -362,7 +362,7 @@ def register_namespace(
     for col in spec.columns:
         if col.name in ESSENTIAL_COLUMNS:
             raise NamespaceError(f"Column '{col.name}' is an essential column.")
-    root.mkdir(parents=True, exist_ok=True)
+    fileops().mkdir(root)
     with locked(root / ".usr-registry.lock"):
         path = registry_path(root)
         current = load_registry(root) if path.exists() else Registry({"usr_state": USR_STATE})
