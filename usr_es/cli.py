@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     name="usr",
     help="Universal Sequence Record, event-sourced: every change is an event in .events.log; "
-    "records.parquet and _derived/ are rebuilt from it.\n\n"
+    "records.parquet is a projection rebuilt from it.\n\n"
     "Example: usr --root /data/usr init densegen/demo --source 'lab run 7'",
     no_args_is_help=True,
     add_completion=False,
@@ -337,7 +337,7 @@ def import_(
     )
     skipped = receipt.metrics.get("rows_skipped", 0)
     extra = f" ({skipped} skipped)" if skipped else ""
-    _emit_receipt(receipt, f"Imported {receipt.rows_written} records into {ds.name}{extra}", fmt)
+    _emit_receipt(receipt, f"Imported {receipt.rows_written} record(s) into {ds.name}{extra}", fmt)
 
 
 # -- reads -------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def ls(fmt: FormatOpt = Format.auto) -> None:
     if not rows and _resolved(fmt) is not Format.json:
         typer.echo(f"(no datasets under {root})")
         return
-    _emit_rows(rows, ["dataset", "rows", "cols", "size_bytes", "updated", "head_seq"], fmt, title=str(root))
+    _emit_rows(rows, ["dataset", "rows", "cols", "size_bytes", "updated", "head_seq", "error"], fmt, title=str(root))
 
 
 @app.command("info")
@@ -399,28 +399,42 @@ def schema(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
 @events_app.command("tail")
 def events_tail(
     dataset: DatasetArg,
-    n: Annotated[int, typer.Option("--n", help="Last N events (0 = all).")] = 0,
-    fmt: Annotated[EventsFormat, typer.Option("--format", help="json (verified, compact) or raw bytes.")] = (
-        EventsFormat.json
-    ),
+    n: Annotated[int, typer.Option("-n", "--n", help="Last N events (0 = all).")] = 0,
+    fmt: Annotated[
+        EventsFormat,
+        typer.Option("--format", help="json: hash-chain verified lines; raw: the stored bytes, unverified."),
+    ] = EventsFormat.json,
     follow: Annotated[bool, typer.Option("--follow", help="Keep printing new events as they are appended.")] = False,
 ) -> None:
     """Print events of .events.log (complete lines only; a torn tail is never shown).
 
     Example: usr events tail densegen/demo --n 5 --format json
     """
+    from collections import deque
+
+    from .log import iter_lines, raw_lines
+
     ds = _existing(dataset)
-    lines = list(ds.iter_events())
-    shown = lines[-n:] if n else lines
-    for line in shown:
+    if fmt is EventsFormat.raw:
+        offset = 0
+        for start, raw in deque(raw_lines(ds.log_path), maxlen=n or None):
+            sys.stdout.buffer.write(raw + b"\n")
+            offset = start + len(raw) + 1
+        sys.stdout.flush()
+        while follow:
+            for start, raw in raw_lines(ds.log_path, start_offset=offset):
+                sys.stdout.buffer.write(raw + b"\n")
+                offset = start + len(raw) + 1
+            sys.stdout.flush()
+            time.sleep(0.2)
+        return
+    for line in deque(ds.iter_events(), maxlen=n or None):
         sys.stdout.write(line.raw.decode() + "\n")
     sys.stdout.flush()
     if not follow:
         return
-    from .log import iter_lines
-
-    last = lines[-1] if lines else None
-    offset, seq, prev = (last.end, last.seq, last.hash) if last else (0, 0, "0" * 32)
+    lines = list(ds.iter_events())
+    offset, seq, prev = (lines[-1].end, lines[-1].seq, lines[-1].hash) if lines else (0, 0, "0" * 32)
     while True:
         for line in iter_lines(ds.log_path, start_offset=offset, start_seq=seq, start_hash=prev):
             sys.stdout.write(line.raw.decode() + "\n")

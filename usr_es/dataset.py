@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pyarrow as pa
@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .commands import Command, ImportSequences, InitDataset, InputFormat, OnConflict
-from .decide import DatasetState, Decision, decide, redact
+
+if TYPE_CHECKING:
+    from .decide import Decision
 from .errors import (
     CommitError,
     ConcurrencyError,
@@ -44,7 +46,6 @@ from .events import (
     record_decoder,
 )
 from .fileio import append_record, fileops, locked, remove_stale_temps, write_atomic
-from .inputs import read_import_file, rows_to_table
 from .log import (
     LOG_FILE,
     LogLine,
@@ -184,7 +185,15 @@ class Dataset:
         root = Path(root)
         out = []
         for ident in list_datasets(root):
-            info = cls(root, ident, root / ident).info()
+            try:
+                info = cls(root, ident, root / ident).info()
+            except UsrError as exc:  # one broken dataset must not hide the others
+                out.append(
+                    DatasetSummary(
+                        dataset=ident, rows=0, cols=0, size_bytes=0, updated=None, head_seq=0, error=str(exc)
+                    )
+                )
+                continue
             out.append(
                 DatasetSummary(
                     dataset=ident,
@@ -239,7 +248,9 @@ class Dataset:
         expected_seq: int | None = None,
     ) -> Receipt:
         """Import sequences from a csv/jsonl/parquet/fasta file (extra columns are ignored)."""
-        path = Path(path)
+        from .inputs import read_import_file
+
+        path = Path(path).expanduser().resolve()
         command = ImportSequences(
             fmt=fmt,
             path=str(path),
@@ -268,6 +279,8 @@ class Dataset:
         expected_seq: int | None = None,
     ) -> Receipt:
         """Import sequences held in memory: strings, dicts, an Arrow table or a pandas frame."""
+        from .inputs import rows_to_table
+
         table = rows_to_table(rows)
         command = ImportSequences(
             fmt="rows", bio_type=bio_type, alphabet=alphabet, source=source, on_conflict=on_conflict
@@ -283,6 +296,8 @@ class Dataset:
         command_id: str | None,
         expected_seq: int | None,
     ) -> Receipt:
+        from .decide import DatasetState, decide  # write-only: kept off the read path's start-up
+
         if command_id is not None and not _COMMAND_ID.match(command_id):
             raise InvalidInput(f"Invalid command id '{command_id}'.", hint="Use 1-128 of [A-Za-z0-9._:@/+-].")
         is_init = isinstance(command, InitDataset)
@@ -382,7 +397,7 @@ class Dataset:
             timestamp_utc=now,
             action=decision.action,
             dataset=DatasetRef(name=self.name, root=str(self.root)),
-            args=redact(decision.args),
+            args=decision.redacted_args,
             metrics=decision.metrics,
             artifacts={"payload": ref.file} if ref is not None else {},
             maintenance={},

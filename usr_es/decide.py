@@ -50,6 +50,12 @@ class Decision:
     def action(self) -> str:
         return ACTIONS[type(self.event)]
 
+    @property
+    def redacted_args(self) -> dict[str, Any]:
+        """`args` as written to the log: secret-looking keys redacted."""
+        redacted: dict[str, Any] = redact(self.args)
+        return redacted
+
 
 def _is_secret(key: str) -> bool:
     lowered = key.lower().replace("-", "_")

@@ -221,6 +221,20 @@ def read_lines(path: Path, *, until_seq: int | None = None) -> tuple[list[LogLin
     return lines, scan
 
 
+def raw_lines(path: Path, *, start_offset: int = 0) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, bytes) of every complete line from `start_offset`, unverified (forensics)."""
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        fh.seek(start_offset)
+        offset = start_offset
+        for data in fh:
+            if not data.endswith(b"\n"):
+                return  # a torn tail is never shown
+            yield offset, data[:-1]
+            offset += len(data)
+
+
 def read_line_at(path: Path, offset: int) -> bytes | None:
     """Return the raw line starting at `offset` (without newline), or None."""
     if not path.exists():

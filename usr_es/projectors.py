@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .alphabet import ID_HASH_SPEC, SCHEMA_VERSION
@@ -84,6 +83,8 @@ def initial_projection(event: DatasetInitialized, registry_hash: str | None, mar
 
 def imported_rows(payload: pa.Table, event: SequencesImported) -> pa.Table:
     """Base rows for a `SequencesImported` payload: length from the sequence, source/created_at."""
+    import pyarrow.compute as pc  # not needed by readers; keeps their start-up short
+
     n = payload.num_rows
     sequence = payload.column("sequence")
     return pa.table(

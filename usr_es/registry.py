@@ -340,7 +340,7 @@ def load_registry(root: Path) -> Registry:
 
 
 def register_namespace(
-    root: Path,
+    root: Path | str,
     namespace: str,
     columns: list[tuple[str, str]],
     *,
@@ -349,6 +349,7 @@ def register_namespace(
     overwrite: bool = False,
 ) -> NamespaceSpec:
     """Add (or with `overwrite`, replace) a namespace in `<root>/registry.yaml` atomically."""
+    root = Path(root)
     if namespace in RESERVED_NAMESPACES:
         raise NamespaceError(f"Namespace '{namespace}' is reserved.")
     spec = _validate_namespace(

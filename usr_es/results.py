@@ -59,6 +59,7 @@ class DatasetSummary(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int
     updated: str | None
     head_seq: int
+    error: str | None = None  # set when the dataset cannot be read (e.g. a corrupt log)
 
 
 class ColumnInfo(msgspec.Struct, frozen=True):
