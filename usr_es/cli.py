@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from .errors import EXIT_INTERNAL, CommitError, UsrError
+from .errors import EXIT_INTERNAL, CommitError, InvalidInput, UsrError
 
 if TYPE_CHECKING:
     from .dataset import Dataset
@@ -373,14 +373,17 @@ def head(
     dataset: DatasetArg,
     n: Annotated[int, typer.Option("-n", "--n", help="Number of rows.")] = 10,
     columns: Annotated[str, typer.Option("--columns", help="Comma-separated column names.")] = "",
+    include_deleted: Annotated[
+        bool, typer.Option("--include-deleted", help="Show tombstoned rows and the usr__ columns.")
+    ] = False,
     fmt: FormatOpt = Format.auto,
 ) -> None:
-    """Show the first rows of the dataset.
+    """Show the first rows of the dataset (overlay columns merged in).
 
     Example: usr head densegen/demo -n 5 --columns id,sequence
     """
     cols = [c.strip() for c in columns.split(",") if c.strip()] or None
-    table = _existing(dataset).head(n, columns=cols)
+    table = _existing(dataset).head(n, columns=cols, include_deleted=include_deleted)
     _emit_rows(table.to_pylist(), table.column_names, fmt, title=dataset)
 
 
@@ -496,6 +499,39 @@ def verify(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
         raise typer.Exit(EXIT_INTEGRITY)
 
 
+class RegistryMode(StrEnum):
+    current = "current"
+    frozen = "frozen"
+    either = "either"
+
+
+@app.command("validate")
+def validate(
+    dataset: DatasetArg,
+    strict: Annotated[bool, typer.Option("--strict", help="Also recompute ids/lengths, check base types.")] = False,
+    registry_mode: Annotated[
+        RegistryMode, typer.Option("--registry-mode", help="Registry to check against: current, frozen or either.")
+    ] = RegistryMode.current,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Check schema, namespacing, registry types and reserved-namespace values (exit 2 on failure).
+
+    Example: usr validate densegen/demo --strict --registry-mode either
+    """
+    from .errors import EXIT_USAGE
+
+    report = _existing(dataset).validate(strict=strict, registry_mode=registry_mode.value)
+    if _resolved(fmt) is Format.json:
+        _emit_object(report, fmt)
+    elif report.ok:
+        typer.echo("OK: validation passed.")
+    else:
+        for problem in report.problems:
+            typer.echo(f"error: {problem}", err=True)
+    if not report.ok:
+        raise typer.Exit(EXIT_USAGE)
+
+
 @app.command("demo")
 def demo(
     root: Annotated[
@@ -509,6 +545,278 @@ def demo(
     from .demo import run_demo
 
     run_demo(root or _state["root"], echo=typer.echo)
+
+
+# -- overlays, tombstones, state ----------------------------------------------------------------
+class Key(StrEnum):
+    id = "id"
+    sequence = "sequence"
+    sequence_norm = "sequence_norm"
+    sequence_ci = "sequence_ci"
+
+
+def _split_list(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _read_ids(ids: list[str] | None, id_file: Path | None) -> list[str]:
+    out = _split_list(ids)
+    if id_file is not None:
+        if not id_file.is_file():
+            from .errors import NotFound
+
+            raise NotFound(f"Id file not found: {id_file}")
+        out.extend(line.strip() for line in id_file.read_text().splitlines() if line.strip())
+    return out
+
+
+IdsOpt = Annotated[list[str] | None, typer.Option("--id", help="Record id(s); repeat or comma-separate.")]
+IdFileOpt = Annotated[Path | None, typer.Option("--id-file", help="File with one id per line.")]
+AllowMissingOpt = Annotated[bool, typer.Option("--allow-missing", help="Skip ids/keys not in the dataset.")]
+
+
+@app.command("attach")
+def attach(
+    dataset: DatasetArg,
+    path: Annotated[Path, typer.Option("--path", help="Input file: .csv, .parquet, .jsonl/.json.")],
+    namespace: Annotated[str, typer.Option("--namespace", help="Registered namespace for the columns.")],
+    key: Annotated[Key, typer.Option("--key", help="How input rows match records.")] = Key.id,
+    key_col: Annotated[str | None, typer.Option("--key-col", help="Input column holding the key.")] = None,
+    columns: Annotated[str, typer.Option("--columns", help="Comma-separated input columns (default: all).")] = "",
+    allow_overwrite: Annotated[bool, typer.Option("--allow-overwrite", help="Replace values already set.")] = False,
+    allow_missing: AllowMissingOpt = False,
+    parse_json: Annotated[
+        bool, typer.Option("--parse-json/--no-parse-json", help="Parse JSON text into list/struct columns.")
+    ] = True,
+    note: Annotated[str, typer.Option("--note", help="Free text recorded in the event.")] = "",
+    command_id: CommandIdOpt = None,
+    expected_seq: ExpectedSeqOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Attach namespaced columns (<ns>__<col>) to existing records.
+
+    Example: usr attach densegen/demo --path scores.csv --namespace mock --key sequence --columns score
+    """
+    ds = _existing(dataset)
+    receipt = ds.attach(
+        path,
+        namespace=namespace,
+        key=key.value,
+        key_col=key_col,
+        columns=[c.strip() for c in columns.split(",") if c.strip()] or None,
+        allow_overwrite=allow_overwrite,
+        allow_missing=allow_missing,
+        parse_json=parse_json,
+        note=note,
+        command_id=command_id,
+        expected_seq=expected_seq,
+    )
+    missing = receipt.metrics.get("rows_missing", 0)
+    extra = f" ({missing} unmatched row(s) skipped)" if missing else ""
+    _emit_receipt(receipt, f"Attached {receipt.rows_written} row(s) of {namespace} columns to {ds.name}{extra}", fmt)
+
+
+@app.command("delete")
+def delete(
+    dataset: DatasetArg,
+    ids: IdsOpt = None,
+    id_file: IdFileOpt = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (stored as usr__deleted_reason).")] = "",
+    allow_missing: AllowMissingOpt = False,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Tombstone records (hidden from reads unless --include-deleted).
+
+    Example: usr delete densegen/demo --id e153ebc4... --reason "bad input"
+    """
+    ds = _existing(dataset)
+    receipt = ds.delete(_read_ids(ids, id_file), reason=reason, allow_missing=allow_missing, command_id=command_id)
+    _emit_receipt(receipt, receipt.message or f"Tombstoned {receipt.rows_written} record(s) in {ds.name}", fmt)
+
+
+@app.command("restore")
+def restore(
+    dataset: DatasetArg,
+    ids: IdsOpt = None,
+    id_file: IdFileOpt = None,
+    allow_missing: AllowMissingOpt = False,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Restore tombstoned records.
+
+    Example: usr restore densegen/demo --id e153ebc4...
+    """
+    ds = _existing(dataset)
+    receipt = ds.restore(_read_ids(ids, id_file), allow_missing=allow_missing, command_id=command_id)
+    _emit_receipt(receipt, receipt.message or f"Restored {receipt.rows_written} record(s) in {ds.name}", fmt)
+
+
+state_app = typer.Typer(
+    help="Reserved record state (usr_state): masked, qc_status, split, supersedes, lineage.\n\n"
+    "Example: usr state set densegen/demo --id e153ebc4... --qc-status pass --split train",
+    no_args_is_help=True,
+)
+app.add_typer(state_app, name="state")
+
+
+@state_app.command("set")
+def state_set(
+    dataset: DatasetArg,
+    ids: IdsOpt = None,
+    id_file: IdFileOpt = None,
+    masked: Annotated[bool | None, typer.Option("--masked/--unmasked", help="Mask or unmask.")] = None,
+    qc_status: Annotated[str | None, typer.Option("--qc-status", help="pass, fail, warn or unknown.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="train, val, test or holdout.")] = None,
+    supersedes: Annotated[str | None, typer.Option("--supersedes", help="Id this record supersedes.")] = None,
+    lineage: Annotated[
+        list[str] | None, typer.Option("--lineage", help="Parent ids; repeat or comma-separate.")
+    ] = None,
+    allow_missing: AllowMissingOpt = False,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Set usr_state fields (only the ones given) for records.
+
+    Example: usr state set densegen/demo --id e153ebc4... --masked --qc-status fail
+    """
+    ds = _existing(dataset)
+    receipt = ds.set_state(
+        _read_ids(ids, id_file),
+        masked=masked,
+        qc_status=qc_status,
+        split=split,
+        supersedes=supersedes,
+        lineage=_split_list(lineage) if lineage is not None else None,
+        allow_missing=allow_missing,
+        command_id=command_id,
+    )
+    _emit_receipt(receipt, receipt.message or f"Updated usr_state for {receipt.rows_written} record(s)", fmt)
+
+
+@state_app.command("clear")
+def state_clear(
+    dataset: DatasetArg,
+    ids: IdsOpt = None,
+    id_file: IdFileOpt = None,
+    allow_missing: AllowMissingOpt = False,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Reset all usr_state fields of records (masked reads false, the rest null).
+
+    Example: usr state clear densegen/demo --id e153ebc4...
+    """
+    ds = _existing(dataset)
+    receipt = ds.clear_state(_read_ids(ids, id_file), allow_missing=allow_missing, command_id=command_id)
+    _emit_receipt(receipt, receipt.message or f"Cleared usr_state for {receipt.rows_written} record(s)", fmt)
+
+
+@state_app.command("get")
+def state_get(
+    dataset: DatasetArg,
+    ids: IdsOpt = None,
+    id_file: IdFileOpt = None,
+    allow_missing: AllowMissingOpt = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Show usr_state for records, one row per id in request order.
+
+    Example: usr state get densegen/demo --id e153ebc4... --format json
+    """
+    table = _existing(dataset).get_state(_read_ids(ids, id_file), allow_missing=allow_missing)
+    _emit_rows(table.to_pylist(), table.column_names, fmt, title="usr_state")
+
+
+@app.command("materialize")
+def materialize(
+    dataset: DatasetArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    snapshot_before: Annotated[bool, typer.Option("--snapshot-before", help="Write a checkpoint first.")] = False,
+    namespaces: Annotated[str, typer.Option("--namespaces", help="Comma-separated (default: all overlays).")] = "",
+    drop_overlays: Annotated[bool, typer.Option("--drop-overlays", help="Remove the folded overlays.")] = False,
+    archive_overlays: Annotated[
+        bool, typer.Option("--archive-overlays", help="Move the folded overlays to _derived/_archived/.")
+    ] = False,
+    drop_deleted: Annotated[bool, typer.Option("--drop-deleted", help="Remove tombstoned rows from the base.")] = False,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Fold overlay columns into records.parquet (an event; overlays are kept unless told otherwise).
+
+    Example: usr materialize densegen/demo --yes --snapshot-before
+    """
+    from .errors import UserAbort
+
+    ds = _existing(dataset)
+    chosen = [n.strip() for n in namespaces.split(",") if n.strip()] or None
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise InvalidInput(
+                "materialize rewrites records.parquet; confirm with --yes.", hint="usr materialize DS --yes"
+            )
+        info = ds.info()
+        typer.echo(f"Materialize {', '.join(chosen or info.namespaces) or '(no overlays)'} into {ds.records_path}")
+        if not typer.confirm("Proceed?", default=False):
+            raise UserAbort("Materialize cancelled.")
+    receipt = ds.materialize(
+        namespaces=chosen,
+        drop_overlays=drop_overlays,
+        archive_overlays=archive_overlays,
+        drop_deleted=drop_deleted,
+        snapshot_before=snapshot_before,
+        command_id=command_id,
+    )
+    count = receipt.metrics.get("overlays", 0)
+    _emit_receipt(receipt, receipt.message or f"Materialized {count} overlay(s) into {ds.records_path}", fmt)
+
+
+@app.command("snapshot")
+def snapshot(dataset: DatasetArg, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
+    """Record a checkpoint of the dataset state (base copy under _snapshots/).
+
+    Example: usr snapshot densegen/demo
+    """
+    ds = _existing(dataset)
+    receipt = ds.snapshot(command_id=command_id)
+    _emit_receipt(receipt, f"Snapshot saved under {ds.dir / '_snapshots'}", fmt)
+
+
+maintenance_app = typer.Typer(
+    help="Maintenance: registry freeze, overlay compaction.\n\n"
+    "Example: usr maintenance overlay-compact densegen/demo --namespace mock",
+    no_args_is_help=True,
+)
+app.add_typer(maintenance_app, name="maintenance")
+
+
+@maintenance_app.command("registry-freeze")
+def registry_freeze(dataset: DatasetArg, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
+    """Freeze the current registry into _registry/ and record it.
+
+    Example: usr maintenance registry-freeze densegen/demo
+    """
+    ds = _existing(dataset)
+    receipt = ds.freeze_registry(command_id=command_id)
+    _emit_receipt(receipt, f"Froze registry into {ds.dir / '_registry'}", fmt)
+
+
+@maintenance_app.command("overlay-compact")
+def overlay_compact(
+    dataset: DatasetArg,
+    namespace: Annotated[str, typer.Option("--namespace", help="Namespace whose parts to merge.")],
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Merge a namespace's overlay parts into one (reads are unchanged).
+
+    Example: usr maintenance overlay-compact densegen/demo --namespace mock
+    """
+    ds = _existing(dataset)
+    receipt = ds.compact_overlay(namespace, command_id=command_id)
+    parts = receipt.metrics.get("rows", 0)
+    _emit_receipt(receipt, receipt.message or f"Compacted {namespace} overlay ({parts} row(s))", fmt)
 
 
 def _fail(exc: UsrError) -> NoReturn:

@@ -50,6 +50,108 @@ class ImportSequences(
     on_conflict: OnConflict = "error"
 
 
-Command = InitDataset | ImportSequences
+KeyKind = Literal["id", "sequence", "sequence_norm", "sequence_ci"]
+QcStatus = Literal["pass", "fail", "warn", "unknown"]
+Split = Literal["train", "val", "test", "holdout"]
+
+
+class AttachColumns(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="attach_columns", forbid_unknown_fields=True
+):
+    """Write namespaced columns for existing records, matched by `key` (rows travel as the payload).
+
+    `path` is the input file (None when an Arrow table came through `Dataset.write_overlay`).
+    """
+
+    namespace: str
+    key: KeyKind = "id"
+    key_col: str | None = None
+    columns: tuple[str, ...] | None = None
+    allow_overwrite: bool = False
+    allow_missing: bool = False
+    parse_json: bool = True
+    note: str = ""
+    path: str | None = None
+
+
+class _IdsCommand(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    """Base of commands addressed to record ids. Up to `INLINE_IDS` ids are kept inline; longer
+    lists travel as the payload and only their count is kept here."""
+
+    ids: tuple[str, ...] | None = None
+    id_count: int = 0
+    allow_missing: bool = False
+
+
+class TombstoneRecords(_IdsCommand, frozen=True, kw_only=True, tag="tombstone_records"):
+    """Logically delete records (the reserved `usr` namespace)."""
+
+    reason: str = ""
+
+
+class RestoreRecords(_IdsCommand, frozen=True, kw_only=True, tag="restore_records"):
+    """Undo tombstones."""
+
+
+class SetState(_IdsCommand, frozen=True, kw_only=True, tag="set_state"):
+    """Set the given `usr_state` fields (None = leave unchanged)."""
+
+    masked: bool | None = None
+    qc_status: QcStatus | None = None
+    split: Split | None = None
+    supersedes: str | None = None
+    lineage: tuple[str, ...] | None = None
+
+
+class ClearState(_IdsCommand, frozen=True, kw_only=True, tag="clear_state"):
+    """Reset every `usr_state` field of the records to unset."""
+
+
+class CompactOverlay(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="compact_overlay", forbid_unknown_fields=True
+):
+    """Merge a namespace's overlay parts into one part with exactly the read semantics."""
+
+    namespace: str
+
+
+class TakeSnapshot(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="take_snapshot", forbid_unknown_fields=True
+):
+    """Write a projection checkpoint of the whole dataset state at this point of the log."""
+
+
+class Materialize(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="materialize", forbid_unknown_fields=True
+):
+    """Fold overlay namespaces into the base table."""
+
+    namespaces: tuple[str, ...] | None = None
+    drop_overlays: bool = False
+    archive_overlays: bool = False
+    drop_deleted: bool = False
+
+
+class FreezeRegistry(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="freeze_registry", forbid_unknown_fields=True
+):
+    """Freeze the current registry into the dataset and record it."""
+
+
+INLINE_IDS = 256
+
+Command = (
+    InitDataset
+    | ImportSequences
+    | AttachColumns
+    | TombstoneRecords
+    | RestoreRecords
+    | SetState
+    | ClearState
+    | CompactOverlay
+    | TakeSnapshot
+    | Materialize
+    | FreezeRegistry
+)
 
 command_decoder = msgspec.json.Decoder(Command)

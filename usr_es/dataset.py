@@ -5,13 +5,14 @@ checked against (and, when lagging, caught up from) the log.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +20,27 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from . import __version__
-from .commands import Command, ImportSequences, InitDataset, InputFormat, OnConflict
+from .commands import (
+    INLINE_IDS,
+    AttachColumns,
+    ClearState,
+    Command,
+    CompactOverlay,
+    FreezeRegistry,
+    ImportSequences,
+    InitDataset,
+    InputFormat,
+    KeyKind,
+    Materialize,
+    OnConflict,
+    RestoreRecords,
+    SetState,
+    TakeSnapshot,
+    TombstoneRecords,
+)
 
 if TYPE_CHECKING:
     from .decide import Decision
@@ -37,12 +56,16 @@ from .errors import (
 from .events import (
     BASE_EVENTS,
     GENESIS_HASH,
+    LAYOUT_EVENTS,
     Actor,
     DatasetInitialized,
     DatasetRef,
     Fingerprint,
     LogRecord,
+    Materialized,
+    OverlayCompacted,
     PayloadRef,
+    SnapshotTaken,
     record_decoder,
 )
 from .fileio import append_record, fileops, locked, remove_stale_temps, write_atomic
@@ -58,11 +81,22 @@ from .log import (
     quarantine_tail,
     read_line_at,
 )
+from .overlays import TOMBSTONE_NS, WRITTEN, Part, merge_parts
 from .projectors import (
+    BASE_SCHEMA,
+    DERIVED_DIR,
+    EMPTY_LAYOUT,
+    PROJECTOR_VERSION,
     BaseProjection,
+    DerivedLayout,
+    PartInfo,
     Watermark,
     apply_event,
+    apply_layout,
     encode_base,
+    encode_part,
+    materialize_table,
+    part_table,
     patch_watermark_hash,
 )
 from .registry import Registry, load_registry, registry_path
@@ -73,25 +107,34 @@ from .results import (
     RebuildResult,
     Receipt,
     ReplayResult,
+    ValidateReport,
     VerifyReport,
 )
 from .roots import list_datasets, resolve_existing, validate_id
 from .storage import (
+    LAYOUT_FILE,
     PAYLOAD_DIR,
     RECORDS_FILE,
     REGISTRY_DIR,
+    encode_layout,
     encode_payload,
     freeze_registry,
     frozen_registry,
     payload_ref,
     publish,
     read_base,
+    read_layout,
     read_payload,
     read_watermark,
     write_payload,
 )
 
+_IdsCommandType = TombstoneRecords | RestoreRecords | SetState | ClearState
 LOCK_FILE = ".usr.lock"
+SNAPSHOT_DIR = "_snapshots"
+CHECKPOINT_MANIFEST = "manifest.json"
+CHECKPOINT_EVERY = 1000  # events between automatic checkpoints
+CHECKPOINT_BYTES = 256 << 20  # or this many payload bytes
 META_FILE = "meta.md"
 _COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -117,11 +160,23 @@ def default_actor() -> Actor:
 
 
 @dataclass
+class _Proj:
+    """Projected state while folding: the base table, the overlay layout, and part tables in hand."""
+
+    base: BaseProjection | None
+    layout: DerivedLayout
+    layout_mark: Watermark
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    reuse: Path | None = None  # a checkpoint whose files may be linked instead of re-encoded
+    reuse_seq: int = 0
+
+
+@dataclass
 class _Tail:
-    """The verified log head plus the base projection caught up to it."""
+    """The verified log head plus the projections caught up to it."""
 
     scan: Scan
-    base: BaseProjection | None
+    proj: _Proj
     caught_up: int
     warnings: list[str]
 
@@ -288,6 +343,228 @@ class Dataset:
         self._require()
         return self._execute(command, rows_loader=lambda: table, command_id=command_id, expected_seq=expected_seq)
 
+    # -- overlays, tombstones, record state, maintenance --------------------------------
+    def attach(
+        self,
+        path: Path | str,
+        *,
+        namespace: str,
+        key: KeyKind = "id",
+        key_col: str | None = None,
+        columns: list[str] | None = None,
+        allow_overwrite: bool = False,
+        allow_missing: bool = False,
+        parse_json: bool = True,
+        note: str = "",
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> Receipt:
+        """Attach namespaced columns from a csv/parquet/jsonl file, matched to records by `key`."""
+        from .attach_inputs import read_attachment
+
+        source = Path(path).expanduser().resolve()
+        command = AttachColumns(
+            namespace=namespace,
+            key=key,
+            key_col=key_col,
+            columns=tuple(columns) if columns else None,
+            allow_overwrite=allow_overwrite,
+            allow_missing=allow_missing,
+            parse_json=parse_json,
+            note=note,
+            path=str(source),
+        )
+        self._require()
+        return self._execute(
+            command, rows_loader=lambda: read_attachment(source), command_id=command_id, expected_seq=expected_seq
+        )
+
+    def write_overlay(
+        self,
+        namespace: str,
+        table: Any,
+        *,
+        key: KeyKind = "id",
+        key_col: str | None = None,
+        allow_overwrite: bool = False,
+        allow_missing: bool = False,
+        note: str = "",
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> Receipt:
+        """Attach columns held in memory (Arrow table, record batches or pandas frame)."""
+        rows = _as_table(table)
+        command = AttachColumns(
+            namespace=namespace,
+            key=key,
+            key_col=key_col,
+            allow_overwrite=allow_overwrite,
+            allow_missing=allow_missing,
+            parse_json=False,
+            note=note,
+        )
+        self._require()
+        return self._execute(command, rows_loader=lambda: rows, command_id=command_id, expected_seq=expected_seq)
+
+    def _ids_call(self, command: _IdsCommandType, ids: Iterable[str], **kwargs: Any) -> Receipt:
+        listed = [str(i) for i in ids]
+        if len(listed) <= INLINE_IDS:
+            cmd = msgspec.structs.replace(command, ids=tuple(listed), id_count=len(listed))
+            rows = None
+        else:
+            cmd = msgspec.structs.replace(command, ids=None, id_count=len(listed))
+            rows = pa.table({"id": pa.array(listed, pa.string())})
+        self._require()
+        return self._execute(cmd, rows_loader=(lambda: rows) if rows is not None else None, **kwargs)
+
+    def delete(
+        self,
+        ids: Iterable[str],
+        *,
+        reason: str = "",
+        allow_missing: bool = False,
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> Receipt:
+        """Tombstone records: hidden from reads unless `include_deleted`; `materialize --drop-deleted` removes them."""
+        command = TombstoneRecords(reason=reason, allow_missing=allow_missing)
+        return self._ids_call(command, ids, command_id=command_id, expected_seq=expected_seq)
+
+    def restore(
+        self,
+        ids: Iterable[str],
+        *,
+        allow_missing: bool = False,
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> Receipt:
+        """Undo tombstones."""
+        command = RestoreRecords(allow_missing=allow_missing)
+        return self._ids_call(command, ids, command_id=command_id, expected_seq=expected_seq)
+
+    def set_state(
+        self,
+        ids: Iterable[str],
+        *,
+        masked: bool | None = None,
+        qc_status: str | None = None,
+        split: str | None = None,
+        supersedes: str | None = None,
+        lineage: list[str] | None = None,
+        allow_missing: bool = False,
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> Receipt:
+        """Set `usr_state` fields (only those given) for records."""
+        command = SetState(
+            masked=masked,
+            qc_status=qc_status,  # type: ignore[arg-type]  # validated by decide
+            split=split,  # type: ignore[arg-type]
+            supersedes=supersedes,
+            lineage=tuple(lineage) if lineage is not None else None,
+            allow_missing=allow_missing,
+        )
+        return self._ids_call(command, ids, command_id=command_id, expected_seq=expected_seq)
+
+    def clear_state(
+        self,
+        ids: Iterable[str],
+        *,
+        allow_missing: bool = False,
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> Receipt:
+        """Reset every `usr_state` field of the records (reads then give masked False, others null)."""
+        command = ClearState(allow_missing=allow_missing)
+        return self._ids_call(command, ids, command_id=command_id, expected_seq=expected_seq)
+
+    def get_state(self, ids: Iterable[str], *, allow_missing: bool = False) -> pa.Table:
+        """One row per requested id (request order): id + the five usr_state fields (masked defaults False)."""
+        import pyarrow.compute as pc
+
+        from .overlays import STATE_SCHEMA, live_view
+
+        wanted = pa.array([str(i).strip() for i in ids], pa.string())
+        base, merged = self._live_parts()
+        known = pc.is_in(wanted, value_set=base.column("id"))
+        if not allow_missing and not pc.all(known).as_py():
+            absent = pc.filter(wanted, pc.invert(known)).to_pylist()
+            raise NotFound(f"{len(absent)} id(s) not found in dataset (sample: {', '.join(absent[:5])}).")
+        state = merged.get("usr_state")
+        subset = pa.table({"id": wanted})
+        view = live_view(subset, {"usr_state": state} if state is not None else {}, include_deleted=True)
+        columns = []
+        for field_ in STATE_SCHEMA:
+            if field_.name in view.column_names:
+                columns.append(view.column(field_.name).cast(field_.type))
+            elif field_.name == "usr_state__masked":
+                columns.append(pa.repeat(pa.scalar(False), len(wanted)))
+            else:
+                columns.append(pa.nulls(len(wanted), field_.type))
+        return pa.table(columns, schema=STATE_SCHEMA)
+
+    def compact_overlay(
+        self, namespace: str, *, command_id: str | None = None, expected_seq: int | None = None
+    ) -> Receipt:
+        """Merge a namespace's overlay parts into one part (reads are unchanged)."""
+        self._require()
+        return self._execute(CompactOverlay(namespace=namespace), command_id=command_id, expected_seq=expected_seq)
+
+    def snapshot(self, *, command_id: str | None = None, expected_seq: int | None = None) -> Receipt:
+        """Record a checkpoint of the projected state (base copy `_snapshots/records-<stamp>.parquet`)."""
+        self._require()
+        return self._execute(TakeSnapshot(), command_id=command_id, expected_seq=expected_seq)
+
+    def materialize(
+        self,
+        *,
+        namespaces: list[str] | None = None,
+        drop_overlays: bool = False,
+        archive_overlays: bool = False,
+        drop_deleted: bool = False,
+        snapshot_before: bool = False,
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> Receipt:
+        """Fold overlays into records.parquet (new columns after the base columns)."""
+        command = Materialize(
+            namespaces=tuple(namespaces) if namespaces else None,
+            drop_overlays=drop_overlays,
+            archive_overlays=archive_overlays,
+            drop_deleted=drop_deleted,
+        )
+        self._require()
+        if snapshot_before:
+            self.snapshot(command_id=f"{command_id}:snapshot" if command_id else None)
+        return self._execute(command, command_id=command_id, expected_seq=expected_seq)
+
+    def freeze_registry(self, *, command_id: str | None = None, expected_seq: int | None = None) -> Receipt:
+        """Freeze the current registry into `_registry/` and stamp its hash into records.parquet."""
+        self._require()
+        return self._execute(FreezeRegistry(), command_id=command_id, expected_seq=expected_seq)
+
+    def _live_parts(self) -> tuple[pa.Table, dict[str, pa.Table]]:
+        """The base table and every namespace's merged overlay, from caught-up projection files."""
+        self._fresh()
+        doc = read_layout(self.dir / LAYOUT_FILE)
+        layout = doc[0] if doc is not None else EMPTY_LAYOUT
+        proj = _Proj(base=None, layout=layout, layout_mark=doc[1] if doc else Watermark())
+        merged = {ns: self._merged(proj, ns, from_files=True) for ns in layout.live}
+        base = pq.read_table(self.records_path).replace_schema_metadata(None)
+        return base, merged
+
+    def view(self, *, columns: list[str] | None = None, include_deleted: bool = False) -> pa.Table:
+        """The overlay-merged live table (tombstoned rows hidden unless `include_deleted`)."""
+        from .overlays import live_view
+
+        base, merged = self._live_parts()
+        try:
+            return live_view(base, merged, include_deleted=include_deleted, columns=columns)
+        except KeyError as exc:
+            raise InvalidInput(f"Unknown column: {exc.args[0]}.") from None
+        except ValueError as exc:
+            raise InvalidInput(str(exc), hint="Pass --include-deleted to see tombstone columns.") from None
+
     def _execute(
         self,
         command: Command,
@@ -296,7 +573,7 @@ class Dataset:
         command_id: str | None,
         expected_seq: int | None,
     ) -> Receipt:
-        from .decide import DatasetState, decide  # write-only: kept off the read path's start-up
+        from .decide import DatasetState, NoChange, decide  # write-only: kept off the read path's start-up
 
         if command_id is not None and not _COMMAND_ID.match(command_id):
             raise InvalidInput(f"Invalid command id '{command_id}'.", hint="Use 1-128 of [A-Za-z0-9._:@/+-].")
@@ -330,14 +607,34 @@ class Dataset:
                 )
             registry = self._registry_for_write(tail.scan.registry_hash)
             rows = rows_loader() if rows_loader is not None else None
+            proj = tail.proj
             state = DatasetState(
                 name=self.name,
                 initialized=tail.scan.seq > 0,
                 seq=tail.scan.seq,
-                ids=tail.base.table.column("id") if tail.base is not None else pa.array([], pa.string()),
+                ids=proj.base.table.column("id") if proj.base is not None else pa.array([], pa.string()),
+                base=proj.base.table if proj.base is not None else None,
+                live_parts={ns: len(parts) for ns, parts in proj.layout.live.items()},
+                overlays=self._overlays_for(command, proj),
+                registry=registry,
             )
             now = utc_now_text(tail.scan.last_timestamp)
-            decision = decide(state, command, now=now, rows=rows)
+            try:
+                decision = decide(state, command, now=now, rows=rows)
+            except NoChange as nothing:
+                return Receipt(
+                    dataset=self.name,
+                    action="noop",
+                    seq=tail.scan.seq,
+                    event_id="",
+                    command_id=command_id or "",
+                    hash=tail.scan.hash,
+                    timestamp_utc=now,
+                    metrics={},
+                    noop=True,
+                    message=str(nothing),
+                    warnings=warnings,
+                )
             rows = None  # the input table is no longer needed: free it before projecting
             try:
                 record, line, digest, parquet = self._prepare(tail, registry, command, decision, command_id, now)
@@ -348,7 +645,13 @@ class Dataset:
             try:
                 if parquet is not None:
                     publish(self.records_path, patch_watermark_hash(parquet, digest))
+                mark = Watermark(seq=record.seq, offset=tail.scan.size, hash=digest)
+                self._publish_derived_event(proj, decision, record, mark)
                 fileops().point("after_publish")
+                if isinstance(decision.event, SnapshotTaken):
+                    self._write_checkpoint(proj, mark, base_copy=decision.event.name)
+                else:
+                    self._maybe_auto_checkpoint(proj, mark)
                 self._append_meta(record)
             except OSError as exc:
                 raise CommitError(
@@ -358,6 +661,50 @@ class Dataset:
                 ) from exc
             final = LogRecord(**{**_fields(record), "hash": digest})
             return _receipt(final, warnings=warnings)
+
+    def _overlays_for(self, command: Command, proj: _Proj) -> dict[str, pa.Table]:
+        """The merged overlay tables `decide` needs for this command (read here, not in decide)."""
+        live = proj.layout.live
+        wanted: list[str] = []
+        if isinstance(command, (AttachColumns, CompactOverlay)):
+            wanted = [command.namespace]
+        elif isinstance(command, Materialize):
+            wanted = list(live)
+        return {ns: self._merged(proj, ns, from_files=True) for ns in wanted if ns in live}
+
+    def _publish_derived_event(self, proj: _Proj, decision: Decision, record: LogRecord, mark: Watermark) -> None:
+        """Write the overlay part an event adds, move/remove parts it retires, publish the layout."""
+        event = decision.event
+        if not isinstance(event, LAYOUT_EVENTS):
+            return
+        payload = decision.payload
+        table = decision.part if decision.part is not None else part_table(event, payload)
+        before = proj.layout.files()
+        layout = apply_layout(
+            proj.layout,
+            event,
+            registry_hash=record.registry_hash,
+            mark=mark,
+            has_rows=table is not None and table.num_rows > 0,
+        )
+        after = layout.files()
+        derived = self.dir / DERIVED_DIR
+        for file, info in after.items():
+            if file in before:
+                continue
+            fileops().mkdir((self.dir / file).parent)
+            old = next((f for f, i in before.items() if i.mark == info.mark and f not in after), None)
+            if old is not None and (self.dir / old).exists():  # archived: same bytes, new place
+                fileops().replace(self.dir / old, self.dir / file)
+                continue
+            assert table is not None
+            publish(self.dir / file, encode_part(info, table))
+        for file in before:
+            if file not in after and (self.dir / file).exists():
+                fileops().unlink(self.dir / file)
+        fileops().mkdir(derived)
+        publish(self.dir / LAYOUT_FILE, encode_layout(layout, mark))
+        proj.layout, proj.layout_mark = layout, mark
 
     def _registry_for_write(self, last_hash: str | None) -> Registry:
         """The live registry; for a dataset outside any root (e.g. a replayed copy), the frozen
@@ -385,14 +732,17 @@ class Dataset:
             write_payload(self.dir, ref, data)
         seq = tail.scan.seq + 1
         parquet: memoryview | None = None
+        base = tail.proj.base
         if isinstance(decision.event, BASE_EVENTS):
             mark = Watermark(seq=seq, offset=tail.scan.size, hash="")
-            base = apply_event(tail.base, decision.event, payload, registry_hash=registry_hash, mark=mark)
+            base = apply_event(
+                base, decision.event, payload, registry_hash=registry_hash, mark=mark, materialized=decision.base_table
+            )
             assert base is not None
             parquet = encode_base(base, pending_hash=True)
             fingerprint = Fingerprint(rows=base.rows, cols=base.table.num_columns, size_bytes=len(parquet))
         else:
-            fingerprint = self._fingerprint(tail.base)
+            fingerprint = self._fingerprint(base)
         record = LogRecord(
             timestamp_utc=now,
             action=decision.action,
@@ -400,7 +750,7 @@ class Dataset:
             args=decision.redacted_args,
             metrics=decision.metrics,
             artifacts={"payload": ref.file} if ref is not None else {},
-            maintenance={},
+            maintenance=decision.maintenance,
             fingerprint=fingerprint,
             registry_hash=registry_hash,
             actor=default_actor(),
@@ -422,40 +772,371 @@ class Dataset:
         size = self.records_path.stat().st_size if self.records_path.exists() else 0
         return Fingerprint(rows=base.rows, cols=base.table.num_columns, size_bytes=size)
 
+    # -- validate -------------------------------------------------------------------------
+    def validate(self, *, strict: bool = False, registry_mode: str = "current") -> ValidateReport:
+        """Check the base schema, namespacing, registry types of every overlay and materialized
+        column, and reserved-namespace values. Overlays are checked against per-namespace contract
+        hashes, so editing one namespace in registry.yaml never invalidates another's overlays.
+
+        `registry_mode`: `current` (root registry.yaml), `frozen` (the registry the last event was
+        validated against) or `either` (passes if one of them does). `strict` also recomputes every
+        id and length and checks materialized columns' types.
+        """
+        import pyarrow.compute as pc
+
+        from .alphabet import ALPHABETS
+        from .overlays import STATE_SCHEMA, TOMBSTONE_SCHEMA
+        from .registry import ESSENTIAL_COLUMNS, parse_type
+
+        if registry_mode not in ("current", "frozen", "either"):
+            raise InvalidInput(f"Unknown registry mode '{registry_mode}'.", hint="Use current, frozen or either.")
+        _, scan, _ = self._fresh()
+        base, merged = self._live_parts()
+        doc = read_layout(self.dir / LAYOUT_FILE)
+        layout = doc[0] if doc is not None else EMPTY_LAYOUT
+        candidates: list[tuple[str, Registry]] = []
+        if registry_mode in ("current", "either"):
+            candidates.append(("current", load_registry(self.root)))
+        if registry_mode in ("frozen", "either") and scan.registry_hash:
+            candidates.append(("frozen", frozen_registry(self.dir, scan.registry_hash)))
+        if not candidates:
+            raise NotFound(
+                "No frozen registry recorded for this dataset.", hint="Run `usr maintenance registry-freeze`."
+            )
+
+        common: list[str] = []
+        for name, field_ in zip(ESSENTIAL_COLUMNS, BASE_SCHEMA, strict=True):
+            if name not in base.column_names:
+                common.append(f"records.parquet lacks essential column '{name}'")
+            elif not base.schema.field(name).type.equals(field_.type):
+                common.append(f"records.parquet column '{name}' is {base.schema.field(name).type}, not {field_.type}")
+        if not common:
+            ids = base.column("id")
+            if len(pc.unique(ids)) != len(ids):
+                common.append("records.parquet holds duplicate ids")
+            for alphabet in pc.unique(base.column("alphabet")).to_pylist():
+                if alphabet not in ALPHABETS:
+                    common.append(f"records.parquet holds unknown alphabet '{alphabet}'")
+            if strict:
+                from .decide import compute_ids
+
+                recomputed = compute_ids(base.column("sequence"), base.column("bio_type"), single=None)
+                bad = pc.sum(pc.not_equal(recomputed, ids).cast(pa.int64())).as_py()
+                if bad:
+                    common.append(f"{bad} row(s): id does not match sha1(bio_type|sequence)")
+                lengths = pc.cast(pc.utf8_length(base.column("sequence")), pa.int32())
+                if not pc.all(pc.equal(lengths, base.column("length"))).as_py():
+                    common.append("some rows: length does not match the sequence")
+        extra = [c for c in base.column_names if c not in ESSENTIAL_COLUMNS]
+        for column in extra:
+            if "__" not in column or not column.split("__", 1)[0]:
+                common.append(f"Derived columns must be namespaced as '<ns>__<field>'; offending: {column}")
+        tomb = merged.get("usr")
+        if tomb is not None:
+            for f in tomb.schema:
+                if f.name != "id" and TOMBSTONE_SCHEMA.get_field_index(f.name) < 0:
+                    common.append(f"tombstone overlay has unexpected column '{f.name}'")
+        state = merged.get("usr_state")
+        if state is not None:
+            for column, allowed in (("usr_state__qc_status", ("fail", "pass", "unknown", "warn")),
+                                    ("usr_state__split", ("holdout", "test", "train", "val"))):  # fmt: skip
+                if column in state.column_names:
+                    values = [v for v in pc.unique(state.column(column)).to_pylist() if v is not None]
+                    bad_values = sorted(set(values) - set(allowed))
+                    if bad_values:
+                        common.append(f"{column} holds values outside {', '.join(allowed)}: {bad_values}")
+            for f in state.schema:
+                if f.name != "id" and STATE_SCHEMA.get_field_index(f.name) < 0:
+                    common.append(f"usr_state overlay has unexpected column '{f.name}'")
+
+        verdicts: dict[str, list[str]] = {}
+        for label, registry in candidates:
+            problems: list[str] = []
+            for ns, parts in sorted(layout.live.items()):
+                if ns in ("usr", "usr_state"):
+                    continue
+                if ns not in registry.namespaces:
+                    problems.append(f"overlay namespace '{ns}' is not registered ({label} registry)")
+                    continue
+                contract = registry.contract_hash(ns)
+                types = registry.namespaces[ns].column_types()
+                for part in parts:
+                    if part.contract_hash != contract:
+                        problems.append(
+                            f"{part.file}: namespace_contract_hash {str(part.contract_hash)[:12]} does not match "
+                            f"the {label} registry's '{ns}' contract {contract[:12]}"
+                        )
+                    for f in pq.read_schema(self.dir / part.file):
+                        if f.name == "id" or f.name.startswith(WRITTEN):
+                            continue
+                        want = types.get(f.name)
+                        if want is None:
+                            problems.append(f"{part.file}: column '{f.name}' is not registered under '{ns}'")
+                        elif not want.equals(f.type):
+                            problems.append(f"{part.file}: column '{f.name}' is {f.type}, registry says {want}")
+            for column in extra:
+                ns = column.split("__", 1)[0]
+                spec = registry.namespaces.get(ns)
+                if ns == "usr":
+                    continue
+                if spec is None:
+                    problems.append(f"materialized column '{column}': namespace '{ns}' is not registered")
+                elif strict:
+                    want_text = next((c.type for c in spec.columns if c.name == column), None)
+                    if want_text is None:
+                        problems.append(f"materialized column '{column}' is not registered under '{ns}'")
+                    elif not parse_type(want_text).equals(base.schema.field(column).type):
+                        problems.append(f"materialized column '{column}' type differs from the registry")
+            verdicts[label] = problems
+        passing = [label for label, problems in verdicts.items() if not problems]
+        problems = common + ([] if passing else [p for ps in verdicts.values() for p in ps])
+        return ValidateReport(
+            dataset=self.name,
+            ok=not problems,
+            registry_mode=registry_mode,
+            registries=[label for label, _ in candidates],
+            passed_with=passing,
+            problems=problems,
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _write_checkpoint(self, proj: _Proj, mark: Watermark, *, base_copy: str | None = None) -> Path:
+        """Checkpoint the projections as of `mark` under `_snapshots/checkpoint-<seq>/`.
+
+        Projection files are never modified in place (a new version is a new file renamed over the
+        old), so the checkpoint hard-links them (copying only where links are impossible).
+        """
+        target = self.dir / SNAPSHOT_DIR / f"checkpoint-{mark.seq:010d}"
+        staging = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+        if target.exists():
+            return target
+        shutil.rmtree(staging, ignore_errors=True)
+        fileops().mkdir(staging)
+        files: dict[str, str] = {}
+        sources = [RECORDS_FILE, *(proj.layout.files() if proj.layout_mark.seq else {})]
+        if proj.layout_mark.seq:
+            sources.append(LAYOUT_FILE)
+        for rel in sources:
+            src = self.dir / rel
+            if not src.exists():
+                continue
+            fileops().mkdir((staging / rel).parent)
+            _copy(src, staging / rel)
+            files[rel] = xxhash.xxh3_128_hexdigest(src.read_bytes())
+        manifest = {
+            "seq": mark.seq,
+            "offset": mark.offset,
+            "hash": mark.hash,
+            "projector": PROJECTOR_VERSION,
+            "files": files,
+            "content_digest": xxhash.xxh3_128_hexdigest(json.dumps(files, sort_keys=True).encode()),
+        }
+        write_atomic(staging / CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        fileops().replace(staging, target)
+        fileops().fsync_dir(target.parent)
+        if base_copy is not None and (self.dir / RECORDS_FILE).exists():
+            _copy(self.dir / RECORDS_FILE, self.dir / SNAPSHOT_DIR / f"{base_copy}.parquet")
+        return target
+
+    def _checkpoints(self) -> list[tuple[int, Path]]:
+        folder = self.dir / SNAPSHOT_DIR
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in folder.glob("checkpoint-*"):
+            suffix = path.name.split("-", 1)[1]
+            if path.is_dir() and suffix.isdigit():
+                found.append((int(suffix), path))
+        return sorted(found)
+
+    def _load_checkpoint(self, path: Path, lines: list[LogLine]) -> _Proj | str:
+        """The projections stored in a checkpoint, or the reason it cannot be used."""
+        try:
+            manifest = json.loads((path / CHECKPOINT_MANIFEST).read_bytes())
+            seq = int(manifest["seq"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"checkpoint {path.name} has no readable manifest"
+        if manifest.get("projector") != PROJECTOR_VERSION:
+            return f"checkpoint {path.name} was written by projector {manifest.get('projector')}"
+        if not 1 <= seq <= len(lines) or lines[seq - 1].hash != manifest.get("hash"):
+            return f"checkpoint {path.name} does not match the log at seq {seq}"
+        for rel, digest in dict(manifest.get("files", {})).items():
+            file = path / rel
+            if not file.is_file() or xxhash.xxh3_128_hexdigest(file.read_bytes()) != digest:
+                return f"checkpoint {path.name}: {rel} does not match its digest"
+        base_mark = read_watermark(path / RECORDS_FILE)
+        base = read_base(path, base_mark) if base_mark is not None else None
+        doc = read_layout(path / LAYOUT_FILE)
+        layout, layout_mark = doc if doc is not None else (EMPTY_LAYOUT, Watermark())
+        proj = _Proj(base=base, layout=layout, layout_mark=layout_mark, reuse=path, reuse_seq=seq)
+        for info in layout.files().values():
+            table = pq.read_table(path / info.file).replace_schema_metadata(None)
+            proj.tables[f"{info.namespace}@{info.mark.seq}"] = table
+        return proj
+
+    def _maybe_auto_checkpoint(self, proj: _Proj, mark: Watermark) -> None:
+        """The automatic checkpoint policy: every CHECKPOINT_EVERY events or CHECKPOINT_BYTES of payload
+        since the newest checkpoint (env USR_CHECKPOINT_EVERY / USR_CHECKPOINT_BYTES; 0 disables)."""
+        every = int(os.environ.get("USR_CHECKPOINT_EVERY", CHECKPOINT_EVERY))
+        limit = int(os.environ.get("USR_CHECKPOINT_BYTES", CHECKPOINT_BYTES))
+        if every <= 0 and limit <= 0:
+            return
+        existing = self._checkpoints()
+        last = existing[-1][0] if existing else 0
+        if every > 0 and mark.seq - last >= every:
+            self._write_checkpoint(proj, mark)
+            return
+        if limit > 0:
+            total = 0
+            for line in iter_lines(self.log_path):
+                if line.seq > last and line.record.payload is not None:
+                    total += line.record.payload.size_bytes
+            if total >= limit:
+                self._write_checkpoint(proj, mark)
+
     # -- recovery and catch-up ----------------------------------------------------------
     def _tail(self, *, quarantine: bool) -> _Tail:
-        """Verify the log from the projection's anchor, fold lagging events, quarantine a torn tail.
+        """Verify the log, fold events the projections lack, publish them, quarantine a torn tail.
 
+        Projections (records.parquet, _derived/layout.json) are trusted from their anchors on: the
+        lines before are checked from raw bytes, the lines after are decoded and folded.
         Called under the dataset lock by writers (and by readers that found a lag).
         """
         warnings: list[str] = []
-        stored = read_watermark(self.records_path)
-        anchor = self._anchor(stored)
-        if anchor is not None:
-            # Lines before the anchor are checked from raw bytes (hash + prev link): a bad line
-            # anywhere blocks writes, without decoding the whole history every time.
-            check_prefix(self.log_path, end_offset=anchor[0], lines=anchor[1] - 1, last_hash=anchor[2])
-        base = read_base(self.dir, stored) if anchor is not None and stored is not None else None
+        base_mark = read_watermark(self.records_path)
+        base_anchor = self._anchor(base_mark)
+        layout_doc = read_layout(self.dir / LAYOUT_FILE)
+        layout_anchor = self._anchor(layout_doc[1]) if layout_doc is not None else None
+        proj = _Proj(base=None, layout=EMPTY_LAYOUT, layout_mark=Watermark())
+        start_offset, start_seq, start_hash = 0, 0, GENESIS_HASH  # where to decode from; the seq before it
+        if base_anchor is not None and base_mark is not None and layout_anchor is not None and layout_doc:
+            first = min(base_anchor, layout_anchor)
+            check_prefix(self.log_path, end_offset=first[0], lines=first[1] - 1, last_hash=first[2])
+            proj = _Proj(base=read_base(self.dir, base_mark), layout=layout_doc[0], layout_mark=layout_doc[1])
+            start_offset, start_seq, start_hash = first[0], first[1] - 1, first[2]
         scan = Scan()
-        start = dict(start_offset=0, start_seq=0, start_hash=GENESIS_HASH)
-        if anchor is not None:
-            start = dict(start_offset=anchor[0], start_seq=anchor[1] - 1, start_hash=anchor[2])
-        caught_up = 0
-        for line in iter_lines(self.log_path, scan=scan, **start):  # type: ignore[arg-type]
-            if base is not None and line.seq <= base.watermark.seq:
-                continue
-            if isinstance(line.record.event, BASE_EVENTS):
-                base = self._fold(base, line)
-                caught_up += 1
-        if caught_up and base is not None:
-            publish(self.records_path, encode_base(base))
-            warnings.append(f"caught up records.parquet by {caught_up} event(s) to seq {base.watermark.seq}")
+        lines = iter_lines(
+            self.log_path, scan=scan, start_offset=start_offset, start_seq=start_seq, start_hash=start_hash
+        )
+        folded = self._fold_lines(proj, lines)
+        if folded is None:  # the projections disagree with each other: rebuild them from the log
+            proj = _Proj(base=None, layout=EMPTY_LAYOUT, layout_mark=Watermark())
+            scan = Scan()
+            folded = self._fold_lines(proj, iter_lines(self.log_path, scan=scan)) or (0, 0)
+        base_n, layout_n = folded
+        if base_n and proj.base is not None:
+            publish(self.records_path, encode_base(proj.base))
+            warnings.append(f"caught up records.parquet by {base_n} event(s) to seq {proj.base.watermark.seq}")
+        if layout_n or (scan.seq and layout_doc is None):
+            self._sync_derived(proj)
+            if layout_n:
+                warnings.append(f"caught up _derived/ by {layout_n} event(s) to seq {proj.layout_mark.seq}")
         if quarantine and scan.torn_offset is not None:
             size = quarantine_tail(self.log_path, scan)
             warnings.append(
                 f"quarantined a torn tail of {size} byte(s) after seq {scan.seq} into .events.log.quarantine"
             )
-        return _Tail(scan=scan, base=base, caught_up=caught_up, warnings=warnings)
+        return _Tail(scan=scan, proj=proj, caught_up=base_n + layout_n, warnings=warnings)
+
+    def _fold_lines(self, proj: _Proj, lines: Iterator[LogLine], *, from_files: bool = True) -> tuple[int, int] | None:
+        """Fold lines into `proj`; returns (#base events, #layout events) folded, or None when a
+        materialize must be folded into a base that lags behind the stored layout (restart from 0)."""
+        base_n = layout_n = 0
+        for line in lines:
+            record, event = line.record, line.record.event
+            mark = Watermark(seq=line.seq, offset=line.offset, hash=record.hash)
+            base_due = isinstance(event, BASE_EVENTS) and (proj.base is None or line.seq > proj.base.watermark.seq)
+            layout_due = isinstance(event, LAYOUT_EVENTS) and line.seq > proj.layout_mark.seq
+            if not (base_due or layout_due):
+                continue
+            payload = read_payload(self.dir, record.payload) if record.payload is not None else None
+            if base_due:
+                materialized = None
+                if isinstance(event, Materialized):
+                    if proj.layout_mark.seq >= line.seq:
+                        return None
+                    live = proj.layout.live
+                    chosen = [ns for ns in event.namespaces if ns in live]
+                    merged = {ns: self._merged(proj, ns, from_files=from_files) for ns in chosen}
+                    tombs = self._merged(proj, TOMBSTONE_NS, from_files=from_files) if TOMBSTONE_NS in live else None
+                    assert proj.base is not None
+                    materialized = materialize_table(proj.base.table, merged, tombs, drop_deleted=event.drop_deleted)
+                proj.base = apply_event(
+                    proj.base, event, payload, registry_hash=record.registry_hash, mark=mark, materialized=materialized
+                )
+                base_n += 1
+            if layout_due:
+                table = part_table(event, payload)
+                if isinstance(event, OverlayCompacted):
+                    table = self._merged(proj, event.namespace, from_files=from_files)
+                layout = apply_layout(
+                    proj.layout,
+                    event,
+                    registry_hash=record.registry_hash,
+                    mark=mark,
+                    has_rows=table is not None and table.num_rows > 0,
+                )
+                if table is not None:
+                    for file, info in layout.files().items():
+                        if info.mark == mark:
+                            proj.tables[file] = table
+                proj.layout, proj.layout_mark = layout, mark
+                layout_n += 1
+        return base_n, layout_n
+
+    def _merged(self, proj: _Proj, namespace: str, *, from_files: bool) -> pa.Table:
+        parts = proj.layout.live.get(namespace, ())
+        return merge_parts([Part(p.mark.seq, self._part_table(p, proj.tables, from_files=from_files)) for p in parts])
+
+    def _part_table(self, info: PartInfo, cache: dict[str, pa.Table], *, from_files: bool) -> pa.Table:
+        """A part's rows: from its file when trusted and current, else regenerated from the log."""
+        key = f"{info.namespace}@{info.mark.seq}"
+        if key in cache:
+            return cache[key]
+        path = self.dir / info.file
+        table: pa.Table | None = None
+        if from_files and read_watermark(path) == info.mark:
+            table = pq.read_table(path).replace_schema_metadata(None)
+        elif info.sources:
+            table = merge_parts(
+                [Part(s.mark.seq, self._part_table(s, cache, from_files=from_files)) for s in info.sources]
+            )
+        else:
+            raw = read_line_at(self.log_path, info.mark.offset)
+            if raw is None:
+                raise IntegrityError(f"log line for overlay part {info.file} is missing")
+            record = _first_record(raw)
+            payload = read_payload(self.dir, record.payload) if record.payload is not None else None
+            table = part_table(record.event, payload)
+            if table is None:
+                raise IntegrityError(f"event seq {record.seq} does not produce overlay part {info.file}")
+        cache[key] = table
+        return table
+
+    def _sync_derived(self, proj: _Proj, directory: Path | None = None, *, from_files: bool = True) -> list[str]:
+        """Make `_derived/` hold exactly the layout's part files (regenerating missing/stale ones)."""
+        target = directory or self.dir
+        expected = proj.layout.files()
+        written = []
+        for file, info in expected.items():
+            path = target / file
+            if from_files and read_watermark(path) == info.mark:
+                continue
+            fileops().mkdir(path.parent)
+            reused = proj.reuse / file if proj.reuse is not None else None
+            if reused is not None and target != self.dir and read_watermark(reused) == info.mark:
+                _copy(reused, path)  # unchanged since the checkpoint: same bytes
+                continue
+            publish(path, encode_part(info, self._part_table(info, proj.tables, from_files=from_files)))
+            written.append(file)
+        derived = target / DERIVED_DIR
+        if derived.is_dir():
+            for path in sorted(derived.rglob("*.parquet")):
+                if str(path.relative_to(target)) not in expected:
+                    fileops().unlink(path)
+        fileops().mkdir(derived)
+        publish(target / LAYOUT_FILE, encode_layout(proj.layout, proj.layout_mark))
+        return written
 
     def _anchor(self, stored: Watermark | None) -> tuple[int, int, str] | None:
         """(offset, seq, prev hash) of the line the stored projection claims, if the log agrees."""
@@ -472,53 +1153,73 @@ class Dataset:
             return None
         return stored.offset, stored.seq, record.prev
 
-    def _fold(self, base: BaseProjection | None, line: LogLine) -> BaseProjection | None:
-        record = line.record
-        payload = read_payload(self.dir, record.payload) if record.payload is not None else None
-        mark = Watermark(seq=line.seq, offset=line.offset, hash=record.hash)
-        return apply_event(base, record.event, payload, registry_hash=record.registry_hash, mark=mark)
-
-    def _replay(self, *, until_seq: int | None = None) -> tuple[BaseProjection | None, Scan, list[LogLine]]:
-        base: BaseProjection | None = None
+    def _replay(
+        self, *, until_seq: int | None = None, checkpoints: bool = True
+    ) -> tuple[_Proj, Scan, list[LogLine], list[str]]:
+        """Fold the log (or a prefix): from the newest checkpoint at or before the target whose
+        manifest matches the log (a mismatching one is skipped with a note), else from scratch.
+        Live projection files are never trusted here."""
         scan = Scan()
-        lines = []
-        for line in iter_lines(self.log_path, until_seq=until_seq, scan=scan):
-            lines.append(line)
-            if isinstance(line.record.event, BASE_EVENTS):
-                base = self._fold(base, line)
-        return base, scan, lines
+        lines = list(iter_lines(self.log_path, until_seq=until_seq, scan=scan))
+        notes: list[str] = []
+        proj = _Proj(base=None, layout=EMPTY_LAYOUT, layout_mark=Watermark())
+        if checkpoints:
+            for seq, path in reversed(self._checkpoints()):
+                if seq > scan.seq:
+                    continue
+                loaded = self._load_checkpoint(path, lines)
+                if isinstance(loaded, str):
+                    notes.append(f"{loaded}; ignored")
+                    continue
+                proj = loaded
+                break
+        self._fold_lines(proj, iter(lines[proj.reuse_seq :]), from_files=False)
+        return proj, scan, lines, notes
 
     def _fresh(self) -> tuple[Watermark | None, Scan, int]:
-        """Make `records.parquet` reflect every base-changing event; return its watermark, the log
-        scan and how many events had to be caught up. Takes the lock only when it must catch up.
+        """Make the projections reflect every event; return the base watermark, the log scan and how
+        many events had to be caught up. Takes the lock only when it must catch up.
         """
         self._require()
         stored = read_watermark(self.records_path)
         anchor = self._anchor(stored)
-        if anchor is not None and stored is not None:
-            check_prefix(self.log_path, end_offset=anchor[0], lines=anchor[1] - 1, last_hash=anchor[2])
+        layout_doc = read_layout(self.dir / LAYOUT_FILE)
+        layout_anchor = self._anchor(layout_doc[1]) if layout_doc is not None else None
+        if anchor is not None and stored is not None and layout_anchor is not None and layout_doc is not None:
+            first = min(anchor, layout_anchor)
+            check_prefix(self.log_path, end_offset=first[0], lines=first[1] - 1, last_hash=first[2])
             scan = Scan()
             lagging = False
             for line in iter_lines(
-                self.log_path, start_offset=anchor[0], start_seq=anchor[1] - 1, start_hash=anchor[2], scan=scan
+                self.log_path, start_offset=first[0], start_seq=first[1] - 1, start_hash=first[2], scan=scan
             ):
-                if line.seq > stored.seq and isinstance(line.record.event, BASE_EVENTS):
+                event = line.record.event
+                if (line.seq > stored.seq and isinstance(event, BASE_EVENTS)) or (
+                    line.seq > layout_doc[1].seq and isinstance(event, LAYOUT_EVENTS)
+                ):
                     lagging = True
                     break
             if not lagging:
                 return stored, scan, 0
         with locked(self.dir / LOCK_FILE):
             tail = self._tail(quarantine=False)
-        return (tail.base.watermark if tail.base is not None else None), tail.scan, tail.caught_up
+        base = tail.proj.base
+        return (base.watermark if base is not None else None), tail.scan, tail.caught_up
 
     # -- reads --------------------------------------------------------------------------
-    def head(self, n: int = 10, *, columns: list[str] | None = None) -> pa.Table:
-        """The first `n` rows of the base table (log order), reading only the row groups needed."""
+    def head(self, n: int = 10, *, columns: list[str] | None = None, include_deleted: bool = False) -> pa.Table:
+        """The first `n` rows of the live view (log order); without overlays only the first row groups
+        of records.parquet are read."""
         if n < 0:
             raise InvalidInput("head row count must be >= 0.")
         mark, _, _ = self._fresh()
         if mark is None:
             return pa.table({})
+        doc = read_layout(self.dir / LAYOUT_FILE)
+        if doc is not None and doc[0].live:
+            return self.view(columns=columns, include_deleted=include_deleted).slice(0, n)
+        if include_deleted is False and columns and any(c.startswith("usr__") for c in columns):
+            raise InvalidInput("Tombstone columns require --include-deleted.")
         parquet = pq.ParquetFile(self.records_path)
         names = parquet.schema_arrow.names
         if columns:
@@ -541,8 +1242,18 @@ class Dataset:
         from .registry import format_type
 
         self._fresh()
-        schema = pq.read_schema(self.records_path)
-        return [ColumnInfo(f.name, format_type(f.type), f.nullable) for f in schema]
+        schema = pq.read_schema(self.records_path).remove_metadata()
+        fields = list(schema)
+        doc = read_layout(self.dir / LAYOUT_FILE)
+        if doc is not None:
+            seen = set(schema.names)
+            for ns in sorted(n for n in doc[0].live if n != "usr"):
+                for part in doc[0].live[ns]:
+                    for f in pq.read_schema(self.dir / part.file):
+                        if f.name not in seen and f.name != "id" and not f.name.startswith(WRITTEN):
+                            seen.add(f.name)
+                            fields.append(f)
+        return [ColumnInfo(f.name, format_type(f.type), f.nullable) for f in fields]
 
     def info(self) -> DatasetInfo:
         """Rows, columns, head seq, projection lag and sizes (from metadata; rows are not read)."""
@@ -551,7 +1262,7 @@ class Dataset:
         if mark is not None:
             metadata = pq.read_metadata(self.records_path)
             rows = metadata.num_rows
-            columns = list(metadata.schema.to_arrow_schema().names)
+            columns = [c.name for c in self.schema()]
             meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
         return DatasetInfo(
             name=self.name,
@@ -617,22 +1328,21 @@ class Dataset:
         out = Path(out).expanduser().resolve()
         if out.exists() and any(out.iterdir()):
             raise DatasetExists(f"Output directory is not empty: {out}")
-        base, scan, lines = self._replay(until_seq=seq)
+        proj, scan, lines, notes = self._replay(until_seq=seq)
         fileops().mkdir(out)
         with self.log_path.open("rb") as fh:
             prefix = fh.read(scan.size)
         write_atomic(out / LOG_FILE, prefix, point="replay_log")
         for line in lines:
             if line.record.payload is not None:
-                (out / PAYLOAD_DIR).mkdir(exist_ok=True)
+                fileops().mkdir(out / PAYLOAD_DIR)
                 _copy(self.dir / line.record.payload.file, out / line.record.payload.file)
             if line.record.registry_hash:
                 name = f"registry.{line.record.registry_hash}.yaml"
                 if (self.dir / REGISTRY_DIR / name).exists():
-                    (out / REGISTRY_DIR).mkdir(exist_ok=True)
+                    fileops().mkdir(out / REGISTRY_DIR)
                     _copy(self.dir / REGISTRY_DIR / name, out / REGISTRY_DIR / name)
-        if base is not None:
-            publish(out / RECORDS_FILE, encode_base(base))
+        self._write_projections(proj, out)
         write_atomic(out / META_FILE, render_meta([line.record for line in lines]).encode(), point="meta")
         last = lines[-1].record
         return ReplayResult(
@@ -640,23 +1350,38 @@ class Dataset:
             seq=seq,
             event_id=last.event_id,
             timestamp_utc=last.timestamp_utc,
-            rows=base.rows if base is not None else 0,
+            rows=proj.base.rows if proj.base is not None else 0,
+            from_checkpoint=proj.reuse_seq or None,
+            notes=notes,
         )
 
+    def _write_projections(self, proj: _Proj, target: Path) -> list[str]:
+        """Publish every projection of `proj` under `target` (records.parquet, _derived/)."""
+        files = []
+        if proj.base is not None:
+            reused = proj.reuse / RECORDS_FILE if proj.reuse is not None else None
+            if reused is not None and read_watermark(reused) == proj.base.watermark and target != self.dir:
+                _copy(reused, target / RECORDS_FILE)  # unchanged since the checkpoint: same bytes
+            else:
+                publish(target / RECORDS_FILE, encode_base(proj.base))
+            files.append(RECORDS_FILE)
+        if proj.layout_mark.seq:
+            self._sync_derived(proj, target, from_files=False)
+            files.extend([*proj.layout.files(), LAYOUT_FILE])
+        return files
+
     def rebuild(self) -> RebuildResult:
-        """Regenerate every projection (records.parquet, meta.md) from the log."""
+        """Regenerate every projection (records.parquet, _derived/, meta.md) from the log."""
         self._require()
         with locked(self.dir / LOCK_FILE):
             for directory in (self.dir, self.dir / PAYLOAD_DIR, self.dir / REGISTRY_DIR):
                 remove_stale_temps(directory)
-            base, scan, lines = self._replay()
-            files = []
-            if base is not None:
-                publish(self.records_path, encode_base(base))
-                files.append(RECORDS_FILE)
+            proj, scan, lines, notes = self._replay()
+            files = self._write_projections(proj, self.dir)
             write_atomic(self.dir / META_FILE, render_meta([line.record for line in lines]).encode(), point="meta")
             files.append(META_FILE)
-        return RebuildResult(dataset=self.name, seq=scan.seq, rows=base.rows if base else 0, files=files)
+        rows = proj.base.rows if proj.base is not None else 0
+        return RebuildResult(dataset=self.name, seq=scan.seq, rows=rows, files=files, notes=notes)
 
     def verify(self) -> VerifyReport:
         """Check the hash chain, every payload digest, and that replay equals the stored files."""
@@ -664,22 +1389,26 @@ class Dataset:
         problems: list[str] = []
         notes: list[str] = []
         scan = Scan()
-        base: BaseProjection | None = None
+        proj = _Proj(base=None, layout=EMPTY_LAYOUT, layout_mark=Watermark())
         payloads = 0
         try:
-            for line in iter_lines(self.log_path, scan=scan):
+            lines = list(iter_lines(self.log_path, scan=scan))
+            for line in lines:
                 record = line.record
                 if record.payload is not None:
                     payloads += 1
-                if isinstance(record.event, BASE_EVENTS):
-                    base = self._fold(base, line)
-                    if base is not None and (
-                        record.fingerprint.rows != base.rows or record.fingerprint.cols != base.table.num_columns
-                    ):
-                        problems.append(
-                            f"line {line.seq} (byte offset {line.offset}): fingerprint rows/cols differ from replay"
-                        )
-                        break
+                    read_payload(self.dir, record.payload)
+                self._fold_lines(proj, iter([line]), from_files=False)
+                base = proj.base
+                if (
+                    isinstance(record.event, BASE_EVENTS)
+                    and base is not None
+                    and (record.fingerprint.rows != base.rows or record.fingerprint.cols != base.table.num_columns)
+                ):
+                    problems.append(
+                        f"line {line.seq} (byte offset {line.offset}): fingerprint rows/cols differ from replay"
+                    )
+                    break
         except UsrError as exc:
             problems.append(str(exc))
         files: list[str] = []
@@ -688,19 +1417,28 @@ class Dataset:
                 notes.append(
                     f"torn tail of {scan.torn_bytes} byte(s) after seq {scan.seq} (quarantined by the next write)"
                 )
-            if base is not None:
-                files.append(RECORDS_FILE)
-                expected = encode_base(base)
-                actual = self.records_path.read_bytes() if self.records_path.exists() else None
-                if actual is None:
-                    problems.append(f"{RECORDS_FILE} is missing (run `usr rebuild`)")
-                elif actual != expected:
-                    stored = read_watermark(self.records_path)
-                    where = f"stored watermark seq {stored.seq}" if stored else "no usr_es watermark"
-                    problems.append(
-                        f"{RECORDS_FILE} differs from replay of seq 1..{scan.seq} ({where}; "
-                        f"{len(actual)} vs {len(expected)} bytes)"
-                    )
+            expected: dict[str, bytes | memoryview] = {}
+            if proj.base is not None:
+                expected[RECORDS_FILE] = encode_base(proj.base)
+            if proj.layout_mark.seq:
+                for file, info in proj.layout.files().items():
+                    expected[file] = encode_part(info, self._part_table(info, proj.tables, from_files=False))
+                expected[LAYOUT_FILE] = encode_layout(proj.layout, proj.layout_mark)
+            for file, data in expected.items():
+                files.append(file)
+                path = self.dir / file
+                if not path.exists():
+                    problems.append(f"{file} is missing (run `usr rebuild`)")
+                elif path.read_bytes() != data:
+                    stored = read_watermark(path) if file.endswith(".parquet") else None
+                    where = f"stored watermark seq {stored.seq}" if stored else "content differs"
+                    problems.append(f"{file} differs from replay of seq 1..{scan.seq} ({where})")
+            derived = self.dir / DERIVED_DIR
+            if derived.is_dir():
+                for path in sorted(derived.rglob("*.parquet")):
+                    rel = str(path.relative_to(self.dir))
+                    if rel not in expected:
+                        problems.append(f"{rel} is not produced by the log (stray overlay file)")
         return VerifyReport(
             dataset=self.name,
             ok=not problems,
@@ -770,6 +1508,19 @@ def _receipt(record: LogRecord, *, replayed: bool = False, warnings: list[str] |
         replayed=replayed,
         warnings=warnings or [],
     )
+
+
+def _as_table(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if isinstance(data, list) and data and all(isinstance(b, pa.RecordBatch) for b in data):
+        return pa.Table.from_batches(data)
+    try:
+        return pa.table(data)
+    except (TypeError, pa.ArrowInvalid) as exc:
+        raise InvalidInput(f"cannot read an overlay table from {type(data).__name__}: {exc}") from exc
 
 
 def _copy(src: Path, dst: Path) -> None:

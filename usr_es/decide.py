@@ -14,10 +14,47 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .alphabet import ALPHABETS, BIO_TYPES, alphabet_regex, alphabets_for
-from .commands import Command, ImportSequences, InitDataset
-from .errors import AlphabetError, DatasetExists, DuplicateIDError, InvalidInput, NotFound, SchemaError
-from .events import ACTIONS, DatasetInitialized, Event, SequencesImported
+from .commands import (
+    INLINE_IDS,
+    AttachColumns,
+    ClearState,
+    Command,
+    CompactOverlay,
+    FreezeRegistry,
+    ImportSequences,
+    InitDataset,
+    Materialize,
+    RestoreRecords,
+    SetState,
+    TakeSnapshot,
+    TombstoneRecords,
+)
+from .errors import (
+    AlphabetError,
+    DatasetExists,
+    DuplicateIDError,
+    InvalidInput,
+    NamespaceError,
+    NotFound,
+    SchemaError,
+)
+from .events import (
+    ACTIONS,
+    DatasetInitialized,
+    Event,
+    Materialized,
+    OverlayCompacted,
+    OverlayWritten,
+    RecordsRestored,
+    RecordsTombstoned,
+    RegistryFrozen,
+    SequencesImported,
+    SnapshotTaken,
+    StateCleared,
+    StateSet,
+)
 from .projectors import PAYLOAD_SCHEMA
+from .registry import NAMESPACE_RE, RESERVED_NAMESPACES, Registry, format_type
 
 _SAMPLE = 5
 _SECRET_MARKERS = (
@@ -27,14 +64,26 @@ _SECRET_MARKERS = (
 REDACTED = "***REDACTED***"
 
 
+class NoChange(Exception):
+    """The command is valid but would change nothing; its message says why."""
+
+
 @dataclass(frozen=True)
 class DatasetState:
-    """What decisions need to know about a dataset at the tail of its log."""
+    """What decisions need to know about a dataset at the tail of its log.
+
+    `overlays` holds the merged overlay tables of the namespaces the command touches (the caller
+    reads them); `live_parts` counts the overlay parts per namespace.
+    """
 
     name: str
     initialized: bool = False
     seq: int = 0
     ids: pa.ChunkedArray | pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    base: pa.Table | None = None
+    live_parts: dict[str, int] = field(default_factory=dict)
+    overlays: dict[str, pa.Table] = field(default_factory=dict)
+    registry: Registry | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +94,9 @@ class Decision:
     payload: pa.Table | None
     args: dict[str, Any]
     metrics: dict[str, Any]
+    part: pa.Table | None = None  # a part computed here (compaction), not derivable from the payload
+    base_table: pa.Table | None = None  # the folded base table of a materialize
+    maintenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def action(self) -> str:
@@ -104,12 +156,29 @@ def decide(
                 name=state.name, created_at=now, source=command.source, notes=command.notes
             )
             return Decision(event, None, {"source": command.source, "notes": command.notes}, {})
+    if not state.initialized:
+        raise NotFound(f"Dataset not initialized: {state.name}", hint=f"Run `usr init {state.name}` first.")
+    match command:
         case ImportSequences():
-            if not state.initialized:
-                raise NotFound(f"Dataset not initialized: {state.name}", hint=f"Run `usr init {state.name}` first.")
             if rows is None:
                 raise InvalidInput("import needs input rows")
             return _decide_import(state, command, rows, now)
+        case AttachColumns():
+            if rows is None:
+                raise InvalidInput("attach needs input rows")
+            return _decide_attach(state, command, rows, now)
+        case TombstoneRecords() | RestoreRecords() | SetState() | ClearState():
+            return _decide_ids(state, command, rows, now)
+        case CompactOverlay():
+            return _decide_compact(state, command, now)
+        case Materialize():
+            return _decide_materialize(state, command)
+        case TakeSnapshot():
+            name = "records-" + now.replace("-", "").replace(":", "").replace(".", "").rstrip("Z")
+            return Decision(SnapshotTaken(name=name, created_at=now), None, {}, {})
+        case FreezeRegistry():
+            digest = state.registry.hash if state.registry is not None else ""
+            return Decision(RegistryFrozen(registry_hash=digest), None, {"registry_hash": digest}, {})
     raise InvalidInput(f"unsupported command {type(command).__name__}")
 
 
@@ -262,3 +331,243 @@ def compute_ids(
             hexes = [sha1(f"{b}|{s}".encode()).hexdigest() for b, s in zip(bts, seqs, strict=True)]
         chunks.append(pa.array(hexes, pa.string()))
     return pa.chunked_array(chunks, pa.string())
+
+
+# -- overlays, tombstones, state, maintenance ---------------------------------------------------
+_QC = ("fail", "pass", "unknown", "warn")
+_SPLITS = ("holdout", "test", "train", "val")
+_STATE_FIELDS = ("masked", "qc_status", "split", "supersedes", "lineage")
+
+
+def _resolve_keys(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Array:
+    """Index into the base table of each normalized key (null where the key is not in the dataset)."""
+    base = state.base
+    if base is None or base.num_rows == 0:
+        return pa.nulls(len(keys), pa.int32())
+    if key == "id":
+        return pc.index_in(keys, value_set=base.column("id").combine_chunks())
+    if len(pc.unique(base.column("bio_type"))) > 1:
+        raise SchemaError(
+            "Attach by sequence requires a dataset with a single bio_type.", hint="Attach by --key id instead."
+        )
+    sequences = base.column("sequence").combine_chunks()
+    if key == "sequence_ci":
+        if pc.any(pc.not_equal(base.column("alphabet"), "dna_4")).as_py():
+            raise SchemaError("sequence_ci is only valid for dna_4 datasets.", hint="Use --key sequence.")
+        sequences = pc.utf8_upper(sequences)
+        if len(pc.unique(sequences)) != len(sequences):
+            raise SchemaError(
+                "sequence_ci: duplicate base keys detected (sequences equal up to case).",
+                hint="Use --key sequence or --key id.",
+            )
+    return pc.index_in(keys, value_set=sequences)
+
+
+def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, now: str) -> Decision:
+    from .attach_inputs import cast_column, normalize_keys, select_columns
+
+    ns = command.namespace
+    if not NAMESPACE_RE.match(ns):
+        raise NamespaceError(f"Invalid namespace '{ns}': must match {NAMESPACE_RE.pattern}.")
+    if ns in RESERVED_NAMESPACES:
+        hint = "Use `usr delete/restore`." if ns == "usr" else "Use `usr state set/clear`."
+        raise NamespaceError(f"Namespace '{ns}' is reserved.", hint=hint)
+    if state.registry is None:
+        raise NamespaceError("A registry is required to attach.")
+    spec = state.registry.require(ns)
+    registered = spec.column_types()
+    selection = select_columns(rows, namespace=ns, key=command.key, key_col=command.key_col, columns=command.columns)
+    for name in selection.columns:
+        if name not in registered:
+            raise NamespaceError(
+                f"Overlay column '{name}' not registered under namespace '{ns}'.",
+                hint=f"Registered: {', '.join(registered)}. Pick columns with --columns, or re-register the namespace.",
+            )
+    keys = normalize_keys(selection.keys, command.key)
+    cast = {name: cast_column(values, name, registered[name], parse_json=command.parse_json)
+            for name, values in selection.columns.items()}  # fmt: skip
+    index = _resolve_keys(state, keys, command.key)
+    found = pc.is_valid(index)
+    n_in = len(keys)
+    missing = n_in - pc.sum(found.cast(pa.int64())).as_py() if n_in else 0
+    if missing and not command.allow_missing:
+        absent = _rows(pc.invert(found))
+        sample = ", ".join(str(keys[r - 1]) for r in absent[:_SAMPLE])
+        raise InvalidInput(
+            f"{missing} row(s) reference keys not present in the dataset (rows: {_listing(absent)}; sample: {sample}).",
+            hint="Pass --allow-missing to skip them (they are counted in the event).",
+        )
+    assert state.base is not None
+    ids = pc.take(state.base.column("id"), pc.filter(index, found))
+    columns = {name: pc.filter(values, found) for name, values in cast.items()}
+    payload = pa.table({"id": ids, **columns})
+    _check_overwrite(state, ns, payload, command.allow_overwrite)
+    types = {name: format_type(registered[name]) for name in columns}
+    event = OverlayWritten(
+        namespace=ns,
+        key=command.key,
+        columns=types,
+        rows=payload.num_rows,
+        rows_missing=missing,
+        created_at=now,
+        contract_hash=state.registry.contract_hash(ns),
+        note=command.note,
+    )
+    args = {
+        "namespace": ns,
+        "key": command.key,
+        "key_col": command.key_col,
+        "columns": list(columns),
+        "path": command.path,
+        "allow_overwrite": command.allow_overwrite,
+        "allow_missing": command.allow_missing,
+        "note": command.note,
+        "rows_incoming": n_in,
+        "rows_matched": payload.num_rows,
+        "rows_missing": missing,
+    }
+    metrics = {"rows_incoming": n_in, "rows_written": payload.num_rows, "rows_missing": missing}
+    return Decision(event, payload if payload.num_rows else None, args, metrics)
+
+
+def _check_overwrite(state: DatasetState, ns: str, incoming: pa.Table, allow: bool) -> None:
+    """Writing a cell that already holds a value needs allow_overwrite (empty cells never do)."""
+    from .overlays import live_view
+
+    if allow or incoming.num_rows == 0 or state.base is None:
+        return
+    names = [c for c in incoming.column_names if c != "id"]
+    merged = state.overlays.get(ns)
+    in_base = [c for c in names if c in state.base.column_names]
+    if merged is None and not in_base:
+        return
+    subset = state.base.filter(pc.is_in(state.base.column("id"), value_set=incoming.column("id")))
+    view = live_view(subset, {ns: merged} if merged is not None else {}, include_deleted=True)
+    taken = [c for c in names if c in view.column_names and view.column(c).null_count < view.num_rows]
+    if taken:
+        busy = [c for c in taken if pc.any(pc.is_valid(view.column(c))).as_py()]
+        sample = view.filter(pc.is_valid(view.column(taken[0]))).column("id").slice(0, _SAMPLE).to_pylist()
+        raise NamespaceError(
+            f"Column(s) {', '.join(busy)} already hold values for some of these records (sample ids: "
+            f"{', '.join(sample)}).",
+            hint="Pass --allow-overwrite to replace them (records without a value are never an overwrite).",
+        )
+
+
+def _ids_from(command: TombstoneRecords | RestoreRecords | SetState | ClearState, rows: pa.Table | None) -> list[str]:
+    raw = list(command.ids) if command.ids is not None else []
+    if rows is not None and "id" in rows.column_names:
+        raw.extend(rows.column("id").to_pylist())
+    ids = [str(i).strip() for i in raw if i is not None and str(i).strip()]
+    if not ids:
+        raise InvalidInput("Provide at least one id (--id or --id-file).")
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:_SAMPLE]
+        raise InvalidInput(f"Duplicate ids in the request: {', '.join(dup)}.")
+    return ids
+
+
+def _decide_ids(
+    state: DatasetState,
+    command: TombstoneRecords | RestoreRecords | SetState | ClearState,
+    rows: pa.Table | None,
+    now: str,
+) -> Decision:
+    requested = _ids_from(command, rows)
+    wanted = pa.array(requested, pa.string())
+    known = pc.is_in(wanted, value_set=pa.chunked_array(state.ids).combine_chunks()) if len(state.ids) else None
+    present = known if known is not None else pa.array([False] * len(wanted))
+    missing = len(wanted) - pc.sum(present.cast(pa.int64())).as_py()
+    if missing and not command.allow_missing:
+        absent = pc.filter(wanted, pc.invert(present)).to_pylist()
+        raise InvalidInput(
+            f"{missing} id(s) not found in dataset (sample: {', '.join(absent[:_SAMPLE])}).",
+            hint="Pass --allow-missing to skip unknown ids.",
+        )
+    ids = pc.filter(wanted, present)
+    if len(ids) == 0:
+        raise NoChange("None of the ids is in the dataset; nothing to do.")
+    inline = tuple(ids.to_pylist()) if len(ids) <= INLINE_IDS else None
+    payload = None if inline is not None else pa.table({"id": ids})
+    common = {"ids": inline, "rows": len(ids), "rows_missing": missing, "created_at": now}
+    args: dict[str, Any] = {"rows": len(ids), "allow_missing": command.allow_missing}
+    event: Event
+    match command:
+        case TombstoneRecords():
+            event = RecordsTombstoned(**common, reason=command.reason)
+            args["reason"] = command.reason
+        case RestoreRecords():
+            event = RecordsRestored(**common)
+        case SetState():
+            fields = {name: getattr(command, name) for name in _STATE_FIELDS if getattr(command, name) is not None}
+            if not fields:
+                raise InvalidInput("Provide at least one usr_state field to update.")
+            if "qc_status" in fields and fields["qc_status"] not in _QC:
+                raise InvalidInput(f"usr_state__qc_status must be one of: {', '.join(_QC)}.")
+            if "split" in fields and fields["split"] not in _SPLITS:
+                raise InvalidInput(f"usr_state__split must be one of: {', '.join(_SPLITS)}.")
+            if "supersedes" in fields and not str(fields["supersedes"]).strip():
+                raise InvalidInput("usr_state__supersedes must not be empty.")
+            if "lineage" in fields:
+                fields["lineage"] = tuple(str(x).strip() for x in fields["lineage"] if str(x).strip())
+            event = StateSet(**common, fields=tuple(fields), **fields)
+            args.update({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
+        case ClearState():
+            event = StateCleared(**common)
+    metrics = {"rows_written": len(ids), "rows_missing": missing}
+    return Decision(event, payload, args, metrics)
+
+
+def _decide_compact(state: DatasetState, command: CompactOverlay, now: str) -> Decision:
+    ns = command.namespace
+    parts = state.live_parts.get(ns, 0)
+    if parts == 0:
+        raise NotFound(f"Overlay parts not found for namespace '{ns}'.", hint="`usr info DATASET` lists namespaces.")
+    if parts == 1:
+        raise NoChange(f"Namespace '{ns}' has a single overlay part; nothing to compact.")
+    merged = state.overlays[ns]
+    event = OverlayCompacted(namespace=ns, parts=parts, rows=merged.num_rows, created_at=now)
+    return Decision(event, None, {"namespace": ns, "parts": parts}, {"rows": merged.num_rows}, part=merged)
+
+
+def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
+    from .overlays import TOMBSTONE_NS, tombstoned_ids
+    from .projectors import materialize_table
+
+    if command.drop_overlays and command.archive_overlays:
+        raise InvalidInput("Choose at most one of --drop-overlays and --archive-overlays.")
+    live = sorted(ns for ns in state.live_parts if ns != TOMBSTONE_NS)
+    if command.namespaces is None:
+        chosen = live
+    else:
+        chosen = sorted(set(command.namespaces))
+        if TOMBSTONE_NS in chosen:
+            raise NamespaceError("Tombstones are not materialized as columns.", hint="Use --drop-deleted.")
+        unknown = [ns for ns in chosen if ns not in live]
+        if unknown:
+            raise NotFound(f"No overlays for namespace(s): {', '.join(unknown)}.", hint=f"Overlays: {', '.join(live)}")
+    tombs = state.overlays.get(TOMBSTONE_NS)
+    doomed = len(tombstoned_ids(tombs)) if command.drop_deleted and tombs is not None else 0
+    if not chosen and not doomed:
+        raise NoChange("No overlays to materialize.")
+    assert state.base is not None
+    merged = {ns: state.overlays[ns] for ns in chosen}
+    table = materialize_table(state.base, merged, tombs, drop_deleted=command.drop_deleted)
+    added = tuple(c for c in table.column_names if c not in state.base.column_names)
+    dropped = state.base.num_rows - table.num_rows
+    event = Materialized(
+        namespaces=tuple(chosen),
+        columns=added,
+        drop_overlays=command.drop_overlays,
+        archive_overlays=command.archive_overlays,
+        drop_deleted=command.drop_deleted,
+        rows_dropped=dropped,
+    )
+    args = {
+        "namespaces": list(chosen),
+        "drop_overlays": command.drop_overlays,
+        "archive_overlays": command.archive_overlays,
+        "drop_deleted": command.drop_deleted,
+    }
+    metrics = {"overlays": len(chosen), "columns_added": len(added), "rows": table.num_rows, "rows_dropped": dropped}
+    return Decision(event, None, args, metrics, base_table=table, maintenance={"reason": "materialize"})

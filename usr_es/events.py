@@ -40,16 +40,122 @@ class SequencesImported(msgspec.Struct, frozen=True, kw_only=True, tag_field="ty
     created_at: str
 
 
-Event = DatasetInitialized | SequencesImported
+class OverlayWritten(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="overlay_written"):
+    """Namespaced values were written for `rows` records; the payload holds `id` + `columns`
+    (name -> registry type), already matched to ids and cast. It projects to one overlay part."""
+
+    namespace: str
+    key: str
+    columns: dict[str, str]
+    rows: int
+    rows_missing: int
+    created_at: str
+    contract_hash: str
+    note: str = ""
+
+
+class _IdsEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Ids inline (`ids`) or, when there are more than INLINE_IDS, in the payload (`ids` is None)."""
+
+    ids: tuple[str, ...] | None
+    rows: int
+    rows_missing: int = 0
+    created_at: str
+
+
+class RecordsTombstoned(_IdsEvent, frozen=True, kw_only=True, tag="records_tombstoned"):
+    reason: str = ""
+
+
+class RecordsRestored(_IdsEvent, frozen=True, kw_only=True, tag="records_restored"):
+    pass
+
+
+class StateSet(_IdsEvent, frozen=True, kw_only=True, tag="state_set"):
+    """Only the listed `fields` were written (unlisted ones keep their values)."""
+
+    fields: tuple[str, ...]
+    masked: bool | None = None
+    qc_status: str | None = None
+    split: str | None = None
+    supersedes: str | None = None
+    lineage: tuple[str, ...] | None = None
+
+
+class StateCleared(_IdsEvent, frozen=True, kw_only=True, tag="state_cleared"):
+    pass
+
+
+class OverlayCompacted(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="overlay_compacted"):
+    namespace: str
+    parts: int
+    rows: int
+    created_at: str
+
+
+class SnapshotTaken(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="snapshot_taken"):
+    """A checkpoint of the projected state right after this event, under `_snapshots/<name>/`."""
+
+    name: str
+    created_at: str
+
+
+class Materialized(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="materialized"):
+    namespaces: tuple[str, ...]
+    columns: tuple[str, ...]
+    drop_overlays: bool
+    archive_overlays: bool
+    drop_deleted: bool
+    rows_dropped: int
+
+
+class RegistryFrozen(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="registry_frozen"):
+    registry_hash: str
+
+
+Event = (
+    DatasetInitialized
+    | SequencesImported
+    | OverlayWritten
+    | RecordsTombstoned
+    | RecordsRestored
+    | StateSet
+    | StateCleared
+    | OverlayCompacted
+    | SnapshotTaken
+    | Materialized
+    | RegistryFrozen
+)
 
 #: `action` names, reusing the original USR names where the operation is the same.
 ACTIONS: dict[type, str] = {
     DatasetInitialized: "init",
     SequencesImported: "import_rows",
+    OverlayWritten: "attach",
+    RecordsTombstoned: "tombstone",
+    RecordsRestored: "restore",
+    StateSet: "state_set",
+    StateCleared: "state_clear",
+    OverlayCompacted: "compact_overlay",
+    SnapshotTaken: "snapshot",
+    Materialized: "materialize",
+    RegistryFrozen: "registry_freeze",
 }
 
 #: Events that change `records.parquet`; any other event leaves the base file untouched.
-BASE_EVENTS: tuple[type, ...] = (DatasetInitialized, SequencesImported)
+BASE_EVENTS: tuple[type, ...] = (DatasetInitialized, SequencesImported, Materialized, RegistryFrozen)
+#: Events that change `_derived/` (overlay parts).
+DERIVED_EVENTS: tuple[type, ...] = (
+    OverlayWritten,
+    RecordsTombstoned,
+    RecordsRestored,
+    StateSet,
+    StateCleared,
+    OverlayCompacted,
+    Materialized,
+)
+#: Events the overlay layout projection (`_derived/layout.json`) records (init starts it).
+LAYOUT_EVENTS: tuple[type, ...] = (DatasetInitialized, *DERIVED_EVENTS)
 
 
 class DatasetRef(msgspec.Struct, frozen=True):

@@ -14,7 +14,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .alphabet import ID_HASH_SPEC, SCHEMA_VERSION
-from .events import GENESIS_HASH, DatasetInitialized, Event, SequencesImported
+from .events import (
+    GENESIS_HASH,
+    DatasetInitialized,
+    Event,
+    Materialized,
+    OverlayCompacted,
+    OverlayWritten,
+    RecordsRestored,
+    RecordsTombstoned,
+    RegistryFrozen,
+    SequencesImported,
+    StateCleared,
+    StateSet,
+)
 
 PROJECTOR_VERSION = "1"
 HASH_PLACEHOLDER = "~usr_es~watermark~hash~pending~~"  # same length as an xxh3-128 hex digest
@@ -108,9 +121,19 @@ def apply_event(
     *,
     registry_hash: str | None,
     mark: Watermark,
+    materialized: pa.Table | None = None,
 ) -> BaseProjection | None:
-    """Fold one event into the base projection. Events that do not touch the base return it as is."""
+    """Fold one event into the base projection. Events that do not touch the base return it as is.
+
+    For `Materialized`, the caller passes the folded table (`materialize_table`), which needs the
+    overlay parts as they were before the event.
+    """
     match event:
+        case Materialized() | RegistryFrozen():
+            if base is None:
+                raise ValueError("materialize/registry freeze before the dataset was initialized")
+            table = materialized if materialized is not None else base.table
+            return replace(base, table=table, registry_hash=registry_hash, watermark=mark)
         case DatasetInitialized():
             return initial_projection(event, registry_hash, mark)
         case SequencesImported():
@@ -138,6 +161,24 @@ def base_metadata(base: BaseProjection) -> dict[str, str]:
     return meta
 
 
+def canonical_type(dtype: pa.DataType) -> pa.DataType:
+    """`dtype` with default child field names (`item`), so a table read back from Parquet (whose
+    lists come back with `element` children) encodes to the same bytes as the original."""
+    if pa.types.is_fixed_size_list(dtype):
+        return pa.list_(canonical_type(dtype.value_type), dtype.list_size)
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        return pa.list_(canonical_type(dtype.value_type))
+    if pa.types.is_struct(dtype):
+        return pa.struct([pa.field(f.name, canonical_type(f.type), f.nullable) for f in dtype])
+    return dtype
+
+
+def canonical_table(table: pa.Table) -> pa.Table:
+    schema = pa.schema([pa.field(f.name, canonical_type(f.type), f.nullable) for f in table.schema])
+    # Arrow type equality ignores list child names, so compare the spelled-out schema instead.
+    return table if str(schema) == str(table.schema) else table.cast(schema)
+
+
 def encode_parquet(table: pa.Table, metadata: dict[str, str], watermark_hash: str) -> memoryview:
     """Serialize `table` with the fixed writer options; returns a view of the file bytes.
 
@@ -149,6 +190,7 @@ def encode_parquet(table: pa.Table, metadata: dict[str, str], watermark_hash: st
     schema), so a file written with `HASH_PLACEHOLDER` differs from the final one only in
     those 32 bytes: `patch_watermark_hash` swaps them once the log line's hash is known.
     """
+    table = canonical_table(table.replace_schema_metadata(None))
     schema = table.schema.with_metadata(metadata)
     sink = pa.BufferOutputStream()
     writer = pq.ParquetWriter(
@@ -191,3 +233,189 @@ def patch_watermark_hash(data: memoryview, real_hash: str) -> list[bytes | memor
     if footer.count(token) != 1 or len(real_hash) != len(HASH_PLACEHOLDER):
         raise ValueError("watermark placeholder not found exactly once in the Parquet footer")
     return [data[:start], footer.replace(token, real_hash.encode())]
+
+
+# -- overlays (_derived/) -------------------------------------------------------------------------
+DERIVED_DIR = "_derived"
+ARCHIVE_DIR = "_archived"
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One overlay part file: which event made it (its watermark) and the metadata it carries.
+
+    `sources` is empty for a part written by its own event; for a compacted part it lists the
+    parts merged into it (their content is needed to regenerate it).
+    """
+
+    namespace: str
+    mark: Watermark
+    created_at: str
+    registry_hash: str | None
+    contract_hash: str | None
+    sources: tuple[PartInfo, ...] = ()
+    archived: bool = False
+
+    @property
+    def file(self) -> str:
+        folder = f"{DERIVED_DIR}/{ARCHIVE_DIR}/{self.namespace}" if self.archived else f"{DERIVED_DIR}/{self.namespace}"
+        return f"{folder}/part-{self.mark.seq:010d}.parquet"
+
+
+@dataclass(frozen=True)
+class DerivedLayout:
+    """Which overlay parts exist after a prefix of the log (live per namespace, and archived)."""
+
+    live: dict[str, tuple[PartInfo, ...]]
+    archived: tuple[PartInfo, ...] = ()
+
+    def files(self) -> dict[str, PartInfo]:
+        out = {p.file: p for parts in self.live.values() for p in parts}
+        out.update({p.file: p for p in self.archived})
+        return out
+
+
+EMPTY_LAYOUT = DerivedLayout(live={})
+
+
+def ids_of(event: Event, payload: pa.Table | None) -> pa.Array:
+    ids = getattr(event, "ids", None)
+    if ids is not None:
+        return pa.array(list(ids), pa.string())
+    if payload is None:
+        return pa.array([], pa.string())
+    return payload.column("id").combine_chunks()
+
+
+def part_table(event: Event, payload: pa.Table | None) -> pa.Table | None:
+    """The rows an overlay-writing event contributes as its own part (None: it writes no part)."""
+    from .overlays import STATE_SCHEMA, TOMBSTONE_SCHEMA
+
+    match event:
+        case OverlayWritten():
+            return payload
+        case RecordsTombstoned() | RecordsRestored():
+            ids = ids_of(event, payload)
+            n = len(ids)
+            deleted = isinstance(event, RecordsTombstoned)
+            when = timestamp_micros(event.created_at) if deleted else None
+            reason = event.reason or None if isinstance(event, RecordsTombstoned) else None
+            return pa.table(
+                [
+                    ids,
+                    pa.repeat(pa.scalar(deleted, pa.bool_()), n),
+                    pa.repeat(pa.scalar(when, pa.timestamp("us", tz="UTC")), n),
+                    pa.repeat(pa.scalar(reason, pa.string()), n),
+                ],
+                schema=TOMBSTONE_SCHEMA,
+            )
+        case StateSet() | StateCleared():
+            ids = ids_of(event, payload)
+            n = len(ids)
+            names = (
+                event.fields
+                if isinstance(event, StateSet)
+                else tuple(f.name[len("usr_state__") :] for f in STATE_SCHEMA if f.name != "id")
+            )
+            arrays = [ids]
+            fields = [STATE_SCHEMA.field("id")]
+            for name in names:
+                field = STATE_SCHEMA.field(f"usr_state__{name}")
+                value = getattr(event, name) if isinstance(event, StateSet) else None
+                if isinstance(value, tuple):
+                    value = list(value)
+                arrays.append(pa.repeat(pa.scalar(value, field.type), n))
+                fields.append(field)
+            return pa.table(arrays, schema=pa.schema(fields))
+    return None
+
+
+def part_namespace(event: Event) -> str | None:
+    from .overlays import STATE_NS, TOMBSTONE_NS
+
+    match event:
+        case OverlayWritten():
+            return event.namespace
+        case RecordsTombstoned() | RecordsRestored():
+            return TOMBSTONE_NS
+        case StateSet() | StateCleared():
+            return STATE_NS
+    return None
+
+
+def apply_layout(
+    layout: DerivedLayout,
+    event: Event,
+    *,
+    registry_hash: str | None,
+    mark: Watermark,
+    has_rows: bool,
+) -> DerivedLayout:
+    """Fold one event into the overlay layout (no tables: which parts exist and where from)."""
+    live = dict(layout.live)
+    match event:
+        case OverlayCompacted():
+            merged = live.get(event.namespace, ())
+            live[event.namespace] = (
+                PartInfo(
+                    namespace=event.namespace,
+                    mark=mark,
+                    created_at=event.created_at,
+                    registry_hash=registry_hash,
+                    contract_hash=merged[-1].contract_hash if merged else None,
+                    sources=merged,
+                ),
+            )
+            return replace(layout, live=live)
+        case Materialized():
+            archived = list(layout.archived)
+            if event.drop_overlays or event.archive_overlays:
+                for folded in event.namespaces:
+                    gone = live.pop(folded, ())
+                    if event.archive_overlays:
+                        archived.extend(replace(p, archived=True) for p in gone)
+            return DerivedLayout(live=live, archived=tuple(archived))
+    ns = part_namespace(event)
+    if ns is None or not has_rows:
+        return layout
+    contract = event.contract_hash if isinstance(event, OverlayWritten) else None
+    created = getattr(event, "created_at", "")
+    info = PartInfo(namespace=ns, mark=mark, created_at=created, registry_hash=registry_hash, contract_hash=contract)
+    live[ns] = (*live.get(ns, ()), info)
+    return replace(layout, live=live)
+
+
+def part_metadata(info: PartInfo) -> dict[str, str]:
+    meta = {
+        "usr:overlay_namespace": info.namespace,
+        "usr:overlay_key": "id",
+        "usr:overlay_created_at": info.created_at,
+        "usr_es:seq": str(info.mark.seq),
+        "usr_es:offset": str(info.mark.offset),
+        "usr_es:projector": PROJECTOR_VERSION,
+    }
+    if info.registry_hash is not None:
+        meta["usr:registry_hash"] = info.registry_hash
+    if info.contract_hash is not None:
+        meta["usr:namespace_contract_hash"] = info.contract_hash
+    return meta
+
+
+def encode_part(info: PartInfo, table: pa.Table) -> memoryview:
+    return encode_parquet(table, part_metadata(info), info.mark.hash)
+
+
+def materialize_table(
+    base: pa.Table, merged: dict[str, pa.Table], tombstones: pa.Table | None, *, drop_deleted: bool
+) -> pa.Table:
+    """Fold merged overlay namespaces into the base table (new columns after the base columns)."""
+    import pyarrow.compute as pc
+
+    from .overlays import live_view, tombstoned_ids
+
+    table = live_view(base, merged, include_deleted=True) if merged else base
+    if drop_deleted and tombstones is not None:
+        dead = tombstoned_ids(tombstones)
+        if len(dead):
+            table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=dead)))
+    return table

@@ -24,6 +24,8 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     timestamp_utc: str
     metrics: dict[str, Any]
     replayed: bool = False
+    noop: bool = False  # nothing to do: no event was appended (`message` says why)
+    message: str = ""
     warnings: list[str] = []
 
     @property
@@ -74,6 +76,8 @@ class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str
     timestamp_utc: str
     rows: int
+    from_checkpoint: int | None = None  # the checkpoint seq replay started from
+    notes: list[str] = []
 
 
 class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,6 +85,7 @@ class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):
     seq: int
     rows: int
     files: list[str]
+    notes: list[str] = []
 
 
 class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,3 +110,14 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
                 f"{self.payloads_checked} payload(s), {len(self.files_checked)} projection file(s) equal replay{extra}"
             )
         return f"FAILED: {self.dataset}: {self.problems[0]}"
+
+
+class ValidateReport(msgspec.Struct, frozen=True, kw_only=True):
+    """`ok` is false when any contract check fails; `passed_with` names the registries that passed."""
+
+    dataset: str
+    ok: bool
+    registry_mode: str
+    registries: list[str]
+    passed_with: list[str]
+    problems: list[str]

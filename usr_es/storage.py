@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
@@ -16,12 +17,13 @@ import xxhash
 from .errors import IntegrityError, NotFound
 from .events import PayloadRef
 from .fileio import fileops, write_atomic, write_once
-from .projectors import BaseProjection, Watermark
+from .projectors import DERIVED_DIR, BaseProjection, DerivedLayout, PartInfo, Watermark
 from .registry import Registry, parse_registry
 
 PAYLOAD_DIR = "_payloads"
 REGISTRY_DIR = "_registry"
 RECORDS_FILE = "records.parquet"
+LAYOUT_FILE = f"{DERIVED_DIR}/layout.json"
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=1))
 
 
@@ -102,6 +104,40 @@ def read_base(dataset_dir: Path, mark: Watermark) -> BaseProjection:
         registry_hash=meta.get("usr:registry_hash"),
         watermark=mark,
     )
+
+
+class _LayoutDoc(msgspec.Struct, frozen=True):
+    seq: int
+    offset: int
+    hash: str
+    live: dict[str, list[PartInfo]]
+    archived: list[PartInfo]
+
+
+_layout_encoder = msgspec.json.Encoder(order="sorted")
+_layout_decoder = msgspec.json.Decoder(_LayoutDoc)
+
+
+def encode_layout(layout: DerivedLayout, mark: Watermark) -> bytes:
+    """`_derived/layout.json`: which overlay parts exist, stamped with the event it reflects."""
+    doc = _LayoutDoc(
+        seq=mark.seq,
+        offset=mark.offset,
+        hash=mark.hash,
+        live={ns: list(parts) for ns, parts in layout.live.items()},
+        archived=list(layout.archived),
+    )
+    return _layout_encoder.encode(doc) + b"\n"
+
+
+def read_layout(path: Path) -> tuple[DerivedLayout, Watermark] | None:
+    """The stored overlay layout and its watermark, or None when absent or unreadable."""
+    try:
+        doc = _layout_decoder.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+    layout = DerivedLayout(live={ns: tuple(parts) for ns, parts in doc.live.items()}, archived=tuple(doc.archived))
+    return layout, Watermark(seq=doc.seq, offset=doc.offset, hash=doc.hash)
 
 
 def publish(path: Path, data: bytes | memoryview | list[bytes | memoryview]) -> None:

@@ -1,0 +1,505 @@
+"""Attachment inputs for `usr attach`: read the file, select and name value columns, check keys, cast values.
+
+Pure functions over Arrow data; resolving keys against a dataset is the caller's job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.json as pjson
+import pyarrow.parquet as pq
+
+from .errors import InvalidInput, NamespaceError, NotFound, SchemaError
+from .registry import ESSENTIAL_COLUMNS, format_type
+
+KEY_KINDS = ("id", "sequence", "sequence_norm", "sequence_ci")
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+
+_PANDAS_INDEX = re.compile(r"^__index_level_\d+__$")
+_MAX_LISTED = 30
+_MAX_SAMPLES = 5
+_MAX_ROWS_SHOWN = 10
+# Errors raised by Arrow kernels and by pa.array() when a value does not fit the target type.
+_VALUE_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The key column and the value columns chosen from an attachment table."""
+
+    keys: pa.ChunkedArray
+    columns: dict[str, pa.ChunkedArray]
+
+
+# -- reading --------------------------------------------------------------------------------
+def read_attachment(path: Path) -> pa.Table:
+    """Read a .csv, .parquet, .jsonl or .json (JSON lines) file; CSV cells are read as text, empty cells as null."""
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidInput(
+            f"Unsupported attachment file type '{path.suffix or path.name}'.",
+            hint="Accepted: .csv, .parquet, .jsonl, .json (JSON lines).",
+        )
+    if not path.is_file():
+        raise NotFound(f"Attachment file not found: {path}")
+    try:
+        if fmt == "csv":
+            table = _read_csv(path)
+        elif fmt == "parquet":
+            table = pq.read_table(path)
+        else:
+            table = _read_jsonl(path)
+    except (pa.ArrowException, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(
+            f"Cannot read {path} as {fmt}: {detail}",
+            hint="Check that the file is complete and in the format its suffix says.",
+        ) from exc
+    index_columns = [n for n in table.column_names if _PANDAS_INDEX.match(n)]
+    return table.drop_columns(index_columns) if index_columns else table
+
+
+def _read_csv(path: Path) -> pa.Table:
+    with pcsv.open_csv(path) as reader:
+        names = reader.schema.names
+    options = pcsv.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        strings_can_be_null=True,
+        null_values=[""],
+    )
+    return pcsv.read_csv(path, convert_options=options)
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    table = pjson.read_json(path)
+    # pyarrow.json turns ISO-8601-looking strings into timestamp[s]; keep them as the text they are.
+    schema = pa.schema([field.with_type(_timestamps_as_text(field.type)) for field in table.schema])
+    if schema.equals(table.schema):
+        return table
+    return pjson.read_json(path, parse_options=pjson.ParseOptions(explicit_schema=schema))
+
+
+def _timestamps_as_text(dtype: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(dtype):
+        return pa.string()
+    if pa.types.is_list(dtype):
+        return pa.list_(_timestamps_as_text(dtype.value_type))
+    if pa.types.is_struct(dtype):
+        return pa.struct([f.with_type(_timestamps_as_text(f.type)) for f in dtype])
+    return dtype
+
+
+# -- column selection -----------------------------------------------------------------------
+def select_columns(
+    table: pa.Table, *, namespace: str, key: str, key_col: str | None, columns: Sequence[str] | None
+) -> Selection:
+    """Pick the key column and the value columns, naming value columns `<namespace>__<field>`."""
+    _check_key_kind(key)
+    key_col = key_col or ("id" if key == "id" else "sequence")
+    names = list(table.column_names)
+    if key_col not in names:
+        raise SchemaError(
+            f"Key column '{key_col}' is not in the input file (columns: {_listing(names)}).",
+            hint="Name the key column with --key-col.",
+        )
+    _require_single(table, key_col)
+    requested = [n for n in names if n != key_col] if columns is None else [c.strip() for c in columns]
+    selected: dict[str, pa.ChunkedArray] = {}
+    sources: dict[str, str] = {}
+    for name in requested:
+        source, out = _resolve_column(name, names, namespace)
+        if out in selected:
+            raise SchemaError(
+                f"Column '{out}' is selected twice (from '{sources[out]}' and '{source}').",
+                hint="Give each value column once.",
+            )
+        _require_single(table, source)
+        selected[out] = table.column(source)
+        sources[out] = source
+    if not selected:
+        raise SchemaError(
+            "No value columns to attach.",
+            hint=f"The input needs at least one column besides the key column '{key_col}'; choose them with --columns.",
+        )
+    return Selection(keys=_as_text(table.column(key_col), key_col), columns=selected)
+
+
+def _resolve_column(name: str, names: list[str], namespace: str) -> tuple[str, str]:
+    """Return (input column, output name) for one requested column name."""
+    prefix = f"{namespace}__"
+    if "__" in name:
+        owner = name.split("__", 1)[0]
+        if owner != namespace:
+            raise NamespaceError(
+                f"Column '{name}' does not belong to namespace '{namespace}'.",
+                hint=f"Attach it with --namespace {owner}, or rename it to '{prefix}<field>'."
+                if owner
+                else f"Rename it to '{prefix}<field>'.",
+            )
+        field = name[len(prefix) :]
+        candidates = [name, field]
+    else:
+        if name in ESSENTIAL_COLUMNS:
+            raise NamespaceError(
+                f"Refusing to write essential column: {name}",
+                hint="Essential USR columns are written by import only; choose the value columns with --columns.",
+            )
+        field = name
+        candidates = [name, prefix + name]
+    if not field:
+        raise SchemaError(f"Column '{name}' has no field name.", hint=f"Name value columns '{prefix}<field>'.")
+    for candidate in candidates:
+        if candidate in names:
+            return candidate, prefix + field
+    raise SchemaError(
+        f"Column '{name}' is not in the input file (columns: {_listing(names)}).",
+        hint="Check the names given to --columns against the file's header.",
+    )
+
+
+def _require_single(table: pa.Table, name: str) -> None:
+    if len(table.schema.get_all_field_indices(name)) > 1:
+        raise SchemaError(f"Column '{name}' appears more than once in the input file.", hint="Rename or drop one.")
+
+
+def _as_text(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    if pa.types.is_string(column.type):
+        return column
+    try:
+        return pc.cast(column, pa.string())
+    except _VALUE_ERRORS as exc:
+        raise SchemaError(
+            f"Key column '{name}' has type {_type_name(column.type)}; keys must be text.",
+            hint="Use a column of ids or sequences as the key.",
+        ) from exc
+
+
+# -- keys -----------------------------------------------------------------------------------
+def normalize_keys(keys: pa.ChunkedArray | pa.Array, key: str) -> pa.ChunkedArray:
+    """Trim keys (and upper-case them for `sequence_ci`); reject blank and duplicate keys."""
+    _check_key_kind(key)
+    text = _as_text(_chunked(keys), "key")
+    normalized = pc.utf8_trim_whitespace(text)
+    if key == "sequence_ci":
+        normalized = pc.utf8_upper(normalized)
+    missing = pc.fill_null(pc.equal(normalized, ""), True)
+    if pc.any(missing).as_py():
+        rows = pc.indices_nonzero(_combined(missing)).to_pylist()
+        raise SchemaError(
+            f"{len(rows)} row(s) have missing key values (rows: {_rows(rows, ', ')}).",
+            hint="Every row needs a key; fill in or drop the rows without one.",
+        )
+    if pc.count_distinct(normalized).as_py() != len(normalized):
+        raise _duplicate_keys(normalized, key)
+    return normalized
+
+
+def _duplicate_keys(keys: pa.ChunkedArray, key: str) -> SchemaError:
+    table = pa.table({"k": keys, "i": pa.array(range(len(keys)), pa.int64())})
+    groups = table.group_by("k").aggregate([("i", "min"), ("i", "count")])
+    repeated = groups.filter(pc.greater(groups.column("i_count"), 1)).sort_by("i_min")
+    samples = []
+    for value in repeated.column("k").to_pylist()[:_MAX_SAMPLES]:
+        rows = pc.indices_nonzero(_combined(pc.equal(keys, value))).to_pylist()
+        samples.append(f"{_short(value)} (rows {_rows(rows, ',')})")
+    how = "trimming and upper-casing" if key == "sequence_ci" else "trimming"
+    return SchemaError(
+        f"Duplicate keys in attachment input: {repeated.num_rows} key(s) repeated. Sample: {'; '.join(samples)}.",
+        hint=f"Each key may appear once per attach (compared after {how}); de-duplicate the input, "
+        "keeping one row per key.",
+    )
+
+
+def _check_key_kind(key: str) -> None:
+    if key not in KEY_KINDS:
+        raise InvalidInput(f"Unsupported join key '{key}'.", hint=f"Use one of: {', '.join(KEY_KINDS)}.")
+
+
+# -- casting --------------------------------------------------------------------------------
+def cast_column(
+    values: pa.ChunkedArray | pa.Array, name: str, dtype: pa.DataType, *, parse_json: bool
+) -> pa.ChunkedArray:
+    """Cast a raw input column to its registry type; nested types are read from JSON text when `parse_json`."""
+    column = _chunked(values)
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    if column.type == dtype:
+        return column
+    if not _is_text(column.type):
+        return _cast_typed(column, name, dtype)
+    if _is_text(dtype):
+        return pc.cast(column, pa.string())
+    if _is_nested(dtype):
+        if not parse_json:
+            raise SchemaError(
+                f"Column '{name}' holds text but its registry type is {format_type(dtype)}; "
+                "nested values are read from JSON text only with JSON parsing on.",
+                hint="Drop --no-parse-json (JSON parsing is the default), or supply the column typed in parquet/jsonl.",
+            )
+        fast = _numeric_lists_fast(column, dtype) if _fast_eligible(dtype) else None
+        return fast if fast is not None else _json_cells(column, name, dtype)
+
+    def convert(part: pa.ChunkedArray) -> pa.ChunkedArray:
+        text = pc.utf8_trim_whitespace(part)
+        if pa.types.is_timestamp(dtype):
+            text = pc.utf8_upper(text)  # RFC 3339 allows a lower-case 't' and 'z'
+        return pc.cast(text, dtype)
+
+    return _convert(column, name, dtype, convert)
+
+
+def _cast_typed(column: pa.ChunkedArray, name: str, dtype: pa.DataType) -> pa.ChunkedArray:
+    extra = _extra_struct_field(column.type, dtype)
+    if extra is not None:
+        raise SchemaError(
+            f"Column '{name}' has type {_type_name(column.type)} in the input; "
+            f"it cannot be converted to {format_type(dtype)}.",
+            hint=f"Struct field '{extra}' is not part of the registered type.",
+        )
+    return _convert(column, name, dtype, lambda part: pc.cast(part, dtype))
+
+
+def _convert(
+    column: pa.ChunkedArray,
+    name: str,
+    dtype: pa.DataType,
+    convert: Callable[[pa.ChunkedArray], pa.ChunkedArray],
+) -> pa.ChunkedArray:
+    try:
+        return _chunked(convert(column))
+    except pa.ArrowNotImplementedError as exc:
+        raise SchemaError(
+            f"Column '{name}' has type {_type_name(column.type)} in the input; "
+            f"it cannot be converted to {format_type(dtype)}.",
+            hint="Supply values of the registered type, or as text.",
+        ) from exc
+    except _VALUE_ERRORS:
+        row = _first_failure(len(column), lambda lo, hi: convert(column.slice(lo, hi - lo)))
+        raise _cannot_convert(name, row, column[row].as_py(), dtype) from None
+
+
+def _first_failure(length: int, attempt: Callable[[int, int], object]) -> int:
+    """0-based index of the first row whose conversion fails (bisection; only used on the error path)."""
+    lo, hi = 0, length
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            attempt(lo, mid)
+        except _VALUE_ERRORS:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def _cannot_convert(name: str, row: int, value: Any, dtype: pa.DataType, hint: str | None = None) -> SchemaError:
+    if hint is None:
+        if pa.types.is_timestamp(dtype):
+            hint = "Timestamps are RFC 3339 text with a zone offset, e.g. 2024-01-31T12:00:00Z."
+        elif pa.types.is_boolean(dtype):
+            hint = "Booleans are true/false or 1/0 (any case)."
+        else:
+            hint = f"Fix the value, or check the registered type of '{name}'."
+    return SchemaError(
+        f"Column '{name}' row {row + 1}: cannot convert {repr(value)[:40]} to {format_type(dtype)}.", hint=hint
+    )
+
+
+def _fast_eligible(dtype: pa.DataType) -> bool:
+    if not (pa.types.is_list(dtype) or pa.types.is_fixed_size_list(dtype)):
+        return False
+    inner = dtype.value_type
+    return bool(pa.types.is_integer(inner) or pa.types.is_floating(inner))
+
+
+def _numeric_lists_fast(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.ChunkedArray | None:
+    """Parse JSON number lists with Arrow's multi-threaded JSON reader; None when any cell needs the slow path.
+
+    Each cell becomes the line `{"v":<cell>}`. Arrow rejects unknown and repeated fields, and every line
+    opens an object, so exactly one row per line proves each cell was one JSON value on its own.
+    """
+    if len(column) == 0:
+        return pa.chunked_array([], type=dtype)
+    inner = dtype.value_type
+    read_type = pa.list_(pa.float64() if pa.types.is_floating(inner) else inner)
+    parse_options = pjson.ParseOptions(explicit_schema=pa.schema([("v", read_type)]), unexpected_field_behavior="error")
+    try:
+        lines = pc.binary_join_element_wise(
+            '{"v":', column, "}\n", "", null_handling="replace", null_replacement="null"
+        )
+        chunks: list[pa.Array] = []
+        for batch in _batches(lines.chunks):
+            data = _value_bytes(batch)
+            if not _plain_json_numbers(data):
+                return None
+            longest = pc.max(pc.binary_length(batch)).as_py() or 0
+            read_options = pjson.ReadOptions(block_size=max(1 << 20, 2 * longest))
+            table = pjson.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
+            if table.num_rows != len(batch):
+                return None
+            chunks.extend(table.column(0).chunks)
+        parsed = pa.chunked_array(chunks, type=read_type)
+        return parsed if parsed.type == dtype else pc.cast(parsed, dtype)
+    except _VALUE_ERRORS:
+        return None
+
+
+def _batches(chunks: Sequence[pa.Array], limit: int = 1 << 28) -> list[pa.Array]:
+    """Concatenate consecutive chunks into contiguous arrays of at most ~`limit` bytes of text."""
+    out: list[pa.Array] = []
+    pending: list[pa.Array] = []
+    size = 0
+    for chunk in chunks:
+        nbytes = chunk.nbytes
+        if pending and size + nbytes > limit:
+            out.append(pending[0] if len(pending) == 1 else pa.concat_arrays(pending))
+            pending, size = [], 0
+        pending.append(chunk)
+        size += nbytes
+    if pending:
+        out.append(pending[0] if len(pending) == 1 else pa.concat_arrays(pending))
+    return out
+
+
+def _value_bytes(array: pa.Array) -> pa.Buffer:
+    """The contiguous text bytes of a string array's rows."""
+    offset_type = pa.int64() if pa.types.is_large_string(array.type) else pa.int32()
+    offsets = pa.Array.from_buffers(offset_type, len(array) + 1, [None, array.buffers()[1]], offset=array.offset)
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    data = array.buffers()[2]
+    return pa.py_buffer(b"") if data is None else data.slice(start, end - start)
+
+
+def _plain_json_numbers(data: pa.Buffer) -> bool:
+    """False when the text holds a non-finite spelling Arrow reads but JSON (even Python's) does not."""
+    view = pa.StringArray.from_buffers(1, pa.array([0, data.size], pa.int32()).buffers()[1], data)
+    if pc.match_substring_regex(view, "-NaN")[0].as_py():
+        return False
+    inf = pc.count_substring_regex(view, "Inf")[0].as_py()
+    return bool(inf == pc.count_substring_regex(view, "Infinity")[0].as_py())
+
+
+def _json_cells(column: pa.ChunkedArray, name: str, dtype: pa.DataType) -> pa.ChunkedArray:
+    """Decode every cell as JSON (msgspec; Python's json for NaN/Infinity) and build the typed array."""
+    texts = column.to_pylist()
+    decoder = msgspec.json.Decoder()
+    values: list[Any] = []
+    for row, text in enumerate(texts):
+        if text is None:
+            values.append(None)
+            continue
+        try:
+            value = decoder.decode(text)
+        except msgspec.DecodeError:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise SchemaError(
+                    f"Column '{name}' row {row + 1}: invalid JSON-like value. "
+                    "Provide valid JSON or pass --no-parse-json.",
+                    hint=f'Values of type {format_type(dtype)} are read as JSON text, e.g. [1.5, 2] or {{"a": 1}}.',
+                ) from None
+        try:
+            values.append(_conform(value, dtype))
+        except _Mismatch as exc:
+            raise _cannot_convert(name, row, text, dtype, hint=str(exc)) from None
+    try:
+        return pa.chunked_array([pa.array(values, type=dtype)], type=dtype)
+    except _VALUE_ERRORS:
+        row = _first_failure(len(values), lambda lo, hi: pa.array(values[lo:hi], type=dtype))
+        raise _cannot_convert(name, row, texts[row], dtype) from None
+
+
+class _Mismatch(Exception):
+    """A decoded JSON value that pa.array() would accept but the registry type should not."""
+
+
+def _conform(value: Any, dtype: pa.DataType) -> Any:
+    """Check what pa.array() lets through (unknown struct fields, booleans as numbers) and read integers
+    as floats for float targets, so that the per-cell path matches the fast path (JSON numbers are numbers)."""
+    if value is None:
+        return None
+    if pa.types.is_struct(dtype) and isinstance(value, dict):
+        fields = [f.name for f in dtype]
+        for field_name in value:
+            if field_name not in fields:
+                raise _Mismatch(f"Field '{field_name}' is not part of {format_type(dtype)}.")
+        return {f.name: _conform(value.get(f.name), f.type) for f in dtype}
+    if (pa.types.is_list(dtype) or pa.types.is_fixed_size_list(dtype)) and isinstance(value, list):
+        return [_conform(item, dtype.value_type) for item in value]
+    numeric = pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
+    if isinstance(value, bool) and numeric:
+        raise _Mismatch(f"A boolean is not a {format_type(dtype)} value.")
+    if isinstance(value, int) and not isinstance(value, bool) and pa.types.is_floating(dtype):
+        try:
+            return float(value)
+        except OverflowError:
+            raise _Mismatch(f"{value} is out of range for {format_type(dtype)}.") from None
+    return value
+
+
+def _extra_struct_field(source: pa.DataType, target: pa.DataType) -> str | None:
+    """A struct field of `source` that `target` lacks (a cast would drop it silently)."""
+    if pa.types.is_struct(source) and pa.types.is_struct(target):
+        names = {f.name for f in target}
+        for f in source:
+            if f.name not in names:
+                return str(f.name)
+            extra = _extra_struct_field(f.type, target.field(f.name).type)
+            if extra is not None:
+                return extra
+    elif _is_list_like(source) and _is_list_like(target):
+        return _extra_struct_field(source.value_type, target.value_type)
+    return None
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _chunked(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+    return values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values], type=values.type)
+
+
+def _combined(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype))
+
+
+def _is_list_like(dtype: pa.DataType) -> bool:
+    return bool(pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
+
+
+def _is_nested(dtype: pa.DataType) -> bool:
+    return _is_list_like(dtype) or bool(pa.types.is_struct(dtype))
+
+
+def _type_name(dtype: pa.DataType) -> str:
+    try:
+        return format_type(dtype)
+    except NamespaceError:
+        return str(dtype)
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f", … ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
+
+
+def _rows(indices: Sequence[int], separator: str) -> str:
+    shown = separator.join(str(i + 1) for i in indices[:_MAX_ROWS_SHOWN])
+    return shown + (f"{separator}…" if len(indices) > _MAX_ROWS_SHOWN else "")
+
+
+def _short(value: str, limit: int = 80) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
