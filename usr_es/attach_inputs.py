@@ -63,7 +63,9 @@ def read_attachment(path: Path) -> pa.Table:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidInput(
             f"Cannot read {path} as {fmt}: {detail}",
-            hint="Check that the file is complete and in the format its suffix says.",
+            hint="A .json/.jsonl file holds JSON lines: one object per line."
+            if fmt == "jsonl"
+            else "Check that the file is complete and in the format its suffix says.",
         ) from exc
     index_columns = [n for n in table.column_names if _PANDAS_INDEX.match(n)]
     return table.drop_columns(index_columns) if index_columns else table
@@ -199,7 +201,7 @@ def normalize_keys(keys: pa.ChunkedArray | pa.Array, key: str) -> pa.ChunkedArra
             f"{len(rows)} row(s) have missing key values (rows: {_rows(rows, ', ')}).",
             hint="Every row needs a key; fill in or drop the rows without one.",
         )
-    if pc.count_distinct(normalized).as_py() != len(normalized):
+    if len(pc.unique(normalized)) != len(normalized):
         raise _duplicate_keys(normalized, key)
     return normalized
 
