@@ -461,6 +461,8 @@ def replay(
     Example: usr replay densegen/demo --until 2 --out /tmp/demo_at_2
     """
     result = _existing(dataset).replay(until, out)
+    for note in result.notes:
+        typer.echo(f"warning: {note}", err=True)
     if _resolved(fmt) is Format.json:
         _emit_object(result, fmt)
         return
@@ -474,6 +476,8 @@ def rebuild(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
     Example: usr rebuild densegen/demo
     """
     result = _existing(dataset).rebuild()
+    for note in result.notes:
+        typer.echo(f"warning: {note}", err=True)
     if _resolved(fmt) is Format.json:
         _emit_object(result, fmt)
         return

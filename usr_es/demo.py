@@ -27,7 +27,8 @@ def _sequences(rng: random.Random, count: int) -> list[str]:
 
 
 def run_demo(root: Path | None, *, echo: Callable[[str], None] = print) -> Path:
-    """Register a namespace, init, import CSV and FASTA, inspect, replay to the past, verify."""
+    """Register a namespace, init, import CSV and FASTA, attach an overlay, tombstone a record, set its
+    state, inspect, replay to the past, verify."""
     root = Path(root).expanduser().resolve() if root else Path(tempfile.mkdtemp(prefix="usr_demo_"))
     fileops().mkdir(root)
     rng = random.Random(7)
@@ -56,15 +57,28 @@ def run_demo(root: Path | None, *, echo: Callable[[str], None] = print) -> Path:
     echo(f"4. usr import {ds.name} --from fasta --path {fasta_path}")
     receipt = ds.import_file(fasta_path, fmt="fasta", source="demo batch 2")
     echo(f"   -> seq {receipt.seq}: {receipt.rows_written} rows written (FASTA headers are not stored)")
+    scores = inputs / "scores.csv"
+    scores.write_text(
+        "sequence,score,vec\n"
+        + "".join(f'{s},{rng.uniform(-5, 5):.3f},"[{rng.random():.3f}, {rng.random():.3f}]"\n' for s in first[:20])
+    )
+    echo(f"5. usr attach {ds.name} --path {scores} --namespace demo --key sequence --columns score,vec")
+    receipt = ds.attach(scores, namespace="demo", key="sequence", columns=["score", "vec"])
+    echo(f"   -> seq {receipt.seq}: demo__score and demo__vec for {receipt.rows_written} records (an overlay part)")
+    victim = ds.head(1, columns=["id"]).column("id")[0].as_py()
+    receipt = ds.delete([victim], reason="demo: failed QC")
+    echo(f"6. usr delete {ds.name} --id {victim[:12]}... -> seq {receipt.seq} (hidden, not erased)")
+    receipt = ds.set_state([victim], qc_status="fail")
+    echo(f"   usr state set {ds.name} --id {victim[:12]}... --qc-status fail -> seq {receipt.seq}")
     info = ds.info()
-    echo(f"5. usr info {ds.name}: {info.rows} rows, {len(info.columns)} columns, head seq {info.head_seq}")
-    for row in ds.head(3, columns=["id", "sequence", "length"]).to_pylist():
-        echo(f"   {row['id'][:12]}  {row['length']:>3}  {row['sequence']}")
+    echo(f"7. usr info {ds.name}: {info.rows} rows, columns {', '.join(info.columns[-4:])}, head seq {info.head_seq}")
+    for row in ds.head(3, columns=["id", "length", "demo__score", "sequence"]).to_pylist():
+        echo(f"   {row['id'][:12]}  {row['length']:>3}  {row['demo__score']!s:>6}  {row['sequence']}")
     past = root / "_replay" / f"at_seq_{after_first.seq}"
-    echo(f"6. usr replay {ds.name} --until {after_first.seq} --out {past}")
+    echo(f"8. usr replay {ds.name} --until {after_first.seq} --out {past}")
     replayed = ds.replay(after_first.seq, past)
     echo(f"   -> {replayed.rows} rows as of {replayed.timestamp_utc} (the live dataset has {info.rows})")
-    echo(f"7. usr verify {ds.name}")
+    echo(f"9. usr verify {ds.name}")
     echo(f"   -> {ds.verify().verdict}")
     echo(f"   -> replayed copy: {Dataset.at(past).verify().verdict}")
     echo("")

@@ -52,6 +52,7 @@ class DatasetInfo(msgspec.Struct, frozen=True, kw_only=True):
     updated: str | None
     registry_hash: str | None
     torn_tail_bytes: int = 0
+    deleted: int = 0  # tombstoned rows (not counted in `rows`; see them with --include-deleted)
 
 
 class DatasetSummary(msgspec.Struct, frozen=True, kw_only=True):
