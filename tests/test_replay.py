@@ -21,10 +21,16 @@ from usr_es.fixtures import (
     canonical_schema,
     dump_json,
     dump_rows,
+    projection_files,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"
-MIN_CASES = 8
+MIN_CASES = 25
+#: Dataset methods a `reissue` item may name (never an arbitrary attribute).
+REISSUE_OPS = frozenset(
+    {"add_sequences", "attach", "delete", "restore", "set_state", "clear_state", "compact_overlay", "materialize",
+     "snapshot", "freeze_registry"}
+)  # fmt: skip
 
 
 def _case_dirs() -> list[Path]:
@@ -55,6 +61,28 @@ def _assert_projection(parquet: Path, expected: Path) -> None:
     assert dump_rows(actual_rows) == rows_text
 
 
+def _expected_files(expected: Path) -> dict[str, str]:
+    """Every file of `expected/seq-<N>/` but state.json, by path relative to it."""
+    return {
+        p.relative_to(expected).as_posix(): p.read_text(encoding="utf-8")
+        for p in sorted(expected.rglob("*"))
+        if p.is_file() and p.relative_to(expected).as_posix() != "state.json"
+    }
+
+
+def _assert_files(directory: Path, expected: Path) -> dict[str, str]:
+    """records, live view and `_derived/` of `directory` in canonical form equal the expected files, both ways."""
+    actual = projection_files(directory)
+    wanted = _expected_files(expected)
+    missing = sorted(set(wanted) - set(actual))
+    extra = sorted(set(actual) - set(wanted))
+    assert not missing, f"{directory} lacks {missing} (expected in {expected})"
+    assert not extra, f"{directory} has {extra}, not in {expected}"
+    for name, text in wanted.items():
+        assert actual[name] == text, f"{name} differs from {expected}"
+    return actual
+
+
 def _assert_rows_obey_identity(parquet: Path) -> None:
     """Independent oracle: id = sha1(bio_type|sequence), length = len(sequence)."""
     for row in pq.read_table(parquet, columns=["id", "bio_type", "sequence", "length"]).to_pylist():
@@ -62,14 +90,20 @@ def _assert_rows_obey_identity(parquet: Path) -> None:
         assert row["length"] == len(row["sequence"])
 
 
-def _reissue(ds: Dataset, item: dict[str, Any]) -> None:
-    assert item["op"] == "add_sequences"
+def _reissue(ds: Dataset, item: dict[str, Any], inputs: Path) -> None:
+    assert item["op"] in REISSUE_OPS, item
+    args = list(item["args"])
+    if "input" in item:
+        inputs.mkdir(exist_ok=True)
+        path = inputs / item["input"]["name"]
+        path.write_text(item["input"]["text"], encoding="utf-8")
+        args.insert(0, path)
     try:
-        receipt = ds.add_sequences(item["rows"], **item["kwargs"])
+        receipt = getattr(ds, item["op"])(*args, **item["kwargs"])
     except UsrError as exc:
         outcome = type(exc).__name__
     else:
-        outcome = "replayed" if receipt.replayed else f"appended seq {receipt.seq}"
+        outcome = "replayed" if receipt.replayed else "noop" if receipt.noop else f"appended seq {receipt.seq}"
         if receipt.replayed:
             assert receipt.seq == item["seq"]
     assert outcome == item["outcome"], item
@@ -91,12 +125,17 @@ def check_case(case: Path, work: Path) -> list[int]:
     log = (copy / ".events.log").read_bytes()
     ds = Dataset.at(copy)
     ran: list[int] = []
+    views: dict[int, str] = {}
     for seq in seqs:
         expected = case / "expected" / f"seq-{seq}"
         out = work / f"replay-{seq}"
         result = ds.replay(seq, out)
         assert result.seq == seq
+        assert {"from_checkpoint": result.from_checkpoint, "ignored_checkpoints": len(result.notes)} == expect[
+            "replays"
+        ][str(seq)], result.notes
         _assert_projection(out / "records.parquet", expected)
+        views[seq] = _assert_files(out, expected)["view.rows.jsonl"]
         _assert_rows_obey_identity(out / "records.parquet")
         report = Dataset.at(out).verify()
         assert report.ok, report.problems
@@ -108,10 +147,19 @@ def check_case(case: Path, work: Path) -> list[int]:
         assert ds.resolve_until(moment) == seq
         ran.append(seq)
 
+    for before, after in expect["same_view"]:
+        assert before in views and after in views, f"same_view {before}->{after} needs both seqs expected"
+        assert views[before] == views[after], f"the live view changed from seq {before} to {after}"
+
     rebuilt = ds.rebuild()
     assert (rebuilt.seq, rebuilt.rows) == (head, expect["rows"])
+    assert len(rebuilt.notes) == expect["replays"][str(head)]["ignored_checkpoints"], rebuilt.notes
     _assert_projection(copy / "records.parquet", case / "expected" / f"seq-{head}")
-    assert (copy / "records.parquet").read_bytes() == (work / f"replay-{head}" / "records.parquet").read_bytes()
+    _assert_files(copy, case / "expected" / f"seq-{head}")
+    replayed_head = work / f"replay-{head}"
+    for path in [replayed_head / "records.parquet", *sorted((replayed_head / "_derived").rglob("*.parquet"))]:
+        rel = path.relative_to(replayed_head)
+        assert (copy / rel).read_bytes() == path.read_bytes(), f"rebuild and replay wrote different {rel}"
     report = ds.verify()
     assert report.ok, report.problems
     assert (report.seq, report.head_hash) == (head, expect["head_hash"])
@@ -120,7 +168,7 @@ def check_case(case: Path, work: Path) -> list[int]:
     assert (copy / ".events.log").read_bytes() == log, "replay/rebuild/verify must not touch the log"
 
     for item in expect["reissue"]:
-        _reissue(ds, item)
+        _reissue(ds, item, work / "inputs")
     assert (copy / ".events.log").read_bytes() == log, "rejected commands and retries must append nothing"
     return ran
 

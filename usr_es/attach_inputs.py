@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,11 +187,11 @@ def _as_text(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
 
 
 # -- keys -----------------------------------------------------------------------------------
-def normalize_keys(keys: pa.ChunkedArray | pa.Array, key: str) -> pa.ChunkedArray:
-    """Trim keys (and upper-case them for `sequence_ci`); reject blank and duplicate keys."""
+def normalize_keys(keys: pa.ChunkedArray | pa.Array, key: str, *, check_duplicates: bool = True) -> pa.ChunkedArray:
+    """Trim keys (and upper-case them for `sequence_ci`); reject blank keys, and duplicate keys unless
+    `check_duplicates` is false (the caller then runs `require_unique_keys` itself)."""
     _check_key_kind(key)
-    text = _as_text(_chunked(keys), "key")
-    normalized = pc.utf8_trim_whitespace(text)
+    normalized = _trimmed(_as_text(_chunked(keys), "key"))
     if key == "sequence_ci":
         normalized = pc.utf8_upper(normalized)
     missing = pc.fill_null(pc.equal(normalized, ""), True)
@@ -201,9 +201,30 @@ def normalize_keys(keys: pa.ChunkedArray | pa.Array, key: str) -> pa.ChunkedArra
             f"{len(rows)} row(s) have missing key values (rows: {_rows(rows, ', ')}).",
             hint="Every row needs a key; fill in or drop the rows without one.",
         )
-    if len(pc.unique(normalized)) != len(normalized):
-        raise _duplicate_keys(normalized, key)
+    if check_duplicates:
+        require_unique_keys(normalized, key)
     return normalized
+
+
+def require_unique_keys(keys: pa.ChunkedArray, key: str, *, digests: pa.ChunkedArray | pa.Array | None = None) -> None:
+    """Reject repeated (normalized) keys. `digests`, one per key and a function of it (the keys' record
+    ids, say), are cheaper to compare: when they are all distinct so are the keys; a repeat among them
+    is checked on the keys themselves."""
+    if digests is not None and pc.count_distinct(digests, mode="all").as_py() == len(digests):
+        return
+    if pc.count_distinct(keys, mode="all").as_py() != len(keys):  # counts without building a unique array
+        raise _duplicate_keys(keys, key)
+
+
+def _trimmed(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`utf8_trim_whitespace`, a chunk at a time, keeping each chunk that had nothing to trim as it is
+    (most inputs have none: no copy of the column is kept, and only one chunk is copied at a time)."""
+    chunks = []
+    for chunk in text.chunks:
+        trimmed = pc.utf8_trim_whitespace(chunk)
+        same = pc.all(pc.equal(pc.binary_length(trimmed), pc.binary_length(chunk))).as_py() is not False
+        chunks.append(chunk if same else trimmed)
+    return pa.chunked_array(chunks, type=text.type)
 
 
 def _duplicate_keys(keys: pa.ChunkedArray, key: str) -> SchemaError:
@@ -336,11 +357,8 @@ def _numeric_lists_fast(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.Chunk
     read_type = pa.list_(pa.float64() if pa.types.is_floating(inner) else inner)
     parse_options = pjson.ParseOptions(explicit_schema=pa.schema([("v", read_type)]), unexpected_field_behavior="error")
     try:
-        lines = pc.binary_join_element_wise(
-            '{"v":', column, "}\n", "", null_handling="replace", null_replacement="null"
-        )
         chunks: list[pa.Array] = []
-        for batch in _batches(lines.chunks):
+        for batch in _line_batches(column):
             data = _value_bytes(batch)
             if not _plain_json_numbers(data):
                 return None
@@ -356,21 +374,31 @@ def _numeric_lists_fast(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.Chunk
         return None
 
 
-def _batches(chunks: Sequence[pa.Array], limit: int = 1 << 28) -> list[pa.Array]:
-    """Concatenate consecutive chunks into contiguous arrays of at most ~`limit` bytes of text."""
-    out: list[pa.Array] = []
+def _line_batches(column: pa.ChunkedArray, limit: int = 1 << 25) -> Iterator[pa.Array]:
+    """The cells as lines `{"v":<cell>}`, in contiguous arrays of about `limit` bytes of text, made one
+    at a time (so only a slice of the text is ever copied)."""
+
+    def joined(group: list[pa.Array]) -> pa.Array:
+        lines = pc.binary_join_element_wise(
+            '{"v":', pa.chunked_array(group, type=column.type), "}\n", "", null_handling="replace",
+            null_replacement="null",
+        )  # fmt: skip
+        return lines.chunk(0) if lines.num_chunks == 1 else pa.concat_arrays(lines.chunks)
+
     pending: list[pa.Array] = []
     size = 0
-    for chunk in chunks:
-        nbytes = chunk.nbytes
-        if pending and size + nbytes > limit:
-            out.append(pending[0] if len(pending) == 1 else pa.concat_arrays(pending))
-            pending, size = [], 0
-        pending.append(chunk)
-        size += nbytes
+    for chunk in column.chunks:
+        step = max(1, -(-len(chunk) * limit // max(chunk.nbytes, 1)))  # rows per ~limit bytes
+        for start in range(0, len(chunk), step):
+            piece = chunk.slice(start, step)
+            nbytes = piece.nbytes if step < len(chunk) else chunk.nbytes
+            if pending and size + nbytes > limit:
+                yield joined(pending)
+                pending, size = [], 0
+            pending.append(piece)
+            size += nbytes
     if pending:
-        out.append(pending[0] if len(pending) == 1 else pa.concat_arrays(pending))
-    return out
+        yield joined(pending)
 
 
 def _value_bytes(array: pa.Array) -> pa.Buffer:

@@ -99,7 +99,7 @@ from .projectors import (
     part_table,
     patch_watermark_hash,
 )
-from .registry import Registry, load_registry, registry_path
+from .registry import Registry, load_registry, parse_registry, registry_path
 from .results import (
     ColumnInfo,
     DatasetInfo,
@@ -130,6 +130,16 @@ from .storage import (
 )
 
 _IdsCommandType = TombstoneRecords | RestoreRecords | SetState | ClearState
+#: Commands whose decision needs at most these base columns (and that do not change the base):
+#: their writes read only these columns of records.parquet. Every other command reads it whole.
+_BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
+    TombstoneRecords: ["id"],
+    RestoreRecords: ["id"],
+    SetState: ["id"],
+    ClearState: ["id"],
+    TakeSnapshot: ["id"],
+    CompactOverlay: ["id"],
+}
 LOCK_FILE = ".usr.lock"
 SNAPSHOT_DIR = "_snapshots"
 CHECKPOINT_MANIFEST = "manifest.json"
@@ -169,6 +179,11 @@ class _Proj:
     tables: dict[str, pa.Table] = field(default_factory=dict)
     reuse: Path | None = None  # a checkpoint whose files may be linked instead of re-encoded
     reuse_seq: int = 0
+    #: Set while `base` is partial: its table holds only some columns of `<base_dir>/records.parquet`
+    #: (same watermark); `Dataset._full_base` loads the rest before anything folds or encodes it.
+    base_dir: Path | None = None
+    #: Part tables not read yet: `tables` key -> a trusted file holding them (a verified checkpoint's).
+    lazy: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -192,6 +207,11 @@ class Dataset:
         self.root = root
         self.name = name
         self.dir = directory
+        # Kept between writes through this object (a loop of `set_state` calls, say) while the files
+        # they came from are unchanged: a partial base keyed by records.parquet's identity, and the
+        # parsed registry keyed by its bytes.
+        self._base_cache: tuple[tuple[int, ...], tuple[str, ...], BaseProjection] | None = None
+        self._registry_cache: tuple[bytes, Registry] | None = None
 
     # -- opening ------------------------------------------------------------------------
     @classmethod
@@ -491,7 +511,10 @@ class Dataset:
             absent = pc.filter(wanted, pc.invert(known)).to_pylist()
             raise NotFound(f"{len(absent)} id(s) not found in dataset (sample: {', '.join(absent[:5])}).")
         state = merged.get("usr_state")
-        subset = pa.table({"id": wanted})
+        # State folded into records.parquet by materialize shows through where no overlay wrote (ADR 0008).
+        rows = pc.index_in(wanted, value_set=base.column("id"))
+        folded = {c: base.column(c).take(rows) for c in base.column_names if c.startswith("usr_state__")}
+        subset = pa.table({"id": wanted, **folded})
         view = live_view(subset, {"usr_state": state} if state is not None else {}, include_deleted=True)
         columns = []
         for field_ in STATE_SCHEMA:
@@ -592,9 +615,10 @@ class Dataset:
             for directory in (self.dir, self.dir / PAYLOAD_DIR, self.dir / REGISTRY_DIR):
                 remove_stale_temps(directory)
             try:
-                tail = self._tail(quarantine=True)
+                tail = self._tail(quarantine=True, base_columns=self._base_columns_for(command))
             except OSError as exc:
                 raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+            _release_memory()  # the Parquet reader's scratch buffers
             warnings = list(tail.warnings)
             if command_id is not None:
                 prior = find_command(self.log_path, command_id)
@@ -607,6 +631,8 @@ class Dataset:
                 )
             registry = self._registry_for_write(tail.scan.registry_hash)
             rows = rows_loader() if rows_loader is not None else None
+            if rows is not None:
+                _release_memory()  # the reader's scratch buffers
             proj = tail.proj
             state = DatasetState(
                 name=self.name,
@@ -618,6 +644,7 @@ class Dataset:
                 overlays=self._overlays_for(command, proj),
                 registry=registry,
             )
+            _release_memory()  # the Parquet readers' scratch buffers
             now = utc_now_text(tail.scan.last_timestamp)
             try:
                 decision = decide(state, command, now=now, rows=rows)
@@ -635,7 +662,12 @@ class Dataset:
                     message=str(nothing),
                     warnings=warnings,
                 )
-            rows = None  # the input table is no longer needed: free it before projecting
+            # The input table and the overlay tables read for the decision are no longer needed: free
+            # them before projecting (the event's own tables travel in `decision`).
+            rows = None
+            del state
+            proj.tables.clear()
+            _release_memory()
             try:
                 record, line, digest, parquet = self._prepare(tail, registry, command, decision, command_id, now)
             except OSError as exc:  # payload or frozen registry: the log is untouched
@@ -661,6 +693,20 @@ class Dataset:
                 ) from exc
             final = LogRecord(**{**_fields(record), "hash": digest})
             return _receipt(final, warnings=warnings)
+
+    def _base_columns_for(self, command: Command) -> list[str] | None:
+        """The base columns `command`'s decision needs (None: all of them)."""
+        needed = _BASE_COLUMNS_NEEDED.get(type(command))
+        if needed is not None or not isinstance(command, AttachColumns):
+            return needed
+        try:
+            names = pq.read_schema(self.records_path).names
+        except (OSError, pa.ArrowInvalid):
+            return None
+        # Keys resolve through ids (sequence_ci through upper-cased sequences); materialized columns of
+        # the namespace are needed for the overwrite check.
+        keyed = {"id", "bio_type", "alphabet", *(["sequence"] if command.key == "sequence_ci" else [])}
+        return [n for n in names if n in keyed or n.startswith(f"{command.namespace}__")]
 
     def _overlays_for(self, command: Command, proj: _Proj) -> dict[str, pa.Table]:
         """The merged overlay tables `decide` needs for this command (read here, not in decide)."""
@@ -709,8 +755,15 @@ class Dataset:
     def _registry_for_write(self, last_hash: str | None) -> Registry:
         """The live registry; for a dataset outside any root (e.g. a replayed copy), the frozen
         registry the last event was validated against."""
-        if registry_path(self.root).is_file() or last_hash is None:
-            return load_registry(self.root)
+        path = registry_path(self.root)
+        if path.is_file() or last_hash is None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                return load_registry(self.root)  # raises the usual "registry required" error
+            if self._registry_cache is None or self._registry_cache[0] != data:
+                self._registry_cache = (data, parse_registry(data, source=str(path)))
+            return self._registry_cache[1]
         return frozen_registry(self.dir, last_hash)
 
     def _prepare(
@@ -742,7 +795,7 @@ class Dataset:
             parquet = encode_base(base, pending_hash=True)
             fingerprint = Fingerprint(rows=base.rows, cols=base.table.num_columns, size_bytes=len(parquet))
         else:
-            fingerprint = self._fingerprint(base)
+            fingerprint = self._fingerprint(tail.proj)
         record = LogRecord(
             timestamp_utc=now,
             action=decision.action,
@@ -766,11 +819,15 @@ class Dataset:
         line, digest = encode_line(record)
         return record, line, digest, parquet
 
-    def _fingerprint(self, base: BaseProjection | None) -> Fingerprint:
+    def _fingerprint(self, proj: _Proj) -> Fingerprint:
+        base = proj.base
         if base is None:
             return Fingerprint(rows=0, cols=0, size_bytes=0)
         size = self.records_path.stat().st_size if self.records_path.exists() else 0
-        return Fingerprint(rows=base.rows, cols=base.table.num_columns, size_bytes=size)
+        cols = base.table.num_columns
+        if proj.base_dir is not None:  # a partial base: count the stored columns
+            cols = len(pq.read_schema(proj.base_dir / RECORDS_FILE).names)
+        return Fingerprint(rows=base.rows, cols=cols, size_bytes=size)
 
     # -- validate -------------------------------------------------------------------------
     def validate(self, *, strict: bool = False, registry_mode: str = "current") -> ValidateReport:
@@ -825,7 +882,7 @@ class Dataset:
                 if bad:
                     common.append(f"{bad} row(s): id does not match sha1(bio_type|sequence)")
                 lengths = pc.cast(pc.utf8_length(base.column("sequence")), pa.int32())
-                if not pc.all(pc.equal(lengths, base.column("length"))).as_py():
+                if not pc.all(pc.equal(lengths, base.column("length")), min_count=0).as_py():  # empty: ok
                     common.append("some rows: length does not match the sequence")
         extra = [c for c in base.column_names if c not in ESSENTIAL_COLUMNS]
         for column in extra:
@@ -834,7 +891,7 @@ class Dataset:
         tomb = merged.get("usr")
         if tomb is not None:
             for f in tomb.schema:
-                if f.name != "id" and TOMBSTONE_SCHEMA.get_field_index(f.name) < 0:
+                if f.name != "id" and not f.name.startswith(WRITTEN) and TOMBSTONE_SCHEMA.get_field_index(f.name) < 0:
                     common.append(f"tombstone overlay has unexpected column '{f.name}'")
         state = merged.get("usr_state")
         if state is not None:
@@ -846,7 +903,7 @@ class Dataset:
                     if bad_values:
                         common.append(f"{column} holds values outside {', '.join(allowed)}: {bad_values}")
             for f in state.schema:
-                if f.name != "id" and STATE_SCHEMA.get_field_index(f.name) < 0:
+                if f.name != "id" and not f.name.startswith(WRITTEN) and STATE_SCHEMA.get_field_index(f.name) < 0:
                     common.append(f"usr_state overlay has unexpected column '{f.name}'")
 
         verdicts: dict[str, list[str]] = {}
@@ -965,13 +1022,13 @@ class Dataset:
             if not file.is_file() or xxhash.xxh3_128_hexdigest(file.read_bytes()) != digest:
                 return f"checkpoint {path.name}: {rel} does not match its digest"
         base_mark = read_watermark(path / RECORDS_FILE)
-        base = read_base(path, base_mark) if base_mark is not None else None
+        # Only the row count for now: the rows are read if an event is folded into the base or it is re-encoded.
+        base = read_base(path, base_mark, columns=[]) if base_mark is not None else None
         doc = read_layout(path / LAYOUT_FILE)
         layout, layout_mark = doc if doc is not None else (EMPTY_LAYOUT, Watermark())
         proj = _Proj(base=base, layout=layout, layout_mark=layout_mark, reuse=path, reuse_seq=seq)
-        for info in layout.files().values():
-            table = pq.read_table(path / info.file).replace_schema_metadata(None)
-            proj.tables[f"{info.namespace}@{info.mark.seq}"] = table
+        proj.base_dir = path if base is not None else None
+        proj.lazy = {_table_key(info): path / info.file for info in layout.files().values()}
         return proj
 
     def _maybe_auto_checkpoint(self, proj: _Proj, mark: Watermark) -> None:
@@ -995,12 +1052,13 @@ class Dataset:
                 self._write_checkpoint(proj, mark)
 
     # -- recovery and catch-up ----------------------------------------------------------
-    def _tail(self, *, quarantine: bool) -> _Tail:
+    def _tail(self, *, quarantine: bool, base_columns: list[str] | None = None) -> _Tail:
         """Verify the log, fold events the projections lack, publish them, quarantine a torn tail.
 
         Projections (records.parquet, _derived/layout.json) are trusted from their anchors on: the
         lines before are checked from raw bytes, the lines after are decoded and folded.
-        Called under the dataset lock by writers (and by readers that found a lag).
+        Called under the dataset lock by writers (and by readers that found a lag). With
+        `base_columns`, a base that needs no catching up is read with only those columns.
         """
         warnings: list[str] = []
         base_mark = read_watermark(self.records_path)
@@ -1012,7 +1070,13 @@ class Dataset:
         if base_anchor is not None and base_mark is not None and layout_anchor is not None and layout_doc:
             first = min(base_anchor, layout_anchor)
             check_prefix(self.log_path, end_offset=first[0], lines=first[1] - 1, last_hash=first[2])
-            proj = _Proj(base=read_base(self.dir, base_mark), layout=layout_doc[0], layout_mark=layout_doc[1])
+            if base_columns is None:
+                base = read_base(self.dir, base_mark)
+            else:
+                base = self._partial_base(base_mark, base_columns)
+            proj = _Proj(base=base, layout=layout_doc[0], layout_mark=layout_doc[1])
+            if base_columns is not None:
+                proj.base_dir = self.dir
             start_offset, start_seq, start_hash = first[0], first[1] - 1, first[2]
         scan = Scan()
         lines = iter_lines(
@@ -1051,6 +1115,7 @@ class Dataset:
                 continue
             payload = read_payload(self.dir, record.payload) if record.payload is not None else None
             if base_due:
+                self._full_base(proj)
                 materialized = None
                 if isinstance(event, Materialized):
                     if proj.layout_mark.seq >= line.seq:
@@ -1077,29 +1142,55 @@ class Dataset:
                     has_rows=table is not None and table.num_rows > 0,
                 )
                 if table is not None:
-                    for file, info in layout.files().items():
+                    for info in layout.files().values():
                         if info.mark == mark:
-                            proj.tables[file] = table
+                            proj.tables[_table_key(info)] = table
                 proj.layout, proj.layout_mark = layout, mark
                 layout_n += 1
         return base_n, layout_n
 
+    def _partial_base(self, mark: Watermark, columns: list[str]) -> BaseProjection:
+        """`columns` of records.parquet (stamped `mark`); reused from the previous call while the file
+        is the same one (projection files are replaced by rename, never changed in place)."""
+        st = os.stat(self.records_path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._base_cache
+        if cached is not None and cached[0] == key and cached[1] == tuple(columns) and cached[2].watermark == mark:
+            return cached[2]
+        base = read_base(self.dir, mark, columns=columns)
+        self._base_cache = (key, tuple(columns), base)
+        return base
+
     def _merged(self, proj: _Proj, namespace: str, *, from_files: bool) -> pa.Table:
         parts = proj.layout.live.get(namespace, ())
-        return merge_parts([Part(p.mark.seq, self._part_table(p, proj.tables, from_files=from_files)) for p in parts])
+        if len(parts) == 1:  # the merge of one part is a contiguous copy of it: keep that copy only
+            only = self._part_table(parts[0], proj, from_files=from_files).combine_chunks()
+            proj.tables[_table_key(parts[0])] = only
+        return merge_parts([Part(p.mark.seq, self._part_table(p, proj, from_files=from_files)) for p in parts])
 
-    def _part_table(self, info: PartInfo, cache: dict[str, pa.Table], *, from_files: bool) -> pa.Table:
+    def _full_base(self, proj: _Proj) -> BaseProjection | None:
+        """`proj.base` with every column: a partial base (see `_Proj.base_dir`) is read in full now."""
+        if proj.base is not None and proj.base_dir is not None:
+            proj.base = read_base(proj.base_dir, proj.base.watermark)
+        proj.base_dir = None
+        return proj.base
+
+    def _part_table(self, info: PartInfo, proj: _Proj, *, from_files: bool) -> pa.Table:
         """A part's rows: from its file when trusted and current, else regenerated from the log."""
-        key = f"{info.namespace}@{info.mark.seq}"
+        key = _table_key(info)
+        cache = proj.tables
         if key in cache:
             return cache[key]
         path = self.dir / info.file
         table: pa.Table | None = None
-        if from_files and read_watermark(path) == info.mark:
+        trusted = proj.lazy.pop(key, None)
+        if trusted is not None:
+            table = pq.read_table(trusted).replace_schema_metadata(None)
+        elif from_files and read_watermark(path) == info.mark:
             table = pq.read_table(path).replace_schema_metadata(None)
         elif info.sources:
             table = merge_parts(
-                [Part(s.mark.seq, self._part_table(s, cache, from_files=from_files)) for s in info.sources]
+                [Part(s.mark.seq, self._part_table(s, proj, from_files=from_files)) for s in info.sources]
             )
         else:
             raw = read_line_at(self.log_path, info.mark.offset)
@@ -1127,7 +1218,7 @@ class Dataset:
             if reused is not None and target != self.dir and read_watermark(reused) == info.mark:
                 _copy(reused, path)  # unchanged since the checkpoint: same bytes
                 continue
-            publish(path, encode_part(info, self._part_table(info, proj.tables, from_files=from_files)))
+            publish(path, encode_part(info, self._part_table(info, proj, from_files=from_files)))
             written.append(file)
         derived = target / DERIVED_DIR
         if derived.is_dir():
@@ -1258,11 +1349,13 @@ class Dataset:
     def info(self) -> DatasetInfo:
         """Rows, columns, head seq, projection lag and sizes (from metadata; rows are not read)."""
         mark, scan, lag = self._fresh()
-        rows, columns, meta = 0, [], {}
+        rows, columns, meta, deleted = 0, [], {}, 0
         if mark is not None:
             metadata = pq.read_metadata(self.records_path)
             rows = metadata.num_rows
             columns = [c.name for c in self.schema()]
+            deleted = self._tombstoned_count()
+            rows -= deleted
             meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
         return DatasetInfo(
             name=self.name,
@@ -1278,7 +1371,24 @@ class Dataset:
             updated=scan.last_timestamp,
             registry_hash=meta.get("usr:registry_hash"),
             torn_tail_bytes=scan.torn_bytes,
+            deleted=deleted,
         )
+
+    def _tombstoned_count(self) -> int:
+        """How many base rows are tombstoned (0 without a `usr` overlay)."""
+        import pyarrow.compute as pc
+
+        from .overlays import tombstoned_ids
+
+        doc = read_layout(self.dir / LAYOUT_FILE)
+        if doc is None or TOMBSTONE_NS not in doc[0].live:
+            return 0
+        proj = _Proj(base=None, layout=doc[0], layout_mark=doc[1])
+        dead = tombstoned_ids(self._merged(proj, TOMBSTONE_NS, from_files=True))
+        if not len(dead):
+            return 0
+        ids = pq.read_table(self.records_path, columns=["id"]).column("id")
+        return int(pc.sum(pc.is_in(ids, value_set=dead).cast(pa.int64())).as_py() or 0)  # sum of no rows is null
 
     def events(self, *, n: int | None = None) -> list[LogRecord]:
         """The last `n` events (all when None), verified."""
@@ -1363,7 +1473,9 @@ class Dataset:
             if reused is not None and read_watermark(reused) == proj.base.watermark and target != self.dir:
                 _copy(reused, target / RECORDS_FILE)  # unchanged since the checkpoint: same bytes
             else:
-                publish(target / RECORDS_FILE, encode_base(proj.base))
+                base = self._full_base(proj)
+                assert base is not None
+                publish(target / RECORDS_FILE, encode_base(base))
             files.append(RECORDS_FILE)
         if proj.layout_mark.seq:
             self._sync_derived(proj, target, from_files=False)
@@ -1422,7 +1534,7 @@ class Dataset:
                 expected[RECORDS_FILE] = encode_base(proj.base)
             if proj.layout_mark.seq:
                 for file, info in proj.layout.files().items():
-                    expected[file] = encode_part(info, self._part_table(info, proj.tables, from_files=False))
+                    expected[file] = encode_part(info, self._part_table(info, proj, from_files=False))
                 expected[LAYOUT_FILE] = encode_layout(proj.layout, proj.layout_mark)
             for file, data in expected.items():
                 files.append(file)
@@ -1489,6 +1601,17 @@ def _first_record(raw: bytes) -> LogRecord:
         return record_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise IntegrityError(f"cannot decode log line: {exc}") from exc
+
+
+def _release_memory() -> None:
+    """Hand memory Arrow's allocator has freed back to the OS (it keeps it otherwise): without this,
+    the scratch space of one phase of a large write stays in the process's peak RSS on top of the next."""
+    pa.default_memory_pool().release_unused()
+
+
+def _table_key(info: PartInfo) -> str:
+    """`_Proj.tables` key of a part (archiving moves the file, not the content)."""
+    return f"{info.namespace}@{info.mark.seq}"
 
 
 def _fields(record: LogRecord) -> dict[str, Any]:

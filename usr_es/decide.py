@@ -339,17 +339,40 @@ _SPLITS = ("holdout", "test", "train", "val")
 _STATE_FIELDS = ("masked", "qc_status", "split", "supersedes", "lineage")
 
 
-def _resolve_keys(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Array:
-    """Index into the base table of each normalized key (null where the key is not in the dataset)."""
+def _key_ids(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.ChunkedArray | None:
+    """The id a record with each key as its sequence has, when keys are matched by exact sequence in a
+    dataset of one bio_type (ids are sha1(bio_type|sequence)); else None."""
+    base = state.base
+    if key not in ("sequence", "sequence_norm") or base is None or base.num_rows == 0:
+        return None
+    bio_types = pc.unique(base.column("bio_type"))
+    if len(bio_types) != 1:
+        return None
+    return compute_ids(keys, keys, single=bio_types[0].as_py())
+
+
+def _resolve_keys(
+    state: DatasetState, keys: pa.ChunkedArray, key: str, *, key_ids: pa.ChunkedArray | None = None
+) -> pa.Array:
+    """Index into the base table of each normalized key (null where the key is not in the dataset).
+    `key_ids`: the keys' `_key_ids`, when already computed."""
     base = state.base
     if base is None or base.num_rows == 0:
         return pa.nulls(len(keys), pa.int32())
     if key == "id":
         return pc.index_in(keys, value_set=base.column("id").combine_chunks())
-    if len(pc.unique(base.column("bio_type"))) > 1:
+    bio_types = pc.unique(base.column("bio_type"))
+    if len(bio_types) > 1:
         raise SchemaError(
             "Attach by sequence requires a dataset with a single bio_type.", hint="Attach by --key id instead."
         )
+    if key != "sequence_ci":
+        # Every record's id is sha1(bio_type|sequence): a key equals a record's sequence exactly when the
+        # key's id is the record's id, so match on ids (no hash table of every base sequence, and the
+        # sequence column need not be read).
+        if key_ids is None:
+            key_ids = compute_ids(keys, keys, single=bio_types[0].as_py())
+        return pc.index_in(key_ids, value_set=base.column("id").combine_chunks())
     sequences = base.column("sequence").combine_chunks()
     if key == "sequence_ci":
         if pc.any(pc.not_equal(base.column("alphabet"), "dna_4")).as_py():
@@ -364,7 +387,7 @@ def _resolve_keys(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Ar
 
 
 def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, now: str) -> Decision:
-    from .attach_inputs import cast_column, normalize_keys, select_columns
+    from .attach_inputs import cast_column, normalize_keys, require_unique_keys, select_columns
 
     ns = command.namespace
     if not NAMESPACE_RE.match(ns):
@@ -383,10 +406,12 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
                 f"Overlay column '{name}' not registered under namespace '{ns}'.",
                 hint=f"Registered: {', '.join(registered)}. Pick columns with --columns, or re-register the namespace.",
             )
-    keys = normalize_keys(selection.keys, command.key)
+    keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
+    key_ids = _key_ids(state, keys, command.key)  # hashed once: for the duplicate check and the matching
+    require_unique_keys(keys, command.key, digests=key_ids)
     cast = {name: cast_column(values, name, registered[name], parse_json=command.parse_json)
             for name, values in selection.columns.items()}  # fmt: skip
-    index = _resolve_keys(state, keys, command.key)
+    index = _resolve_keys(state, keys, command.key, key_ids=key_ids)
     found = pc.is_valid(index)
     n_in = len(keys)
     missing = n_in - pc.sum(found.cast(pa.int64())).as_py() if n_in else 0
@@ -398,8 +423,12 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
             hint="Pass --allow-missing to skip them (they are counted in the event).",
         )
     assert state.base is not None
-    ids = pc.take(state.base.column("id"), pc.filter(index, found))
-    columns = {name: pc.filter(values, found) for name, values in cast.items()}
+    if missing:
+        ids = pc.take(state.base.column("id"), pc.filter(index, found))
+        columns = {name: pc.filter(values, found) for name, values in cast.items()}
+    else:  # every key matched: no filtering copies
+        ids = pc.take(state.base.column("id"), index)
+        columns = cast
     payload = pa.table({"id": ids, **columns})
     _check_overwrite(state, ns, payload, command.allow_overwrite)
     types = {name: format_type(registered[name]) for name in columns}
@@ -467,6 +496,19 @@ def _ids_from(command: TombstoneRecords | RestoreRecords | SetState | ClearState
     return ids
 
 
+def _present(wanted: pa.Array, ids: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """For each of `wanted` (distinct, non-null), whether it is one of `ids` (`is_in`), without hashing
+    every id when only a few are wanted: the ids are scanned against the small set instead."""
+    if len(ids) == 0:
+        return pa.array([False] * len(wanted), pa.bool_())
+    if len(wanted) <= 4:  # a linear search per id, stopping at the first match
+        return pa.array([pc.index(ids, value).as_py() >= 0 for value in wanted.to_pylist()], pa.bool_())
+    if len(wanted) * 16 < len(ids):
+        hits = pc.filter(ids, pc.is_in(ids, value_set=wanted))
+        return pc.is_in(wanted, value_set=pa.chunked_array(hits).combine_chunks())
+    return pc.is_in(wanted, value_set=pa.chunked_array(ids).combine_chunks())
+
+
 def _decide_ids(
     state: DatasetState,
     command: TombstoneRecords | RestoreRecords | SetState | ClearState,
@@ -475,8 +517,7 @@ def _decide_ids(
 ) -> Decision:
     requested = _ids_from(command, rows)
     wanted = pa.array(requested, pa.string())
-    known = pc.is_in(wanted, value_set=pa.chunked_array(state.ids).combine_chunks()) if len(state.ids) else None
-    present = known if known is not None else pa.array([False] * len(wanted))
+    present = _present(wanted, state.ids)
     missing = len(wanted) - pc.sum(present.cast(pa.int64())).as_py()
     if missing and not command.allow_missing:
         absent = pc.filter(wanted, pc.invert(present)).to_pylist()
@@ -503,9 +544,11 @@ def _decide_ids(
             if not fields:
                 raise InvalidInput("Provide at least one usr_state field to update.")
             if "qc_status" in fields and fields["qc_status"] not in _QC:
-                raise InvalidInput(f"usr_state__qc_status must be one of: {', '.join(_QC)}.")
+                raise InvalidInput(
+                    f"usr_state__qc_status must be one of: {', '.join(_QC)}.", hint="e.g. --qc-status pass"
+                )
             if "split" in fields and fields["split"] not in _SPLITS:
-                raise InvalidInput(f"usr_state__split must be one of: {', '.join(_SPLITS)}.")
+                raise InvalidInput(f"usr_state__split must be one of: {', '.join(_SPLITS)}.", hint="e.g. --split train")
             if "supersedes" in fields and not str(fields["supersedes"]).strip():
                 raise InvalidInput("usr_state__supersedes must not be empty.")
             if "lineage" in fields:
@@ -535,7 +578,10 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
     from .projectors import materialize_table
 
     if command.drop_overlays and command.archive_overlays:
-        raise InvalidInput("Choose at most one of --drop-overlays and --archive-overlays.")
+        raise InvalidInput(
+            "Choose at most one of --drop-overlays and --archive-overlays.",
+            hint="--drop-overlays removes the folded parts; --archive-overlays moves them to _derived/_archived/.",
+        )
     live = sorted(ns for ns in state.live_parts if ns != TOMBSTONE_NS)
     if command.namespaces is None:
         chosen = live
@@ -547,7 +593,11 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
         if unknown:
             raise NotFound(f"No overlays for namespace(s): {', '.join(unknown)}.", hint=f"Overlays: {', '.join(live)}")
     tombs = state.overlays.get(TOMBSTONE_NS)
-    doomed = len(tombstoned_ids(tombs)) if command.drop_deleted and tombs is not None else 0
+    doomed = 0
+    if command.drop_deleted and tombs is not None and state.base is not None:
+        # Only tombstoned ids still in the base count: rows an earlier --drop-deleted removed are gone.
+        dead = tombstoned_ids(tombs)
+        doomed = int(pc.sum(pc.is_in(state.base.column("id"), value_set=dead).cast(pa.int64())).as_py() or 0)
     if not chosen and not doomed:
         raise NoChange("No overlays to materialize.")
     assert state.base is not None

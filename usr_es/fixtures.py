@@ -1,22 +1,32 @@
 """Golden replay fixtures: `python -m usr_es.fixtures DIR` (`make fixtures`) rebuilds every case from scratch.
 
 Format. `DIR/<nnn>-<case>/` holds `case.json` ({name, description, generator, expect}), `dataset/` (the
-committed truth only: `.events.log`, `_payloads/`, `_registry/`; never the `records.parquet`/`meta.md`
-caches) and `expected/seq-<N>/` for every seq worth replaying to (always the head), each with
-`records.schema.json` (fields as name, registry type string and nullability, plus the deterministic Parquet
-key/value metadata: the `usr:*` keys and `usr_es:seq|offset|hash|projector`), `records.rows.jsonl` (one
-canonical JSON object per row in log order: sorted keys, RFC 3339 timestamps with microseconds and `Z`)
-and `state.json` ({seq, head_hash, rows}). All JSON has sorted keys and no clock except log timestamps.
-Expected files come from `Dataset.replay` of the committed `dataset/` and must equal the live projection
-captured after each accepted command. `expect` holds head_seq, head_hash, rows, the expected seqs,
-torn_tail_bytes and `reissue`: API calls the test repeats on a copy, which must be rejected with the named
-error (or answered as a retry of `seq`) without changing the log. Fixtures are never edited by hand.
+committed truth only: `.events.log`, `_payloads/`, `_registry/`, plus `_snapshots/` where a case takes
+checkpoints; never the `records.parquet`/`_derived/`/`meta.md` caches) and `expected/seq-<N>/` for every
+seq worth replaying to (always the head), each with `records.schema.json` (fields as name, registry type
+string and nullability, plus the deterministic Parquet key/value metadata: the `usr:*` keys and
+`usr_es:seq|offset|hash|projector`), `records.rows.jsonl` (one canonical JSON object per row in log order:
+sorted keys, RFC 3339 timestamps with microseconds and `Z`), `view.rows.jsonl` (the overlay-merged live
+view users read, same row form), `state.json` ({seq, head_hash, rows}) and the overlay projection: for every
+live and archived part `_derived/<path>.parquet` a `derived/<path>.schema.json` + `derived/<path>.rows.jsonl`
+pair in the records style (the part's `usr:overlay_*`, `usr:registry_hash`, `usr:namespace_contract_hash`
+and `usr_es:*` metadata; `__written__:<col>` mask columns included) and `derived/layout.json` (the layout
+projection, re-dumped canonically). Exactly these files exist, no more. All JSON has sorted keys and no
+clock except log timestamps. Expected files come from `Dataset.replay` of the committed `dataset/` and must
+equal the live projection captured after each accepted command. `expect` holds head_seq, head_hash, rows,
+the expected seqs, torn_tail_bytes, `replays` ({seq: {from_checkpoint, ignored_checkpoints}}),
+`same_view` (pairs of expected seqs whose live views are equal: compaction, materialize, snapshot) and
+`reissue`: API calls ({op, args, kwargs, input?}: a Dataset method from REISSUE_OPS; `input` is an attach
+file's name and text) the test repeats on a copy at the head, which must be rejected with the named error,
+answered as a retry of `seq`, or be a no-op, without changing the log (the generator checks that at the
+head too). The generator runs with automatic checkpoints off. Fixtures are never edited by hand.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -35,22 +45,40 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .commands import InputFormat
-from .dataset import Dataset
+from .dataset import SNAPSHOT_DIR, Dataset
 from .errors import UsrError
 from .log import LOG_FILE
-from .projectors import PROJECTOR_VERSION
+from .projectors import DERIVED_DIR, PROJECTOR_VERSION
 from .registry import format_type, register_namespace, split_columns_spec
 from .results import Receipt
-from .storage import PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
+from .storage import LAYOUT_FILE, PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR, read_layout
 
 GENERATOR = f"usr_es.fixtures {__version__} (projector {PROJECTOR_VERSION})"
 CASE_NAME = re.compile(r"^[0-9]{3}-[a-z0-9]+(?:-[a-z0-9]+)*$")
 SCHEMA_FILE = "records.schema.json"
 ROWS_FILE = "records.rows.jsonl"
+VIEW_FILE = "view.rows.jsonl"
 STATE_FILE = "state.json"
 CASE_FILE = "case.json"
-#: What `dataset/` may hold: the log and the immutable artifacts it references.
-COMMITTED = (LOG_FILE, PAYLOAD_DIR, REGISTRY_DIR)
+#: Folder of `expected/seq-<N>/` holding the canonical `_derived/` projection.
+DERIVED_OUT = "derived"
+#: What `dataset/` may hold: the log, the immutable artifacts it references, and checkpoints.
+COMMITTED = (LOG_FILE, PAYLOAD_DIR, REGISTRY_DIR, SNAPSHOT_DIR)
+#: The Dataset methods a `reissue` item may name.
+REISSUE_OPS = frozenset(
+    {
+        "add_sequences",
+        "attach",
+        "delete",
+        "restore",
+        "set_state",
+        "clear_state",
+        "compact_overlay",
+        "materialize",
+        "snapshot",
+        "freeze_registry",
+    }
+)
 
 _USR_ES_KEYS = frozenset({"usr_es:seq", "usr_es:offset", "usr_es:hash", "usr_es:projector"})
 _UNIT_DIGITS = {"s": 0, "ms": 3, "us": 6, "ns": 9}
@@ -92,7 +120,7 @@ def dump_json(value: Any) -> str:
 
 
 def dump_rows(rows: list[str]) -> str:
-    """The text of `records.rows.jsonl`: one canonical row per line (empty for no rows)."""
+    """The text of a `*.rows.jsonl` file: one canonical row per line (empty for no rows)."""
     return "".join(f"{row}\n" for row in rows)
 
 
@@ -139,15 +167,85 @@ def _jsonable(value: Any) -> Any:
 
 
 def projection_of(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """(canonical schema, canonical rows) of a `records.parquet` file."""
+    """(canonical schema, canonical rows) of a `records.parquet` (or overlay part) file."""
     return canonical_schema(path), canonical_rows(pq.read_table(path))
+
+
+def derived_files(directory: Path) -> dict[str, str]:
+    """The canonical form of a dataset directory's `_derived/`, keyed by path under `expected/seq-<N>/`.
+
+    Every part file gives `derived/<path>.schema.json` and `derived/<path>.rows.jsonl` (`<path>` is its
+    path under `_derived/` without `.parquet`); `layout.json` is re-dumped canonically. Raises
+    FixtureError on any other file, or when the part files on disk differ from the ones the layout lists.
+    """
+    derived = directory / DERIVED_DIR
+    out: dict[str, str] = {}
+    if not derived.is_dir():
+        return out
+    found: set[str] = set()
+    for path in sorted(p for p in derived.rglob("*") if p.is_file()):
+        rel = path.relative_to(derived).as_posix()
+        if path == directory / LAYOUT_FILE:
+            out[f"{DERIVED_OUT}/{rel}"] = dump_json(json.loads(path.read_bytes()))
+        elif rel.endswith(".parquet"):
+            found.add(path.relative_to(directory).as_posix())
+            schema, rows = projection_of(path)
+            stem = f"{DERIVED_OUT}/{rel.removesuffix('.parquet')}"
+            out[f"{stem}.schema.json"] = dump_json(schema)
+            out[f"{stem}.rows.jsonl"] = dump_rows(rows)
+        else:
+            raise FixtureError(f"unexpected file {path.relative_to(directory)} in {DERIVED_DIR}/")
+    doc = read_layout(directory / LAYOUT_FILE)
+    listed = set(doc[0].files()) if doc is not None else set()
+    if found != listed:
+        raise FixtureError(f"{directory}: part files {sorted(found)} differ from the layout's {sorted(listed)}")
+    return out
+
+
+def projection_files(directory: Path) -> dict[str, str]:
+    """Every expected file of a seq except `state.json` (records, live view, `_derived/`), by relative path."""
+    schema, rows = projection_of(directory / RECORDS_FILE)
+    view = canonical_rows(Dataset.at(directory).view())
+    files = {SCHEMA_FILE: dump_json(schema), ROWS_FILE: dump_rows(rows), VIEW_FILE: dump_rows(view)}
+    files.update(derived_files(directory))
+    return files
+
+
+def sequence_id(sequence: str, bio_type: str = "dna") -> str:
+    """The USR id of a (trimmed) sequence: sha1 of `bio_type|sequence`."""
+    return hashlib.sha1(f"{bio_type}|{sequence.strip()}".encode()).hexdigest()
+
+
+def _call(ds: Dataset, op: str, args: list[Any], kwargs: dict[str, Any], input_path: Path | None) -> Receipt:
+    if op not in REISSUE_OPS:
+        raise FixtureError(f"unknown reissue op {op!r}")
+    if op == "attach":
+        if input_path is None:
+            raise FixtureError("an attach needs an input file")
+        return ds.attach(input_path, *args, **kwargs)
+    method: Callable[..., Receipt] = getattr(ds, op)
+    return method(*args, **kwargs)
+
+
+def outcome_of(ds: Dataset, item: dict[str, Any], inputs: Path) -> tuple[str, Receipt | None]:
+    """Run one `reissue` item: (the error class name | "replayed" | "noop" | "appended", receipt)."""
+    path = None
+    if "input" in item:
+        inputs.mkdir(parents=True, exist_ok=True)
+        path = inputs / item["input"]["name"]
+        path.write_text(item["input"]["text"], encoding="utf-8")
+    try:
+        receipt = _call(ds, item["op"], item["args"], item["kwargs"], path)
+    except UsrError as exc:
+        return type(exc).__name__, None
+    return ("replayed" if receipt.replayed else "noop" if receipt.noop else "appended"), receipt
 
 
 # -- building a case through the public API --------------------------------------------------
 @dataclass(frozen=True)
 class _Snapshot:
-    schema: dict[str, Any]
-    rows: list[str]
+    files: dict[str, str]
+    rows: int
     hash: str
 
 
@@ -160,6 +258,8 @@ class _Builder:
     ds: Dataset = field(init=False)
     live: dict[int, _Snapshot] = field(default_factory=dict)
     reissue: list[dict[str, Any]] = field(default_factory=list)
+    same_view: list[list[int]] = field(default_factory=list)
+    tampered: list[int] = field(default_factory=list)
     torn_tail_bytes: int = 0
 
     def __post_init__(self) -> None:
@@ -181,16 +281,16 @@ class _Builder:
         return self._accept(self.ds.init(**kwargs))
 
     def import_text(self, name: str, text: str, *, fmt: InputFormat, **kwargs: Any) -> Receipt:
-        """Import an input file written from `text` (its relative path is what the log records)."""
-        path = Path("inputs") / name
-        (self.work / "inputs").mkdir(exist_ok=True)
-        (self.work / path).write_text(text, encoding="utf-8")
+        """Import an input file written from `text`; the rows' default source is its relative path (the
+        log records the absolute one), so projections do not depend on the scratch directory."""
+        path = self._input(name, text)
+        kwargs.setdefault("source", str(path))
         return self._accept(self.ds.import_file(path, fmt=fmt, **kwargs))
 
     def import_parquet(self, name: str, table: pa.Table, **kwargs: Any) -> Receipt:
-        path = Path("inputs") / name
-        (self.work / "inputs").mkdir(exist_ok=True)
+        path = self._input(name, None)
         pq.write_table(table, self.work / path)
+        kwargs.setdefault("source", str(path))
         return self._accept(self.ds.import_file(path, fmt="parquet", **kwargs))
 
     def add(self, rows: list[Any], **kwargs: Any) -> Receipt:
@@ -199,42 +299,39 @@ class _Builder:
     def register(self, namespace: str, columns: str) -> None:
         register_namespace(self.ds.root, namespace, split_columns_spec(columns))
 
-    def retry(self, seq: int, rows: list[Any], **kwargs: Any) -> None:
-        """Send `add_sequences` again with a command id already in the log: the receipt of `seq`, nothing appended."""
-        before = self.ds.log_path.read_bytes()
-        receipt = self.ds.add_sequences(rows, **kwargs)
-        if not receipt.replayed or receipt.seq != seq or receipt.hash != self.live[seq].hash:
-            raise FixtureError(f"{self.slug}: retry {kwargs} did not return the receipt of seq {seq}: {receipt}")
-        self._unchanged(before, f"retry {kwargs}")
-        self.reissue.append({"op": "add_sequences", "rows": rows, "kwargs": kwargs, "outcome": "replayed", "seq": seq})
+    def attach(
+        self, name: str, text: str, *, metrics: dict[str, int] | None = None, same_view: bool = False, **kwargs: Any
+    ) -> Receipt:
+        """Attach columns from an input file written from `text` (csv or jsonl, by suffix)."""
+        receipt = self.ds.attach(self._input(name, text), **kwargs)
+        return self._accept(receipt, metrics=metrics, same_view=same_view)
 
-    def retry_init(self, seq: int, **kwargs: Any) -> None:
-        before = self.ds.log_path.read_bytes()
-        receipt = self.ds.init(**kwargs)
-        if not receipt.replayed or receipt.seq != seq:
-            raise FixtureError(f"{self.slug}: init retry did not return the receipt of seq {seq}: {receipt}")
-        self._unchanged(before, "init retry")
+    def run(
+        self, op: str, *args: Any, metrics: dict[str, int] | None = None, same_view: bool = False, **kwargs: Any
+    ) -> Receipt:
+        """Any other accepted command, by Dataset method name (`same_view`: the live view must not change)."""
+        method: Callable[..., Receipt] = getattr(self.ds, op)
+        return self._accept(method(*args, **kwargs), metrics=metrics, same_view=same_view)
 
-    def reject(self, error: str, rows: list[Any] | None, **kwargs: Any) -> None:
+    def retry(self, seq: int, op: str, *args: Any, input: tuple[str, str] | None = None, **kwargs: Any) -> None:
+        """Send a command again with a command id already in the log: the receipt of `seq`, nothing appended."""
+        receipt = self._reissue("replayed", op, list(args), kwargs, input, record=op != "init")
+        if receipt is None or receipt.seq != seq or receipt.hash != self.live[seq].hash:
+            raise FixtureError(f"{self.slug}: retry {op} {kwargs} did not return the receipt of seq {seq}: {receipt}")
+        if op != "init":
+            self.reissue[-1]["seq"] = seq
+
+    def reject(self, error: str, op: str, *args: Any, input: tuple[str, str] | None = None, **kwargs: Any) -> None:
         """A command that must fail with `error` and leave the log byte-for-byte unchanged.
 
-        `rows=None` means a second `init`; other rejections are `add_sequences` calls, which the
-        test repeats on its copy of the dataset.
+        All but `init` rejections are repeated by the test on its copy of the dataset at the head
+        (a copy has no registry root, so a second `init` could not be judged there).
         """
-        before = self.ds.log_path.read_bytes()
-        try:
-            if rows is None:
-                self.ds.init(**kwargs)
-            else:
-                self.ds.add_sequences(rows, **kwargs)
-        except UsrError as exc:
-            if type(exc).__name__ != error:
-                raise FixtureError(f"{self.slug}: expected {error}, got {type(exc).__name__}: {exc}") from exc
-        else:
-            raise FixtureError(f"{self.slug}: expected {error}, but the command was accepted")
-        self._unchanged(before, f"rejected {error}")
-        if rows is not None:
-            self.reissue.append({"op": "add_sequences", "rows": rows, "kwargs": kwargs, "outcome": error})
+        self._reissue(error, op, list(args), kwargs, input, record=op != "init")
+
+    def noop(self, op: str, *args: Any, **kwargs: Any) -> None:
+        """A command with nothing to do: a no-op receipt and no line appended."""
+        self._reissue("noop", op, list(args), kwargs, None, record=True)
 
     def tear(self, rows: list[Any], **kwargs: Any) -> None:
         """Append one more event, then cut its line in half: a writer that died mid-append."""
@@ -246,20 +343,78 @@ class _Builder:
         os.truncate(self.ds.log_path, keep)
         self.torn_tail_bytes = keep - offset
 
+    def tamper_checkpoint(self, seq: int, rel: str) -> None:
+        """Rewrite file `rel` of checkpoint `seq` with its last row dropped (a new inode: the hard-linked
+        live file stays intact). Replay and rebuild must notice and ignore the checkpoint."""
+        path = self.ds.dir / SNAPSHOT_DIR / f"checkpoint-{seq:010d}" / rel
+        table = pq.read_table(path)
+        if table.num_rows == 0:
+            raise FixtureError(f"{self.slug}: nothing to tamper with in {path}")
+        path.unlink()
+        pq.write_table(table.slice(0, table.num_rows - 1), path)
+        self.tampered.append(seq)
+
     def finish(self) -> None:
         if not self.torn_tail_bytes:
             self._check_live()
 
-    def _accept(self, receipt: Receipt) -> Receipt:
-        if receipt.replayed or receipt.seq != self.head + 1:
-            raise FixtureError(f"{self.slug}: expected a new event at seq {self.head + 1}, got {receipt}")
-        schema, rows = projection_of(self.ds.records_path)
-        self.live[receipt.seq] = _Snapshot(schema, rows, receipt.hash)
+    def _input(self, name: str, text: str | None) -> Path:
+        path = Path("inputs") / name
+        (self.work / "inputs").mkdir(exist_ok=True)
+        if text is not None:
+            (self.work / path).write_text(text, encoding="utf-8")
+        return path
+
+    def _reissue(
+        self,
+        outcome: str,
+        op: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        input: tuple[str, str] | None,
+        *,
+        record: bool,
+    ) -> Receipt | None:
+        before = self.ds.log_path.read_bytes()
+        item: dict[str, Any] = {"op": op, "args": args, "kwargs": kwargs, "outcome": outcome}
+        if input is not None:
+            item["input"] = {"name": input[0], "text": input[1]}
+        if op == "init":
+            try:
+                receipt: Receipt | None = self.ds.init(**kwargs)
+                got = "replayed" if receipt is not None and receipt.replayed else "appended"
+            except UsrError as exc:
+                got, receipt = type(exc).__name__, None
+        else:
+            got, receipt = outcome_of(self.ds, item, self.work / "inputs")
+        if got != outcome:
+            raise FixtureError(f"{self.slug}: {op} {args} {kwargs}: expected {outcome}, got {got} ({receipt})")
+        if self.ds.log_path.read_bytes() != before:
+            raise FixtureError(f"{self.slug}: {outcome} {op} {kwargs} changed the log")
+        if record:
+            self.reissue.append(item)
         return receipt
 
-    def _unchanged(self, before: bytes, what: str) -> None:
-        if self.ds.log_path.read_bytes() != before:
-            raise FixtureError(f"{self.slug}: {what} changed the log")
+    def _accept(self, receipt: Receipt, *, metrics: dict[str, int] | None = None, same_view: bool = False) -> Receipt:
+        if receipt.replayed or receipt.noop or receipt.seq <= self.head:
+            raise FixtureError(f"{self.slug}: expected a new event after seq {self.head}, got {receipt}")
+        if metrics is not None and {k: receipt.metrics.get(k) for k in metrics} != metrics:
+            raise FixtureError(f"{self.slug}: seq {receipt.seq}: metrics {receipt.metrics}, expected {metrics}")
+        previous = self.head
+        records = {line.seq: line.record for line in self.ds.iter_events() if line.seq > previous}
+        for seq in range(previous + 1, receipt.seq):  # e.g. the snapshot `materialize(snapshot_before=True)` takes
+            if records[seq].action != "snapshot" or not previous:
+                raise FixtureError(f"{self.slug}: seq {seq} ({records[seq].action}) was appended unobserved")
+            self.live[seq] = _Snapshot(self.live[previous].files, self.live[previous].rows, records[seq].hash)
+        files = projection_files(self.ds.dir)
+        rows = pq.read_metadata(self.ds.records_path).num_rows
+        self.live[receipt.seq] = _Snapshot(files, rows, receipt.hash)
+        if same_view:
+            if files[VIEW_FILE] != self.live[previous].files[VIEW_FILE]:
+                raise FixtureError(f"{self.slug}: seq {receipt.seq} changed the live view of seq {previous}")
+            self.same_view.append([previous, receipt.seq])
+        self._check_live()
+        return receipt
 
     def _check_live(self) -> None:
         report = self.ds.verify()
@@ -272,7 +427,8 @@ class Case:
     slug: str
     description: str
     build: Callable[[_Builder], None]
-    seqs: tuple[int, ...] = ()  # replay targets besides the head
+    seqs: tuple[int, ...] = ()  # replay targets besides the head and the seqs of `same_view` pairs
+    checkpoint: bool = False  # some replay must start from a checkpoint in `_snapshots/`
 
 
 def _init_import(b: _Builder) -> None:
@@ -317,28 +473,28 @@ def _every_alphabet(b: _Builder) -> None:
 def _rejected(b: _Builder) -> None:
     b.init(source="usr_es.fixtures")
     b.add(["ACGT", "GGCC"], command_id="fixture-first")
-    b.reject("AlphabetError", ["TTTT", "ACXT"])
-    b.reject("AlphabetError", ["ACGU"], bio_type="dna", alphabet="rna_4")
-    b.reject("SchemaError", [{"sequence": "ACGT", "bio_type": "virus", "alphabet": "dna_4"}])
-    b.reject("SchemaError", ["CATG", "   "])
-    b.reject("DuplicateIDError", ["GGCC", "CCCC"])
-    b.reject("DuplicateIDError", ["AAAA", "aaaa", "AAAA "])
-    b.reject("ConcurrencyError", ["CATCAT"], expected_seq=1)
-    b.reject("DatasetExists", None, source="again")
+    b.reject("AlphabetError", "add_sequences", ["TTTT", "ACXT"])
+    b.reject("AlphabetError", "add_sequences", ["ACGU"], bio_type="dna", alphabet="rna_4")
+    b.reject("SchemaError", "add_sequences", [{"sequence": "ACGT", "bio_type": "virus", "alphabet": "dna_4"}])
+    b.reject("SchemaError", "add_sequences", ["CATG", "   "])
+    b.reject("DuplicateIDError", "add_sequences", ["GGCC", "CCCC"])
+    b.reject("DuplicateIDError", "add_sequences", ["AAAA", "aaaa", "AAAA "])
+    b.reject("ConcurrencyError", "add_sequences", ["CATCAT"], expected_seq=1)
+    b.reject("DatasetExists", "init", source="again")
     b.add(["CATCAT"], expected_seq=2)
 
 
 def _idempotent_retry(b: _Builder) -> None:
     b.init(source="usr_es.fixtures", command_id="fixture-init")
-    b.retry_init(1, source="usr_es.fixtures", command_id="fixture-init")
+    b.retry(1, "init", source="usr_es.fixtures", command_id="fixture-init")
     rows = ["ACGTACGT", "TTTT"]
     b.add(rows, command_id="fixture-retry-1")
-    b.retry(2, rows, command_id="fixture-retry-1")
-    b.retry(2, ["GGGG"], command_id="fixture-retry-1")
-    b.retry(2, rows, command_id="fixture-retry-1", expected_seq=1)
+    b.retry(2, "add_sequences", rows, command_id="fixture-retry-1")
+    b.retry(2, "add_sequences", ["GGGG"], command_id="fixture-retry-1")
+    b.retry(2, "add_sequences", rows, command_id="fixture-retry-1", expected_seq=1)
     b.add(["GGGG"], command_id="fixture-retry-2")
-    b.retry(2, rows, command_id="fixture-retry-1")
-    b.retry(3, ["GGGG"], command_id="fixture-retry-2")
+    b.retry(2, "add_sequences", rows, command_id="fixture-retry-1")
+    b.retry(3, "add_sequences", ["GGGG"], command_id="fixture-retry-2")
 
 
 def _torn_tail(b: _Builder) -> None:
@@ -375,6 +531,230 @@ def _registry_change(b: _Builder) -> None:
     b.add(["TTGA"], source="after-register")
 
 
+# -- overlays, tombstones, state, maintenance (issue 3) -----------------------------------------
+FEAT = "feat__score:float64,feat__vec:list<float64>,feat__label:string,feat__n:int64"
+A, B, C, D, E = "ACGTAC", "GGTTAA", "CCCCGG", "TTTTAA", "GATTACA"
+IA, IB, IC, ID, IE = (sequence_id(s) for s in (A, B, C, D, E))
+
+
+def _feat_dataset(b: _Builder, sequences: tuple[str, ...] = (A, B, C, D)) -> None:
+    """Namespace `feat` registered, dataset initialized (seq 1), `sequences` added (seq 2)."""
+    b.register("feat", FEAT)
+    b.init(source="usr_es.fixtures")
+    b.add(list(sequences), source="seed")
+
+
+def _attach_by_id(b: _Builder) -> None:
+    _feat_dataset(b)
+    b.attach(
+        "vec.csv",
+        f'id,score,vec\n{IA},0.5,"[1.0, 2.5]"\n{IB},1.25,[]\n{IC},,"[-3e2, 0]"\n',
+        namespace="feat",
+        note="list<float64> from JSON text",
+        metrics={"rows_incoming": 3, "rows_written": 3, "rows_missing": 0},
+    )
+    b.attach(
+        "labels.jsonl",
+        f'{{"id": "{IA}", "feat__label": "alpha", "n": 3}}\n{{"id": "{ID}", "feat__label": "delta", "n": -1}}\n',
+        namespace="feat",
+    )
+    b.attach("pick.csv", f"id,score,vec,label\n{ID},7.5,[0.125],ignored\n", namespace="feat", columns=["vec", "score"])
+    table = pa.table({"id": [IB], "feat__vec": pa.array([[4.0, 5.0, 6.0]], pa.list_(pa.float64()))})
+    b.run("write_overlay", "feat", table, allow_overwrite=True, note="API table")
+
+
+def _attach_by_sequence_keys(b: _Builder) -> None:
+    b.register("feat", FEAT)
+    b.init(source="usr_es.fixtures")
+    b.add(["ACGTACGT", "ggccaatt", "TTAACCGG"], source="seed")
+    b.attach("by-seq.csv", "sequence,score\nACGTACGT,1.5\nggccaatt,2.5\n", namespace="feat", key="sequence")
+    b.attach(
+        "by-norm.csv",
+        'seq,label\n"  TTAACCGG ",padded\nACGTACGT,exact\n',
+        namespace="feat",
+        key="sequence_norm",
+        key_col="seq",
+    )
+    b.attach(
+        "by-ci.csv",
+        'sequence,vec\nGGCCAATT,"[0.25]"\nacgtacgt,"[1, 2]"\nttaaccgg,[]\n',
+        namespace="feat",
+        key="sequence_ci",
+    )
+    b.reject("InvalidInput", "attach", input=("case.csv", "sequence,n\nggccaatt,1\nGGCCAATT,2\n"), namespace="feat",
+             key="sequence")  # fmt: skip
+
+
+def _attach_overwrite(b: _Builder) -> None:
+    _feat_dataset(b)
+    b.attach("s1.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
+    busy = ("busy.csv", f"id,score\n{IA},5.0\n{IC},3.0\n")
+    b.reject("NamespaceError", "attach", input=busy, namespace="feat")
+    b.attach("s2.csv", f"id,score\n{IB},9.0\n{IC},3.0\n", namespace="feat", allow_overwrite=True)
+    b.attach("clear.csv", f"id,score,label\n{IB},,cleared\n", namespace="feat", allow_overwrite=True)
+    b.attach("label.csv", f"id,label\n{IA},kept-score\n{ID},new\n", namespace="feat")
+    b.attach("refill.csv", f"id,score\n{IB},4.0\n", namespace="feat", note="a cleared cell is free again")
+    b.reject("NamespaceError", "attach", input=busy, namespace="feat")
+
+
+def _attach_allow_missing(b: _Builder) -> None:
+    b.register("feat", FEAT)
+    b.init(source="usr_es.fixtures")
+    b.add([A, B, C], source="seed")
+    partly = ("partly.csv", f"sequence,score\n{A},1.0\nAAAAAAAA,2.0\n{C},3.0\nCCCCCCCC,4.0\n")
+    b.reject("InvalidInput", "attach", input=partly, namespace="feat", key="sequence")
+    b.attach(partly[0], partly[1], namespace="feat", key="sequence", allow_missing=True,
+             metrics={"rows_incoming": 4, "rows_written": 2, "rows_missing": 2})  # fmt: skip
+    unknown = sequence_id("TTTTTTTT")
+    b.attach("none.csv", f"id,label\n{unknown},x\n", namespace="feat", allow_missing=True,
+             metrics={"rows_incoming": 1, "rows_written": 0, "rows_missing": 1})  # fmt: skip
+    b.run("delete", [IB, unknown], allow_missing=True, reason="gone", metrics={"rows_written": 1, "rows_missing": 1})
+    b.run("set_state", [IA, unknown], qc_status="fail", allow_missing=True, metrics={"rows_missing": 1})
+    b.noop("delete", [unknown], allow_missing=True)
+    b.reject("InvalidInput", "restore", [IB, unknown])
+
+
+def _overlay_compaction(b: _Builder) -> None:
+    _feat_dataset(b)
+    b.attach("p1.csv", f"id,score,label\n{IA},1.0,a\n{IB},2.0,b\n", namespace="feat")
+    b.attach("p2.csv", f"id,score\n{IB},20.0\n{IC},3.0\n", namespace="feat", allow_overwrite=True)
+    b.attach("p3.csv", f"id,label\n{IA},\n{IC},c\n{ID},d\n", namespace="feat", allow_overwrite=True)
+    b.attach("p4.csv", f'id,vec\n{IA},"[1, 2]"\n', namespace="feat")
+    b.run("compact_overlay", "feat", same_view=True)
+    b.attach("p5.csv", f"id,score,n\n{ID},4.0,4\n{IA},,1\n", namespace="feat", allow_overwrite=True)
+    b.run("compact_overlay", "feat", same_view=True)
+    b.noop("compact_overlay", "feat")
+    b.reject("NotFound", "compact_overlay", "mock")
+
+
+def _delete_restore_cycles(b: _Builder) -> None:
+    b.init(source="usr_es.fixtures")
+    b.add([A, B, C, D, E], source="seed")
+    b.run("delete", [IA], reason="bad read")
+    b.run("delete", [IB])
+    b.run("restore", [IA])
+    b.run("delete", [IC, IA], reason="again")
+    b.run("restore", [IB, IC])
+    b.run("delete", [ID], reason="new id, sixth event")
+    b.reject("InvalidInput", "delete", [sequence_id("AAAA")])
+    b.reject("InvalidInput", "delete", [IE, IE])
+
+
+def _state_set_clear(b: _Builder) -> None:
+    b.init(source="usr_es.fixtures")
+    b.add([A, B, C, D], source="seed")
+    b.run("set_state", [IA, IB], masked=True)
+    b.run("set_state", [IA], qc_status="pass")
+    b.run("set_state", [IB, IC], split="train", lineage=["parent-1", "parent-2"])
+    b.run("set_state", [IC], supersedes=IA, qc_status="warn")
+    b.run("clear_state", [IA])
+    b.run("set_state", [IA, ID], masked=False, split="holdout")
+    b.run("compact_overlay", "usr_state", same_view=True)
+    b.run("set_state", [IB], masked=False)
+    b.reject("InvalidInput", "set_state", [IA], qc_status="great")
+    b.reject("InvalidInput", "set_state", [IA], split="dev")
+    b.reject("InvalidInput", "set_state", [IA])
+
+
+def _materialize_keep(b: _Builder) -> None:
+    _feat_dataset(b)
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
+    b.attach("l.csv", f"id,label\n{IB},b\n{IC},c\n", namespace="feat")
+    b.run("delete", [ID], reason="hidden, kept in the base")
+    b.run("materialize", same_view=True, metrics={"overlays": 1, "columns_added": 2, "rows_dropped": 0})
+    b.attach("later.csv", f"id,score\n{IC},3.0\n", namespace="feat")
+    b.run("compact_overlay", "feat", same_view=True)
+    b.attach("null.csv", f"id,score\n{IA},\n", namespace="feat", allow_overwrite=True, note="null over a base value")
+    b.reject("NamespaceError", "attach", input=("again.csv", f"id,score\n{IB},5.0\n"), namespace="feat")
+
+
+def _materialize_drop_overlays(b: _Builder) -> None:
+    _feat_dataset(b)
+    b.attach("s.csv", f'id,score,vec\n{IA},1.0,"[1, 2]"\n{IB},2.0,\n', namespace="feat")
+    b.run("set_state", [IA], masked=True)
+    b.run("materialize", namespaces=["feat"], drop_overlays=True, same_view=True)
+    b.attach("after.csv", f"id,score\n{IC},3.0\n{IB},20.0\n", namespace="feat", allow_overwrite=True)
+    b.attach("fresh.csv", f"id,label\n{ID},d\n", namespace="feat")
+    b.reject("NamespaceError", "attach", input=("busy.csv", f"id,score\n{IA},5.0\n"), namespace="feat")
+    b.run("materialize", drop_overlays=True, same_view=True)
+    b.noop("materialize")
+
+
+def _materialize_archive_overlays(b: _Builder) -> None:
+    _feat_dataset(b)
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
+    b.attach("v.csv", f'id,vec\n{IC},"[0.5]"\n', namespace="feat")
+    b.run("set_state", [IB], qc_status="fail", split="test")
+    b.run("materialize", archive_overlays=True, snapshot_before=True, same_view=True)
+    b.attach("again.csv", f"id,score\n{IC},3.0\n", namespace="feat")
+    b.reject("InvalidInput", "materialize", drop_overlays=True, archive_overlays=True)
+
+
+def _materialize_drop_deleted(b: _Builder) -> None:
+    _feat_dataset(b, (A, B, C, D, E))
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n{IC},3.0\n", namespace="feat")
+    b.run("delete", [IB, ID], reason="drop me")
+    b.run("materialize", drop_deleted=True, same_view=True, metrics={"rows": 3, "rows_dropped": 2})
+    b.reject("InvalidInput", "restore", [IB])
+    b.run("delete", [IE])
+    b.run("materialize", drop_deleted=True, drop_overlays=True, same_view=True, metrics={"rows_dropped": 1})
+    b.noop("materialize", drop_deleted=True)
+
+
+def _snapshot_replay(b: _Builder) -> None:
+    _feat_dataset(b, (A, B, C))
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
+    b.run("delete", [IC], reason="before the snapshot")
+    b.run("snapshot", same_view=True)
+    b.attach("l.csv", f"id,label\n{IA},after\n", namespace="feat")
+    b.run("set_state", [IB], masked=True)
+    b.run("materialize", same_view=True)
+    b.run("snapshot", same_view=True)
+    b.add([D], source="after two snapshots")
+
+
+def _snapshot_tampered(b: _Builder) -> None:
+    _feat_dataset(b, (A, B, C))
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
+    b.run("snapshot")
+    b.run("delete", [IC])
+    b.attach("l.csv", f"id,label\n{IB},b\n{IC},c\n", namespace="feat")
+    b.run("snapshot")
+    b.run("set_state", [IA], split="val")
+    b.tamper_checkpoint(7, "_derived/feat/part-0000000006.parquet")
+
+
+def _attach_rejected_retry(b: _Builder) -> None:
+    _feat_dataset(b, (A, B, C))
+    first = ("first.csv", f"id,score\n{IA},1.0\n")
+    b.attach(*first, namespace="feat", command_id="fixture-attach-1")
+    b.retry(3, "attach", input=first, namespace="feat", command_id="fixture-attach-1")
+    b.retry(3, "attach", input=("other.csv", f"id,label\n{IB},x\n"), namespace="feat", command_id="fixture-attach-1")
+    ok = f"id,score\n{IB},2.0\n"
+    b.reject("NamespaceError", "attach", input=("ns.csv", ok), namespace="nope")
+    b.reject("NamespaceError", "attach", input=("reserved.csv", f"id,masked\n{IB},true\n"), namespace="usr_state")
+    b.reject("NamespaceError", "attach", input=("col.csv", f"id,bogus\n{IB},1\n"), namespace="feat")
+    b.reject("NamespaceError", "attach", input=("other-ns.csv", f"id,mock__score\n{IB},1\n"), namespace="feat")
+    b.reject("NamespaceError", "attach", input=("essential.csv", f"id,sequence\n{IB},ACGT\n"), namespace="feat")
+    b.reject("SchemaError", "attach", input=("type.csv", f"id,score\n{IB},high\n"), namespace="feat")
+    b.reject("SchemaError", "attach", input=("dup.csv", f"id,score\n{IB},1\n{IB},2\n"), namespace="feat")
+    b.reject("InvalidInput", "attach", input=("missing.csv", f"id,score\n{sequence_id('AAAA')},1\n"), namespace="feat")
+    b.reject("NamespaceError", "attach", input=("busy.csv", f"id,score\n{IA},5.0\n"), namespace="feat")
+    b.reject("ConcurrencyError", "attach", input=("stale.csv", ok), namespace="feat", expected_seq=2)
+    b.attach("second.csv", ok, namespace="feat", command_id="fixture-attach-2", expected_seq=3)
+    b.retry(3, "attach", input=first, namespace="feat", command_id="fixture-attach-1")
+    b.retry(4, "attach", input=("second.csv", ok), namespace="feat", command_id="fixture-attach-2")
+
+
+def _registry_freeze(b: _Builder) -> None:
+    _feat_dataset(b, (A, B))
+    b.attach("s.csv", f"id,score\n{IA},1.0\n", namespace="feat")
+    b.register("extra", "extra__label:string")
+    b.run("freeze_registry", same_view=True)
+    b.attach("x.csv", f"id,label\n{IB},registered later\n", namespace="extra")
+    b.run("materialize", namespaces=["extra"], same_view=True)
+
+
 CASES: tuple[Case, ...] = (
     Case("init-import", "init, then one CSV import (an extra column is ignored)", _init_import, (1,)),
     Case("mixed-case", "lower/upper/mixed case kept, ids case-sensitive, whitespace trimmed", _mixed_case, (2,)),
@@ -401,14 +781,113 @@ CASES: tuple[Case, ...] = (
     Case("on-conflict-skip", "known and repeated sequences skipped, the first of each kept", _on_conflict_skip, (2,)),
     Case("skip-all-duplicates", "an import that skips every row: an event without payload", _skip_all, (2, 3)),
     Case("registry-change", "a namespace registered between imports: a second frozen registry", _registry_change, (2,)),
+    Case(
+        "attach-by-id",
+        "attach by id from csv (list<float64> as JSON text, empty cell = null), jsonl, --columns, write_overlay",
+        _attach_by_id,
+        (2, 3, 4, 5),
+    ),
+    Case(
+        "attach-by-sequence-keys",
+        "attach by sequence, sequence_norm (padded keys, --key-col) and sequence_ci (case folded)",
+        _attach_by_sequence_keys,
+        (3, 4),
+    ),
+    Case(
+        "attach-overwrite",
+        "--allow-overwrite replaces values, an explicit null clears one, a cleared cell needs no overwrite",
+        _attach_overwrite,
+        (3, 4, 5, 6),
+    ),
+    Case(
+        "attach-allow-missing",
+        "--allow-missing skips unknown keys and counts them (rows_missing); an all-missing attach writes no part",
+        _attach_allow_missing,
+        (3, 4, 5),
+    ),
+    Case(
+        "overlay-compaction",
+        "overlapping parts (overwrites, explicit nulls) compacted twice: the live view is unchanged",
+        _overlay_compaction,
+        (5, 6, 7, 8),
+    ),
+    Case(
+        "delete-restore-cycles",
+        "delete/restore repeated with new ids each time; deleted rows hidden from the view",
+        _delete_restore_cycles,
+        (3, 4, 5, 6, 7),
+    ),
+    Case(
+        "state-set-clear",
+        "usr_state partial updates, clear, set again, compaction (masked reads false when unset)",
+        _state_set_clear,
+        (3, 4, 5, 6, 7, 8, 9),
+    ),
+    Case(
+        "materialize-keep",
+        "materialize keeping overlays, then attach/compact/null-clear over materialized columns",
+        _materialize_keep,
+        (5, 6, 7, 8),
+    ),
+    Case(
+        "materialize-drop-overlays",
+        "materialize --drop-overlays, attach again after it, materialize again, then a no-op",
+        _materialize_drop_overlays,
+        (4, 5, 6),
+    ),
+    Case(
+        "materialize-archive-overlays",
+        "materialize --archive-overlays --snapshot-before (checkpoint), then a new overlay",
+        _materialize_archive_overlays,
+        (5, 6, 7),
+        checkpoint=True,
+    ),
+    Case(
+        "materialize-drop-deleted",
+        "materialize --drop-deleted removes tombstoned rows (twice, once with --drop-overlays)",
+        _materialize_drop_deleted,
+        (4, 5, 6),
+    ),
+    Case(
+        "snapshot-replay",
+        "two snapshots (checkpoints in _snapshots/); replay before, at and across them",
+        _snapshot_replay,
+        (4, 5, 6, 7, 8, 9),
+        checkpoint=True,
+    ),
+    Case(
+        "snapshot-tampered",
+        "the newer checkpoint has a tampered part file: ignored (noted), the older one is used",
+        _snapshot_tampered,
+        (4, 6, 7),
+        checkpoint=True,
+    ),
+    Case(
+        "attach-rejected-retry",
+        "rejected attaches (namespace, column, type, duplicate, missing, overwrite, stale) and attach retries",
+        _attach_rejected_retry,
+        (3,),
+    ),
+    Case(
+        "registry-freeze",
+        "registry-freeze after a namespace is registered, then an overlay of it materialized",
+        _registry_freeze,
+        (3, 4, 5),
+    ),
 )
 
 
 @contextlib.contextmanager
-def _actor(name: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("USR_ACTOR_TOOL", "USR_ACTOR_RUN_ID")}
-    os.environ["USR_ACTOR_TOOL"] = "usr_es.fixtures"
-    os.environ["USR_ACTOR_RUN_ID"] = name
+def _environment(name: str) -> Iterator[None]:
+    """A fixed actor, and no automatic checkpoints (only the ones a case takes are committed)."""
+    settings = {
+        "USR_ACTOR_TOOL": "usr_es.fixtures",
+        "USR_ACTOR_RUN_ID": name,
+        "USR_CHECKPOINT_EVERY": "0",
+        "USR_CHECKPOINT_BYTES": "0",
+    }
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
@@ -424,7 +903,7 @@ def _copy_committed(src: Path, dst: Path) -> None:
     for name in COMMITTED:
         path = src / name
         if path.is_dir():
-            shutil.copytree(path, dst / name)
+            shutil.copytree(path, dst / name)  # copies: checkpoint hard links become independent files
         elif path.is_file():
             shutil.copy2(path, dst / name)
 
@@ -434,6 +913,10 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def _differing(actual: dict[str, str], expected: dict[str, str]) -> list[str]:
+    return sorted(k for k in actual.keys() | expected.keys() if actual.get(k) != expected.get(k))
+
+
 def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
     """Build one case under `staged/<nnn>-<slug>/`; return its directory name."""
     name = f"{number:03d}-{case.slug}"
@@ -441,37 +924,58 @@ def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
         raise FixtureError(f"bad case name {name!r}")
     work = scratch / name
     work.mkdir()
-    with contextlib.chdir(work), _actor(f"fixtures-{name}"):
+    with contextlib.chdir(work), _environment(f"fixtures-{name}"):
         builder = _Builder(work, case.slug)
         case.build(builder)
         builder.finish()
-    target = staged / name
-    dataset = target / "dataset"
-    _copy_committed(builder.ds.dir, dataset)
-    head = builder.head
-    seqs = sorted(set(case.seqs) | {head})
-    committed = Dataset.at(dataset)
-    for seq in seqs:
-        out = work / f"replay-{seq}"
-        result = committed.replay(seq, out)
-        schema, rows = projection_of(out / RECORDS_FILE)
-        live = builder.live[seq]
-        if schema != live.schema or rows != live.rows:
-            raise FixtureError(f"{name}: replay of seq {seq} differs from the live projection at seq {seq}")
-        report = Dataset.at(out).verify()
-        if not report.ok or report.head_hash != live.hash or result.rows != len(rows):
-            raise FixtureError(f"{name}: replay of seq {seq} does not verify: {report.problems}")
-        expected = target / "expected" / f"seq-{seq}"
-        _write(expected / SCHEMA_FILE, dump_json(schema))
-        _write(expected / ROWS_FILE, dump_rows(rows))
-        _write(expected / STATE_FILE, dump_json({"seq": seq, "head_hash": report.head_hash, "rows": result.rows}))
-    rebuilt = work / "rebuilt"
-    shutil.copytree(dataset, rebuilt)
-    Dataset.at(rebuilt).rebuild()
-    if projection_of(rebuilt / RECORDS_FILE) != (builder.live[head].schema, builder.live[head].rows):
-        raise FixtureError(f"{name}: rebuild differs from the live projection at seq {head}")
-    if sorted(p.name for p in dataset.iterdir()) != sorted(p for p in COMMITTED if (dataset / p).exists()):
-        raise FixtureError(f"{name}: replay wrote into the committed dataset")
+        target = staged / name
+        dataset = target / "dataset"
+        _copy_committed(builder.ds.dir, dataset)
+        head = builder.head
+        seqs = sorted(set(case.seqs) | {head} | {seq for pair in builder.same_view for seq in pair})
+        committed = Dataset.at(dataset)
+        replays: dict[str, dict[str, int | None]] = {}
+        for seq in seqs:
+            live = builder.live.get(seq)
+            if live is None:
+                raise FixtureError(f"{name}: seq {seq} was not observed live")
+            out = work / f"replay-{seq}"
+            result = committed.replay(seq, out)
+            files = projection_files(out)
+            if files != live.files:
+                raise FixtureError(f"{name}: replay of seq {seq} differs from live in {_differing(files, live.files)}")
+            report = Dataset.at(out).verify()
+            if not report.ok or report.head_hash != live.hash or result.rows != live.rows:
+                raise FixtureError(f"{name}: replay of seq {seq} does not verify: {report.problems}")
+            if result.from_checkpoint in builder.tampered or (
+                any(t <= seq for t in builder.tampered) and not result.notes
+            ):
+                raise FixtureError(f"{name}: replay of seq {seq} did not ignore the tampered checkpoint")
+            replays[str(seq)] = {"from_checkpoint": result.from_checkpoint, "ignored_checkpoints": len(result.notes)}
+            expected = target / "expected" / f"seq-{seq}"
+            for rel, text in files.items():
+                _write(expected / rel, text)
+            _write(expected / STATE_FILE, dump_json({"seq": seq, "head_hash": report.head_hash, "rows": result.rows}))
+        if case.checkpoint != any(r["from_checkpoint"] for r in replays.values()):
+            raise FixtureError(f"{name}: replays {replays} do not match checkpoint={case.checkpoint}")
+        rebuilt = work / "rebuilt"
+        shutil.copytree(dataset, rebuilt)
+        rebuild = Dataset.at(rebuilt).rebuild()
+        if projection_files(rebuilt) != builder.live[head].files:
+            raise FixtureError(f"{name}: rebuild differs from the live projection at seq {head}")
+        if len(rebuild.notes) != replays[str(head)]["ignored_checkpoints"]:
+            raise FixtureError(f"{name}: rebuild notes {rebuild.notes} differ from the head replay's")
+        if sorted(p.name for p in dataset.iterdir()) != sorted(p for p in COMMITTED if (dataset / p).exists()):
+            raise FixtureError(f"{name}: replay wrote into the committed dataset")
+        again = work / "reissue"
+        shutil.copytree(dataset, again)
+        log = (again / LOG_FILE).read_bytes()
+        for item in builder.reissue:  # what the test repeats must hold at the head, not only when it was sent
+            got, receipt = outcome_of(Dataset.at(again), item, work / "reissue-inputs")
+            if got != item["outcome"] or (receipt is not None and receipt.replayed and receipt.seq != item["seq"]):
+                raise FixtureError(f"{name}: at the head, {item} gives {got} ({receipt})")
+        if (again / LOG_FILE).read_bytes() != log:
+            raise FixtureError(f"{name}: a reissued command changed the log at the head")
     info = {
         "name": name,
         "description": case.description,
@@ -479,9 +983,11 @@ def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
         "expect": {
             "head_seq": head,
             "head_hash": builder.live[head].hash,
-            "rows": len(builder.live[head].rows),
+            "rows": builder.live[head].rows,
             "seqs": seqs,
             "torn_tail_bytes": builder.torn_tail_bytes,
+            "replays": replays,
+            "same_view": builder.same_view,
             "reissue": builder.reissue,
         },
     }
@@ -514,7 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args[0])
     names = generate(out_dir)
     pairs = sum(len(list((out_dir / n / "expected").glob("seq-*"))) for n in names)
-    print(f"wrote {len(names)} replay fixture case(s), {pairs} (case, seq) pair(s) into {out_dir}")
+    size = sum(p.stat().st_size for n in names for p in (out_dir / n).rglob("*") if p.is_file())
+    print(f"wrote {len(names)} replay fixture case(s), {pairs} (case, seq) pair(s), {size} bytes into {out_dir}")
     return 0
 
 

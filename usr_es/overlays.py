@@ -68,6 +68,8 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
         raise ValueError("two overlay parts have the same seq")
     if not ordered:
         return pa.table({_ID: pa.array([], pa.string())})
+    if len(ordered) == 1 and not any(name.startswith(WRITTEN) for name in ordered[0].table.column_names):
+        return _merge_one(ordered[0])
 
     ids = [_part_ids(part) for part in ordered]
     union, codes = _encode(ids)
@@ -113,6 +115,19 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
         out[name] = pa.chunked_array(chunks, type=target).take(take)
         if take.null_count:
             out[WRITTEN + name] = pc.is_valid(take)
+    return pa.table(out).combine_chunks()
+
+
+def _merge_one(part: Part) -> pa.Table:
+    """`merge_parts` of a single part without WRITTEN masks: the part itself, `id` first (validated the
+    same way, without encoding the ids)."""
+    ids = _part_ids(part)
+    if pc.count_distinct(ids, mode="all").as_py() != len(ids):
+        raise ValueError(f"overlay part seq {part.seq} has duplicate ids")
+    names = part.table.column_names
+    if len(set(names)) != len(names):
+        raise ValueError(f"overlay part seq {part.seq} repeats a column name")
+    out = {_ID: ids, **{name: part.table.column(name) for name in names if name != _ID}}
     return pa.table(out).combine_chunks()
 
 

@@ -141,7 +141,8 @@ def apply_event(
                 raise ValueError("sequences imported before the dataset was initialized")
             table = base.table
             if payload is not None and payload.num_rows:
-                table = pa.concat_tables([table, imported_rows(payload, event)])
+                # After a materialize the base has more columns than imported rows: those read null.
+                table = pa.concat_tables([table, imported_rows(payload, event)], promote_options="default")
             return replace(base, table=table, registry_hash=registry_hash, watermark=mark)
     return base
 

@@ -65,8 +65,10 @@ def read_payload(dataset_dir: Path, ref: PayloadRef) -> pa.Table:
 def freeze_registry(dataset_dir: Path, registry: Registry) -> str:
     """Keep a frozen copy `_registry/registry.<hash>.yaml`; return the registry hash."""
     digest = registry.hash
-    fileops().mkdir(dataset_dir / REGISTRY_DIR)
-    write_once(dataset_dir / REGISTRY_DIR / f"registry.{digest}.yaml", registry.to_yaml(), point="registry")
+    path = dataset_dir / REGISTRY_DIR / f"registry.{digest}.yaml"
+    if not path.exists():  # frozen copies are immutable: render the YAML only when it is missing
+        fileops().mkdir(dataset_dir / REGISTRY_DIR)
+        write_once(path, registry.to_yaml(), point="registry")
     return digest
 
 
@@ -93,11 +95,16 @@ def read_watermark(path: Path) -> Watermark | None:
         return None
 
 
-def read_base(dataset_dir: Path, mark: Watermark) -> BaseProjection:
-    """Load `records.parquet` as a projection (its watermark already checked by the caller)."""
-    table = pq.read_table(dataset_dir / RECORDS_FILE)
+def read_base(dataset_dir: Path, mark: Watermark, *, columns: list[str] | None = None) -> BaseProjection:
+    """Load `records.parquet` as a projection (its watermark already checked by the caller).
+
+    With `columns`, only those columns are read (the row count is kept): a partial projection for
+    commands that need no more, which the caller must not encode or fold events into.
+    """
+    table = pq.read_table(dataset_dir / RECORDS_FILE, columns=columns)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    table = table.replace_schema_metadata(None)
+    if table.num_columns:  # on a table without columns, replace_schema_metadata would lose the row count
+        table = table.replace_schema_metadata(None)
     return BaseProjection(
         table=table,
         created_at=meta.get("usr:dataset_created_at", ""),
