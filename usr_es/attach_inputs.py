@@ -206,11 +206,9 @@ def normalize_keys(keys: pa.ChunkedArray | pa.Array, key: str, *, check_duplicat
     return normalized
 
 
-def require_unique_keys(keys: pa.ChunkedArray, key: str, *, digests: pa.ChunkedArray | pa.Array | None = None) -> None:
-    """Reject repeated (normalized) keys. `digests`, one per key and a function of it (the keys' record
-    ids, say), are cheaper to compare: when they are all distinct so are the keys; a repeat among them
-    is checked on the keys themselves."""
-    if digests is not None and pc.count_distinct(digests, mode="all").as_py() == len(digests):
+def require_unique_keys(keys: pa.ChunkedArray, key: str, *, known_distinct: bool = False) -> None:
+    """Reject repeated (normalized) keys; `known_distinct`: the caller has shown they are distinct."""
+    if known_distinct:
         return
     if pc.count_distinct(keys, mode="all").as_py() != len(keys):  # counts without building a unique array
         raise _duplicate_keys(keys, key)

@@ -11,9 +11,10 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,6 @@ from .log import (
     quarantine_tail,
     read_line_at,
 )
-from .overlays import TOMBSTONE_NS, WRITTEN, Part, merge_parts
 from .projectors import (
     BASE_SCHEMA,
     DERIVED_DIR,
@@ -130,6 +130,10 @@ from .storage import (
 )
 
 _IdsCommandType = TombstoneRecords | RestoreRecords | SetState | ClearState
+# overlays.TOMBSTONE_NS and overlays.WRITTEN: usr_es.overlays (which loads pyarrow.compute, ~35 ms) is
+# imported only where overlays are merged, keeping it off the start-up of reads without overlays.
+TOMBSTONE_NS = "usr"
+WRITTEN = "__written__:"
 #: Commands whose decision needs at most these base columns (and that do not change the base):
 #: their writes read only these columns of records.parquet. Every other command reads it whole.
 _BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
@@ -979,7 +983,7 @@ class Dataset:
                 continue
             fileops().mkdir((staging / rel).parent)
             _copy(src, staging / rel)
-            files[rel] = xxhash.xxh3_128_hexdigest(src.read_bytes())
+            files[rel] = _file_digest(src)
         manifest = {
             "seq": mark.seq,
             "offset": mark.offset,
@@ -1019,7 +1023,7 @@ class Dataset:
             return f"checkpoint {path.name} does not match the log at seq {seq}"
         for rel, digest in dict(manifest.get("files", {})).items():
             file = path / rel
-            if not file.is_file() or xxhash.xxh3_128_hexdigest(file.read_bytes()) != digest:
+            if not file.is_file() or _file_digest(file) != digest:
                 return f"checkpoint {path.name}: {rel} does not match its digest"
         base_mark = read_watermark(path / RECORDS_FILE)
         # Only the row count for now: the rows are read if an event is folded into the base or it is re-encoded.
@@ -1113,6 +1117,8 @@ class Dataset:
             layout_due = isinstance(event, LAYOUT_EVENTS) and line.seq > proj.layout_mark.seq
             if not (base_due or layout_due):
                 continue
+            table: pa.Table | None = None  # the previous event's part: not kept alive while this one folds
+            _release_memory()  # what folding the previous event freed
             payload = read_payload(self.dir, record.payload) if record.payload is not None else None
             if base_due:
                 self._full_base(proj)
@@ -1158,15 +1164,20 @@ class Dataset:
         if cached is not None and cached[0] == key and cached[1] == tuple(columns) and cached[2].watermark == mark:
             return cached[2]
         base = read_base(self.dir, mark, columns=columns)
+        base = replace(base, table=base.table.combine_chunks())  # one chunk: lookups need no further copy
         self._base_cache = (key, tuple(columns), base)
         return base
 
     def _merged(self, proj: _Proj, namespace: str, *, from_files: bool) -> pa.Table:
+        from .overlays import Part, merge_parts
+
         parts = proj.layout.live.get(namespace, ())
-        if len(parts) == 1:  # the merge of one part is a contiguous copy of it: keep that copy only
-            only = self._part_table(parts[0], proj, from_files=from_files).combine_chunks()
-            proj.tables[_table_key(parts[0])] = only
-        return merge_parts([Part(p.mark.seq, self._part_table(p, proj, from_files=from_files)) for p in parts])
+        merged = merge_parts([Part(p.mark.seq, self._part_table(p, proj, from_files=from_files)) for p in parts])
+        _release_memory()  # the merge's hash tables
+        return merged
+
+    def _encoded_part(self, info: PartInfo, proj: _Proj) -> memoryview:
+        return encode_part(info, self._part_table(info, proj, from_files=False))
 
     def _full_base(self, proj: _Proj) -> BaseProjection | None:
         """`proj.base` with every column: a partial base (see `_Proj.base_dir`) is read in full now."""
@@ -1177,6 +1188,8 @@ class Dataset:
 
     def _part_table(self, info: PartInfo, proj: _Proj, *, from_files: bool) -> pa.Table:
         """A part's rows: from its file when trusted and current, else regenerated from the log."""
+        from .overlays import Part, merge_parts
+
         key = _table_key(info)
         cache = proj.tables
         if key in cache:
@@ -1376,13 +1389,13 @@ class Dataset:
 
     def _tombstoned_count(self) -> int:
         """How many base rows are tombstoned (0 without a `usr` overlay)."""
+        doc = read_layout(self.dir / LAYOUT_FILE)
+        if doc is None or TOMBSTONE_NS not in doc[0].live:
+            return 0
         import pyarrow.compute as pc
 
         from .overlays import tombstoned_ids
 
-        doc = read_layout(self.dir / LAYOUT_FILE)
-        if doc is None or TOMBSTONE_NS not in doc[0].live:
-            return 0
         proj = _Proj(base=None, layout=doc[0], layout_mark=doc[1])
         dead = tombstoned_ids(self._merged(proj, TOMBSTONE_NS, from_files=True))
         if not len(dead):
@@ -1468,6 +1481,12 @@ class Dataset:
     def _write_projections(self, proj: _Proj, target: Path) -> list[str]:
         """Publish every projection of `proj` under `target` (records.parquet, _derived/)."""
         files = []
+        _release_memory()  # what folding the log freed, before encoding
+        if proj.layout_mark.seq:
+            # Overlay parts first: their tables are then dropped before the (larger) base is encoded.
+            self._sync_derived(proj, target, from_files=False)
+            proj.tables.clear()
+            _release_memory()
         if proj.base is not None:
             reused = proj.reuse / RECORDS_FILE if proj.reuse is not None else None
             if reused is not None and read_watermark(reused) == proj.base.watermark and target != self.dir:
@@ -1478,7 +1497,6 @@ class Dataset:
                 publish(target / RECORDS_FILE, encode_base(base))
             files.append(RECORDS_FILE)
         if proj.layout_mark.seq:
-            self._sync_derived(proj, target, from_files=False)
             files.extend([*proj.layout.files(), LAYOUT_FILE])
         return files
 
@@ -1529,22 +1547,31 @@ class Dataset:
                 notes.append(
                     f"torn tail of {scan.torn_bytes} byte(s) after seq {scan.seq} (quarantined by the next write)"
                 )
-            expected: dict[str, bytes | memoryview] = {}
-            if proj.base is not None:
-                expected[RECORDS_FILE] = encode_base(proj.base)
+            # Each expected file is encoded when it is compared (one file's bytes in memory at a time).
+            expected: dict[str, Callable[[], bytes | memoryview]] = {}
+            base = proj.base
+            if base is not None:
+                expected[RECORDS_FILE] = lambda: encode_base(base)
             if proj.layout_mark.seq:
                 for file, info in proj.layout.files().items():
-                    expected[file] = encode_part(info, self._part_table(info, proj, from_files=False))
-                expected[LAYOUT_FILE] = encode_layout(proj.layout, proj.layout_mark)
-            for file, data in expected.items():
-                files.append(file)
+                    expected[file] = partial(self._encoded_part, info, proj)
+                expected[LAYOUT_FILE] = partial(encode_layout, proj.layout, proj.layout_mark)
+            # Overlay parts are checked first, so their tables are freed before the base is encoded;
+            # findings are reported in the order above.
+            found: dict[str, str] = {}
+            for file in sorted(expected, key=lambda name: name == RECORDS_FILE):
+                if file == RECORDS_FILE:
+                    proj.tables.clear()
+                _release_memory()
                 path = self.dir / file
                 if not path.exists():
-                    problems.append(f"{file} is missing (run `usr rebuild`)")
-                elif path.read_bytes() != data:
+                    found[file] = f"{file} is missing (run `usr rebuild`)"
+                elif not _same_bytes(path, expected[file]()):
                     stored = read_watermark(path) if file.endswith(".parquet") else None
                     where = f"stored watermark seq {stored.seq}" if stored else "content differs"
-                    problems.append(f"{file} differs from replay of seq 1..{scan.seq} ({where})")
+                    found[file] = f"{file} differs from replay of seq 1..{scan.seq} ({where})"
+            files.extend(expected)
+            problems.extend(found[file] for file in expected if file in found)
             derived = self.dir / DERIVED_DIR
             if derived.is_dir():
                 for path in sorted(derived.rglob("*.parquet")):
@@ -1601,6 +1628,31 @@ def _first_record(raw: bytes) -> LogRecord:
         return record_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise IntegrityError(f"cannot decode log line: {exc}") from exc
+
+
+def _same_bytes(path: Path, data: bytes | memoryview) -> bool:
+    """Whether the file holds exactly `data` (compared a block at a time)."""
+    view = memoryview(data)
+    if path.stat().st_size != view.nbytes:
+        return False
+    block = bytearray(1 << 20)
+    offset = 0
+    with path.open("rb", buffering=0) as fh:
+        while size := fh.readinto(block):
+            if block[:size] != view[offset : offset + size].tobytes():
+                return False
+            offset += size
+    return offset == view.nbytes
+
+
+def _file_digest(path: Path) -> str:
+    """xxh3-128 hex digest of a file's bytes, read a block at a time (no copy of the whole file)."""
+    digest = xxhash.xxh3_128()
+    block = memoryview(bytearray(1 << 20))
+    with path.open("rb", buffering=0) as fh:
+        while size := fh.readinto(block):
+            digest.update(block[:size])
+    return str(digest.hexdigest())
 
 
 def _release_memory() -> None:

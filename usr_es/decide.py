@@ -351,6 +351,29 @@ def _key_ids(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Chunked
     return compute_ids(keys, keys, single=bio_types[0].as_py())
 
 
+def _match_keys(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Array | None:
+    """`_resolve_keys`, where it cannot raise (an id key, or an exact-sequence key in a dataset of one
+    bio_type); else None."""
+    base = state.base
+    if base is None or base.num_rows == 0:
+        return None
+    if key == "id":
+        return _resolve_keys(state, keys, key)
+    key_ids = _key_ids(state, keys, key)
+    return None if key_ids is None else _resolve_keys(state, keys, key, key_ids=key_ids)
+
+
+def _distinct_by_match(keys: pa.ChunkedArray, index: pa.Array) -> bool:
+    """True when the keys are certainly distinct: no two matched the same record (equal keys match the
+    same one), and the unmatched keys are distinct. Cheaper than hashing every key again."""
+    found = pc.is_valid(index)
+    matched = pc.filter(index, found)
+    if pc.count_distinct(matched).as_py() != len(matched):
+        return False
+    unmatched = pc.filter(keys, pc.invert(found))
+    return bool(pc.count_distinct(unmatched, mode="all").as_py() == len(unmatched))
+
+
 def _resolve_keys(
     state: DatasetState, keys: pa.ChunkedArray, key: str, *, key_ids: pa.ChunkedArray | None = None
 ) -> pa.Array:
@@ -407,11 +430,12 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
                 hint=f"Registered: {', '.join(registered)}. Pick columns with --columns, or re-register the namespace.",
             )
     keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
-    key_ids = _key_ids(state, keys, command.key)  # hashed once: for the duplicate check and the matching
-    require_unique_keys(keys, command.key, digests=key_ids)
+    index = _match_keys(state, keys, command.key)  # None where matching can fail: it then runs after the casts
+    require_unique_keys(keys, command.key, known_distinct=index is not None and _distinct_by_match(keys, index))
     cast = {name: cast_column(values, name, registered[name], parse_json=command.parse_json)
             for name, values in selection.columns.items()}  # fmt: skip
-    index = _resolve_keys(state, keys, command.key, key_ids=key_ids)
+    if index is None:
+        index = _resolve_keys(state, keys, command.key)
     found = pc.is_valid(index)
     n_in = len(keys)
     missing = n_in - pc.sum(found.cast(pa.int64())).as_py() if n_in else 0

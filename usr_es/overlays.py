@@ -120,15 +120,15 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
 
 def _merge_one(part: Part) -> pa.Table:
     """`merge_parts` of a single part without WRITTEN masks: the part itself, `id` first (validated the
-    same way, without encoding the ids)."""
-    ids = _part_ids(part)
-    if pc.count_distinct(ids, mode="all").as_py() != len(ids):
+    same way, without encoding the ids; the columns are the part's, not copied)."""
+    ids = _part_ids(part)  # one contiguous array, no nulls
+    if len(pc.unique(ids)) != len(ids):
         raise ValueError(f"overlay part seq {part.seq} has duplicate ids")
     names = part.table.column_names
     if len(set(names)) != len(names):
         raise ValueError(f"overlay part seq {part.seq} repeats a column name")
     out = {_ID: ids, **{name: part.table.column(name) for name in names if name != _ID}}
-    return pa.table(out).combine_chunks()
+    return pa.table(out)
 
 
 def _merge_masked(
