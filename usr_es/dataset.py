@@ -12,7 +12,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -1164,7 +1164,6 @@ class Dataset:
         if cached is not None and cached[0] == key and cached[1] == tuple(columns) and cached[2].watermark == mark:
             return cached[2]
         base = read_base(self.dir, mark, columns=columns)
-        base = replace(base, table=base.table.combine_chunks())  # one chunk: lookups need no further copy
         self._base_cache = (key, tuple(columns), base)
         return base
 
