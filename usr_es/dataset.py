@@ -1525,8 +1525,7 @@ class Dataset:
             for line in lines:
                 record = line.record
                 if record.payload is not None:
-                    payloads += 1
-                    read_payload(self.dir, record.payload)
+                    payloads += 1  # read and digest-checked by the fold below (every payload event is folded)
                 self._fold_lines(proj, iter([line]), from_files=False)
                 base = proj.base
                 if (

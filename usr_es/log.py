@@ -206,14 +206,6 @@ def check_prefix(path: Path, *, end_offset: int, lines: int, last_hash: str) -> 
         raise CorruptLog("log prefix does not lead to the recorded projection anchor", line=number + 1, offset=offset)
 
 
-def scan_log(path: Path, **kwargs: int | str) -> Scan:
-    """Verify the log from an anchor to its end; return the head (lines are not kept)."""
-    scan = Scan()
-    for _ in iter_lines(path, scan=scan, **kwargs):  # type: ignore[arg-type]
-        pass
-    return scan
-
-
 def read_lines(path: Path, *, until_seq: int | None = None) -> tuple[list[LogLine], Scan]:
     """Read and verify the whole log (or up to `until_seq`)."""
     scan = Scan()
