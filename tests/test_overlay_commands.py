@@ -757,13 +757,36 @@ def test_state_folded_by_materialize_still_reads_after_dropping_overlays(ds_ids:
     assert ds.verify().ok
 
 
-@pytest.mark.xfail(strict=True, reason="tombstones of rows removed by --drop-deleted still apply to a re-import")
 def test_reimport_after_drop_deleted_shows_the_record(ds_ids: tuple[Dataset, list[str]]) -> None:
     ds, ids = ds_ids
     ds.delete([ids[1]])
     ds.materialize(drop_deleted=True)
     ds.add_sequences([SEQUENCES[1]])
     assert ids[1] in ds.view().column("id").to_pylist()
+    assert ds.verify().ok
+
+
+def test_drop_deleted_purges_the_dropped_ids_overlay_history(ds_ids: tuple[Dataset, list[str]]) -> None:
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:2], "score": [1.0, 2.0]})
+    ds.set_state([ids[1]], qc_status="fail")
+    ds.delete([ids[1]])
+    ds.materialize(namespaces=[], drop_deleted=True)
+    ds.add_sequences([SEQUENCES[1]])
+    row = ds.view(columns=["id", "mock__score"]).to_pylist()
+    assert {"id": ids[1], "mock__score": None} in row
+    assert {"id": ids[0], "mock__score": 1.0} in row
+    assert ds.get_state([ids[1]]).column("usr_state__qc_status").to_pylist() == [None]
+    # A fresh write for the revived record is not an overwrite.
+    ds.write_overlay("mock", {"id": [ids[1]], "score": [5.0]})
+    assert ds.verify().ok
+    assert ds.validate(strict=True).ok
+    ds.compact_overlay("mock")
+    before = ds.view(include_deleted=True)
+    assert {"id": ids[1], "mock__score": 5.0} in ds.view(columns=["id", "mock__score"]).to_pylist()
+    ds.rebuild()
+    assert ds.view(include_deleted=True).equals(before)
+    assert ds.verify().ok
 
 
 # -- 7. snapshots and checkpoints -----------------------------------------------------------------

@@ -23,7 +23,9 @@ from usr_es.alphabet import compute_id
 from usr_es.errors import NamespaceError, NotFound
 from usr_es.registry import register_namespace, split_columns_spec
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("HYP_N", "30")), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 ESSENTIAL = ["id", "bio_type", "sequence", "alphabet", "length", "source", "created_at"]
 POOL = [
     "ACGTACGTAAcc", "ggttAACCGGTT", "TTTTACGTACGA", "cagtCAGTcagt", "AAAAAAAAAAAG",
@@ -95,11 +97,18 @@ class Model:
         columns = [*self.base_cols, *added]
         self.base = {rid: {c: self.value(rid, c, chosen) for c in columns} for rid in self.order}
         self.base_cols = columns
-        if drop_deleted:
-            self.order = [rid for rid in self.order if not self.value(rid, "usr__deleted")]
+        dropped = [rid for rid in self.order if drop_deleted and self.value(rid, "usr__deleted")]
         if drop:
             for ns in chosen:
                 del self.overlays[ns], self.col_order[ns], self.parts[ns]
+        if dropped:  # a dropped record is gone for good: its overlay history too (a re-import starts clean)
+            self.order = [rid for rid in self.order if rid not in dropped]
+            for rid in dropped:
+                self.base.pop(rid)
+            for ns in self.parts:
+                self.parts[ns] += 1  # one purge part per live namespace
+                for rid in dropped:
+                    self.overlays[ns].pop(rid, None)
 
 
 @contextmanager
@@ -127,14 +136,16 @@ def run_step(ds: Dataset, model: Model, data: st.DataObject, imported: list[str]
     if kind in ("attach", "delete", "restore", "set_state", "clear_state") and not ids:
         kind = "import"
     if kind == "import":
-        fresh = [s for s in POOL if s not in imported]
+        absent = [s for s in POOL if compute_id("dna", s) not in model.order]
+        fresh = sorted(absent, key=lambda s: s not in imported)  # dropped ones first: re-imports are the edge
         if not fresh:
             return "skipped"
         new = data.draw(st.lists(st.sampled_from(fresh), min_size=1, max_size=2, unique=True))
         ds.add_sequences(new)
-        imported.extend(new)
+        revived = any(s in imported for s in new)
+        imported.extend(s for s in new if s not in imported)
         model.order.extend(compute_id("dna", s) for s in new)
-        return kind
+        return "import-revived" if revived else kind
     if kind == "attach":
         ns = data.draw(st.sampled_from(sorted(COLUMNS)))
         columns = subset(data, list(COLUMNS[ns]))

@@ -25,7 +25,7 @@ from usr_es.fixtures import (
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"
-MIN_CASES = 25
+MIN_CASES = 26
 #: Dataset methods a `reissue` item may name (never an arbitrary attribute).
 REISSUE_OPS = frozenset(
     {"add_sequences", "attach", "delete", "restore", "set_state", "clear_state", "compact_overlay", "materialize",

@@ -743,7 +743,9 @@ def materialize(
     archive_overlays: Annotated[
         bool, typer.Option("--archive-overlays", help="Move the folded overlays to _derived/_archived/.")
     ] = False,
-    drop_deleted: Annotated[bool, typer.Option("--drop-deleted", help="Remove tombstoned rows from the base.")] = False,
+    drop_deleted: Annotated[
+        bool, typer.Option("--drop-deleted", help="Remove tombstoned rows from the base, with their overlay history.")
+    ] = False,
     command_id: CommandIdOpt = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:

@@ -922,6 +922,8 @@ class Dataset:
                 contract = registry.contract_hash(ns)
                 types = registry.namespaces[ns].column_types()
                 for part in parts:
+                    if part.purge:  # ids only: no values, no contract
+                        continue
                     if part.contract_hash != contract:
                         problems.append(
                             f"{part.file}: namespace_contract_hash {str(part.contract_hash)[:12]} does not match "
@@ -1352,6 +1354,8 @@ class Dataset:
             seen = set(schema.names)
             for ns in sorted(n for n in doc[0].live if n != "usr"):
                 for part in doc[0].live[ns]:
+                    if part.purge:
+                        continue
                     for f in pq.read_schema(self.dir / part.file):
                         if f.name not in seen and f.name != "id" and not f.name.startswith(WRITTEN):
                             seen.add(f.name)

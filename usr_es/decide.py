@@ -629,6 +629,11 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
     table = materialize_table(state.base, merged, tombs, drop_deleted=command.drop_deleted)
     added = tuple(c for c in table.column_names if c not in state.base.column_names)
     dropped = state.base.num_rows - table.num_rows
+    base_ids = state.base.column("id")
+    gone = pc.filter(base_ids, pc.invert(pc.is_in(base_ids, value_set=table.column("id"))))
+    gone_ids = gone.combine_chunks() if isinstance(gone, pa.ChunkedArray) else gone
+    inline = tuple(gone_ids.to_pylist()) if dropped and len(gone_ids) <= INLINE_IDS else None
+    payload = pa.table({"id": gone_ids}) if dropped and inline is None else None
     event = Materialized(
         namespaces=tuple(chosen),
         columns=added,
@@ -636,6 +641,7 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
         archive_overlays=command.archive_overlays,
         drop_deleted=command.drop_deleted,
         rows_dropped=dropped,
+        ids=inline,
     )
     args = {
         "namespaces": list(chosen),
@@ -644,4 +650,4 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
         "drop_deleted": command.drop_deleted,
     }
     metrics = {"overlays": len(chosen), "columns_added": len(added), "rows": table.num_rows, "rows_dropped": dropped}
-    return Decision(event, None, args, metrics, base_table=table, maintenance={"reason": "materialize"})
+    return Decision(event, payload, args, metrics, base_table=table, maintenance={"reason": "materialize"})

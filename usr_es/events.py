@@ -107,6 +107,9 @@ class Materialized(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", 
     archive_overlays: bool
     drop_deleted: bool
     rows_dropped: int
+    #: The ids `drop_deleted` removed from the base, inline when at most INLINE_IDS (else in the payload).
+    #: Their overlay rows in every live namespace are purged (ADR 0008): a later re-import starts clean.
+    ids: tuple[str, ...] | None = None
 
 
 class RegistryFrozen(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="registry_frozen"):

@@ -701,6 +701,17 @@ def _materialize_drop_deleted(b: _Builder) -> None:
     b.noop("materialize", drop_deleted=True)
 
 
+def _reimport_after_drop(b: _Builder) -> None:
+    _feat_dataset(b, (A, B, C))
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
+    b.run("set_state", [IB], qc_status="fail")
+    b.run("delete", [IB], reason="retired")
+    b.run("materialize", namespaces=[], drop_deleted=True, same_view=True, metrics={"rows_dropped": 1})
+    b.add([B], source="re-imported: a new record, no tombstone, no old score or state")
+    b.attach("t.csv", f"id,score\n{IB},9.0\n", namespace="feat")
+    b.run("compact_overlay", "feat", same_view=True)
+
+
 def _snapshot_replay(b: _Builder) -> None:
     _feat_dataset(b, (A, B, C))
     b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
@@ -847,6 +858,12 @@ CASES: tuple[Case, ...] = (
         "materialize --drop-deleted removes tombstoned rows (twice, once with --drop-overlays)",
         _materialize_drop_deleted,
         (4, 5, 6),
+    ),
+    Case(
+        "reimport-after-drop-deleted",
+        "materialize --drop-deleted purges the dropped id's overlay history; re-importing it starts clean",
+        _reimport_after_drop,
+        (5, 6, 7),
     ),
     Case(
         "snapshot-replay",

@@ -41,6 +41,9 @@ _FLAGS = (_DELETED, _MASKED)  # bool columns where an unset value reads as False
 #: compacted parts) carry it where some ids never had c written, so "never written" stays distinct
 #: from "explicitly null" -- which matters where a materialized base value must show through.
 WRITTEN = "__written__:"
+#: A part holding this column (bool, all true) is a purge: every earlier write for its ids is forgotten,
+#: as if those ids had never been written in this namespace (`materialize --drop-deleted`, ADR 0008).
+PURGED = "__purged__"
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
     """Last-writer-wins per (id, column) in log order (ascending `seq`).
 
     For column c, an id's value comes from the greatest-seq part that has column c and a row for the id
-    (an explicit null included); cells never written are null. Rows: every id in order of first
+    (an explicit null included); cells never written are null. A purge part (one with a `PURGED`
+    column) first removes its ids' rows from every earlier part and contributes nothing itself. Rows:
+    every id in order of first
     appearance (parts by seq, then row order); columns: `id`, then each column in order of first
     appearance. A column whose type changes takes the latest part's type; earlier values are cast to it
     (ValueError if they cannot be). Raises ValueError on equal seqs, a missing/non-string/null `id`,
@@ -66,6 +71,7 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
     ordered = sorted(parts, key=lambda part: part.seq)
     if len({part.seq for part in ordered}) != len(ordered):
         raise ValueError("two overlay parts have the same seq")
+    ordered = _apply_purges(ordered)
     if not ordered:
         return pa.table({_ID: pa.array([], pa.string())})
     if len(ordered) == 1 and not any(name.startswith(WRITTEN) for name in ordered[0].table.column_names):
@@ -116,6 +122,20 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
         if take.null_count:
             out[WRITTEN + name] = pc.is_valid(take)
     return pa.table(out).combine_chunks()
+
+
+def _apply_purges(ordered: list[Part]) -> list[Part]:
+    """The parts with each purge part applied: its ids' rows removed from every earlier part."""
+    if not any(PURGED in part.table.column_names for part in ordered):
+        return ordered
+    kept: list[Part] = []
+    for part in ordered:
+        if PURGED not in part.table.column_names:
+            kept.append(part)
+            continue
+        gone = _part_ids(part)
+        kept = [Part(p.seq, p.table.filter(pc.invert(pc.is_in(p.table.column(_ID), value_set=gone)))) for p in kept]
+    return kept
 
 
 def _merge_one(part: Part) -> pa.Table:
@@ -260,7 +280,7 @@ def _part_ids(part: Part) -> pa.Array:
     if column.null_count:
         raise ValueError(f"overlay part seq {part.seq} has a null id")
     ids = column.cast(pa.string())
-    only: pa.Array = ids.chunk(0) if ids.num_chunks == 1 else pa.concat_arrays(ids.chunks)  # no copy if one chunk
+    only: pa.Array = ids.chunk(0) if ids.num_chunks == 1 else ids.combine_chunks()  # no copy if one chunk
     return only
 
 

@@ -256,6 +256,8 @@ class PartInfo:
     contract_hash: str | None
     sources: tuple[PartInfo, ...] = ()
     archived: bool = False
+    #: A purge part (`materialize --drop-deleted`): its ids' rows in the earlier parts are forgotten.
+    purge: bool = False
 
     @property
     def file(self) -> str:
@@ -310,6 +312,13 @@ def part_table(event: Event, payload: pa.Table | None) -> pa.Table | None:
                 ],
                 schema=TOMBSTONE_SCHEMA,
             )
+        case Materialized():
+            from .overlays import PURGED
+
+            if not event.drop_deleted or not event.rows_dropped:
+                return None
+            ids = ids_of(event, payload)
+            return pa.table({"id": ids, PURGED: pa.repeat(pa.scalar(True, pa.bool_()), len(ids))})
         case StateSet() | StateCleared():
             ids = ids_of(event, payload)
             n = len(ids)
@@ -375,6 +384,17 @@ def apply_layout(
                     gone = live.pop(folded, ())
                     if event.archive_overlays:
                         archived.extend(replace(p, archived=True) for p in gone)
+            if has_rows:  # rows were dropped: purge their ids from every namespace still live
+                for space, parts in live.items():
+                    purge = PartInfo(
+                        namespace=space,
+                        mark=mark,
+                        created_at="",
+                        registry_hash=registry_hash,
+                        contract_hash=parts[-1].contract_hash if parts else None,
+                        purge=True,
+                    )
+                    live[space] = (*parts, purge)
             return DerivedLayout(live=live, archived=tuple(archived))
     ns = part_namespace(event)
     if ns is None or not has_rows:
