@@ -433,9 +433,9 @@ def _json_cells(column: pa.ChunkedArray, name: str, dtype: pa.DataType) -> pa.Ch
                 value = json.loads(text)
             except ValueError:
                 raise SchemaError(
-                    f"Column '{name}' row {row + 1}: invalid JSON-like value. "
-                    "Provide valid JSON or pass --no-parse-json.",
-                    hint=f'Values of type {format_type(dtype)} are read as JSON text, e.g. [1.5, 2] or {{"a": 1}}.',
+                    f"Column '{name}' row {row + 1}: invalid JSON value {text[:40]!r}.",
+                    hint=f"Column '{name}' is {format_type(dtype)}: write each cell as JSON text, e.g. "
+                    '[1.5, 2] or {"a": 1}, or supply the column typed in parquet/jsonl.',
                 ) from None
         try:
             values.append(_conform(value, dtype))
