@@ -71,3 +71,22 @@ def _file_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     problems = _problems_under(base)
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def cli_root(tmp_path: Path, demo_csv: Path) -> Path:
+    """A root with namespace `mock` and dataset `demo/ds` holding the demo CSV, built through the CLI."""
+    from typer.testing import CliRunner
+
+    from usr_es.cli import app
+
+    root = tmp_path / "cliroot"
+    columns = "mock__score:float64,mock__pos:struct<a:int64,b:string>"
+    for args in (
+        ["namespace", "register", "mock", "--columns", columns],
+        ["init", "demo/ds", "--source", "cli test"],
+        ["import", "demo/ds", "--from", "csv", "--path", str(demo_csv)],
+    ):
+        result = CliRunner().invoke(app, ["--root", str(root), *args])
+        assert result.exit_code == 0, (result.output, result.exception)
+    return root

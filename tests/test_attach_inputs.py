@@ -461,7 +461,9 @@ def test_cast_column_invalid_json_like_value_names_row(bad: str) -> None:
     with pytest.raises(SchemaError) as info:
         _cast(["[0.5]", None, bad], "list<float64>")
     assert info.value.message == f"Column 'mock__c' row 3: invalid JSON value {bad!r}."
-    assert info.value.hint is not None and "list<float64>" in info.value.hint and "--no-parse-json" not in info.value.hint
+    assert (
+        info.value.hint is not None and "list<float64>" in info.value.hint and "--no-parse-json" not in info.value.hint
+    )
 
 
 @pytest.mark.parametrize("smuggled", ['[1]} {"v":[2]', '[1], "v": [2]', '[1]}\n{"v":[2]', '[1], "w": 2'])

@@ -48,16 +48,6 @@ def usr_process(cwd: Path, *args: str, env: dict[str, str] | None = None) -> sub
     )
 
 
-@pytest.fixture
-def cli_root(tmp_path: Path, demo_csv: Path) -> Path:
-    """A root with namespace `mock` and dataset `demo/ds` holding the demo CSV, built through the CLI."""
-    root = tmp_path / "cliroot"
-    usr(root, "namespace", "register", "mock", "--columns", "mock__score:float64,mock__pos:struct<a:int64,b:string>")
-    usr(root, "init", "demo/ds", "--source", "cli test")
-    usr(root, "import", "demo/ds", "--from", "csv", "--path", str(demo_csv))
-    return root
-
-
 def log_of(root: Path) -> bytes:
     return Dataset.open(root, "demo/ds").log_path.read_bytes()
 

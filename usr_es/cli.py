@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -84,7 +85,13 @@ ExpectedSeqOpt = Annotated[
     int | None,
     typer.Option("--expected-seq", help="Fail with a concurrency error unless the log is at this seq."),
 ]
-DatasetArg = Annotated[str, typer.Argument(help="Dataset id (`name` or `ns/name`) or dataset directory path.")]
+DatasetArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Dataset id (`ns/name`, or a unique `name`) or dataset directory; default: the dataset folder you are in.",
+        show_default=False,
+    ),
+]
 
 
 @app.callback()
@@ -117,10 +124,12 @@ def _dataset(ident: str) -> Dataset:
     return Dataset.open(_root(), ident)
 
 
-def _existing(ident: str) -> Dataset:
+def _existing(ident: str | None) -> Dataset:
     from .dataset import Dataset
-    from .roots import resolve_existing
+    from .roots import enclosing_dataset, resolve_existing
 
+    if ident is None:
+        return Dataset.at(enclosing_dataset(Path.cwd()))
     ds = _dataset(ident)
     if ds.exists:
         return ds
@@ -203,6 +212,26 @@ def _emit_rows(rows: list[dict[str, Any]], columns: list[str], fmt: Format, *, t
     typer.echo("\t".join(columns))
     for row in rows:
         typer.echo("\t".join(_plain_value(row.get(c)) for c in columns))
+
+
+@contextmanager
+def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr while the body runs, only when stderr is a terminal (silent otherwise).
+
+    Yields `update(done)`; with `total` None the bar pulses (the work does not report steps).
+    """
+    if not sys.stderr.isatty() or os.environ.get("USR_NO_PROGRESS"):
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
+    if total is not None:
+        columns.insert(3, MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def _emit_receipt(receipt: Any, message: str, fmt: Format) -> None:
@@ -304,9 +333,9 @@ def init(
 
 @app.command("import")
 def import_(
-    dataset: DatasetArg,
     from_: Annotated[InputFmt, typer.Option("--from", help="Input format.", case_sensitive=False)],
     path: Annotated[Path, typer.Option("--path", help="Input file.")],
+    dataset: DatasetArg = None,
     bio_type: Annotated[str, typer.Option("--bio-type", help="dna, rna or protein (unless a column has it).")] = "dna",
     alphabet: Annotated[
         str, typer.Option("--alphabet", help="dna_4, dna_5, rna_4, rna_5, protein_20 or protein_21.")
@@ -325,16 +354,17 @@ def import_(
     Example: usr import densegen/demo --from csv --path seqs.csv --bio-type dna --alphabet dna_4
     """
     ds = _existing(dataset)
-    receipt = ds.import_file(
-        path,
-        fmt=from_.value,
-        bio_type=bio_type,
-        alphabet=alphabet,
-        source=source,
-        on_conflict=on_conflict.value,
-        command_id=command_id,
-        expected_seq=expected_seq,
-    )
+    with _progress(f"Importing {path.name}"):
+        receipt = ds.import_file(
+            path,
+            fmt=from_.value,
+            bio_type=bio_type,
+            alphabet=alphabet,
+            source=source,
+            on_conflict=on_conflict.value,
+            command_id=command_id,
+            expected_seq=expected_seq,
+        )
     skipped = receipt.metrics.get("rows_skipped", 0)
     extra = f" ({skipped} skipped)" if skipped else ""
     _emit_receipt(receipt, f"Imported {receipt.rows_written} record(s) into {ds.name}{extra}", fmt)
@@ -360,7 +390,7 @@ def ls(fmt: FormatOpt = Format.auto) -> None:
 
 
 @app.command("info")
-def info(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
+def info(dataset: DatasetArg = None, fmt: FormatOpt = Format.auto) -> None:
     """Summary: path, rows, columns, namespaces, head seq, projection lag.
 
     Example: usr info densegen/demo --format json
@@ -370,7 +400,7 @@ def info(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
 
 @app.command("head")
 def head(
-    dataset: DatasetArg,
+    dataset: DatasetArg = None,
     n: Annotated[int, typer.Option("-n", "--n", help="Number of rows.")] = 10,
     columns: Annotated[str, typer.Option("--columns", help="Comma-separated column names.")] = "",
     include_deleted: Annotated[
@@ -388,79 +418,109 @@ def head(
 
 
 @app.command("schema")
-def schema(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
-    """Show the dataset schema (name, type, nullable).
+def schema(
+    dataset: DatasetArg = None,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="Group the columns: base, then one branch per namespace.")
+    ] = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Show the merged schema: base columns, then overlay columns (name, registry type, nullable).
 
-    Example: usr schema densegen/demo --format json
+    Example: usr schema densegen/demo --tree
     """
     import msgspec
 
-    rows = [msgspec.to_builtins(c) for c in _existing(dataset).schema()]
-    _emit_rows(rows, ["name", "type", "nullable"], fmt, title=dataset)
+    ds = _existing(dataset)
+    rows = [msgspec.to_builtins(c) for c in ds.schema()]
+    if not tree:
+        _emit_rows(rows, ["name", "type", "nullable"], fmt, title=ds.name)
+        return
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        ns, sep, _ = row["name"].partition("__")
+        groups.setdefault(ns if sep else "base", []).append(row)
+    fmt = _resolved(fmt)
+    if fmt is Format.json:
+        _emit_json({"dataset": ds.name, "groups": groups})
+        return
+    if fmt is Format.rich:
+        from rich.console import Console
+        from rich.tree import Tree
+
+        root = Tree(ds.name)
+        for group, members in groups.items():
+            branch = root.add(group)
+            for row in members:
+                branch.add(f"{row['name']}: {row['type']}{'' if row['nullable'] else ' (not null)'}")
+        Console().print(root)
+        return
+    typer.echo(ds.name)
+    for group, members in groups.items():
+        typer.echo(f"  {group}")
+        for row in members:
+            typer.echo(f"    {row['name']}: {row['type']}{'' if row['nullable'] else ' (not null)'}")
 
 
 @events_app.command("tail")
 def events_tail(
-    dataset: DatasetArg,
-    n: Annotated[int, typer.Option("-n", "--n", help="Last N events (0 = all).")] = 0,
+    dataset: DatasetArg = None,
+    n: Annotated[
+        int, typer.Option("-n", "--n", help="Last N events (0 = all); with --cursor, at most N after it.")
+    ] = 0,
     fmt: Annotated[
         EventsFormat,
         typer.Option("--format", help="json: hash-chain verified lines; raw: the stored bytes, unverified."),
     ] = EventsFormat.json,
     follow: Annotated[bool, typer.Option("--follow", help="Keep printing new events as they are appended.")] = False,
+    cursor: Annotated[
+        Path | None,
+        typer.Option(
+            "--cursor",
+            metavar="FILE",
+            help="Resume after the event recorded in FILE and save progress there (at-least-once).",
+        ),
+    ] = None,
 ) -> None:
     """Print events of .events.log (complete lines only; a torn tail is never shown).
 
-    Example: usr events tail densegen/demo --n 5 --format json
-    """
-    from collections import deque
+    With --cursor FILE: the events after the one FILE records, FILE saved after each; a truncated or
+    rewritten log exits 6. The consumer contract is docs/event-log.md.
 
-    from .log import iter_lines, raw_lines
+    Example: usr events tail densegen/demo --cursor demo.cursor --follow
+    """
+    from .cursor import tail
 
     ds = _existing(dataset)
-    if fmt is EventsFormat.raw:
-        offset = 0
-        for start, raw in deque(raw_lines(ds.log_path), maxlen=n or None):
-            sys.stdout.buffer.write(raw + b"\n")
-            offset = start + len(raw) + 1
-        sys.stdout.flush()
-        while follow:
-            for start, raw in raw_lines(ds.log_path, start_offset=offset):
-                sys.stdout.buffer.write(raw + b"\n")
-                offset = start + len(raw) + 1
-            sys.stdout.flush()
-            time.sleep(0.2)
-        return
-    for line in deque(ds.iter_events(), maxlen=n or None):
-        sys.stdout.write(line.raw.decode() + "\n")
-    sys.stdout.flush()
-    if not follow:
-        return
-    lines = list(ds.iter_events())
-    offset, seq, prev = (lines[-1].end, lines[-1].seq, lines[-1].hash) if lines else (0, 0, "0" * 32)
-    while True:
-        for line in iter_lines(ds.log_path, start_offset=offset, start_seq=seq, start_hash=prev):
-            sys.stdout.write(line.raw.decode() + "\n")
-            offset, seq, prev = line.end, line.seq, line.hash
-        sys.stdout.flush()
-        time.sleep(0.2)
+    out = sys.stdout.buffer
+    try:
+        for line in tail(
+            ds.log_path, ds.name, n=n or None, cursor_path=cursor, follow=follow, raw=fmt is EventsFormat.raw
+        ):
+            out.write(line)
+            if cursor is not None or follow:
+                out.flush()  # hand the line out before the cursor moves past it
+        out.flush()
+    except BrokenPipeError:  # the reader went away (`... | head -1`): stop quietly, like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail
 
 
 # -- history -----------------------------------------------------------------------------------
 @app.command("replay")
 def replay(
-    dataset: DatasetArg,
     until: Annotated[
         str, typer.Option("--until", help="SEQ, EVENT_ID or RFC 3339 TIMESTAMP (last event at or before).")
     ],
     out: Annotated[Path, typer.Option("--out", help="New (or empty) directory for the past dataset.")],
+    dataset: DatasetArg = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:
     """Write the dataset as it was right after an event into --out (the live dataset is untouched).
 
     Example: usr replay densegen/demo --until 2 --out /tmp/demo_at_2
     """
-    result = _existing(dataset).replay(until, out)
+    with _progress("Replaying the log"):
+        result = _existing(dataset).replay(until, out)
     for note in result.notes:
         typer.echo(f"warning: {note}", err=True)
     if _resolved(fmt) is Format.json:
@@ -470,12 +530,13 @@ def replay(
 
 
 @app.command("rebuild")
-def rebuild(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
+def rebuild(dataset: DatasetArg = None, fmt: FormatOpt = Format.auto) -> None:
     """Regenerate every projection (records.parquet, meta.md) from the log.
 
     Example: usr rebuild densegen/demo
     """
-    result = _existing(dataset).rebuild()
+    with _progress("Rebuilding projections"):
+        result = _existing(dataset).rebuild()
     for note in result.notes:
         typer.echo(f"warning: {note}", err=True)
     if _resolved(fmt) is Format.json:
@@ -485,7 +546,7 @@ def rebuild(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
 
 
 @app.command("verify")
-def verify(dataset: DatasetArg, fmt: FormatOpt = Format.auto) -> None:
+def verify(dataset: DatasetArg = None, fmt: FormatOpt = Format.auto) -> None:
     """Check the hash chain, every payload digest, and that replay equals the stored files.
 
     Exits 6 on any mismatch, naming the first bad line or differing file.
@@ -511,7 +572,7 @@ class RegistryMode(StrEnum):
 
 @app.command("validate")
 def validate(
-    dataset: DatasetArg,
+    dataset: DatasetArg = None,
     strict: Annotated[bool, typer.Option("--strict", help="Also recompute ids/lengths, check base types.")] = False,
     registry_mode: Annotated[
         RegistryMode, typer.Option("--registry-mode", help="Registry to check against: current, frozen or either.")
@@ -581,9 +642,9 @@ AllowMissingOpt = Annotated[bool, typer.Option("--allow-missing", help="Skip ids
 
 @app.command("attach")
 def attach(
-    dataset: DatasetArg,
     path: Annotated[Path, typer.Option("--path", help="Input file: .csv, .parquet, .jsonl/.json.")],
     namespace: Annotated[str, typer.Option("--namespace", help="Registered namespace for the columns.")],
+    dataset: DatasetArg = None,
     key: Annotated[Key, typer.Option("--key", help="How input rows match records.")] = Key.id,
     key_col: Annotated[str | None, typer.Option("--key-col", help="Input column holding the key.")] = None,
     columns: Annotated[str, typer.Option("--columns", help="Comma-separated input columns (default: all).")] = "",
@@ -602,19 +663,20 @@ def attach(
     Example: usr attach densegen/demo --path scores.csv --namespace mock --key sequence --columns score
     """
     ds = _existing(dataset)
-    receipt = ds.attach(
-        path,
-        namespace=namespace,
-        key=key.value,
-        key_col=key_col,
-        columns=[c.strip() for c in columns.split(",") if c.strip()] or None,
-        allow_overwrite=allow_overwrite,
-        allow_missing=allow_missing,
-        parse_json=parse_json,
-        note=note,
-        command_id=command_id,
-        expected_seq=expected_seq,
-    )
+    with _progress(f"Attaching {path.name}"):
+        receipt = ds.attach(
+            path,
+            namespace=namespace,
+            key=key.value,
+            key_col=key_col,
+            columns=[c.strip() for c in columns.split(",") if c.strip()] or None,
+            allow_overwrite=allow_overwrite,
+            allow_missing=allow_missing,
+            parse_json=parse_json,
+            note=note,
+            command_id=command_id,
+            expected_seq=expected_seq,
+        )
     missing = receipt.metrics.get("rows_missing", 0)
     extra = f" ({missing} unmatched row(s) skipped)" if missing else ""
     _emit_receipt(receipt, f"Attached {receipt.rows_written} row(s) of {namespace} columns to {ds.name}{extra}", fmt)
@@ -622,7 +684,7 @@ def attach(
 
 @app.command("delete")
 def delete(
-    dataset: DatasetArg,
+    dataset: DatasetArg = None,
     ids: IdsOpt = None,
     id_file: IdFileOpt = None,
     reason: Annotated[str, typer.Option("--reason", help="Why (stored as usr__deleted_reason).")] = "",
@@ -641,7 +703,7 @@ def delete(
 
 @app.command("restore")
 def restore(
-    dataset: DatasetArg,
+    dataset: DatasetArg = None,
     ids: IdsOpt = None,
     id_file: IdFileOpt = None,
     allow_missing: AllowMissingOpt = False,
@@ -667,7 +729,7 @@ app.add_typer(state_app, name="state")
 
 @state_app.command("set")
 def state_set(
-    dataset: DatasetArg,
+    dataset: DatasetArg = None,
     ids: IdsOpt = None,
     id_file: IdFileOpt = None,
     masked: Annotated[bool | None, typer.Option("--masked/--unmasked", help="Mask or unmask.")] = None,
@@ -701,7 +763,7 @@ def state_set(
 
 @state_app.command("clear")
 def state_clear(
-    dataset: DatasetArg,
+    dataset: DatasetArg = None,
     ids: IdsOpt = None,
     id_file: IdFileOpt = None,
     allow_missing: AllowMissingOpt = False,
@@ -719,7 +781,7 @@ def state_clear(
 
 @state_app.command("get")
 def state_get(
-    dataset: DatasetArg,
+    dataset: DatasetArg = None,
     ids: IdsOpt = None,
     id_file: IdFileOpt = None,
     allow_missing: AllowMissingOpt = False,
@@ -735,7 +797,7 @@ def state_get(
 
 @app.command("materialize")
 def materialize(
-    dataset: DatasetArg,
+    dataset: DatasetArg = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     snapshot_before: Annotated[bool, typer.Option("--snapshot-before", help="Write a checkpoint first.")] = False,
     namespaces: Annotated[str, typer.Option("--namespaces", help="Comma-separated (default: all overlays).")] = "",
@@ -766,20 +828,21 @@ def materialize(
         typer.echo(f"Materialize {', '.join(chosen or info.namespaces) or '(no overlays)'} into {ds.records_path}")
         if not typer.confirm("Proceed?", default=False):
             raise UserAbort("Materialize cancelled.")
-    receipt = ds.materialize(
-        namespaces=chosen,
-        drop_overlays=drop_overlays,
-        archive_overlays=archive_overlays,
-        drop_deleted=drop_deleted,
-        snapshot_before=snapshot_before,
-        command_id=command_id,
-    )
+    with _progress("Materializing"):
+        receipt = ds.materialize(
+            namespaces=chosen,
+            drop_overlays=drop_overlays,
+            archive_overlays=archive_overlays,
+            drop_deleted=drop_deleted,
+            snapshot_before=snapshot_before,
+            command_id=command_id,
+        )
     count = receipt.metrics.get("overlays", 0)
     _emit_receipt(receipt, receipt.message or f"Materialized {count} overlay(s) into {ds.records_path}", fmt)
 
 
 @app.command("snapshot")
-def snapshot(dataset: DatasetArg, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
+def snapshot(dataset: DatasetArg = None, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
     """Record a checkpoint of the dataset state (base copy under _snapshots/).
 
     Example: usr snapshot densegen/demo
@@ -798,7 +861,7 @@ app.add_typer(maintenance_app, name="maintenance")
 
 
 @maintenance_app.command("registry-freeze")
-def registry_freeze(dataset: DatasetArg, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
+def registry_freeze(dataset: DatasetArg = None, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
     """Freeze the current registry into _registry/ and record it.
 
     Example: usr maintenance registry-freeze densegen/demo
@@ -810,8 +873,8 @@ def registry_freeze(dataset: DatasetArg, command_id: CommandIdOpt = None, fmt: F
 
 @maintenance_app.command("overlay-compact")
 def overlay_compact(
-    dataset: DatasetArg,
     namespace: Annotated[str, typer.Option("--namespace", help="Namespace whose parts to merge.")],
+    dataset: DatasetArg = None,
     command_id: CommandIdOpt = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:

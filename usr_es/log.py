@@ -237,6 +237,34 @@ def read_line_at(path: Path, offset: int) -> bytes | None:
     return data[:-1] if data.endswith(b"\n") else None
 
 
+def read_line_before(path: Path, end: int) -> tuple[int, bytes] | None:
+    """Return (offset, raw bytes without newline) of the complete line whose newline is byte `end - 1`.
+
+    Reads backwards from `end` only as far as the previous newline (at most one line). None when
+    byte `end - 1` is not a newline, the file is shorter than `end`, or the line is over the limit.
+    """
+    if end <= 0 or not path.exists():
+        return None
+    lower = max(0, end - MAX_LINE_BYTES - 1)  # one extra byte: the newline ending the line before
+    buf = b""
+    pos = end
+    with path.open("rb") as fh:
+        while pos > lower:
+            step = min(64 << 10, pos - lower)
+            pos -= step
+            fh.seek(pos)
+            chunk = fh.read(step)
+            if len(chunk) != step:
+                return None
+            buf = chunk + buf
+            if not buf.endswith(b"\n"):
+                return None
+            nl = buf.rfind(b"\n", 0, len(buf) - 1)
+            if nl >= 0:
+                return pos + nl + 1, buf[nl + 1 : -1]
+    return (0, buf[:-1]) if lower == 0 else None
+
+
 def find_command(path: Path, command_id: str) -> LogLine | None:
     """Find the (verified) line that recorded `command_id`, scanning raw bytes first."""
     if not path.exists() or path.stat().st_size == 0:

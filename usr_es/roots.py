@@ -52,6 +52,18 @@ def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
     )
 
 
+def enclosing_dataset(cwd: Path) -> Path:
+    """The dataset folder `cwd` is in (it or its nearest ancestor holding `.events.log`)."""
+    here = cwd.resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / LOG_FILE).is_file():
+            return candidate
+    raise InvalidInput(
+        "No dataset given, and the current directory is not inside a dataset folder.",
+        hint="Pass a dataset id (`ns/name`) or path, or run the command inside the dataset's folder.",
+    )
+
+
 def list_datasets(root: Path) -> list[str]:
     """Dataset ids under `root`: `<ds>` or `<ns>/<ds>` directories holding `.events.log`."""
     found: list[str] = []
