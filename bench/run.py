@@ -61,6 +61,11 @@ MATERIALIZE_RATIO = 1.3
 STATE_SECONDS = 0.030
 REPLAY_SECONDS = 0.5
 REBUILD_RATIO = 1.2
+GREP_SECONDS = 1.0
+EXPORT_RATIO = 1.3
+TOMBSTONES = 1000  # ids deleted before the read-surface figures (every 997th row)
+GREP_PATTERN = "ACGTAC"
+EXPORT_PROBE = "--export-baseline-probe"  # internal: a plain pyarrow read + write of the exported columns
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,83 @@ def state_set_probe(root: str, dataset: str, record_id: str) -> int:
     return 0
 
 
+def export_baseline_probe(records: str, out: str, columns: str) -> int:
+    """Child mode: read `columns` of records.parquet with pyarrow and write them to `out` (timed in-script,
+    imports excluded), the least work `usr export --fmt parquet` must do. Prints the seconds."""
+    import pyarrow.parquet as pq
+
+    start = time.perf_counter()
+    table = pq.read_table(records, columns=columns.split(","))
+    pq.write_table(table, out)  # pyarrow defaults (snappy), as `usr export` writes
+    print(f"{time.perf_counter() - start:.6f}")
+    return 0
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    figure: str
+    target: str
+    ok: bool | None  # None: no target
+
+
+def read_surface(
+    usr: list[str], *, env: dict[str, str], dataset_dir: Path, probe_id: str, scratch: Path
+) -> list[Figure]:
+    """Issue 4: reads on the 1M-row dataset with a live overlay and TOMBSTONES tombstones."""
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(dataset_dir / "records.parquet", columns=["id"]).column("id").to_pylist()
+    doomed = [rid for k, rid in enumerate(ids) if k % 997 == 1 and rid != probe_id][:TOMBSTONES]
+    id_file = scratch / "tombstones.txt"
+    id_file.write_text("\n".join(doomed) + "\n")
+    checked([*usr, "delete", DATASET, "--id-file", str(id_file), "--reason", "bench"], env=env, what="usr delete")
+    checked(
+        [*usr, "attach", DATASET, "--path", str(scratch / "late.csv"), "--namespace", NAMESPACE, "--key", "id",
+         "--columns", "score", "--allow-overwrite"],
+        env=env,
+        what="usr attach (late overlay)",
+    )  # fmt: skip
+    figures: list[Figure] = []
+    for label, argv in (
+        ("`usr head -n 5`", ["head", DATASET, "-n", "5"]),
+        ("`usr get --id`", ["get", DATASET, "--id", probe_id]),
+        ("`usr info`", ["info", DATASET]),
+        ("`usr schema`", ["schema", DATASET]),
+    ):
+        median, times = median_of([*usr, *argv, "--format", "json"], env=env, what=label)
+        runs = ", ".join(f"{t:.3f}" for t in times)
+        figures.append(Figure(f"{label} (median of {REPEATS})", f"{median:.3f} s ({runs})", f"≤ {READ_SECONDS} s",
+                              median <= READ_SECONDS))  # fmt: skip
+    grep_s, grep_all = median_of(
+        [*usr, "grep", DATASET, "--pattern", GREP_PATTERN, "--limit", "20", "--format", "json"], env=env, what="grep"
+    )
+    figures.append(Figure(f"`usr grep --pattern {GREP_PATTERN}` (median of {REPEATS})",
+                          f"{grep_s:.3f} s ({', '.join(f'{t:.3f}' for t in grep_all)})", f"≤ {GREP_SECONDS} s",
+                          grep_s <= GREP_SECONDS))  # fmt: skip
+    out = scratch / "export.parquet"
+    exported = checked(
+        [*usr, "export", DATASET, "--fmt", "parquet", "--out", str(out), "--format", "json"], env=env, what="export"
+    )
+    columns = pq.read_schema(out).names
+    base_columns = [c for c in columns if c in pq.read_schema(dataset_dir / "records.parquet").names]
+    probe = checked(
+        [sys.executable, str(Path(__file__).resolve()), EXPORT_PROBE, str(dataset_dir / "records.parquet"),
+         str(scratch / "baseline-export.parquet"), ",".join(base_columns)],
+        env=env,
+        what="export baseline",
+    )  # fmt: skip
+    plain = float(probe.stdout.strip())
+    ratio = exported.seconds / plain
+    rows = exported.data()["rows"]
+    figures.append(Figure(f"`usr export --fmt parquet` ({rows:,} rows, {len(columns)} columns, process wall time)",
+                          f"{exported.seconds:.2f} s = {ratio:.2f}× pyarrow read + write of the same columns "
+                          f"({plain:.2f} s)", f"≤ {EXPORT_RATIO}×", ratio <= EXPORT_RATIO))  # fmt: skip
+    figures.append(Figure("`usr export` peak RSS", mb(exported.peak_rss), f"≤ {mb(RSS_BYTES)}",
+                          exported.peak_rss <= RSS_BYTES))  # fmt: skip
+    return figures
+
+
 def file_identity(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return st.st_ino, st.st_mtime_ns, st.st_size
@@ -184,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [STATE_PROBE]:
         return state_set_probe(*argv[1:4])
+    if argv[:1] == [EXPORT_PROBE]:
+        return export_baseline_probe(*argv[1:4])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1_000_000, help="number of generated sequences")
     parser.add_argument("--regenerate", action="store_true", help="regenerate the cached workload")
@@ -296,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         what="usr replay",
     )
     replay_from = replayed.data().get("from_checkpoint")
+    print("read surface: delete, late attach, head / get / info / schema / grep / export ...", flush=True)
+    (scratch / "late.csv").write_text(f"id,score\n{probe_id},42.0\n")  # a second live part; probe stays visible
+    reads = read_surface(usr, env=env, dataset_dir=dataset_dir, probe_id=probe_id, scratch=scratch)
     print("usr verify (final) ...", flush=True)
     final_verify = run([*usr, "verify", DATASET], env=env)
 
@@ -331,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         "rebuild": rebuild_ratio <= REBUILD_RATIO,
         "every rss": worst.peak_rss <= RSS_BYTES,
         "verify": final_verify.code == 0,
+        **{figure.label: bool(figure.ok) for figure in reads if figure.ok is not None},
     }
 
     def spread(values: list[float], digits: int = 3) -> str:
@@ -380,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{verdict(checks['rebuild'])} |",
         f"| peak RSS of every step (largest: {worst_name}) | {mb(worst.peak_rss)} | ≤ {mb(RSS_BYTES)} | "
         f"{verdict(checks['every rss'])} |",
+        *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in reads),
         f"| `usr verify` (final, after every step) | {final_verify.seconds:.2f} s, "
         f"{'OK' if final_verify.code == 0 else f'exit {final_verify.code}'} | exit 0 | {verdict(checks['verify'])} |",
         "",

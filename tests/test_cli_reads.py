@@ -90,3 +90,146 @@ def test_events_tail_into_a_closed_pipe_stops_quietly(cli_root: Path) -> None:
     assert proc.wait(timeout=60) == 0, err
     assert json.loads(first)["action"] == "init"
     assert err == b""
+
+
+TYPED = (
+    "typed__f:float64,typed__i:int64,typed__b:bool,typed__s:string,typed__t:timestamp[us, UTC],"
+    "typed__v:list<float64>,typed__tags:list<string>,typed__st:struct<a:int64,b:string>"
+)
+
+
+@pytest.fixture
+def typed_root(cli_root: Path) -> tuple[Path, list[str]]:
+    """cli_root plus an overlay with a column of every kind (NaN, nulls, lists, structs, timestamps) and a
+    tombstone."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    usr(cli_root, "namespace", "register", "typed", "--columns", TYPED)
+    ds = Dataset.open(cli_root, "demo/ds")
+    ids = ds.head(3, columns=["id"]).column("id").to_pylist()
+    when = dt.datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=dt.UTC)
+    table = pa.table(
+        {
+            "id": ids,
+            "f": [float("nan"), 1.5, None],
+            "i": [1, None, 2**40],
+            "b": [True, False, None],
+            "s": ["x", None, "ü"],
+            "t": pa.array([when, None, when], pa.timestamp("us", tz="UTC")),
+            "v": [[1.0, float("nan")], [], None],
+            "tags": [["a"], None, []],
+            "st": pa.array(
+                [{"a": 1, "b": "q"}, None, {"a": None, "b": None}], pa.struct([("a", pa.int64()), ("b", pa.string())])
+            ),
+        }
+    )
+    ds.write_overlay("typed", table)
+    ds.delete([ids[2]], reason="gone")
+    return cli_root, ids
+
+
+READ_COMMANDS = [
+    ["head", "demo/ds", "-n", "3"],
+    ["head", "demo/ds", "--include-deleted"],
+    ["get", "demo/ds", "--id", "{0}"],
+    ["get", "demo/ds", "{1}"],
+    ["grep", "demo/ds", "--pattern", "a"],
+    ["describe", "demo/ds"],
+    ["cols", "demo/ds"],
+    ["cell", "demo/ds", "--row", "0", "--col", "typed__st"],
+    ["schema", "demo/ds"],
+    ["schema", "demo/ds", "--tree"],
+    ["info", "demo/ds"],
+    ["ls"],
+    ["state", "get", "demo/ds", "--id", "{0}"],
+]
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_json_output_of_every_read_command_parses_for_every_column_type(
+    typed_root: tuple[Path, list[str]], command: list[str]
+) -> None:
+    root, ids = typed_root
+    data = usr_json(root, *[part.format(*ids) for part in command])
+    assert data is not None
+    text = json.dumps(data, allow_nan=False)  # NaN/inf must have become null
+    assert "NaN" not in text
+
+
+def test_json_rows_keep_values_of_every_type(typed_root: tuple[Path, list[str]]) -> None:
+    root, ids = typed_root
+    (row,) = usr_json(root, "get", "demo/ds", "--id", ids[0], "--columns", "id,typed__f,typed__t,typed__v,typed__st")
+    assert row == {
+        "id": ids[0],
+        "typed__f": None,
+        "typed__t": "2026-11-24T12:00:00.123456Z",
+        "typed__v": [1.0, None],
+        "typed__st": {"a": 1, "b": "q"},
+    }
+
+
+def test_get_of_a_tombstoned_record_needs_include_deleted(typed_root: tuple[Path, list[str]]) -> None:
+    root, ids = typed_root
+    result = usr_process(root, "--root", str(root), "get", "demo/ds", "--id", ids[2])
+    assert result.returncode == 4 and "--include-deleted" in result.stderr
+    (row,) = usr_json(root, "get", "demo/ds", "--id", ids[2], "--include-deleted", "--columns", "id,usr__deleted")
+    assert row == {"id": ids[2], "usr__deleted": True}
+
+
+def test_export_every_format_from_the_cli(typed_root: tuple[Path, list[str]], tmp_path: Path) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    root, ids = typed_root
+    out = tmp_path / "exports"
+    out.mkdir()
+    for kind in ("parquet", "csv", "jsonl"):
+        result = usr_json(root, "export", "demo/ds", "--fmt", kind, "--out", str(out))
+        assert Path(result["path"]) == out / f"demo_ds.{kind}"
+        assert result["rows"] == 5  # six demo rows, one tombstoned
+    table = pq.read_table(out / "demo_ds.parquet")
+    assert table.schema.field("typed__st").type == Dataset.open(root, "demo/ds").view_schema().field("typed__st").type
+    assert table.schema.metadata is not None and b"usr:dataset" in table.schema.metadata
+    assert ids[2] not in table.column("id").to_pylist()
+    csv = pcsv.read_csv(out / "demo_ds.csv")
+    first = csv.to_pylist()[csv.column("id").to_pylist().index(ids[0])]
+    assert json.loads(first["typed__v"])[0] == 1.0 and json.loads(first["typed__st"]) == {"a": 1, "b": "q"}
+    lines = [json.loads(line) for line in (out / "demo_ds.jsonl").read_text().splitlines()]
+    assert {line["id"]: line for line in lines}[ids[0]]["typed__t"] == "2026-11-24T12:00:00.123456Z"
+
+
+def test_export_rejects_a_bad_format_before_creating_anything(cli_root: Path, tmp_path: Path) -> None:
+    target = tmp_path / "nothing-here" / "x.xml"
+    result = usr_process(cli_root, "--root", str(cli_root), "export", "demo/ds", "--fmt", "xml", "--out", str(target))
+    assert result.returncode == 2 and result.stderr.startswith("error: Unsupported export format")
+    assert not target.parent.exists()
+
+
+def test_path_first_tools_read_any_parquet_file_or_folder(cli_root: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "run42"
+    folder.mkdir()
+    pq.write_table(pa.table({"x": [1, 2, 3], "events_y": ["a", "b", "c"]}), folder / "events-1.parquet")
+    assert usr_json(cli_root, "head", str(folder / "events-1.parquet"), "-n", "2") == [
+        {"x": 1, "events_y": "a"},
+        {"x": 2, "events_y": "b"},
+    ]
+    assert [c["name"] for c in usr_json(cli_root, "cols", str(folder), "--glob", "events*")] == ["events_y"]
+    assert usr_json(cli_root, "cell", str(folder), "--row", "2", "--col", "x")["value"] == 3
+    inside = usr_process(cli_root / "demo" / "ds", "head", ".", "-n", "1", "--format", "json")
+    assert inside.returncode == 0, inside.stderr
+    assert set(json.loads(inside.stdout)["data"][0]) >= {"id", "sequence"}
+
+
+def test_info_lists_checkpoints_and_projection_lag(cli_root: Path) -> None:
+    before = usr_json(cli_root, "info", "demo/ds")
+    assert before["checkpoints"] == [] and before["projection_lag"] == 0
+    seq = usr_json(cli_root, "snapshot", "demo/ds")["seq"]
+    (cli_root / "demo" / "ds" / "records.parquet").unlink()  # a lagging projection is caught up by the read
+    after = usr_json(cli_root, "info", "demo/ds")
+    assert after["checkpoints"] == [seq]
+    assert after["projection_lag"] >= 1 and after["rows"] == before["rows"]

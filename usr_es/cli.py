@@ -119,8 +119,12 @@ def _dataset(ident: str) -> Dataset:
     from .dataset import Dataset
     from .roots import looks_like_path
 
-    if looks_like_path(ident) or (os.sep in ident and Path(ident).is_dir() and not _state["root"]):
-        return Dataset.at(Path(ident))
+    if (
+        looks_like_path(ident)
+        or Path(ident).is_file()
+        or (os.sep in ident and Path(ident).is_dir() and not _state["root"])
+    ):
+        return Dataset.at(Path(ident))  # a dataset directory, or its records.parquet / .events.log
     return Dataset.open(_root(), ident)
 
 
@@ -391,30 +395,241 @@ def ls(fmt: FormatOpt = Format.auto) -> None:
 
 @app.command("info")
 def info(dataset: DatasetArg = None, fmt: FormatOpt = Format.auto) -> None:
-    """Summary: path, rows, columns, namespaces, head seq, projection lag.
+    """Summary: path, rows, columns, namespaces, head seq, projection lag, checkpoints.
 
     Example: usr info densegen/demo --format json
     """
     _emit_object(_existing(dataset).info(), fmt, title=dataset)
 
 
+TargetArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Dataset id or directory, or any Parquet file or directory of Parquet files (default: the current "
+        "directory).",
+        show_default=False,
+    ),
+]
+ColumnsOpt = Annotated[str, typer.Option("--columns", help="Comma-separated column names (default: all).")]
+IncludeDeletedOpt = Annotated[
+    bool, typer.Option("--include-deleted", help="Include tombstoned rows (and allow the usr__ columns).")
+]
+
+
+def _columns(text: str) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] or None
+
+
+def _plain_target(ident: str | None) -> Path | None:
+    """The Parquet path `ident` names when it is not a dataset (None: treat it as a dataset)."""
+    from .log import LOG_FILE
+
+    path = Path(ident) if ident is not None else Path.cwd()
+    if ident is None:
+        from .roots import enclosing_dataset
+
+        try:
+            enclosing_dataset(path)
+            return None
+        except UsrError:
+            return path
+    if path.is_file() and path.name != LOG_FILE and path.suffix != ".log":
+        return None if path.name == "records.parquet" and (path.parent / LOG_FILE).is_file() else path
+    if (
+        path.is_dir()
+        and not (path / LOG_FILE).is_file()
+        and (ident.startswith((".", "/", "~")) or _state["root"] is None)
+    ):
+        from .roots import find_root, list_datasets
+
+        try:  # `ns/name` may be both a folder here and a dataset under the root: the dataset wins
+            if ident in list_datasets(find_root(_state["root"])):
+                return None
+        except UsrError:
+            pass
+        return path
+    return None
+
+
+def _emit_table(table: Any, fmt: Format, *, title: str | None = None) -> None:
+    _emit_rows(table.to_pylist(), table.column_names, fmt, title=title)
+
+
 @app.command("head")
 def head(
-    dataset: DatasetArg = None,
+    target: TargetArg = None,
     n: Annotated[int, typer.Option("-n", "--n", help="Number of rows.")] = 10,
-    columns: Annotated[str, typer.Option("--columns", help="Comma-separated column names.")] = "",
-    include_deleted: Annotated[
-        bool, typer.Option("--include-deleted", help="Show tombstoned rows and the usr__ columns.")
-    ] = False,
+    columns: ColumnsOpt = "",
+    include_deleted: IncludeDeletedOpt = False,
     fmt: FormatOpt = Format.auto,
 ) -> None:
-    """Show the first rows of the dataset (overlay columns merged in).
+    """Show the first rows: of a dataset's live view (overlay columns merged in), or of any Parquet target.
 
-    Example: usr head densegen/demo -n 5 --columns id,sequence
+    Example: usr head densegen/demo -n 5 --columns id,sequence   (or `usr head .`, `usr head run42/records.parquet`)
     """
-    cols = [c.strip() for c in columns.split(",") if c.strip()] or None
-    table = _existing(dataset).head(n, columns=cols, include_deleted=include_deleted)
-    _emit_rows(table.to_pylist(), table.column_names, fmt, title=dataset)
+    path = _plain_target(target)
+    if path is not None:
+        from .reads import target_head
+
+        table = target_head(path, n, _columns(columns))
+        _emit_table(table, fmt, title=str(path))
+        return
+    ds = _existing(target)
+    _emit_table(ds.head(n, columns=_columns(columns), include_deleted=include_deleted), fmt, title=ds.name)
+
+
+@app.command("cols")
+def cols(
+    target: TargetArg = None,
+    glob: Annotated[str | None, typer.Option("--glob", help="Only columns whose name matches this glob.")] = None,
+    include_deleted: IncludeDeletedOpt = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """List the columns (name, registry type, nullable) of a dataset's live view or of a Parquet target.
+
+    Example: usr cols densegen/demo --glob 'densegen__*'   (or `usr cols ./some/dir`)
+    """
+    from fnmatch import fnmatchcase
+
+    import msgspec
+
+    path = _plain_target(target)
+    if path is not None:
+        from .reads import target_columns
+
+        infos = target_columns(path, glob)
+        title = str(path)
+    else:
+        ds = _existing(target)
+        infos = [c for c in ds.columns(include_deleted=include_deleted) if glob is None or fnmatchcase(c.name, glob)]
+        title = ds.name
+    _emit_rows([msgspec.to_builtins(c) for c in infos], ["name", "type", "nullable"], fmt, title=title)
+
+
+@app.command("cell")
+def cell(
+    target: TargetArg = None,
+    row: Annotated[int, typer.Option("--row", help="0-based row (tombstoned rows are skipped).")] = 0,
+    col: Annotated[str, typer.Option("--col", help="Column name.")] = "sequence",
+    include_deleted: IncludeDeletedOpt = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Print one cell of a dataset's live view or of a Parquet target.
+
+    Example: usr cell densegen/demo --row 0 --col sequence
+    """
+    from .reads import cell_of
+
+    path = _plain_target(target)
+    value = (
+        cell_of(path, row, col)
+        if path is not None
+        else _existing(target).cell(row, col, include_deleted=include_deleted)
+    )
+    if _resolved(fmt) is Format.json:
+        _emit_json({"row": row, "column": col, "value": value})
+        return
+    typer.echo(_plain_value(value))
+
+
+@app.command("get")
+def get(
+    dataset: DatasetArg = None,
+    record: Annotated[str | None, typer.Argument(help="Record id (or use --id).", show_default=False)] = None,
+    ids: Annotated[list[str] | None, typer.Option("--id", help="Record id(s); repeat or comma-separate.")] = None,
+    columns: ColumnsOpt = "",
+    include_deleted: IncludeDeletedOpt = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Fetch records by id from the live view (request order).
+
+    Example: usr get densegen/demo --id e153ebc4... --columns id,sequence   (or `usr get densegen/demo e153ebc4...`)
+    """
+    wanted = _split_list(ids) + ([record] if record else [])
+    if not wanted and dataset is not None and not ids:
+        # `usr get ID` inside a dataset folder: the one positional is the record id.
+        from .roots import enclosing_dataset
+
+        try:
+            enclosing_dataset(Path.cwd())
+            wanted = [dataset]
+            dataset = None
+        except UsrError:
+            pass
+    if not wanted:
+        raise InvalidInput("No record id given.", hint="usr get DATASET --id ID (or usr get DATASET ID)")
+    ds = _existing(dataset)
+    _emit_table(ds.get(wanted, columns=_columns(columns), include_deleted=include_deleted), fmt, title=ds.name)
+
+
+@app.command("grep")
+def grep(
+    dataset: DatasetArg = None,
+    pattern: Annotated[str, typer.Option("--pattern", help="Regular expression (RE2), case-insensitive.")] = "",
+    limit: Annotated[int, typer.Option("--limit", help="At most this many records (0 = all).")] = 20,
+    include_deleted: IncludeDeletedOpt = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Find records whose sequence matches a pattern; prints id, sequence, length.
+
+    Example: usr grep densegen/demo --pattern 'TATA[AT]A' --limit 10
+    """
+    if not pattern:
+        raise InvalidInput("No --pattern given.", hint="e.g. usr grep densegen/demo --pattern ATG")
+    ds = _existing(dataset)
+    table = ds.grep(pattern, limit=limit or None, include_deleted=include_deleted)
+    _emit_table(table, fmt, title=f"{ds.name}: /{pattern}/i")
+
+
+@app.command("describe")
+def describe(
+    dataset: DatasetArg = None,
+    columns: ColumnsOpt = "",
+    sample: Annotated[int | None, typer.Option("--sample", help="Profile only the first N visible rows.")] = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Profile each column: type, non-null count, null %, an example, list lengths.
+
+    Example: usr describe densegen/demo --sample 2048
+    """
+    import msgspec
+
+    ds = _existing(dataset)
+    profiles = [msgspec.to_builtins(p) for p in ds.describe(columns=_columns(columns), sample=sample)]
+    names = ["name", "type", "rows", "non_null", "null_pct", "example", "list_len_min", "list_len_max", "list_len_mean"]
+    _emit_rows(profiles, names, fmt, title=ds.name)
+
+
+@app.command("export")
+def export(
+    dataset: DatasetArg = None,
+    to: Annotated[str, typer.Option("--fmt", help="csv, jsonl or parquet.")] = "parquet",
+    out: Annotated[Path | None, typer.Option("--out", help="Output file, or an existing directory.")] = None,
+    columns: ColumnsOpt = "",
+    include_deleted: IncludeDeletedOpt = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Write the live view to a csv, jsonl or parquet file (streamed; parquet keeps types and usr: metadata).
+
+    Example: usr export densegen/demo --fmt csv --out /tmp/exports
+    """
+    from .export import check_format
+
+    kind = check_format(to)  # a bad format is rejected before anything is resolved or created
+    if out is None:
+        raise InvalidInput(
+            "No --out given.", hint="--out FILE, or an existing directory (file named after the dataset)"
+        )
+    ds = _existing(dataset)
+    total = ds.info().rows if sys.stderr.isatty() else None
+    with _progress(f"Exporting {ds.name} as {kind}", total=total) as update:
+        result = ds.export(kind, out, columns=_columns(columns), include_deleted=include_deleted, progress=update)
+    if _resolved(fmt) is Format.json:
+        import msgspec
+
+        _emit_json(msgspec.to_builtins(result))
+        return
+    typer.echo(f"Wrote {result.rows} row(s), {len(result.columns)} column(s) to {result.path}")
 
 
 @app.command("schema")

@@ -102,8 +102,10 @@ from .projectors import (
 from .registry import Registry, load_registry, parse_registry, registry_path
 from .results import (
     ColumnInfo,
+    ColumnProfile,
     DatasetInfo,
     DatasetSummary,
+    ExportResult,
     RebuildResult,
     Receipt,
     ReplayResult,
@@ -581,12 +583,15 @@ class Dataset:
         return base, merged
 
     def view(self, *, columns: list[str] | None = None, include_deleted: bool = False) -> pa.Table:
-        """The overlay-merged live table (tombstoned rows hidden unless `include_deleted`)."""
+        """The overlay-merged live table, read whole (tombstoned rows hidden unless `include_deleted`; `columns`
+        None or empty: every visible column). `scan` streams the same rows in bounded memory."""
+        from . import reads
         from .overlays import live_view
 
+        reads.view_schema(self, columns, include_deleted)  # the read layer's column errors (named, with hints)
         base, merged = self._live_parts()
         try:
-            return live_view(base, merged, include_deleted=include_deleted, columns=columns)
+            return live_view(base, merged, include_deleted=include_deleted, columns=columns or None)
         except KeyError as exc:
             raise InvalidInput(f"Unknown column: {exc.args[0]}.") from None
         except ValueError as exc:
@@ -1312,35 +1317,85 @@ class Dataset:
         return (base.watermark if base is not None else None), tail.scan, tail.caught_up
 
     # -- reads --------------------------------------------------------------------------
+    # Every read works on a caught-up prefix of the log (see `_fresh`); tombstoned rows are hidden and
+    # `usr__*` columns refused unless `include_deleted`; an unknown column is an InvalidInput naming it.
     def head(self, n: int = 10, *, columns: list[str] | None = None, include_deleted: bool = False) -> pa.Table:
-        """The first `n` rows of the live view (log order); without overlays only the first row groups
-        of records.parquet are read."""
-        if n < 0:
-            raise InvalidInput("head row count must be >= 0.")
-        mark, _, _ = self._fresh()
-        if mark is None:
-            return pa.table({})
-        doc = read_layout(self.dir / LAYOUT_FILE)
-        if doc is not None and doc[0].live:
-            return self.view(columns=columns, include_deleted=include_deleted).slice(0, n)
-        if include_deleted is False and columns and any(c.startswith("usr__") for c in columns):
-            raise InvalidInput("Tombstone columns require --include-deleted.")
-        parquet = pq.ParquetFile(self.records_path)
-        names = parquet.schema_arrow.names
-        if columns:
-            missing = [c for c in columns if c not in names]
-            if missing:
-                raise InvalidInput(f"Unknown column(s): {', '.join(missing)}.", hint=f"Columns: {', '.join(names)}")
-        batches = []
-        remaining = n
-        for batch in parquet.iter_batches(batch_size=max(n, 1), columns=columns or None):
-            if remaining <= 0:
-                break
-            batches.append(batch.slice(0, remaining))
-            remaining -= min(remaining, batch.num_rows)
-        schema = parquet.schema_arrow if not columns else pa.schema([parquet.schema_arrow.field(c) for c in columns])
-        table = pa.Table.from_batches(batches, schema=schema.remove_metadata())
-        return table
+        """The first `n` rows of the live view (base order). Reads only the first rows of records.parquet
+        and, in each overlay part, only the rows of their ids."""
+        from . import reads
+
+        return reads.head(self, n, columns=columns, include_deleted=include_deleted)
+
+    def scan(
+        self, *, columns: list[str] | None = None, include_deleted: bool = False, batch_size: int = 65536
+    ) -> Iterator[pa.RecordBatch]:
+        """The live view as record batches (base order, bounded memory), each with `view_schema(...)`.
+
+        `pa.Table.from_batches(list(ds.scan(...)), ds.view_schema(...))` equals `ds.view(...)`.
+        """
+        from . import reads
+
+        return reads.scan(self, columns=columns, include_deleted=include_deleted, batch_size=batch_size)
+
+    def view_schema(self, columns: list[str] | None = None, include_deleted: bool = False) -> pa.Schema:
+        """The Arrow schema of the live view for these arguments (also when it has no rows)."""
+        from . import reads
+
+        return reads.view_schema(self, columns, include_deleted)
+
+    def get(
+        self, ids: str | Iterable[str], *, columns: list[str] | None = None, include_deleted: bool = False
+    ) -> pa.Table:
+        """The live-view rows of `ids` in request order. NotFound for an id not in the dataset, or (unless
+        `include_deleted`) a tombstoned one."""
+        from . import reads
+
+        return reads.get(self, ids, columns=columns, include_deleted=include_deleted)
+
+    def grep(self, pattern: str, *, limit: int | None = 20, include_deleted: bool = False) -> pa.Table:
+        """id, sequence, length of the records whose sequence matches the case-insensitive RE2 regex
+        `pattern`, in base order, at most `limit` (None: all)."""
+        from . import reads
+
+        return reads.grep(self, pattern, limit=limit, include_deleted=include_deleted)
+
+    def describe(self, *, columns: list[str] | None = None, sample: int | None = None) -> list[ColumnProfile]:
+        """Per live-view column: type, non-null count, null %, an example, list lengths (`sample`: first N rows)."""
+        from . import reads
+
+        return reads.describe(self, columns=columns, sample=sample)
+
+    def columns(self, *, include_deleted: bool = False) -> list[ColumnInfo]:
+        """The live view's columns in view order (name, registry type, nullable)."""
+        from . import reads
+
+        return reads.columns(self, include_deleted=include_deleted)
+
+    def cell(self, row: int, column: str, *, include_deleted: bool = False) -> Any:
+        """The Python value in `column` at 0-based `row` of the live view (base order; tombstoned rows are
+        skipped, so not counted, unless `include_deleted`)."""
+        from . import reads
+
+        return reads.cell(self, row, column, include_deleted=include_deleted)
+
+    def export(
+        self,
+        fmt: str,
+        out: Path | str,
+        *,
+        columns: list[str] | None = None,
+        include_deleted: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> ExportResult:
+        """Write the live view to `out` as csv, jsonl or parquet, streamed batch by batch.
+
+        `out` may be an existing directory (the file is `<id with / as _>.<fmt>`). Parquet keeps Arrow
+        types and the `usr:` metadata; CSV writes list/struct cells as JSON text and timestamps as RFC 3339;
+        JSONL writes one object per line. A bad format or target is rejected before anything is created;
+        the file appears atomically (an existing one is replaced)."""
+        from .export import export_dataset
+
+        return export_dataset(self, fmt, out, columns=columns, include_deleted=include_deleted, progress=progress)
 
     def schema(self) -> list[ColumnInfo]:
         """Name, registry type string and nullability of every column."""
@@ -1388,6 +1443,7 @@ class Dataset:
             registry_hash=meta.get("usr:registry_hash"),
             torn_tail_bytes=scan.torn_bytes,
             deleted=deleted,
+            checkpoints=[seq for seq, _ in self._checkpoints()],
         )
 
     def _tombstoned_count(self) -> int:

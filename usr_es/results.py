@@ -53,6 +53,7 @@ class DatasetInfo(msgspec.Struct, frozen=True, kw_only=True):
     registry_hash: str | None
     torn_tail_bytes: int = 0
     deleted: int = 0  # tombstoned rows (not counted in `rows`; see them with --include-deleted)
+    checkpoints: list[int] = []  # seqs of the checkpoints under _snapshots/ (replay and rebuild start there)
 
 
 class DatasetSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +80,17 @@ class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
     rows: int
     from_checkpoint: int | None = None  # the checkpoint seq replay started from
     notes: list[str] = []
+
+
+class ExportResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished export: the file written (`path`), its format, row count, columns and size."""
+
+    dataset: str
+    format: str
+    path: str
+    rows: int
+    columns: list[str]
+    size_bytes: int
 
 
 class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,3 +134,18 @@ class ValidateReport(msgspec.Struct, frozen=True, kw_only=True):
     registries: list[str]
     passed_with: list[str]
     problems: list[str]
+
+
+class ColumnProfile(msgspec.Struct, frozen=True, kw_only=True):
+    """`describe` of one view column. `null_pct` is 0..100 (2 decimals); `example` is the first non-null
+    value as JSON-able data (timestamps as RFC 3339 text); the list_len_* fields are set for list columns."""
+
+    name: str
+    type: str  # registry type string
+    rows: int
+    non_null: int
+    null_pct: float
+    example: Any = None
+    list_len_min: int | None = None
+    list_len_max: int | None = None
+    list_len_mean: float | None = None

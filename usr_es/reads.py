@@ -1,0 +1,910 @@
+"""The fast read layer: the overlay-merged live view streamed, sliced, looked up by id, grepped and profiled,
+reading only the row groups, columns and overlay parts a read needs; plus reads of plain Parquet targets.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import IntegrityError, InvalidInput, NotFound
+from .projectors import EMPTY_LAYOUT, Watermark
+from .results import ColumnInfo, ColumnProfile
+from .storage import LAYOUT_FILE, read_layout
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from .dataset import Dataset
+    from .projectors import PartInfo
+
+_ID = "id"
+_DELETED = "usr__deleted"
+_HIDDEN_PREFIX = "usr__"  # tombstone columns: shown only with include_deleted
+_TOMBSTONE_NS = "usr"
+_FLAGS = ("usr__deleted", "usr_state__masked")  # read unset as False by the live view
+_WRITTEN = "__written__:"  # overlays.WRITTEN (kept here so overlay-free reads need not import overlays)
+_PURGED = "__purged__"  # overlays.PURGED
+#: Files with at most this many rows are read whole (and filtered) instead of searched row group by row group.
+_SMALL_ROWS = 1 << 16
+_ATTEMPTS = 3  # re-plans when a writer publishes while a read opens its files
+
+
+@dataclass
+class _Source:
+    """One Parquet input of the view (records.parquet or an overlay part), opened once.
+
+    The file is memory-mapped when planned, so a writer replacing (renaming over) or unlinking it
+    afterwards does not change what this read sees. A part whose file is missing or stale is
+    regenerated from the log instead and held in `table`.
+    """
+
+    seq: int
+    schema: pa.Schema  # Arrow schema without metadata
+    num_rows: int
+    file: pa.NativeFile | None = None
+    metadata: Any = None  # pq.FileMetaData of `file`
+    table: pa.Table | None = None
+    _whole: dict[tuple[str, ...], pa.Table] = field(default_factory=dict)
+
+    def reader(self, *, streaming: bool = True) -> pq.ParquetFile:
+        """A new reader over the mapped file (one per thread; `streaming` decodes only the pages read)."""
+        if streaming:  # (no buffered stream: on a memory map it serializes threads)
+            return pq.ParquetFile(self.file, metadata=self.metadata, pre_buffer=False)
+        return pq.ParquetFile(self.file, metadata=self.metadata)
+
+    def columns(self, wanted: Callable[[str], bool]) -> list[str]:
+        """`id` plus this source's columns that `wanted` accepts (in file order)."""
+        return [_ID, *(c for c in self.schema.names if c != _ID and wanted(c))]
+
+    def whole(self, columns: list[str]) -> pa.Table:
+        """Every row of `columns` (cached per column list)."""
+        key = tuple(columns)
+        if key not in self._whole:
+            if self.table is not None:
+                self._whole[key] = self.table.select(columns)
+            else:
+                self._whole[key] = _strip(self.reader(streaming=False).read(columns=columns))
+        return self._whole[key]
+
+    def groups(self) -> list[int]:
+        return [k for k in range(self.metadata.num_row_groups) if self.metadata.row_group(k).num_rows]
+
+    def searchable(self) -> bool:
+        """Whether lookups by id search row group by row group (else the whole file is read and filtered)."""
+        return self.table is None and self.num_rows > _SMALL_ROWS
+
+
+@dataclass
+class _Plan:
+    """A caught-up prefix of the dataset, opened: the base, the live overlay parts, and the full view schema."""
+
+    base: _Source | None  # None: nothing projected yet (no rows, no columns)
+    parts: dict[str, list[_Source]]  # live namespace -> its parts, in seq order
+    full: pa.Schema  # the view's every column (tombstone columns included)
+    source: dict[str, str]  # overlay column -> namespace
+    base_names: frozenset[str]
+
+    @property
+    def simple(self) -> bool:
+        """No overlays and no flag columns: the view is the base itself (no overlay algebra needed)."""
+        return not self.parts and not any(f in self.base_names for f in _FLAGS)
+
+    @property
+    def rows(self) -> int:
+        return self.base.num_rows if self.base is not None else 0
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which view columns a read returns, and what it must read to compute them."""
+
+    names: list[str]
+    filtering: bool  # tombstoned rows must be dropped
+    schema: pa.Schema
+    base_columns: list[str]
+    part_columns: dict[str, set[str]]  # namespace -> view columns needed from it
+
+    def part_reads(self, plan: _Plan) -> list[tuple[str, _Source, list[str]]]:
+        """(namespace, part, columns to read) for every part of every namespace needed."""
+        out = []
+        for ns, wanted in self.part_columns.items():
+            for src in plan.parts.get(ns, []):
+                out.append((ns, src, src.columns(_needed(wanted))))
+        return out
+
+
+def _needed(wanted: set[str]) -> Callable[[str], bool]:
+    """Whether a part column must be read to merge the view columns `wanted` (values, masks, purges)."""
+    return lambda name: (
+        name in wanted or name == _PURGED or (name.startswith(_WRITTEN) and name[len(_WRITTEN) :] in wanted)
+    )
+
+
+def _plan(ds: Dataset) -> _Plan:
+    """Catch the projections up and open them (retrying when a writer publishes meanwhile)."""
+    plan: _Plan | None = None
+    for _ in range(_ATTEMPTS):
+        mark, _, _ = ds._fresh()
+        doc = read_layout(ds.dir / LAYOUT_FILE)
+        base = _open_file(ds.records_path, mark) if mark is not None else None
+        if mark is not None and base is None:
+            continue  # records.parquet was replaced after the catch-up: look again
+        plan = _open_parts(ds, doc, base)
+        again = read_layout(ds.dir / LAYOUT_FILE)
+        if (again[1] if again else None) == (doc[1] if doc else None):
+            return plan
+    if plan is None:  # records.parquet kept changing: read whatever is there now
+        plan = _open_parts(ds, read_layout(ds.dir / LAYOUT_FILE), _open_file(ds.records_path, None))
+    return plan
+
+
+def _open_file(path: Path, mark: Watermark | None) -> _Source | None:
+    """Map a projection file; None when it is missing, unreadable or (with `mark`) stamped otherwise."""
+    try:
+        mapped = pa.memory_map(str(path))
+        meta = pq.ParquetFile(mapped).metadata
+    except (OSError, pa.ArrowInvalid):
+        return None
+    if mark is not None and _mark_of(meta) != mark:
+        return None
+    schema = meta.schema.to_arrow_schema().remove_metadata()
+    return _Source(seq=mark.seq if mark else 0, schema=schema, num_rows=meta.num_rows, file=mapped, metadata=meta)
+
+
+def _mark_of(meta: Any) -> Watermark | None:
+    kv = meta.metadata or {}
+    try:
+        return Watermark(seq=int(kv[b"usr_es:seq"]), offset=int(kv[b"usr_es:offset"]), hash=kv[b"usr_es:hash"].decode())
+    except (KeyError, ValueError):
+        return None
+
+
+def _open_parts(ds: Dataset, doc: tuple[Any, Watermark] | None, base: _Source | None) -> _Plan:
+    from .dataset import _Proj
+
+    layout, layout_mark = doc if doc is not None else (EMPTY_LAYOUT, Watermark())
+    proj = _Proj(base=None, layout=layout, layout_mark=layout_mark)
+    parts: dict[str, list[_Source]] = {}
+    for ns, infos in sorted(layout.live.items()):
+        if infos:
+            parts[ns] = [_open_part(ds, proj, info) for info in infos]
+    base_schema = base.schema if base is not None else pa.schema([])
+    names = frozenset(base_schema.names)
+    if not parts:
+        full = pa.schema([pa.field(f.name, f.type) for f in base_schema])
+        if any(f in names for f in _FLAGS):
+            full = _overlay_schema(base_schema, {})[0]
+        return _Plan(base=base, parts={}, full=full, source={}, base_names=names)
+    full, source = _overlay_schema(base_schema, parts)
+    return _Plan(base=base, parts=parts, full=full, source=source, base_names=names)
+
+
+def _open_part(ds: Dataset, proj: Any, info: PartInfo) -> _Source:
+    src = _open_file(ds.dir / info.file, info.mark)
+    if src is not None:
+        return src
+    table = ds._part_table(info, proj, from_files=True).replace_schema_metadata(None)
+    return _Source(seq=info.mark.seq, schema=table.schema, num_rows=table.num_rows, table=table)
+
+
+def _overlay_schema(base: pa.Schema, parts: dict[str, list[_Source]]) -> tuple[pa.Schema, dict[str, str]]:
+    """The full view schema, computed by the view algebra itself on empty tables (exact by construction)."""
+    from .overlays import Part, live_view, merge_parts
+
+    try:
+        merged = {ns: merge_parts([Part(s.seq, s.schema.empty_table()) for s in srcs]) for ns, srcs in parts.items()}
+        full = live_view(base.empty_table(), merged, include_deleted=True).schema
+    except (ValueError, KeyError) as exc:
+        raise IntegrityError(f"the overlay parts do not form a view: {exc}") from None
+    source = {
+        name: ns
+        for ns, table in merged.items()
+        for name in table.column_names
+        if name != _ID and not name.startswith(_WRITTEN)
+    }
+    return full, source
+
+
+def _select(plan: _Plan, columns: Sequence[str] | None, include_deleted: bool) -> _Selection:
+    """Validate `columns` against the view (None or empty: every visible column)."""
+    every = plan.full.names
+    visible = [c for c in every if include_deleted or not c.startswith(_HIDDEN_PREFIX)]
+    if columns is None or len(columns) == 0:
+        names = visible
+    else:
+        names = [str(c) for c in columns]
+        hidden = [c for c in names if c.startswith(_HIDDEN_PREFIX)]
+        if hidden and not include_deleted:
+            raise InvalidInput(
+                f"Tombstone column(s) {', '.join(hidden)} require --include-deleted.",
+                hint="Pass --include-deleted (include_deleted=True) to see tombstoned rows and the usr__ columns.",
+            )
+        unknown = [c for c in names if c not in every]
+        if unknown:
+            raise InvalidInput(
+                f"Unknown column(s): {', '.join(unknown)}.", hint=f"Columns: {', '.join(visible) or '(none)'}"
+            )
+        twice = sorted({c for c in names if names.count(c) > 1})
+        if twice:
+            raise InvalidInput(f"Column(s) listed twice: {', '.join(twice)}.")
+    filtering = not include_deleted and _DELETED in every
+    computed = [*names, *([_DELETED] if filtering else [])]
+    base_columns = list(dict.fromkeys([_ID, *(c for c in computed if c in plan.base_names)]))
+    part_columns: dict[str, set[str]] = {}
+    for c in computed:
+        if c in plan.source:
+            part_columns.setdefault(plan.source[c], set()).add(c)
+    schema = pa.schema([plan.full.field(c) for c in names])
+    return _Selection(names, filtering, schema, base_columns, part_columns)
+
+
+def _view_of(plan: _Plan, sel: _Selection, base: pa.Table, merged: dict[str, pa.Table]) -> pa.Table:
+    """The selected view columns of `base`'s rows (every part restricted consistently, or not at all)."""
+    if plan.simple:
+        return _conform(base.select(sel.names), sel.schema)
+    import pyarrow.compute as pc
+
+    from .overlays import live_view
+
+    internal = list(dict.fromkeys([*sel.names, _ID, *([_DELETED] if sel.filtering else [])]))
+    view = live_view(base, merged, include_deleted=True, columns=internal)
+    if sel.filtering:
+        view = view.filter(pc.invert(view.column(_DELETED)))
+    return _conform(view.select(sel.names), sel.schema)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema` (same data; a type mismatch is a bug and raises)."""
+    return pa.Table.from_arrays(table.columns, schema=schema)
+
+
+def _merge(
+    reads: list[tuple[str, _Source, list[str]]], tables: Sequence[pa.Table], *, trusted: bool = False
+) -> dict[str, pa.Table]:
+    """Per namespace of `reads` (from `_Selection.part_reads`), the merge of its parts' `tables`.
+
+    `trusted`: a namespace with one plain part (whole, from its projection file) is that part as is:
+    `merge_parts` would give the same table after checking its ids are distinct, which the write that
+    made it already checked (a hash of every id: the dearest step of a full scan of a large part).
+    """
+    from .overlays import Part, merge_parts
+
+    parts: dict[str, list[Part]] = {}
+    for (ns, src, _), table in zip(reads, tables, strict=True):
+        parts.setdefault(ns, []).append(Part(src.seq, table))
+    merged = {}
+    for ns, these in parts.items():
+        names = these[0].table.column_names
+        plain = not any(n == _PURGED or n.startswith(_WRITTEN) for n in names) and names.count(_ID) == 1
+        column = these[0].table.column(_ID) if plain else None
+        if trusted and len(these) == 1 and column is not None and column.type == pa.string() and not column.null_count:
+            merged[ns] = pa.table(
+                {_ID: column.combine_chunks(), **{n: these[0].table.column(n) for n in names if n != _ID}}
+            )
+        else:
+            merged[ns] = merge_parts(these)
+    return merged
+
+
+def _strip(table: pa.Table) -> pa.Table:
+    return table.replace_schema_metadata(None) if table.num_columns else table
+
+
+def _pool_size() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _lookup(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Table]:
+    """For each (source, columns): its rows whose id is in `ids` (distinct), in file order.
+
+    Small files are read whole and filtered. Large ones are searched row group by row group on a
+    thread pool: the id column first, then, where it holds hits, the other columns up to the last
+    hit only. A file stops being searched once every id is found in it (ids are unique within a
+    projection file). Value reads go before further id searches, and the files are searched
+    side by side (round robin), so a lookup ends as soon as each file has given up its ids.
+    """
+    import pyarrow.compute as pc
+
+    out: list[pa.Table | None] = [None] * len(reads)
+    searches: list[int] = []
+    for k, (src, columns) in enumerate(reads):
+        if src.searchable():
+            searches.append(k)
+        else:
+            whole = src.whole(columns)
+            out[k] = whole.filter(pc.is_in(whole.column(_ID), value_set=ids))
+    if searches:
+        hits = _search([reads[k] for k in searches], ids)
+        for k, table in zip(searches, hits, strict=True):
+            out[k] = table
+    return [t if t is not None else pa.table({}) for t in out]
+
+
+def _search(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Table]:
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    groups = [src.groups() for src, _ in reads]
+    # Round robin over the files: (file, group) id searches in the order they are started.
+    queue = [
+        (k, gs[step])
+        for step in range(max(map(len, groups), default=0))
+        for k, gs in enumerate(groups)
+        if step < len(gs)
+    ]
+    queue.reverse()  # popped from the end
+    found = [0] * len(reads)
+    ids_of: dict[tuple[int, int], pa.Array] = {}
+    values: list[tuple[int, int, pa.Array]] = []  # value reads to start before any further search
+    pieces: dict[tuple[int, int], pa.Table] = {}
+    running: dict[Future[Any], tuple[str, int, int]] = {}
+    workers = _pool_size()
+    with ThreadPoolExecutor(workers) as pool:
+        while True:
+            while len(running) < workers and (values or queue):
+                if values:
+                    k, g, positions = values.pop(0)
+                    src, columns = reads[k]
+                    running[pool.submit(_group_values, src, g, positions, columns)] = ("values", k, g)
+                    continue
+                k, g = queue.pop()
+                if found[k] < len(ids):
+                    running[pool.submit(_group_ids, reads[k][0], g, ids)] = ("ids", k, g)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, k, g = running.pop(future)
+                result = future.result()
+                if kind == "values":
+                    pieces[(k, g)] = result
+                    continue
+                if result is None:
+                    continue
+                positions, matched = result
+                found[k] += len(positions)
+                ids_of[(k, g)] = matched
+                src, columns = reads[k]
+                if any(c != _ID for c in columns):
+                    values.append((k, g, positions))
+                else:
+                    pieces[(k, g)] = pa.table({_ID: matched}, schema=pa.schema([src.schema.field(_ID)]))
+    out = []
+    for k, (src, columns) in enumerate(reads):
+        parts = []
+        for g in groups[k]:
+            if (k, g) in pieces:
+                table = pieces[(k, g)]
+                if _ID in columns and _ID not in table.column_names:
+                    table = table.append_column(src.schema.field(_ID), ids_of[(k, g)])
+                parts.append(table.select(columns))
+        out.append(pa.concat_tables(parts) if parts else _empty(src, columns))
+    return out
+
+
+def _empty(src: _Source, columns: list[str]) -> pa.Table:
+    return pa.schema([src.schema.field(c) for c in columns]).empty_table()
+
+
+def _group_ids(src: _Source, group: int, ids: pa.Array) -> tuple[pa.Array, pa.Array] | None:
+    """(positions, ids) of the rows of row group `group` whose id is in `ids` (None: no such row)."""
+    import pyarrow.compute as pc
+
+    id_column = src.reader().read_row_group(group, columns=[_ID]).column(0)
+    if len(ids) == 1:  # one id (`get ID`): a plain compare, no hash table
+        position = pc.index(id_column, ids[0]).as_py()
+        positions = pa.array([] if position < 0 else [position], pa.int64())
+    else:
+        positions = pc.indices_nonzero(pc.is_in(id_column, value_set=ids))
+    if not len(positions):
+        return None
+    return positions, id_column.take(positions).combine_chunks()
+
+
+def _group_values(src: _Source, group: int, positions: pa.Array, columns: list[str]) -> pa.Table:
+    """The non-id `columns` of row group `group` at `positions` (ascending): only the pages up to
+    the last position are decoded."""
+    others = [c for c in columns if c != _ID]
+    last = positions[-1].as_py()
+    batches, got = [], 0
+    for batch in src.reader().iter_batches(batch_size=last + 1, row_groups=[group], columns=others):
+        batches.append(batch)
+        got += batch.num_rows
+        if got > last:
+            break
+    schema = pa.schema([src.schema.field(c) for c in others])
+    return pa.Table.from_batches(batches).select(others).take(positions).cast(schema)
+
+
+def _restricted(plan: _Plan, sel: _Selection, ids: pa.Array) -> dict[str, pa.Table]:
+    """Every needed namespace merged from its parts restricted to `ids` (equal, for those ids, to the full merge)."""
+    reads = sel.part_reads(plan)
+    if not reads:
+        return {}
+    return _merge(reads, _lookup([(src, cols) for _, src, cols in reads], ids))
+
+
+def view_schema(ds: Dataset, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Schema:
+    """The schema of every batch `scan` yields (and of `head`, `get`, `view` results) for these arguments."""
+    plan = _plan(ds)
+    return _select(plan, columns, include_deleted).schema
+
+
+def scan(
+    ds: Dataset, *, columns: Sequence[str] | None = None, include_deleted: bool = False, batch_size: int = 65536
+) -> Iterator[pa.RecordBatch]:
+    """The live view as record batches in base order, all with `view_schema(...)`; empty batches are skipped.
+
+    Memory stays bounded by a batch plus the merged overlays of the namespaces the columns need
+    (only those columns of their parts) and the base `id` column while the overlays are aligned.
+    Arguments are checked (and the files opened) before the first batch is asked for.
+    """
+    if batch_size < 1:
+        raise InvalidInput("batch_size must be >= 1.")
+    plan = _plan(ds)
+    sel = _select(plan, columns, include_deleted)
+    return _scan(plan, sel, batch_size)
+
+
+def _scan(plan: _Plan, sel: _Selection, batch_size: int) -> Iterator[pa.RecordBatch]:
+    if plan.base is None or plan.rows == 0:
+        return
+    reader = plan.base.reader(streaming=False)
+    if plan.simple:
+        for batch in reader.iter_batches(batch_size=batch_size, columns=sel.names):
+            yield pa.RecordBatch.from_arrays(batch.select(sel.names).columns, schema=sel.schema)
+        return
+    import pyarrow.compute as pc
+
+    reads = sel.part_reads(plan)
+    merged = _merge(reads, [src.whole(cols) for _, src, cols in reads], trusted=True)
+    for _, src, _ in reads:
+        src._whole.clear()  # the merged tables are all that is kept
+    # Each base row's row in each merged namespace, found once (one hash table per namespace, not per batch).
+    # A namespace whose merged rows are the base rows in base order (an overlay written for every record,
+    # in order) needs no lookup: its batches are slices.
+    rows: dict[str, pa.Array | None] = {}
+    if merged:
+        base_ids = reader.read(columns=[_ID]).column(0)
+        for ns, table in merged.items():
+            ids = table.column(_ID)
+            aligned = len(ids) == len(base_ids) and ids.equals(base_ids)
+            rows[ns] = None if aligned else pc.index_in(base_ids, value_set=ids)
+        del base_ids
+    offset = 0
+    for batch in reader.iter_batches(batch_size=batch_size, columns=sel.base_columns):
+        n = batch.num_rows
+        here = {}
+        for ns, table in merged.items():
+            at = rows[ns]
+            here[ns] = table.slice(offset, n) if at is None else table.take(at.slice(offset, n).drop_null())
+        offset += n
+        view = _view_of(plan, sel, pa.Table.from_batches([batch]), here)
+        if view.num_rows:
+            yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in view.columns], schema=sel.schema)
+
+
+def view(ds: Dataset, *, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
+    """The whole live view as one table (the scan's batches, concatenated)."""
+    plan = _plan(ds)
+    sel = _select(plan, columns, include_deleted)
+    return pa.Table.from_batches(list(_scan(plan, sel, 1 << 20)), schema=sel.schema)
+
+
+def head(ds: Dataset, n: int = 10, *, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
+    """The first `n` rows of the live view: only the first base rows are read, and every overlay part is
+    searched for just their ids."""
+    if n < 0:
+        raise InvalidInput("head row count must be >= 0.")
+    plan = _plan(ds)
+    return _head(plan, _select(plan, columns, include_deleted), n)
+
+
+def _head(plan: _Plan, sel: _Selection, n: int) -> pa.Table:
+    if n == 0 or plan.base is None or plan.rows == 0:
+        return sel.schema.empty_table()
+    reader = plan.base.reader()
+    if plan.simple:
+        batches, got = [], 0
+        for batch in reader.iter_batches(batch_size=n, columns=sel.names):
+            batches.append(batch.slice(0, n - got))
+            got += batches[-1].num_rows
+            if got >= n:
+                break
+        return _conform(pa.Table.from_batches(batches).select(sel.names), sel.schema)
+    base = _first_visible(plan, sel, reader, n)
+    merged = _restricted(plan, sel, base.column(_ID).combine_chunks())
+    return _view_of(plan, sel, base, merged).slice(0, n)
+
+
+def _first_visible(plan: _Plan, sel: _Selection, reader: pq.ParquetFile, n: int) -> pa.Table:
+    """The shortest prefix of the base (its `sel.base_columns`) holding `n` rows visible to `sel`."""
+    import pyarrow.compute as pc
+
+    tomb = _select(plan, [_DELETED], True) if sel.filtering else None
+    pieces: list[pa.Table] = []
+    visible = 0
+    for batch in reader.iter_batches(batch_size=max(n, 64), columns=sel.base_columns):
+        table = pa.Table.from_batches([batch])
+        if tomb is None:
+            pieces.append(table.slice(0, n - visible))
+            visible += pieces[-1].num_rows
+        else:
+            merged = _restricted(plan, tomb, table.column(_ID).combine_chunks())
+            dead = _view_of(plan, tomb, table.select(tomb.base_columns), merged)
+            alive = pc.invert(dead.column(_DELETED))
+            counts = pc.cumulative_sum(alive.cast(pa.int64()))
+            if visible + counts[-1].as_py() >= n:
+                cut = pc.index(counts, n - visible).as_py()  # the position of the n-th visible row
+                pieces.append(table.slice(0, cut + 1))
+                visible = n
+            else:
+                pieces.append(table)
+                visible += counts[-1].as_py()
+        if visible >= n:
+            break
+    return pa.concat_tables(pieces)
+
+
+def get(
+    ds: Dataset, ids: str | Iterable[str], *, columns: Sequence[str] | None = None, include_deleted: bool = False
+) -> pa.Table:
+    """The view rows of `ids`, in request order (an id asked twice comes twice)."""
+    import pyarrow.compute as pc
+
+    wanted = [ids.strip()] if isinstance(ids, str) else [str(i).strip() for i in ids]
+    plan = _plan(ds)
+    sel = _select(plan, columns, include_deleted)
+    if not wanted:
+        return sel.schema.empty_table()
+    distinct = pa.array(list(dict.fromkeys(wanted)), pa.string())
+    if plan.base is None:
+        raise NotFound(f"{len(distinct)} id(s) not found in dataset {ds.name} (it has no rows).")
+    # Computed with `id` (to put rows in request order) and `usr__deleted` (to tell a tombstoned id apart).
+    internal = _select(plan, list(dict.fromkeys([*sel.names, _ID, *([_DELETED] if sel.filtering else [])])), True)
+    reads = internal.part_reads(plan)
+    # The base and every part are searched together (one pool), as if every id exists.
+    tables = _lookup([(plan.base, internal.base_columns), *((src, cols) for _, src, cols in reads)], distinct)
+    base = tables[0]
+    if base.num_rows < len(distinct):
+        absent = pc.filter(distinct, pc.invert(pc.is_in(distinct, value_set=base.column(_ID)))).to_pylist()
+        sample = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+        raise NotFound(
+            f"{len(absent)} id(s) not found in dataset {ds.name}: {sample}",
+            hint=f"`usr head {ds.name}` shows some ids; `usr grep` finds records by sequence.",
+        )
+    merged = _merge(reads, tables[1:]) if reads else {}
+    rows = _view_of(plan, internal, base, merged)
+    if sel.filtering:
+        dead = rows.filter(rows.column(_DELETED)).column(_ID).to_pylist()
+        if dead:
+            sample = ", ".join(dead[:5]) + (", ..." if len(dead) > 5 else "")
+            raise NotFound(
+                f"{len(dead)} id(s) are tombstoned in dataset {ds.name}: {sample}",
+                hint="The record is deleted; pass --include-deleted (include_deleted=True) to read it.",
+            )
+    order = pc.index_in(pa.array(wanted, pa.string()), value_set=rows.column(_ID))
+    return _conform(rows.take(order).select(sel.names), sel.schema)
+
+
+def _dataset_cell(ds: Dataset, row: int, column: str, *, include_deleted: bool = False) -> Any:
+    """The Python value at 0-based `row` of the live view (base order, tombstoned rows skipped
+    unless `include_deleted`) in `column`."""
+    if row < 0:
+        raise InvalidInput(f"Row {row} is negative; rows count from 0.")
+    table = head(ds, row + 1, columns=[column], include_deleted=include_deleted)
+    if table.num_rows <= row:
+        raise InvalidInput(f"Row {row} is out of range: the view has {table.num_rows} row(s).")
+    return table.column(0)[row].as_py()
+
+
+def grep(ds: Dataset, pattern: str, *, limit: int | None = 20, include_deleted: bool = False) -> pa.Table:
+    """Rows (id, sequence, length) whose sequence matches `pattern` (RE2 syntax, case-insensitive), base order."""
+    import pyarrow.compute as pc
+
+    if limit is not None and limit < 0:
+        raise InvalidInput("grep --limit must be >= 0.")
+    try:
+        pc.match_substring_regex(pa.array([""], pa.string()), pattern, ignore_case=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InvalidInput(f"Invalid regular expression {pattern!r}: {exc}", hint="Patterns use RE2 syntax.") from None
+    plan = _plan(ds)
+    sel = _select(plan, ["id", "sequence", "length"], include_deleted)
+    if limit == 0 or plan.base is None or plan.rows == 0:
+        return sel.schema.empty_table()
+    dead: pa.Array | None = None
+    if sel.filtering:
+        if _DELETED in plan.base_names:  # never written by usr_es (tombstones are not materialized)
+            everything = view(ds, columns=["id", "sequence", "length"], include_deleted=include_deleted)
+            hits = everything.filter(pc.match_substring_regex(everything.column("sequence"), pattern, ignore_case=True))
+            return hits if limit is None else hits.slice(0, limit)
+        from .overlays import tombstoned_ids
+
+        reads = _select(plan, [_DELETED], True).part_reads(plan)
+        dead = tombstoned_ids(_merge(reads, [src.whole(cols) for _, src, cols in reads]).get(_TOMBSTONE_NS))
+        if not len(dead):
+            dead = None
+    stop = threading.Event()
+    groups = plan.base.groups()
+    base = plan.base
+
+    def search(group: int) -> pa.Table:
+        reader = base.reader()
+        found: list[pa.Table] = []
+        count = 0
+        for batch in reader.iter_batches(batch_size=16384, row_groups=[group], columns=sel.names):
+            if stop.is_set():
+                break
+            mask = pc.match_substring_regex(batch.column("sequence"), pattern, ignore_case=True)
+            if dead is not None:
+                mask = pc.and_(mask, pc.invert(pc.is_in(batch.column(_ID), value_set=dead)))
+            hits = pa.Table.from_batches([batch]).filter(mask).select(sel.names)
+            if hits.num_rows:
+                found.append(hits)
+                count += hits.num_rows
+                if limit is not None and count >= limit:
+                    break
+        return pa.concat_tables(found) if found else sel.schema.empty_table()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    results: list[pa.Table] = []
+    total = 0
+    with ThreadPoolExecutor(_pool_size()) as pool:
+        futures = [pool.submit(search, g) for g in groups]
+        for future in futures:
+            table = future.result()
+            results.append(table)
+            total += table.num_rows
+            if limit is not None and total >= limit:
+                stop.set()
+                for rest in futures:
+                    rest.cancel()
+                break
+    out = _conform(pa.concat_tables(results) if results else sel.schema.empty_table(), sel.schema)
+    return out if limit is None else out.slice(0, limit)
+
+
+def columns(ds: Dataset, *, include_deleted: bool = False) -> list[ColumnInfo]:
+    """Name, registry type and nullability of every view column (tombstone columns with `include_deleted`)."""
+    from .registry import format_type
+
+    plan = _plan(ds)
+    sel = _select(plan, None, include_deleted)
+    base_fields = {f.name: f for f in plan.base.schema} if plan.base is not None else {}
+    out = []
+    for f in sel.schema:
+        if f.name in _FLAGS:
+            nullable = False
+        elif f.name in base_fields and f.name not in plan.source:
+            nullable = base_fields[f.name].nullable
+        else:
+            nullable = True
+        out.append(ColumnInfo(f.name, format_type(f.type), nullable))
+    return out
+
+
+def describe(ds: Dataset, *, columns: Sequence[str] | None = None, sample: int | None = None) -> list[ColumnProfile]:
+    """Per view column: type, rows, non-null count, null %, an example and (lists) length min/max/mean.
+
+    Streams the view, holding one batch at a time; `sample` profiles only its first N rows (read as
+    `head` reads them).
+    """
+    import pyarrow.compute as pc
+
+    from .registry import format_type
+
+    if sample is not None and sample < 0:
+        raise InvalidInput("describe --sample must be >= 0.")
+    plan = _plan(ds)
+    sel = _select(plan, columns, False)
+    stats = [_Profile(f.name, f.type) for f in sel.schema]
+    rows = 0
+    batches = _scan(plan, sel, 65536) if sample is None else iter(_head(plan, sel, sample).to_batches(65536))
+    for batch in batches:
+        rows += batch.num_rows
+        for stat, column in zip(stats, batch.columns, strict=True):
+            stat.add(column, pc)
+    return [stat.result(rows, format_type(stat.type)) for stat in stats]
+
+
+@dataclass
+class _Profile:
+    name: str
+    type: pa.DataType
+    non_null: int = 0
+    example: Any = None
+    has_example: bool = False
+    lists: int = 0
+    len_sum: int = 0
+    len_min: int | None = None
+    len_max: int | None = None
+
+    def add(self, column: pa.Array, pc: Any) -> None:
+        valid = len(column) - column.null_count
+        self.non_null += valid
+        if not self.has_example and valid:
+            self.example = _jsonable(column.drop_null()[0].as_py())
+            self.has_example = True
+        if _is_list(self.type) and valid:
+            lengths = pc.list_value_length(column)
+            bounds = pc.min_max(lengths).as_py()
+            self.lists += valid
+            self.len_sum += int(pc.sum(lengths).as_py() or 0)
+            self.len_min = bounds["min"] if self.len_min is None else min(self.len_min, bounds["min"])
+            self.len_max = bounds["max"] if self.len_max is None else max(self.len_max, bounds["max"])
+
+    def result(self, rows: int, type_text: str) -> ColumnProfile:
+        is_list = _is_list(self.type)
+        return ColumnProfile(
+            name=self.name,
+            type=type_text,
+            rows=rows,
+            non_null=self.non_null,
+            null_pct=round(100.0 * (rows - self.non_null) / rows, 2) if rows else 0.0,
+            example=self.example,
+            list_len_min=self.len_min if is_list else None,
+            list_len_max=self.len_max if is_list else None,
+            list_len_mean=round(self.len_sum / self.lists, 2) if is_list and self.lists else None,
+        )
+
+
+def _is_list(dtype: pa.DataType) -> bool:
+    return bool(pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
+
+
+def _jsonable(value: Any) -> Any:
+    """A Python value from Arrow as JSON-able data: timestamps as RFC 3339, NaN/inf as None, bytes as hex."""
+    if isinstance(value, datetime):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _target(path: Path | str) -> tuple[str, Path]:
+    """('dataset' | 'file' | 'dir', resolved path)."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        from .log import LOG_FILE
+
+        return ("dataset" if (target / LOG_FILE).is_file() else "dir"), target
+    if target.is_file():
+        return "file", target
+    raise NotFound(f"No such file or directory: {target}")
+
+
+def _parquet_files(directory: Path) -> list[Path]:
+    files = sorted(p for p in directory.rglob("*.parquet") if p.is_file())
+    if not files:
+        raise NotFound(f"No .parquet files under {directory}")
+    return files
+
+
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InvalidInput(f"Not a readable Parquet file: {path} ({exc})") from None
+
+
+def _check_columns(names: list[str], columns: Sequence[str] | None) -> list[str] | None:
+    if not columns:
+        return None
+    unknown = [c for c in columns if c not in names]
+    if unknown:
+        raise InvalidInput(f"Unknown column(s): {', '.join(unknown)}.", hint=f"Columns: {', '.join(names)}")
+    return list(columns)
+
+
+def target_head(path: Path | str, n: int = 10, columns: Sequence[str] | None = None) -> pa.Table:
+    """The first `n` rows of a dataset directory, a Parquet file, or the Parquet files under a directory."""
+    if n < 0:
+        raise InvalidInput("head row count must be >= 0.")
+    kind, target = _target(path)
+    if kind == "dataset":
+        from .dataset import Dataset
+
+        return Dataset.at(target).head(n, columns=list(columns) if columns else None)
+    if kind == "file":
+        parquet = _open_parquet(target)
+        names = parquet.schema_arrow.names
+        wanted = _check_columns(names, columns)
+        schema = parquet.schema_arrow if wanted is None else pa.schema([parquet.schema_arrow.field(c) for c in wanted])
+        batches, got = [], 0
+        if n:
+            for batch in parquet.iter_batches(batch_size=n, columns=wanted):
+                batches.append(batch.slice(0, n - got))
+                got += batches[-1].num_rows
+                if got >= n:
+                    break
+        return pa.Table.from_batches(batches, schema=schema)
+    import pyarrow.dataset as pads
+
+    try:
+        data = pads.dataset([str(p) for p in _parquet_files(target)], format="parquet")
+        wanted = _check_columns(data.schema.names, columns)
+        return data.head(n, columns=wanted)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InvalidInput(f"Cannot read the Parquet files under {target} as one table: {exc}") from None
+
+
+def target_columns(path: Path | str, glob: str | None = None) -> list[ColumnInfo]:
+    """Columns (name, registry type, nullable) of a dataset view or Parquet target; `glob` filters names."""
+    from .registry import format_type
+
+    kind, target = _target(path)
+    if kind == "dataset":
+        from .dataset import Dataset
+
+        infos = Dataset.at(target).columns()
+    else:
+        if kind == "file":
+            schema = _open_parquet(target).schema_arrow
+        else:
+            schema = _open_parquet(_parquet_files(target)[0]).schema_arrow
+        infos = [ColumnInfo(f.name, _format(format_type, f.type), f.nullable) for f in schema]
+    return [c for c in infos if glob is None or fnmatchcase(c.name, glob)]
+
+
+def _format(format_type: Callable[[pa.DataType], str], dtype: pa.DataType) -> str:
+    try:
+        return format_type(dtype)
+    except Exception:  # a type outside the registry grammar (plain Parquet files may hold any)
+        return str(dtype)
+
+
+def cell(target: Path | str | Dataset, row: int, column: str, *, include_deleted: bool = False) -> Any:
+    """The Python value at 0-based `row`, `column` of a dataset's live view (a `Dataset` or a dataset
+    directory: base order, tombstoned rows not counted unless `include_deleted`) or of a Parquet
+    file or directory of Parquet files (file order; files in sorted path order)."""
+    from .dataset import Dataset
+
+    if isinstance(target, Dataset):
+        return _dataset_cell(target, row, column, include_deleted=include_deleted)
+    if row < 0:
+        raise InvalidInput(f"Row {row} is negative; rows count from 0.")
+    kind, path = _target(target)
+    if kind == "dataset":
+        return _dataset_cell(Dataset.at(path), row, column, include_deleted=include_deleted)
+    files = [path] if kind == "file" else _parquet_files(path)
+    start = 0
+    for file in files:
+        parquet = _open_parquet(file)
+        _check_columns(parquet.schema_arrow.names, [column])
+        meta = parquet.metadata
+        for group in range(meta.num_row_groups):
+            size = meta.row_group(group).num_rows
+            if row < start + size:
+                offset = row - start
+                for batch in parquet.iter_batches(batch_size=offset + 1, row_groups=[group], columns=[column]):
+                    return batch.column(0)[offset].as_py()
+            start += size
+    raise InvalidInput(f"Row {row} is out of range: the target has {start} row(s).")
+
+
+cell_of = cell  # the name the CLI imports
