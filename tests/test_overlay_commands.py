@@ -925,3 +925,18 @@ def test_verify_names_a_stray_file_in_derived(ds_ids: tuple[Dataset, list[str]])
     assert any("_derived/mock/part-0000000099.parquet" in problem for problem in report.problems)
     stray.unlink()
     assert ds.verify().ok
+
+
+def test_archiving_after_a_drop_deleted_moves_each_namespaces_purge_part(ds_ids: tuple[Dataset, list[str]]) -> None:
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:3], "score": [1.0, 2.0, 3.0]})
+    ds.set_state(ids[:2], qc_status="pass")
+    ds.delete([ids[0]])
+    ds.materialize(namespaces=[], drop_deleted=True)  # one purge part in each of mock, usr, usr_state
+    ds.materialize(archive_overlays=True)  # archives mock's and usr_state's parts, purge parts included
+    view = ds.view(columns=["id", "mock__score", "usr_state__qc_status"]).to_pylist()
+    assert view[:2] == [
+        {"id": ids[1], "mock__score": 2.0, "usr_state__qc_status": "pass"},
+        {"id": ids[2], "mock__score": 3.0, "usr_state__qc_status": None},
+    ]
+    assert ds.verify().ok

@@ -261,6 +261,7 @@ def namespace_register(
     owner: Annotated[str, typer.Option("--owner", help="Owner recorded in registry.yaml.")] = "",
     description: Annotated[str, typer.Option("--description", help="One-line description for registry.yaml.")] = "",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing namespace.")] = False,
+    fmt: FormatOpt = Format.auto,
 ) -> None:
     """Register a namespace and its columns (creates registry.yaml with usr_state on first use).
 
@@ -277,6 +278,11 @@ def namespace_register(
         description=description,
         overwrite=overwrite,
     )
+    if _resolved(fmt) is Format.json:
+        import msgspec
+
+        _emit_json({"registry": str(root / "registry.yaml"), **msgspec.to_builtins(spec)})
+        return
     typer.echo(f"Registered namespace '{spec.name}' ({len(spec.columns)} column(s)) in {root / 'registry.yaml'}")
 
 

@@ -98,6 +98,7 @@ from .projectors import (
     materialize_table,
     part_table,
     patch_watermark_hash,
+    sorted_part,
 )
 from .registry import Registry, load_registry, parse_registry, registry_path
 from .results import (
@@ -748,7 +749,15 @@ class Dataset:
             if file in before:
                 continue
             fileops().mkdir((self.dir / file).parent)
-            old = next((f for f, i in before.items() if i.mark == info.mark and f not in after), None)
+            # Archived: the same part (namespace + event; one event may write parts in several namespaces).
+            old = next(
+                (
+                    f
+                    for f, i in before.items()
+                    if (i.mark, i.namespace) == (info.mark, info.namespace) and f not in after
+                ),
+                None,
+            )
             if old is not None and (self.dir / old).exists():  # archived: same bytes, new place
                 fileops().replace(self.dir / old, self.dir / file)
                 continue
@@ -1146,7 +1155,7 @@ class Dataset:
             if layout_due:
                 table = part_table(event, payload)
                 if isinstance(event, OverlayCompacted):
-                    table = self._merged(proj, event.namespace, from_files=from_files)
+                    table = sorted_part(self._merged(proj, event.namespace, from_files=from_files))
                 layout = apply_layout(
                     proj.layout,
                     event,
@@ -1208,8 +1217,8 @@ class Dataset:
         elif from_files and read_watermark(path) == info.mark:
             table = pq.read_table(path).replace_schema_metadata(None)
         elif info.sources:
-            table = merge_parts(
-                [Part(s.mark.seq, self._part_table(s, proj, from_files=from_files)) for s in info.sources]
+            table = sorted_part(
+                merge_parts([Part(s.mark.seq, self._part_table(s, proj, from_files=from_files)) for s in info.sources])
             )
         else:
             raw = read_line_at(self.log_path, info.mark.offset)
@@ -1451,16 +1460,12 @@ class Dataset:
         doc = read_layout(self.dir / LAYOUT_FILE)
         if doc is None or TOMBSTONE_NS not in doc[0].live:
             return 0
-        import pyarrow.compute as pc
-
         from .overlays import tombstoned_ids
 
         proj = _Proj(base=None, layout=doc[0], layout_mark=doc[1])
-        dead = tombstoned_ids(self._merged(proj, TOMBSTONE_NS, from_files=True))
-        if not len(dead):
-            return 0
-        ids = pq.read_table(self.records_path, columns=["id"]).column("id")
-        return int(pc.sum(pc.is_in(ids, value_set=dead).cast(pa.int64())).as_py() or 0)  # sum of no rows is null
+        # Every tombstoned id is a base row: tombstones are written only for ids in the base, and rows
+        # leaving the base (`materialize --drop-deleted`) take their tombstones with them (ADR 0008).
+        return len(tombstoned_ids(self._merged(proj, TOMBSTONE_NS, from_files=True)))
 
     def events(self, *, n: int | None = None) -> list[LogRecord]:
         """The last `n` events (all when None), verified."""

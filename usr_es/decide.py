@@ -594,7 +594,10 @@ def _decide_compact(state: DatasetState, command: CompactOverlay, now: str) -> D
         raise NoChange(f"Namespace '{ns}' has a single overlay part; nothing to compact.")
     merged = state.overlays[ns]
     event = OverlayCompacted(namespace=ns, parts=parts, rows=merged.num_rows, created_at=now)
-    return Decision(event, None, {"namespace": ns, "parts": parts}, {"rows": merged.num_rows}, part=merged)
+    from .projectors import sorted_part
+
+    args, metrics = {"namespace": ns, "parts": parts}, {"rows": merged.num_rows}
+    return Decision(event, None, args, metrics, part=sorted_part(merged))
 
 
 def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -78,8 +79,25 @@ class _Source:
                 self._whole[key] = _strip(self.reader(streaming=False).read(columns=columns))
         return self._whole[key]
 
-    def groups(self) -> list[int]:
-        return [k for k in range(self.metadata.num_row_groups) if self.metadata.row_group(k).num_rows]
+    def groups(self, ids: Sequence[str] | None = None) -> list[int]:
+        """Non-empty row groups; with `ids` (sorted), only those whose `id` min/max statistics admit
+        one of them (overlay parts are written sorted by id, so a lookup reads one group per id)."""
+        meta = self.metadata
+        found = [k for k in range(meta.num_row_groups) if meta.row_group(k).num_rows]
+        leaf = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == _ID), None)
+        if ids is None or leaf is None:
+            return found
+        kept = []
+        for k in found:
+            stats = meta.row_group(k).column(leaf).statistics
+            if stats is None or not stats.has_min_max:
+                kept.append(k)
+                continue
+            low, high = stats.min, stats.max
+            at = bisect_left(ids, low)
+            if at < len(ids) and ids[at] <= high:
+                kept.append(k)
+        return kept
 
     def searchable(self) -> bool:
         """Whether lookups by id search row group by row group (else the whole file is read and filtered)."""
@@ -335,7 +353,8 @@ def _lookup(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Ta
 def _search(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Table]:
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    groups = [src.groups() for src, _ in reads]
+    wanted = sorted(ids.to_pylist())
+    groups = [src.groups(wanted) for src, _ in reads]
     # Round robin over the files: (file, group) id searches in the order they are started.
     queue = [
         (k, gs[step])

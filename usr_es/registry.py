@@ -14,7 +14,6 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
-import yaml
 
 from .errors import NamespaceError, NotFound, RegistryError
 from .fileio import fileops, locked, write_atomic
@@ -246,7 +245,7 @@ class Registry(msgspec.Struct, frozen=True):
         return {"namespaces": doc}
 
     def to_yaml(self) -> bytes:
-        return yaml.safe_dump(self.to_document(), sort_keys=True).encode()
+        return _yaml_dump(self.to_document())
 
     @property
     def hash(self) -> str:
@@ -257,7 +256,7 @@ class Registry(msgspec.Struct, frozen=True):
         """sha256 of a namespace's columns (names, types, order); owner/description excluded."""
         spec = self.require(namespace)
         doc = {"namespace": namespace, "columns": [{"name": c.name, "type": c.type} for c in spec.columns]}
-        return hashlib.sha256(yaml.safe_dump(doc, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(_yaml_dump(doc)).hexdigest()
 
     def require(self, namespace: str) -> NamespaceSpec:
         if namespace not in self.namespaces:
@@ -288,8 +287,16 @@ def _validate_namespace(spec: NamespaceSpec) -> NamespaceSpec:
     return NamespaceSpec(name=spec.name, owner=spec.owner, description=spec.description, columns=tuple(columns))
 
 
+def _yaml_dump(doc: Any) -> bytes:
+    import yaml  # ~16 ms: loaded only where a registry is read or written, not on every start-up
+
+    return yaml.safe_dump(doc, sort_keys=True).encode()
+
+
 def parse_registry(data: bytes, *, source: str = REGISTRY_FILE) -> Registry:
     """Parse and validate registry YAML bytes."""
+    import yaml
+
     try:
         doc = yaml.safe_load(data) or {}
     except yaml.YAMLError as exc:
