@@ -453,9 +453,12 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
     else:  # every key matched: no filtering copies
         ids = pc.take(state.base.column("id"), index)
         columns = cast
-    payload = pa.table({"id": ids, **columns})
-    _check_overwrite(state, ns, payload, command.allow_overwrite)
+    from .projectors import sorted_part
+
     types = {name: format_type(registered[name]) for name in columns}
+    payload = sorted_part(pa.table({"id": ids, **columns}))  # the part's rows, as the part file holds them
+    del ids, columns, cast
+    _check_overwrite(state, ns, payload, command.allow_overwrite)
     event = OverlayWritten(
         namespace=ns,
         key=command.key,
@@ -470,7 +473,7 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
         "namespace": ns,
         "key": command.key,
         "key_col": command.key_col,
-        "columns": list(columns),
+        "columns": list(types),
         "path": command.path,
         "allow_overwrite": command.allow_overwrite,
         "allow_missing": command.allow_missing,
@@ -550,6 +553,7 @@ def _decide_ids(
             hint="Pass --allow-missing to skip unknown ids.",
         )
     ids = pc.filter(wanted, present)
+    ids = ids.take(pc.sort_indices(ids))  # parts hold their rows by id (projectors.sorted_part)
     if len(ids) == 0:
         raise NoChange("None of the ids is in the dataset; nothing to do.")
     inline = tuple(ids.to_pylist()) if len(ids) <= INLINE_IDS else None
@@ -635,6 +639,7 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
     base_ids = state.base.column("id")
     gone = pc.filter(base_ids, pc.invert(pc.is_in(base_ids, value_set=table.column("id"))))
     gone_ids = gone.combine_chunks() if isinstance(gone, pa.ChunkedArray) else gone
+    gone_ids = gone_ids.take(pc.sort_indices(gone_ids))
     inline = tuple(gone_ids.to_pylist()) if dropped and len(gone_ids) <= INLINE_IDS else None
     payload = pa.table({"id": gone_ids}) if dropped and inline is None else None
     event = Materialized(

@@ -310,12 +310,8 @@ def sorted_part(table: pa.Table) -> pa.Table:
 
 
 def part_table(event: Event, payload: pa.Table | None) -> pa.Table | None:
-    """The rows an overlay-writing event contributes as its own part (None: it writes no part), by id."""
-    table = _part_rows(event, payload)
-    return None if table is None else sorted_part(table)
-
-
-def _part_rows(event: Event, payload: pa.Table | None) -> pa.Table | None:
+    """The rows an overlay-writing event contributes as its own part (None: it writes no part), in the
+    event's order: `decide` writes ids and payload rows sorted by id, so no copy is made here."""
     from .overlays import STATE_SCHEMA, TOMBSTONE_SCHEMA
 
     match event:
