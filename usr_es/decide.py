@@ -447,17 +447,20 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
             hint="Pass --allow-missing to skip them (they are counted in the event).",
         )
     assert state.base is not None
-    if missing:
-        ids = pc.take(state.base.column("id"), pc.filter(index, found))
-        columns = {name: pc.filter(values, found) for name, values in cast.items()}
-    else:  # every key matched: no filtering copies
-        ids = pc.take(state.base.column("id"), index)
-        columns = cast
-    from .projectors import sorted_part
-
-    types = {name: format_type(registered[name]) for name in columns}
-    payload = sorted_part(pa.table({"id": ids, **columns}))  # the part's rows, as the part file holds them
-    del ids, columns, cast
+    # The payload holds the part's rows sorted by id (as part files do): the kept input rows are ordered
+    # by their ids first, then each column is taken once in that order, one column at a time.
+    kept = pc.indices_nonzero(found) if missing else None
+    matched = pc.take(index, kept) if kept is not None else index
+    order = pc.sort_indices(pc.take(state.base.column("id"), matched))
+    picked = kept.take(order) if kept is not None else order
+    ids = pc.take(state.base.column("id"), matched.take(order))
+    del kept, matched, order
+    types = {name: format_type(registered[name]) for name in cast}
+    columns = {}
+    for name in list(cast):
+        columns[name] = pc.take(cast.pop(name), picked)
+    payload = pa.table({"id": ids, **columns})
+    del ids, columns, picked
     _check_overwrite(state, ns, payload, command.allow_overwrite)
     event = OverlayWritten(
         namespace=ns,

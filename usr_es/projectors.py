@@ -29,7 +29,7 @@ from .events import (
     StateSet,
 )
 
-PROJECTOR_VERSION = "2"  # 2: overlay parts sorted by id in 16k-row groups; records.parquet `id` uncompressed
+PROJECTOR_VERSION = "2"  # 2: overlay parts hold their rows sorted by id, in 16k-row groups
 HASH_PLACEHOLDER = "~usr_es~watermark~hash~pending~~"  # same length as an xxh3-128 hex digest
 assert len(HASH_PLACEHOLDER) == 32
 
@@ -181,7 +181,7 @@ def canonical_table(table: pa.Table) -> pa.Table:
 
 
 def encode_parquet(
-    table: pa.Table, metadata: dict[str, str], watermark_hash: str, *, row_group_rows: int = 0, plain_id: bool = False
+    table: pa.Table, metadata: dict[str, str], watermark_hash: str, *, row_group_rows: int = 0
 ) -> memoryview:
     """Serialize `table` with the fixed writer options; returns a view of the file bytes.
 
@@ -194,19 +194,17 @@ def encode_parquet(
     those 32 bytes: `patch_watermark_hash` swaps them once the log line's hash is known.
 
     `row_group_rows` (default `_ROW_GROUP_ROWS`): overlay parts use small groups, which their id
-    statistics let a lookup skip. `plain_id`: the `id` column is stored uncompressed (records.parquet:
-    a `get` scans every id; decoding them uncompressed takes under half the time, for ~2 more bytes/row).
+    statistics let a lookup skip.
     """
     rows_per_group = row_group_rows or _ROW_GROUP_ROWS
-    plain = {"id"} if plain_id else set()
     table = canonical_table(table.replace_schema_metadata(None))
     schema = table.schema.with_metadata(metadata)
     sink = pa.BufferOutputStream()
     writer = pq.ParquetWriter(
         sink,
         schema,
-        compression={name: "none" if name in plain else "zstd" for name in table.column_names},
-        compression_level={name: 1 for name in table.column_names if name not in plain},
+        compression="zstd",
+        compression_level=1,
         use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
         write_statistics=True,
         version="2.6",
@@ -225,7 +223,7 @@ def encode_parquet(
 def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> memoryview:
     """Bytes of `records.parquet` for `base` (with the placeholder hash when `pending_hash`)."""
     mark_hash = HASH_PLACEHOLDER if pending_hash else base.watermark.hash
-    return encode_parquet(base.table, base_metadata(base), mark_hash, plain_id=True)
+    return encode_parquet(base.table, base_metadata(base), mark_hash)
 
 
 def patch_watermark_hash(data: memoryview, real_hash: str) -> list[bytes | memoryview]:
