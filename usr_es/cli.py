@@ -890,7 +890,7 @@ def attach(
             namespace=namespace,
             key=key.value,
             key_col=key_col,
-            columns=[c.strip() for c in columns.split(",") if c.strip()] or None,
+            columns=_columns(columns),
             allow_overwrite=allow_overwrite,
             allow_missing=allow_missing,
             parse_json=parse_json,

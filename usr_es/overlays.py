@@ -61,12 +61,12 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
 
     For column c, an id's value comes from the greatest-seq part that has column c and a row for the id
     (an explicit null included); cells never written are null. A purge part (one with a `PURGED`
-    column) first removes its ids' rows from every earlier part and contributes nothing itself. Rows:
-    every id in order of first
-    appearance (parts by seq, then row order); columns: `id`, then each column in order of first
-    appearance. A column whose type changes takes the latest part's type; earlier values are cast to it
-    (ValueError if they cannot be). Raises ValueError on equal seqs, a missing/non-string/null `id`,
-    duplicate ids within a part, or a repeated column name within a part.
+    column) first removes its ids' rows from every earlier part and contributes nothing itself.
+    Rows: every id in order of first appearance (parts by seq, then row order); columns: `id`, then
+    each column in order of first appearance. A column whose type changes takes the latest part's
+    type; earlier values are cast to it (ValueError if they cannot be). Raises ValueError on equal
+    seqs, a missing/non-string/null `id`, duplicate ids within a part, or a repeated column name
+    within a part.
     """
     ordered = sorted(parts, key=lambda part: part.seq)
     if len({part.seq for part in ordered}) != len(ordered):
