@@ -429,32 +429,23 @@ def _columns(text: str) -> list[str] | None:
 def _plain_target(ident: str | None) -> Path | None:
     """The Parquet path `ident` names when it is not a dataset (None: treat it as a dataset)."""
     from .log import LOG_FILE
+    from .roots import enclosing_dataset, find_root, looks_like_path
 
-    path = Path(ident) if ident is not None else Path.cwd()
     if ident is None:
-        from .roots import enclosing_dataset
-
         try:
-            enclosing_dataset(path)
+            enclosing_dataset(Path.cwd())
             return None
         except UsrError:
-            return path
-    if path.is_file() and path.name != LOG_FILE and path.suffix != ".log":
-        return None if path.name == "records.parquet" and (path.parent / LOG_FILE).is_file() else path
-    if (
-        path.is_dir()
-        and not (path / LOG_FILE).is_file()
-        and (ident.startswith((".", "/", "~")) or _state["root"] is None)
-    ):
-        from .roots import find_root, list_datasets
-
-        try:  # `ns/name` may be both a folder here and a dataset under the root: the dataset wins
-            if ident in list_datasets(find_root(_state["root"])):
-                return None
-        except UsrError:
-            pass
+            return Path.cwd()
+    path = Path(ident)
+    if path.is_file():  # a dataset's own records.parquet / .events.log stands for the dataset
+        return None if path.name in ("records.parquet", LOG_FILE) and (path.parent / LOG_FILE).is_file() else path
+    if not path.is_dir() or (path / LOG_FILE).is_file() or not (looks_like_path(ident) or _state["root"] is None):
+        return None
+    try:  # `ns/name` may be both a folder here and a dataset under the root: the dataset wins
+        return None if (find_root(_state["root"]) / ident / LOG_FILE).is_file() else path
+    except UsrError:
         return path
-    return None
 
 
 def _emit_table(table: Any, fmt: Format, *, title: str | None = None) -> None:

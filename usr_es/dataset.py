@@ -506,31 +506,31 @@ class Dataset:
         return self._ids_call(command, ids, command_id=command_id, expected_seq=expected_seq)
 
     def get_state(self, ids: Iterable[str], *, allow_missing: bool = False) -> pa.Table:
-        """One row per requested id (request order): id + the five usr_state fields (masked defaults False)."""
+        """One row per requested id (request order): id + the five usr_state fields (masked defaults False);
+        with `allow_missing`, an id not in the dataset gets the defaults instead of raising NotFound."""
         import pyarrow.compute as pc
 
-        from .overlays import STATE_SCHEMA, live_view
+        from . import reads
+        from .overlays import STATE_SCHEMA
 
         wanted = pa.array([str(i).strip() for i in ids], pa.string())
-        base, merged = self._live_parts()
-        known = pc.is_in(wanted, value_set=base.column("id"))
-        if not allow_missing and not pc.all(known).as_py():
-            absent = pc.filter(wanted, pc.invert(known)).to_pylist()
-            raise NotFound(f"{len(absent)} id(s) not found in dataset (sample: {', '.join(absent[:5])}).")
-        state = merged.get("usr_state")
-        # State folded into records.parquet by materialize shows through where no overlay wrote (ADR 0008).
-        rows = pc.index_in(wanted, value_set=base.column("id"))
-        folded = {c: base.column(c).take(rows) for c in base.column_names if c.startswith("usr_state__")}
-        subset = pa.table({"id": wanted, **folded})
-        view = live_view(subset, {"usr_state": state} if state is not None else {}, include_deleted=True)
-        columns = []
+        # The live view's state (overlay over materialized columns, ADR 0008), read for these ids only.
+        names = [c.name for c in reads.columns(self, include_deleted=True) if c.name.startswith("usr_state__")]
+        found = reads.get(
+            self, wanted.to_pylist(), columns=["id", *names], include_deleted=True, allow_missing=allow_missing
+        )
+        at = pc.index_in(wanted, value_set=found.column("id"))
+        columns: list[pa.Array | pa.ChunkedArray] = [wanted]
         for field_ in STATE_SCHEMA:
-            if field_.name in view.column_names:
-                columns.append(view.column(field_.name).cast(field_.type))
-            elif field_.name == "usr_state__masked":
-                columns.append(pa.repeat(pa.scalar(False), len(wanted)))
+            if field_.name == "id":
+                continue
+            values = found.column(field_.name).take(at).cast(field_.type) if field_.name in names else None
+            if field_.name == "usr_state__masked":
+                columns.append(
+                    pc.fill_null(values, False) if values is not None else pa.repeat(pa.scalar(False), len(wanted))
+                )
             else:
-                columns.append(pa.nulls(len(wanted), field_.type))
+                columns.append(values if values is not None else pa.nulls(len(wanted), field_.type))
         return pa.table(columns, schema=STATE_SCHEMA)
 
     def compact_overlay(

@@ -577,15 +577,21 @@ def _first_visible(plan: _Plan, sel: _Selection, reader: pq.ParquetFile, n: int)
 
 
 def get(
-    ds: Dataset, ids: str | Iterable[str], *, columns: Sequence[str] | None = None, include_deleted: bool = False
+    ds: Dataset,
+    ids: str | Iterable[str],
+    *,
+    columns: Sequence[str] | None = None,
+    include_deleted: bool = False,
+    allow_missing: bool = False,
 ) -> pa.Table:
-    """The view rows of `ids`, in request order (an id asked twice comes twice)."""
+    """The view rows of `ids`, in request order (an id asked twice comes twice); with `allow_missing`,
+    ids not in the dataset are left out instead of raising NotFound."""
     import pyarrow.compute as pc
 
     wanted = [ids.strip()] if isinstance(ids, str) else [str(i).strip() for i in ids]
     plan = _plan(ds)
     sel = _select(plan, columns, include_deleted)
-    if not wanted:
+    if not wanted or (plan.base is None and allow_missing):
         return sel.schema.empty_table()
     distinct = pa.array(list(dict.fromkeys(wanted)), pa.string())
     if plan.base is None:
@@ -596,7 +602,7 @@ def get(
     # The base and every part are searched together (one pool), as if every id exists.
     tables = _lookup([(plan.base, internal.base_columns), *((src, cols) for _, src, cols in reads)], distinct)
     base = tables[0]
-    if base.num_rows < len(distinct):
+    if base.num_rows < len(distinct) and not allow_missing:
         absent = pc.filter(distinct, pc.invert(pc.is_in(distinct, value_set=base.column(_ID)))).to_pylist()
         sample = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
         raise NotFound(
@@ -614,7 +620,7 @@ def get(
                 hint="The record is deleted; pass --include-deleted (include_deleted=True) to read it.",
             )
     order = pc.index_in(pa.array(wanted, pa.string()), value_set=rows.column(_ID))
-    return _conform(rows.take(order).select(sel.names), sel.schema)
+    return _conform(rows.take(order.drop_null()).select(sel.names), sel.schema)
 
 
 def _dataset_cell(ds: Dataset, row: int, column: str, *, include_deleted: bool = False) -> Any:
