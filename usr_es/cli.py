@@ -449,6 +449,11 @@ def _plain_target(ident: str | None) -> Path | None:
 
 
 def _emit_table(table: Any, fmt: Format, *, title: str | None = None) -> None:
+    if _resolved(fmt) is Format.json:  # the JSONL export's rules, so both agree for every type
+        from .export import json_rows
+
+        _emit_json(json_rows(table))
+        return
     _emit_rows(table.to_pylist(), table.column_names, fmt, title=title)
 
 
@@ -515,7 +520,7 @@ def cell(
 
     Example: usr cell densegen/demo --row 0 --col sequence
     """
-    from .reads import cell_of
+    from .reads import cell as cell_of
 
     path = _plain_target(target)
     value = (

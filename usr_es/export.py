@@ -370,7 +370,6 @@ def write_export(
     metadata: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
     dataset: str = "",
-    compression: str = "snappy",
     durable: bool = True,
 ) -> ExportResult:
     """Stream `batches` (each of `schema`) into `path` as csv, jsonl or parquet.
@@ -381,7 +380,7 @@ def write_export(
     left as it was. `progress(rows_so_far)` is called after each batch.
 
     parquet: Arrow types kept, schema metadata = `metadata` when given (the dataset's `usr:*`
-    keys), else the schema's own; `compression` (snappy: the pyarrow default and the fastest).
+    keys), else the schema's own; snappy compression (the pyarrow default and the fastest).
     csv: header row; list/struct/map cells as JSON text, timestamps RFC 3339, binary as hex,
     NaN/inf as `nan`/`inf`, nulls empty. jsonl: one JSON object per row (see `json_text`).
     """
@@ -395,7 +394,7 @@ def write_export(
         with open(fd, "wb", buffering=1 << 20) as sink:
             counted = _counted(batches, schema, progress)
             if fmt == "parquet":
-                _write_parquet(counted, schema, sink, metadata=metadata, compression=compression)
+                _write_parquet(counted, schema, sink, metadata=metadata)
             elif fmt == "csv":
                 _write_csv(counted, schema, sink)
             else:
@@ -445,7 +444,6 @@ def _write_parquet(
     sink: BinaryIO,
     *,
     metadata: dict[str, str] | None,
-    compression: str,
 ) -> None:
     out_schema = schema.with_metadata(metadata) if metadata is not None else schema
     it = iter(batches)
@@ -453,7 +451,7 @@ def _write_parquet(
     writer = pq.ParquetWriter(
         sink,
         out_schema,
-        compression=compression,
+        compression="snappy",
         use_dictionary=_dictionary_columns(first) if first is not None else True,
         write_statistics=True,
         use_compliant_nested_type=False,  # keep list child names ("item"): the Arrow types round-trip exactly
@@ -542,11 +540,8 @@ def _write_csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: Binar
     empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
     csv_schema = _csv_batch(empty).schema
     with pcsv.CSVWriter(sink, csv_schema) as writer:
-        for batch in batches:
-            converted = _csv_batch(batch)
-            if not converted.schema.equals(csv_schema):
-                converted = converted.cast(csv_schema)
-            writer.write_batch(converted)
+        for batch in batches:  # conformed to `schema` by `_counted`, so each converts to `csv_schema`
+            writer.write_batch(_csv_batch(batch))
 
 
 def export_dataset(
@@ -560,11 +555,9 @@ def export_dataset(
 ) -> ExportResult:
     """Export the live view of `ds` (see `Dataset.export`): the format and the target are checked
     before anything is created; the view is streamed batch by batch (bounded memory)."""
-    fmt = check_format(fmt)
-    target = export_target(out, ds.name, fmt, dataset_dir=ds.dir)
-    schema = ds.view_schema(columns, include_deleted)
-    batches = ds.scan(columns=columns, include_deleted=include_deleted)
-    stored = pq.read_schema(ds.records_path).metadata or {}
-    metadata = {k.decode(): v.decode() for k, v in stored.items() if k.startswith(b"usr:")}
+    from .reads import scan_with_schema
+
+    target = export_target(out, ds.name, fmt, dataset_dir=ds.dir)  # checks the format first
+    schema, batches, metadata = scan_with_schema(ds, columns=columns, include_deleted=include_deleted)
     metadata["usr:dataset"] = ds.name
     return write_export(batches, schema, fmt, target, metadata=metadata, progress=progress, dataset=ds.name)

@@ -4,14 +4,11 @@ reading only the row groups, columns and overlay parts a read needs; plus reads 
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -347,7 +344,8 @@ def _lookup(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Ta
         hits = _search([reads[k] for k in searches], ids)
         for k, table in zip(searches, hits, strict=True):
             out[k] = table
-    return [t if t is not None else pa.table({}) for t in out]
+    assert all(t is not None for t in out)  # every source was filtered whole or searched
+    return [t for t in out if t is not None]
 
 
 def _search(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Table]:
@@ -458,6 +456,20 @@ def view_schema(ds: Dataset, columns: Sequence[str] | None = None, include_delet
     """The schema of every batch `scan` yields (and of `head`, `get`, `view` results) for these arguments."""
     plan = _plan(ds)
     return _select(plan, columns, include_deleted).schema
+
+
+def scan_with_schema(
+    ds: Dataset, *, columns: Sequence[str] | None = None, include_deleted: bool = False, batch_size: int = 65536
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch], dict[str, str]]:
+    """From one plan (one catch-up, one consistent set of files): the schema every batch has, the batches
+    (see `scan`), and the base file's `usr:` metadata (empty before the first import)."""
+    if batch_size < 1:
+        raise InvalidInput("batch_size must be >= 1.")
+    plan = _plan(ds)
+    sel = _select(plan, columns, include_deleted)
+    stored = plan.base.metadata.metadata or {} if plan.base is not None else {}
+    metadata = {k.decode(): v.decode() for k, v in stored.items() if k.startswith(b"usr:")}
+    return sel.schema, _scan(plan, sel, batch_size), metadata
 
 
 def scan(
@@ -760,7 +772,9 @@ class _Profile:
         valid = len(column) - column.null_count
         self.non_null += valid
         if not self.has_example and valid:
-            self.example = _jsonable(column.drop_null()[0].as_py())
+            from .export import json_value
+
+            self.example = json_value(column.drop_null()[0].as_py())
             self.has_example = True
         if _is_list(self.type) and valid:
             lengths = pc.list_value_length(column)
@@ -787,28 +801,6 @@ class _Profile:
 
 def _is_list(dtype: pa.DataType) -> bool:
     return bool(pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
-
-
-def _jsonable(value: Any) -> Any:
-    """A Python value from Arrow as JSON-able data: timestamps as RFC 3339, NaN/inf as None, bytes as hex."""
-    if isinstance(value, datetime):
-        text = value.isoformat()
-        return text[:-6] + "Z" if text.endswith("+00:00") else text
-    if isinstance(value, date | time):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _target(path: Path | str) -> tuple[str, Path]:
@@ -897,9 +889,11 @@ def target_columns(path: Path | str, glob: str | None = None) -> list[ColumnInfo
 
 
 def _format(format_type: Callable[[pa.DataType], str], dtype: pa.DataType) -> str:
+    from .errors import NamespaceError
+
     try:
         return format_type(dtype)
-    except Exception:  # a type outside the registry grammar (plain Parquet files may hold any)
+    except NamespaceError:  # a type outside the registry grammar (plain Parquet files may hold any)
         return str(dtype)
 
 
@@ -930,6 +924,3 @@ def cell(target: Path | str | Dataset, row: int, column: str, *, include_deleted
                     return batch.column(0)[offset].as_py()
             start += size
     raise InvalidInput(f"Row {row} is out of range: the target has {start} row(s).")
-
-
-cell_of = cell  # the name the CLI imports
