@@ -11,13 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from usr_es.events import DatasetInitialized, SequencesImported
+from usr_es.events import DatasetInitialized, Materialized, OverlayWritten, SequencesImported
 from usr_es.projectors import (
     BASE_SCHEMA,
     PAYLOAD_SCHEMA,
     BaseProjection,
+    DerivedLayout,
+    PartInfo,
     Watermark,
     apply_event,
+    apply_layout,
     encode_base,
     patch_watermark_hash,
 )
@@ -150,3 +153,43 @@ def test_encoded_base_reads_back_as_the_table() -> None:
     base = fold(initialised(), imported(CREATED), payload(["ACGT", "TTGA"]), 2)
     table = pq.read_table(io.BytesIO(raw(encode_base(base))))
     assert table.replace_schema_metadata(None).equals(base.table)
+
+
+def _part(ns: str, seq: int) -> PartInfo:
+    return PartInfo(namespace=ns, mark=mark(seq), created_at=CREATED, registry_hash=None, contract_hash=None)
+
+
+def _materialized(namespaces: tuple[str, ...], *, drop: bool = False) -> Materialized:
+    return Materialized(
+        namespaces=namespaces,
+        columns=(),
+        drop_overlays=drop,
+        archive_overlays=False,
+        drop_deleted=False,
+        rows_dropped=0,
+    )
+
+
+def test_materialize_keeping_overlays_marks_their_parts_folded_for_bases_from_then_on() -> None:
+    layout = DerivedLayout(live={"mock": (_part("mock", 3), _part("mock", 4)), "usr": (_part("usr", 5),)})
+    folded = apply_layout(layout, _materialized(("mock",)), registry_hash=None, mark=mark(6), has_rows=False)
+    later = apply_layout(
+        folded,
+        OverlayWritten(
+            namespace="mock",
+            key="id",
+            columns={"mock__x": "float64"},
+            rows=1,
+            rows_missing=0,
+            created_at=CREATED,
+            contract_hash="c" * 64,
+        ),
+        registry_hash=None,
+        mark=mark(7),
+        has_rows=True,
+    )
+    assert [p.mark.seq for p in later.unfolded("mock", 7)] == [7]  # 3 and 4 are in the base of seq 6 on
+    assert [p.mark.seq for p in later.unfolded("mock", 5)] == [3, 4, 7]  # an older base still needs them
+    assert [p.mark.seq for p in later.unfolded("usr", 7)] == [5]  # tombstones are never folded
+    dropped = apply_layout(later, _materialized(("mock",), drop=True), registry_hash=None, mark=mark(8), has_rows=False)
+    assert "mock" not in dropped.live and dropped.folded == {}

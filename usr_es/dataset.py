@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from . import __version__
+from . import __version__, idindex
 from .commands import (
     INLINE_IDS,
     AttachColumns,
@@ -622,8 +622,7 @@ class Dataset:
         else:
             self._require()
         with locked(self.dir / LOCK_FILE):
-            for directory in (self.dir, self.dir / PAYLOAD_DIR, self.dir / REGISTRY_DIR):
-                remove_stale_temps(directory)
+            self._remove_stale_temps()
             try:
                 tail = self._tail(quarantine=True, base_columns=self._base_columns_for(command))
             except OSError as exc:
@@ -679,7 +678,7 @@ class Dataset:
             proj.tables.clear()
             _release_memory()
             try:
-                record, line, digest, parquet = self._prepare(tail, registry, command, decision, command_id, now)
+                record, line, digest, parquet, index = self._prepare(tail, registry, command, decision, command_id, now)
             except OSError as exc:  # payload or frozen registry: the log is untouched
                 raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
             append_record(self.log_path, line, expected_size=tail.scan.size)
@@ -687,6 +686,7 @@ class Dataset:
             try:
                 if parquet is not None:
                     publish(self.records_path, patch_watermark_hash(parquet, digest))
+                    idindex.write(self.dir, index)
                 mark = Watermark(seq=record.seq, offset=tail.scan.size, hash=digest)
                 self._publish_derived_event(proj, decision, record, mark)
                 fileops().point("after_publish")
@@ -703,6 +703,11 @@ class Dataset:
                 ) from exc
             final = LogRecord(**{**_fields(record), "hash": digest})
             return _receipt(final, warnings=warnings)
+
+    def _remove_stale_temps(self) -> None:
+        """Remove temp files a crashed writer left (under the lock)."""
+        for directory in (self.dir, self.dir / PAYLOAD_DIR, self.dir / REGISTRY_DIR, self.dir / idindex.INDEX_DIR):
+            remove_stale_temps(directory)
 
     def _base_columns_for(self, command: Command) -> list[str] | None:
         """The base columns `command`'s decision needs (None: all of them)."""
@@ -792,7 +797,9 @@ class Dataset:
         decision: Decision,
         command_id: str | None,
         now: str,
-    ) -> tuple[LogRecord, bytes, str, memoryview | None]:
+    ) -> tuple[LogRecord, bytes, str, memoryview | None, bytes | None]:
+        """The event's log line and digest; for a base event also the new records.parquet (hash pending)
+        and id index bytes (None: no index, or the base is unchanged)."""
         registry_hash = freeze_registry(self.dir, registry)
         fileops().point("after_registry_freeze")
         ref: PayloadRef | None = None
@@ -803,14 +810,20 @@ class Dataset:
             write_payload(self.dir, ref, data)
         seq = tail.scan.seq + 1
         parquet: memoryview | None = None
+        index_rows: pa.RecordBatch | None = None
         base = tail.proj.base
         if isinstance(decision.event, BASE_EVENTS):
+            from concurrent.futures import ThreadPoolExecutor
+
             mark = Watermark(seq=seq, offset=tail.scan.size, hash="")
             base = apply_event(
                 base, decision.event, payload, registry_hash=registry_hash, mark=mark, materialized=decision.base_table
             )
             assert base is not None
-            parquet = encode_base(base, pending_hash=True)
+            with ThreadPoolExecutor(1) as pool:  # sorting the index keys overlaps encoding the base (no GIL held)
+                indexing = pool.submit(_index_rows, base.table)
+                parquet = encode_base(base, pending_hash=True)
+                index_rows = indexing.result()
             fingerprint = Fingerprint(rows=base.rows, cols=base.table.num_columns, size_bytes=len(parquet))
         else:
             fingerprint = self._fingerprint(tail.proj)
@@ -835,7 +848,22 @@ class Dataset:
             prev=tail.scan.hash,
         )
         line, digest = encode_line(record)
-        return record, line, digest, parquet
+        index = None
+        if index_rows is not None:
+            index = idindex.encode(index_rows, Watermark(seq=seq, offset=tail.scan.size, hash=digest))
+        return record, line, digest, parquet, index
+
+    def _write_index(self, base: BaseProjection, target: Path) -> bool:
+        """Publish the id index of `base` (whose records.parquet is under `target`); False: no index."""
+        table = base.table
+        if "id" not in table.column_names:  # a partial base (read for a decision without ids): read them
+            try:
+                table = pq.read_table(target / RECORDS_FILE, columns=["id"])
+            except (OSError, pa.ArrowInvalid, KeyError):
+                table = pa.table({})
+        rows = _index_rows(table)
+        idindex.write(target, idindex.encode(rows, base.watermark) if rows is not None else None)
+        return rows is not None
 
     def _fingerprint(self, proj: _Proj) -> Fingerprint:
         base = proj.base
@@ -1111,6 +1139,8 @@ class Dataset:
         if base_n and proj.base is not None:
             publish(self.records_path, encode_base(proj.base))
             warnings.append(f"caught up records.parquet by {base_n} event(s) to seq {proj.base.watermark.seq}")
+        if proj.base is not None and idindex.stamp_of(self.dir) != proj.base.watermark:
+            self._write_index(proj.base, self.dir)  # lagging (or never written): catch it up too
         if layout_n or (scan.seq and layout_doc is None):
             self._sync_derived(proj)
             if layout_n:
@@ -1560,6 +1590,8 @@ class Dataset:
                 assert base is not None
                 publish(target / RECORDS_FILE, encode_base(base))
             files.append(RECORDS_FILE)
+            if self._write_index(proj.base, target):
+                files.append(idindex.INDEX_FILE)
         if proj.layout_mark.seq:
             files.extend([*proj.layout.files(), LAYOUT_FILE])
         return files
@@ -1568,8 +1600,7 @@ class Dataset:
         """Regenerate every projection (records.parquet, _derived/, meta.md) from the log."""
         self._require()
         with locked(self.dir / LOCK_FILE):
-            for directory in (self.dir, self.dir / PAYLOAD_DIR, self.dir / REGISTRY_DIR):
-                remove_stale_temps(directory)
+            self._remove_stale_temps()
             proj, scan, lines, notes = self._replay()
             files = self._write_projections(proj, self.dir)
             write_atomic(self.dir / META_FILE, render_meta([line.record for line in lines]).encode(), point="meta")
@@ -1615,6 +1646,9 @@ class Dataset:
             base = proj.base
             if base is not None:
                 expected[RECORDS_FILE] = lambda: encode_base(base)
+                index_rows = _index_rows(base.table)
+                if index_rows is not None:
+                    expected[idindex.INDEX_FILE] = partial(idindex.encode, index_rows, base.watermark)
             if proj.layout_mark.seq:
                 for file, info in proj.layout.files().items():
                     expected[file] = partial(self._encoded_part, info, proj)
@@ -1665,6 +1699,11 @@ class Dataset:
             ops.write(fd, _meta_bullet(record).encode())
         finally:
             ops.close(fd)
+
+
+def _index_rows(table: pa.Table) -> pa.RecordBatch | None:
+    """The id index rows of a base table (None: it has no `id` column or cannot be indexed)."""
+    return idindex.sorted_rows(table.column("id")) if "id" in table.column_names else None
 
 
 def render_meta(records: list[LogRecord]) -> str:

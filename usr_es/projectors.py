@@ -7,7 +7,7 @@ pyarrow version; see docs/adr/0004). Row order is log order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -29,7 +29,7 @@ from .events import (
     StateSet,
 )
 
-PROJECTOR_VERSION = "2"  # 2: overlay parts hold their rows sorted by id, in 16k-row groups
+PROJECTOR_VERSION = "3"  # 2: parts sorted by id, 16k-row groups; 3: folded namespaces, 32k-row base groups, id index
 HASH_PLACEHOLDER = "~usr_es~watermark~hash~pending~~"  # same length as an xxh3-128 hex digest
 assert len(HASH_PLACEHOLDER) == 32
 
@@ -55,7 +55,7 @@ PAYLOAD_SCHEMA = pa.schema(
 )
 
 # Fixed writer options: part of the determinism contract (changing them bumps PROJECTOR_VERSION).
-_ROW_GROUP_ROWS = 1 << 17
+_ROW_GROUP_ROWS = 1 << 15
 _DICTIONARY_COLUMNS = ["bio_type", "alphabet", "source"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -277,6 +277,18 @@ class DerivedLayout:
 
     live: dict[str, tuple[PartInfo, ...]]
     archived: tuple[PartInfo, ...] = ()
+    #: Namespace -> seq of the last `materialize` that folded it into records.parquet while keeping its
+    #: parts live. Its live parts with seq <= that hold no value the base lacks (the base took each
+    #: cell from them by the view's own rule), so a read of a base at or after that seq may skip them.
+    folded: dict[str, int] = field(default_factory=dict)
+
+    def unfolded(self, ns: str, base_seq: int) -> tuple[PartInfo, ...]:
+        """The live parts of `ns` a read of a base stamped `base_seq` must merge (see `folded`)."""
+        parts = self.live.get(ns, ())
+        at = self.folded.get(ns)
+        if at is None or base_seq < at:
+            return parts
+        return tuple(p for p in parts if p.mark.seq > at)
 
     def files(self) -> dict[str, PartInfo]:
         out = {p.file: p for parts in self.live.values() for p in parts}
@@ -397,11 +409,15 @@ def apply_layout(
             return replace(layout, live=live)
         case Materialized():
             archived = list(layout.archived)
-            if event.drop_overlays or event.archive_overlays:
-                for folded in event.namespaces:
-                    gone = live.pop(folded, ())
+            folded = dict(layout.folded)
+            for chosen in event.namespaces:
+                if event.drop_overlays or event.archive_overlays:
+                    gone = live.pop(chosen, ())
+                    folded.pop(chosen, None)
                     if event.archive_overlays:
                         archived.extend(replace(p, archived=True) for p in gone)
+                elif chosen in live:
+                    folded[chosen] = mark.seq
             if has_rows:  # rows were dropped: purge their ids from every namespace still live
                 for space, parts in live.items():
                     purge = PartInfo(
@@ -413,7 +429,7 @@ def apply_layout(
                         purge=True,
                     )
                     live[space] = (*parts, purge)
-            return DerivedLayout(live=live, archived=tuple(archived))
+            return DerivedLayout(live=live, archived=tuple(archived), folded=folded)
     ns = part_namespace(event)
     if ns is None or not has_rows:
         return layout

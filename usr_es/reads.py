@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -51,6 +51,7 @@ class _Source:
     seq: int
     schema: pa.Schema  # Arrow schema without metadata
     num_rows: int
+    mark: Watermark | None = None  # the watermark the file was checked to carry (None: not checked)
     file: pa.NativeFile | None = None
     metadata: Any = None  # pq.FileMetaData of `file`
     table: pa.Table | None = None
@@ -175,7 +176,9 @@ def _open_file(path: Path, mark: Watermark | None) -> _Source | None:
     if mark is not None and _mark_of(meta) != mark:
         return None
     schema = meta.schema.to_arrow_schema().remove_metadata()
-    return _Source(seq=mark.seq if mark else 0, schema=schema, num_rows=meta.num_rows, file=mapped, metadata=meta)
+    return _Source(
+        seq=mark.seq if mark else 0, schema=schema, num_rows=meta.num_rows, mark=mark, file=mapped, metadata=meta
+    )
 
 
 def _mark_of(meta: Any) -> Watermark | None:
@@ -192,7 +195,10 @@ def _open_parts(ds: Dataset, doc: tuple[Any, Watermark] | None, base: _Source | 
     layout, layout_mark = doc if doc is not None else (EMPTY_LAYOUT, Watermark())
     proj = _Proj(base=None, layout=layout, layout_mark=layout_mark)
     parts: dict[str, list[_Source]] = {}
-    for ns, infos in sorted(layout.live.items()):
+    base_seq = base.seq if base is not None else 0
+    for ns in sorted(layout.live):
+        # Parts a materialize already folded into this base are skipped: the view is the same without them.
+        infos = layout.unfolded(ns, base_seq)
         if infos:
             parts[ns] = [_open_part(ds, proj, info) for info in infos]
     base_schema = base.schema if base is not None else pa.schema([])
@@ -373,7 +379,8 @@ def _search(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Ta
                 if values:
                     k, g, positions = values.pop(0)
                     src, columns = reads[k]
-                    running[pool.submit(_group_values, src, g, positions, columns)] = ("values", k, g)
+                    others = [c for c in columns if c != _ID]  # the ids are already read
+                    running[pool.submit(_group_values, src, g, positions, others)] = ("values", k, g)
                     continue
                 k, g = queue.pop()
                 if found[k] < len(ids):
@@ -430,18 +437,57 @@ def _group_ids(src: _Source, group: int, ids: pa.Array) -> tuple[pa.Array, pa.Ar
 
 
 def _group_values(src: _Source, group: int, positions: pa.Array, columns: list[str]) -> pa.Table:
-    """The non-id `columns` of row group `group` at `positions` (ascending): only the pages up to
-    the last position are decoded."""
-    others = [c for c in columns if c != _ID]
+    """`columns` of row group `group` at `positions` (ascending): only the pages up to the last
+    position are decoded."""
     last = positions[-1].as_py()
     batches, got = [], 0
-    for batch in src.reader().iter_batches(batch_size=last + 1, row_groups=[group], columns=others):
+    for batch in src.reader().iter_batches(batch_size=last + 1, row_groups=[group], columns=columns):
         batches.append(batch)
         got += batch.num_rows
         if got > last:
             break
-    schema = pa.schema([src.schema.field(c) for c in others])
-    return pa.Table.from_batches(batches).select(others).take(positions).cast(schema)
+    schema = pa.schema([src.schema.field(c) for c in columns])
+    return pa.Table.from_batches(batches).select(columns).take(positions).cast(schema)
+
+
+def _indexed(ds: Dataset, src: _Source, columns: list[str], ids: pa.Array) -> pa.Table | None:
+    """The rows of `src` (records.parquet) whose id is in `ids` (distinct), in file order, found through
+    the id index: only the row groups holding them are read, up to their last hit. None: no index
+    for this base (missing, stale or unreadable), so the caller searches the ids instead."""
+    import pyarrow.compute as pc
+
+    from .idindex import IdIndex
+
+    if src.mark is None or src.metadata is None:
+        return None
+    index = IdIndex.open(ds.dir, src.mark, src.num_rows)
+    if index is None:
+        return None
+    starts = [0]
+    for k in range(src.metadata.num_row_groups):
+        starts.append(starts[-1] + src.metadata.row_group(k).num_rows)
+    hits: dict[int, set[int]] = {}  # row group -> positions of candidate rows
+    for record_id in ids.to_pylist():
+        for row in index.candidates(record_id):
+            group = bisect_right(starts, row) - 1
+            hits.setdefault(group, set()).add(row - starts[group])
+    wanted = list(dict.fromkeys([_ID, *columns]))
+
+    def read(item: tuple[int, set[int]]) -> pa.Table:
+        group, positions = item
+        return _group_values(src, group, pa.array(sorted(positions), pa.int64()), wanted)
+
+    groups = sorted(hits.items())
+    if len(groups) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(_pool_size()) as pool:
+            pieces = list(pool.map(read, groups))
+    else:
+        pieces = [read(item) for item in groups]
+    table = pa.concat_tables(pieces) if pieces else _empty(src, wanted)
+    # Keys are id prefixes: a candidate whose full id differs is dropped here.
+    return table.filter(pc.is_in(table.column(_ID), value_set=ids)).select(columns)
 
 
 def _restricted(plan: _Plan, sel: _Selection, ids: pa.Array) -> dict[str, pa.Table]:
@@ -611,9 +657,12 @@ def get(
     # Computed with `id` (to put rows in request order) and `usr__deleted` (to tell a tombstoned id apart).
     internal = _select(plan, list(dict.fromkeys([*sel.names, _ID, *([_DELETED] if sel.filtering else [])])), True)
     reads = internal.part_reads(plan)
-    # The base and every part are searched together (one pool), as if every id exists.
-    tables = _lookup([(plan.base, internal.base_columns), *((src, cols) for _, src, cols in reads)], distinct)
-    base = tables[0]
+    base = _indexed(ds, plan.base, internal.base_columns, distinct) if plan.base.searchable() else None
+    if base is None:  # no index: the base and every part are searched together (one pool)
+        tables = _lookup([(plan.base, internal.base_columns), *((src, cols) for _, src, cols in reads)], distinct)
+        base = tables[0]
+    else:
+        tables = [base, *(_lookup([(src, cols) for _, src, cols in reads], distinct) if reads else [])]
     if base.num_rows < len(distinct) and not allow_missing:
         absent = pc.filter(distinct, pc.invert(pc.is_in(distinct, value_set=base.column(_ID)))).to_pylist()
         sample = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")

@@ -113,12 +113,13 @@ def read_base(dataset_dir: Path, mark: Watermark, *, columns: list[str] | None =
     )
 
 
-class _LayoutDoc(msgspec.Struct, frozen=True):
+class _LayoutDoc(msgspec.Struct, frozen=True, omit_defaults=True):
     seq: int
     offset: int
     hash: str
     live: dict[str, list[PartInfo]]
     archived: list[PartInfo]
+    folded: dict[str, int] = {}
 
 
 _layout_encoder = msgspec.json.Encoder(order="sorted")
@@ -133,6 +134,7 @@ def encode_layout(layout: DerivedLayout, mark: Watermark) -> bytes:
         hash=mark.hash,
         live={ns: list(parts) for ns, parts in layout.live.items()},
         archived=list(layout.archived),
+        folded=dict(layout.folded),
     )
     return _layout_encoder.encode(doc) + b"\n"
 
@@ -143,7 +145,9 @@ def read_layout(path: Path) -> tuple[DerivedLayout, Watermark] | None:
         doc = _layout_decoder.decode(path.read_bytes())
     except (OSError, msgspec.DecodeError):
         return None
-    layout = DerivedLayout(live={ns: tuple(parts) for ns, parts in doc.live.items()}, archived=tuple(doc.archived))
+    layout = DerivedLayout(
+        live={ns: tuple(parts) for ns, parts in doc.live.items()}, archived=tuple(doc.archived), folded=doc.folded
+    )
     return layout, Watermark(seq=doc.seq, offset=doc.offset, hash=doc.hash)
 
 
