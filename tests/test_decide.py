@@ -10,7 +10,7 @@ import pytest
 
 from usr_es.alphabet import ALPHABETS
 from usr_es.commands import ImportSequences, InitDataset
-from usr_es.decide import REDACTED, DatasetState, Decision, decide, redact
+from usr_es.decide import REDACTED, DatasetState, Decision, Rows, decide, redact
 from usr_es.errors import (
     AlphabetError,
     DatasetExists,
@@ -126,6 +126,14 @@ def test_decide_import_trims_sequences_and_keeps_case() -> None:
     decision = import_rows(["  acGT\n", "\tTTaa "])
     assert payload_column(decision, "sequence") == ["acGT", "TTaa"]
     assert payload_column(decision, "id") == [sha1_id("dna", "acGT"), sha1_id("dna", "TTaa")]
+
+
+def test_decide_takes_handed_over_rows_and_decides_as_for_a_table() -> None:
+    handed = Rows(pa.table({"sequence": ["ACGT", "TTAA"]}))
+    decision = decide(READY, ImportSequences(fmt="rows"), now=NOW, rows=handed)
+    assert payload_column(decision, "sequence") == ["ACGT", "TTAA"]
+    with pytest.raises(RuntimeError, match="already taken"):
+        handed.take()  # the decision held the only reference
 
 
 def test_decide_import_rejects_duplicates_inside_input_listing_groups() -> None:

@@ -606,7 +606,7 @@ class Dataset:
         command_id: str | None,
         expected_seq: int | None,
     ) -> Receipt:
-        from .decide import DatasetState, NoChange, decide  # write-only: kept off the read path's start-up
+        from .decide import DatasetState, NoChange, Rows, decide  # write-only: kept off the read path's start-up
 
         if command_id is not None and not _COMMAND_ID.match(command_id):
             raise InvalidInput(f"Invalid command id '{command_id}'.", hint="Use 1-128 of [A-Za-z0-9._:@/+-].")
@@ -639,7 +639,8 @@ class Dataset:
                     hint="Re-read the dataset and retry with the current seq.",
                 )
             registry = self._registry_for_write(tail.scan.registry_hash)
-            rows = rows_loader() if rows_loader is not None else None
+            # Handed over: `decide` holds the only reference to the input table and frees what it has parsed.
+            rows = Rows(rows_loader()) if rows_loader is not None else None
             if rows is not None:
                 _release_memory()  # the reader's scratch buffers
             proj = tail.proj
@@ -1018,7 +1019,7 @@ class Dataset:
         shutil.rmtree(staging, ignore_errors=True)
         fileops().mkdir(staging)
         files: dict[str, str] = {}
-        sources = [RECORDS_FILE, *(proj.layout.files() if proj.layout_mark.seq else {})]
+        sources = [RECORDS_FILE, idindex.INDEX_FILE, *(proj.layout.files() if proj.layout_mark.seq else {})]
         if proj.layout_mark.seq:
             sources.append(LAYOUT_FILE)
         for rel in sources:
@@ -1583,14 +1584,19 @@ class Dataset:
             _release_memory()
         if proj.base is not None:
             reused = proj.reuse / RECORDS_FILE if proj.reuse is not None else None
+            indexed = False
             if reused is not None and read_watermark(reused) == proj.base.watermark and target != self.dir:
                 _copy(reused, target / RECORDS_FILE)  # unchanged since the checkpoint: same bytes
+                if idindex.stamp_of(reused.parent) == proj.base.watermark:  # and so is its index
+                    fileops().mkdir((target / idindex.INDEX_FILE).parent)
+                    _copy(reused.parent / idindex.INDEX_FILE, target / idindex.INDEX_FILE)
+                    indexed = True
             else:
                 base = self._full_base(proj)
                 assert base is not None
                 publish(target / RECORDS_FILE, encode_base(base))
             files.append(RECORDS_FILE)
-            if self._write_index(proj.base, target):
+            if indexed or self._write_index(proj.base, target):
                 files.append(idindex.INDEX_FILE)
         if proj.layout_mark.seq:
             files.extend([*proj.layout.files(), LAYOUT_FILE])

@@ -68,6 +68,20 @@ class NoChange(Exception):
     """The command is valid but would change nothing; its message says why."""
 
 
+class Rows:
+    """Input rows handed over to `decide`: the decision that uses them `take`s them, so it holds the only
+    reference and the raw columns are freed as soon as they are parsed (bulk inputs run to hundreds of MB)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table: pa.Table | None = table
+
+    def take(self) -> pa.Table:
+        table, self._table = self._table, None
+        if table is None:
+            raise RuntimeError("input rows were already taken")
+        return table
+
+
 @dataclass(frozen=True)
 class DatasetState:
     """What decisions need to know about a dataset at the tail of its log.
@@ -145,9 +159,12 @@ def decide(
     command: Command,
     *,
     now: str,
-    rows: pa.Table | None = None,
+    rows: pa.Table | Rows | None = None,
 ) -> Decision:
-    """Validate `command` against `state` and return the resulting event (or raise)."""
+    """Validate `command` against `state` and return the resulting event (or raise).
+
+    Pass bulk input `rows` as `Rows(table)` without keeping another reference, so the decision can
+    free the raw columns once it has parsed them."""
     match command:
         case InitDataset():
             if state.initialized:
@@ -162,13 +179,13 @@ def decide(
         case ImportSequences():
             if rows is None:
                 raise InvalidInput("import needs input rows")
-            return _decide_import(state, command, rows, now)
+            return _decide_import(state, command, _taken(rows), now)
         case AttachColumns():
             if rows is None:
                 raise InvalidInput("attach needs input rows")
-            return _decide_attach(state, command, rows, now)
+            return _decide_attach(state, command, rows if isinstance(rows, Rows) else Rows(rows), now)
         case TombstoneRecords() | RestoreRecords() | SetState() | ClearState():
-            return _decide_ids(state, command, rows, now)
+            return _decide_ids(state, command, _taken(rows) if rows is not None else None, now)
         case CompactOverlay():
             return _decide_compact(state, command, now)
         case Materialize():
@@ -409,7 +426,11 @@ def _resolve_keys(
     return pc.index_in(keys, value_set=sequences)
 
 
-def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, now: str) -> Decision:
+def _taken(rows: pa.Table | Rows) -> pa.Table:
+    return rows.take() if isinstance(rows, Rows) else rows
+
+
+def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, now: str) -> Decision:
     from .attach_inputs import cast_column, normalize_keys, require_unique_keys, select_columns
 
     ns = command.namespace
@@ -422,7 +443,9 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
         raise NamespaceError("A registry is required to attach.")
     spec = state.registry.require(ns)
     registered = spec.column_types()
+    rows = inputs.take()
     selection = select_columns(rows, namespace=ns, key=command.key, key_col=command.key_col, columns=command.columns)
+    del rows  # the selection holds the columns it needs; the rest of the input is freed
     for name in selection.columns:
         if name not in registered:
             raise NamespaceError(
@@ -432,8 +455,10 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
     keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
     index = _match_keys(state, keys, command.key)  # None where matching can fail: it then runs after the casts
     require_unique_keys(keys, command.key, known_distinct=index is not None and _distinct_by_match(keys, index))
-    cast = {name: cast_column(values, name, registered[name], parse_json=command.parse_json)
-            for name, values in selection.columns.items()}  # fmt: skip
+    raw = selection.columns
+    del selection  # from here each raw column is freed once it is cast
+    cast = {name: cast_column(raw.pop(name), name, registered[name], parse_json=command.parse_json)
+            for name in list(raw)}  # fmt: skip
     if index is None:
         index = _resolve_keys(state, keys, command.key)
     found = pc.is_valid(index)
@@ -446,6 +471,7 @@ def _decide_attach(state: DatasetState, command: AttachColumns, rows: pa.Table, 
             f"{missing} row(s) reference keys not present in the dataset (rows: {_listing(absent)}; sample: {sample}).",
             hint="Pass --allow-missing to skip them (they are counted in the event).",
         )
+    del keys  # matched: the key column is no longer needed
     assert state.base is not None
     # The payload holds the part's rows sorted by id (as part files do): the kept input rows are ordered
     # by their ids first, then each column is taken once in that order, one column at a time.
