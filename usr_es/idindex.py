@@ -81,12 +81,6 @@ def encode(rows: pa.RecordBatch, mark: Watermark) -> bytes:
     return bytes(sink.getvalue())
 
 
-def expected(ids: pa.Array | pa.ChunkedArray, mark: Watermark) -> bytes | None:
-    """What `_index/id.arrow` holds for a base with these ids at `mark` (None: no index)."""
-    rows = sorted_rows(ids)
-    return None if rows is None else encode(rows, mark)
-
-
 def write(dataset_dir: Path, data: bytes | None) -> None:
     """Publish the index bytes (atomically), or remove a stale index when there is none to write."""
     path = dataset_dir / INDEX_FILE
@@ -123,6 +117,7 @@ class IdIndex:
 
     keys: memoryview  # uint64, sorted
     rows: memoryview  # uint32, aligned with keys
+    num_rows: int  # of the base
 
     @classmethod
     def open(cls, dataset_dir: Path, mark: Watermark, num_rows: int) -> IdIndex | None:
@@ -139,17 +134,19 @@ class IdIndex:
             return None
         if batch.num_rows != num_rows:
             return None
-        return cls(keys=_values(batch.column(0), "Q"), rows=_values(batch.column(1), "I"))
+        return cls(keys=_values(batch.column(0), "Q"), rows=_values(batch.column(1), "I"), num_rows=num_rows)
 
     def candidates(self, record_id: str) -> list[int]:
-        """Base rows whose id may be `record_id` (every row that holds it is among them)."""
+        """Base rows whose id may be `record_id` (every row that holds it is among them; a row number past
+        the base, possible only in a damaged file that `verify` reports, is left out)."""
         key = key_of(record_id)
         if key is None:
             return []
         out = []
         at = bisect_left(self.keys, key)
         while at < len(self.keys) and self.keys[at] == key:
-            out.append(self.rows[at])
+            if self.rows[at] < self.num_rows:
+                out.append(self.rows[at])
             at += 1
         return out
 
