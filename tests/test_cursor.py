@@ -16,6 +16,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from usr_es import Dataset
 from usr_es.cursor import Cursor, check_cursor, load_cursor, read_since, save_cursor, tail
@@ -98,6 +100,22 @@ def test_read_since_yields_verified_records_after_the_cursor(dataset: Dataset) -
     assert [line.record.action for line in lines] == ["init", "import_rows", "import_rows"]
     after_first = Cursor.after(lines[0], dataset=dataset.name)
     assert [line.seq for line in read_since(dataset.log_path, after_first)] == [2, 3]
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.sampled_from([0, 1, 7, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, 150_000]), max_size=4))
+def test_read_line_before_finds_every_line_whatever_its_length(tmp_path_factory: pytest.TempPathFactory,
+                                                                lengths: list[int]) -> None:  # fmt: skip
+    path = tmp_path_factory.mktemp("lines") / "log"
+    lines = [bytes([65 + k % 26]) * n for k, n in enumerate(lengths)]
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    offset = 0
+    for line in lines:
+        end = offset + len(line) + 1
+        assert read_line_before(path, end) == (offset, line)
+        if line:
+            assert read_line_before(path, end - 1) is None  # inside a line, not at its end
+        offset = end
 
 
 def test_read_line_before_finds_the_line_ending_at_an_offset(dataset: Dataset) -> None:

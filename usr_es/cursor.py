@@ -18,7 +18,7 @@ import msgspec
 from .errors import IntegrityError, InvalidInput, NotFound
 from .events import GENESIS_HASH
 from .fileio import write_atomic
-from .log import LogLine, Scan, iter_lines, line_digest, raw_lines, read_line_before
+from .log import LogLine, Scan, iter_lines, line_problem, raw_lines, read_line_before
 
 CURSOR_VERSION = 1
 _HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -59,13 +59,6 @@ class Cursor(msgspec.Struct, frozen=True, kw_only=True):
 
 _decoder = msgspec.json.Decoder(Cursor)
 _encoder = msgspec.json.Encoder()
-
-
-class _Seq(msgspec.Struct):
-    seq: int
-
-
-_seq_decoder = msgspec.json.Decoder(_Seq)
 
 
 def _reset_hint(cursor_path: Path | None) -> str:
@@ -117,22 +110,7 @@ def check_cursor(log_path: Path, cursor: Cursor, *, cursor_path: Path | None = N
             hint=_reset_hint(cursor_path),
         )
     found = read_line_before(log_path, cursor.offset)
-    problem = None
-    if found is None:
-        problem = "no line ends there"
-    else:
-        framed = line_digest(found[1])
-        if framed is None or framed[0] != framed[1]:
-            problem = "the line there fails its hash check"
-        elif framed[0] != cursor.hash:
-            problem = f"the line there has hash {framed[0]}, not {cursor.hash}"
-        else:
-            try:
-                seq = _seq_decoder.decode(found[1]).seq
-            except msgspec.DecodeError:
-                seq = -1
-            if seq != cursor.seq:
-                problem = f"the line there is seq {seq}"
+    problem = "no line ends there" if found is None else line_problem(found[1], hash=cursor.hash, seq=cursor.seq)
     if problem is not None:
         raise IntegrityError(
             f"{log_path} was rewritten under the cursor at {where}: {problem}",

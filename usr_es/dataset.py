@@ -78,7 +78,7 @@ from .log import (
     encode_line,
     find_command,
     iter_lines,
-    line_digest,
+    line_problem,
     quarantine_tail,
     read_line_at,
 )
@@ -1293,15 +1293,9 @@ class Dataset:
         if stored is None or stored.seq < 1:
             return None
         raw = read_line_at(self.log_path, stored.offset)
-        if raw is None:
+        if raw is None or line_problem(raw, hash=stored.hash, seq=stored.seq) is not None:
             return None
-        framed = line_digest(raw)
-        if framed is None or framed[0] != framed[1] or framed[0] != stored.hash:
-            return None
-        record = _first_record(raw)
-        if record.seq != stored.seq:
-            return None
-        return stored.offset, stored.seq, record.prev
+        return stored.offset, stored.seq, _first_record(raw).prev
 
     def _replay(
         self, *, until_seq: int | None = None, checkpoints: bool = True

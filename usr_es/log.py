@@ -56,6 +56,28 @@ def line_digest(raw: bytes) -> tuple[str, str] | None:
     return claimed, computed
 
 
+class _Seq(msgspec.Struct):
+    seq: int
+
+
+_seq_decoder = msgspec.json.Decoder(_Seq)
+
+
+def line_problem(raw: bytes, *, hash: str, seq: int) -> str | None:
+    """Why the complete line `raw` (no newline) is not the line of `seq` with `hash`, or None when it is:
+    the hash it carries matches its bytes and is `hash`, and its seq is `seq`."""
+    framed = line_digest(raw)
+    if framed is None or framed[0] != framed[1]:
+        return "the line there fails its hash check"
+    if framed[0] != hash:
+        return f"the line there has hash {framed[0]}, not {hash}"
+    try:
+        found = _seq_decoder.decode(raw).seq
+    except msgspec.DecodeError:
+        return "the line there has no seq"
+    return None if found == seq else f"the line there is seq {found}"
+
+
 @dataclass(frozen=True)
 class LogLine:
     """One verified line: its seq, byte range, raw bytes (no newline) and decoded record."""
@@ -246,7 +268,7 @@ def read_line_before(path: Path, end: int) -> tuple[int, bytes] | None:
     if end <= 0 or not path.exists():
         return None
     lower = max(0, end - MAX_LINE_BYTES - 1)  # one extra byte: the newline ending the line before
-    buf = b""
+    chunks: list[bytes] = []  # read backwards, newest first; each searched once, joined once
     pos = end
     with path.open("rb") as fh:
         while pos > lower:
@@ -254,15 +276,14 @@ def read_line_before(path: Path, end: int) -> tuple[int, bytes] | None:
             pos -= step
             fh.seek(pos)
             chunk = fh.read(step)
-            if len(chunk) != step:
+            if len(chunk) != step or (not chunks and not chunk.endswith(b"\n")):
                 return None
-            buf = chunk + buf
-            if not buf.endswith(b"\n"):
-                return None
-            nl = buf.rfind(b"\n", 0, len(buf) - 1)
+            chunks.append(chunk)
+            nl = chunk.rfind(b"\n", 0, len(chunk) - 1 if len(chunks) == 1 else len(chunk))
             if nl >= 0:
-                return pos + nl + 1, buf[nl + 1 : -1]
-    return (0, buf[:-1]) if lower == 0 else None
+                data = b"".join(reversed(chunks))
+                return pos + nl + 1, data[nl + 1 : -1]
+    return (0, b"".join(reversed(chunks))[:-1]) if lower == 0 else None
 
 
 def find_command(path: Path, command_id: str) -> LogLine | None:
