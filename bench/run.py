@@ -435,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC} · {platform.node()} · {os.cpu_count()} CPU · "
         f"{platform.system()} {platform.release()} · Python {platform.python_version()} · "
-        f"pyarrow {pyarrow.__version__}",
+        f"pyarrow {pyarrow.__version__} · Arrow memory pool: `usr` "
+        f"{os.environ.get('ARROW_DEFAULT_MEMORY_POOL') or 'jemalloc (its default on Linux, ADR 0010)'}, "
+        f"baseline {pyarrow.default_memory_pool().backend_name}",
         "",
         "| step | figure | target | result |",
         "|------|--------|--------|--------|",

@@ -261,3 +261,23 @@ def test_cli_verify_failure_exit_code_in_process(cli_root: Path, tmp_path: Path)
 def test_cli_no_root_is_a_usage_error(tmp_path: Path) -> None:
     proc = usr_process(tmp_path, "ls")
     assert_user_error(proc, 2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the jemalloc preference applies on Linux")
+@pytest.mark.parametrize(("preset", "expected"), [(None, "jemalloc"), ("system", "system")])
+def test_the_usr_process_allocates_with_jemalloc_unless_a_pool_is_named(preset: str | None, expected: str) -> None:
+    import pyarrow as pa
+
+    if expected == "jemalloc" and "jemalloc" not in pa.supported_memory_backends():
+        pytest.skip("this pyarrow build has no jemalloc")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if preset is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
+    probe = (
+        "from usr_es.cli import _prefer_jemalloc\n"
+        "_prefer_jemalloc()\n"
+        "import pyarrow as pa\n"
+        "print(pa.default_memory_pool().backend_name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected

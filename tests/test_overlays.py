@@ -172,13 +172,22 @@ def test_merge_parts_accepts_multi_chunk_columns() -> None:
     "parts",
     [
         [part(1, id=["a", "a"], m__x=[1, 2])],
+        [part(1, id=["a", "b", "b", "c"], m__x=[1, 2, 3, 4])],
         [part(1, id=["a"], m__x=[1]), part(2, id=["b", "c", "b"], m__x=[1, 2, 3])],
         [part(1, id=["a"], m__x=[1]), part(1, id=["b"], m__x=[2])],
         [part(1, key=["a"], m__x=[1])],
         [part(1, id=pa.array(["a", None]), m__x=[1, 2])],
         [part(1, id=[1, 2], m__x=[1, 2])],
     ],
-    ids=["duplicate_id_first_part", "duplicate_id_later_part", "equal_seqs", "no_id", "null_id", "int_id"],
+    ids=[
+        "duplicate_id_first_part",
+        "duplicate_id_in_sorted_part",
+        "duplicate_id_later_part",
+        "equal_seqs",
+        "no_id",
+        "null_id",
+        "int_id",
+    ],
 )
 def test_merge_parts_rejects_malformed_parts(parts: list[Part]) -> None:
     with pytest.raises(ValueError):

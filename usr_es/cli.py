@@ -1112,8 +1112,18 @@ def _fail(exc: UsrError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def _prefer_jemalloc() -> None:
+    """Allocate Arrow memory with jemalloc in the `usr` process, unless ARROW_DEFAULT_MEMORY_POOL
+    already names a pool: on 1M-row imports, attaches and materializes it peaks 80-230 MB lower
+    than pyarrow's default (mimalloc) and spends less time in the kernel (ADR 0010). Set before
+    pyarrow is imported (so `usr --help` stays free of it); Linux wheels are built with jemalloc."""
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning every UsrError into `error:`/`hint:` + exit code."""
+    _prefer_jemalloc()
     try:
         app(args=argv, prog_name="usr")
     except UsrError as exc:

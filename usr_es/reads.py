@@ -291,32 +291,14 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(table.columns, schema=schema)
 
 
-def _merge(
-    reads: list[tuple[str, _Source, list[str]]], tables: Sequence[pa.Table], *, trusted: bool = False
-) -> dict[str, pa.Table]:
-    """Per namespace of `reads` (from `_Selection.part_reads`), the merge of its parts' `tables`.
-
-    `trusted`: a namespace with one plain part (whole, from its projection file) is that part as is:
-    `merge_parts` would give the same table after checking its ids are distinct, which the write that
-    made it already checked (a hash of every id: the dearest step of a full scan of a large part).
-    """
+def _merge(reads: list[tuple[str, _Source, list[str]]], tables: Sequence[pa.Table]) -> dict[str, pa.Table]:
+    """Per namespace of `reads` (from `_Selection.part_reads`), the merge of its parts' `tables`."""
     from .overlays import Part, merge_parts
 
     parts: dict[str, list[Part]] = {}
     for (ns, src, _), table in zip(reads, tables, strict=True):
         parts.setdefault(ns, []).append(Part(src.seq, table))
-    merged = {}
-    for ns, these in parts.items():
-        names = these[0].table.column_names
-        plain = not any(n == _PURGED or n.startswith(_WRITTEN) for n in names) and names.count(_ID) == 1
-        column = these[0].table.column(_ID) if plain else None
-        if trusted and len(these) == 1 and column is not None and column.type == pa.string() and not column.null_count:
-            merged[ns] = pa.table(
-                {_ID: column.combine_chunks(), **{n: these[0].table.column(n) for n in names if n != _ID}}
-            )
-        else:
-            merged[ns] = merge_parts(these)
-    return merged
+    return {ns: merge_parts(these) for ns, these in parts.items()}
 
 
 def _strip(table: pa.Table) -> pa.Table:
@@ -545,7 +527,7 @@ def _scan(plan: _Plan, sel: _Selection, batch_size: int) -> Iterator[pa.RecordBa
     import pyarrow.compute as pc
 
     reads = sel.part_reads(plan)
-    merged = _merge(reads, [src.whole(cols) for _, src, cols in reads], trusted=True)
+    merged = _merge(reads, [src.whole(cols) for _, src, cols in reads])
     for _, src, _ in reads:
         src._whole.clear()  # the merged tables are all that is kept
     # Each base row's row in each merged namespace, found once (one hash table per namespace, not per batch).
