@@ -653,22 +653,21 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
         if unknown:
             raise NotFound(f"No overlays for namespace(s): {', '.join(unknown)}.", hint=f"Overlays: {', '.join(live)}")
     tombs = state.overlays.get(TOMBSTONE_NS)
-    doomed = 0
+    gone_ids = pa.array([], pa.string())  # the base ids --drop-deleted removes, sorted
     if command.drop_deleted and tombs is not None and state.base is not None:
         # Only tombstoned ids still in the base count: rows an earlier --drop-deleted removed are gone.
-        dead = tombstoned_ids(tombs)
-        doomed = int(pc.sum(pc.is_in(state.base.column("id"), value_set=dead).cast(pa.int64())).as_py() or 0)
-    if not chosen and not doomed:
+        base_ids = state.base.column("id")
+        gone = pc.filter(base_ids, pc.is_in(base_ids, value_set=tombstoned_ids(tombs)))
+        gone_ids = gone.combine_chunks() if isinstance(gone, pa.ChunkedArray) else gone
+        gone_ids = gone_ids.take(pc.sort_indices(gone_ids))
+    if not chosen and not len(gone_ids):
         raise NoChange("No overlays to materialize.")
     assert state.base is not None
     merged = {ns: state.overlays[ns] for ns in chosen}
     table = materialize_table(state.base, merged, tombs, drop_deleted=command.drop_deleted)
     added = tuple(c for c in table.column_names if c not in state.base.column_names)
     dropped = state.base.num_rows - table.num_rows
-    base_ids = state.base.column("id")
-    gone = pc.filter(base_ids, pc.invert(pc.is_in(base_ids, value_set=table.column("id"))))
-    gone_ids = gone.combine_chunks() if isinstance(gone, pa.ChunkedArray) else gone
-    gone_ids = gone_ids.take(pc.sort_indices(gone_ids))
+    assert dropped == len(gone_ids)  # materialize_table drops exactly the tombstoned ids in the base
     inline = tuple(gone_ids.to_pylist()) if dropped and len(gone_ids) <= INLINE_IDS else None
     payload = pa.table({"id": gone_ids}) if dropped and inline is None else None
     event = Materialized(
