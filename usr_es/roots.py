@@ -42,10 +42,9 @@ def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
     env = os.environ.get("USR_ROOT")
     if env:
         return find_root(Path(env))
-    here = (cwd or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / REGISTRY_FILE).is_file():
-            return candidate
+    found = _nearest_holding(cwd or Path.cwd(), REGISTRY_FILE)
+    if found is not None:
+        return found
     raise InvalidInput(
         "No datasets root: no --root, USR_ROOT is unset, and no registry.yaml above the current directory.",
         hint="Pass --root DIR (or export USR_ROOT=DIR); `usr --root DIR namespace register ...` starts one.",
@@ -54,14 +53,19 @@ def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
 
 def enclosing_dataset(cwd: Path) -> Path:
     """The dataset folder `cwd` is in (it or its nearest ancestor holding `.events.log`)."""
-    here = cwd.resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / LOG_FILE).is_file():
-            return candidate
+    found = _nearest_holding(cwd, LOG_FILE)
+    if found is not None:
+        return found
     raise InvalidInput(
         "No dataset given, and the current directory is not inside a dataset folder.",
         hint="Pass a dataset id (`ns/name`) or path, or run the command inside the dataset's folder.",
     )
+
+
+def _nearest_holding(start: Path, name: str) -> Path | None:
+    """`start` or its nearest ancestor holding a file `name` (None: none does)."""
+    here = start.resolve()
+    return next((d for d in (here, *here.parents) if (d / name).is_file()), None)
 
 
 def list_datasets(root: Path) -> list[str]:
