@@ -48,14 +48,17 @@ class _Source:
     regenerated from the log instead and held in `table`.
     """
 
-    seq: int
+    mark: Watermark | None  # the event it reflects (None: an unchecked base read as a last resort)
     schema: pa.Schema  # Arrow schema without metadata
     num_rows: int
-    mark: Watermark | None = None  # the watermark the file was checked to carry (None: not checked)
     file: pa.NativeFile | None = None
     metadata: Any = None  # pq.FileMetaData of `file`
     table: pa.Table | None = None
     _whole: dict[tuple[str, ...], pa.Table] = field(default_factory=dict)
+
+    @property
+    def seq(self) -> int:
+        return self.mark.seq if self.mark is not None else 0
 
     def reader(self, *, streaming: bool = True) -> pq.ParquetFile:
         """A new reader over the mapped file (one per thread; `streaming` decodes only the pages read)."""
@@ -176,9 +179,7 @@ def _open_file(path: Path, mark: Watermark | None) -> _Source | None:
     if mark is not None and _mark_of(meta) != mark:
         return None
     schema = meta.schema.to_arrow_schema().remove_metadata()
-    return _Source(
-        seq=mark.seq if mark else 0, schema=schema, num_rows=meta.num_rows, mark=mark, file=mapped, metadata=meta
-    )
+    return _Source(mark=mark, schema=schema, num_rows=meta.num_rows, file=mapped, metadata=meta)
 
 
 def _mark_of(meta: Any) -> Watermark | None:
@@ -217,7 +218,7 @@ def _open_part(ds: Dataset, proj: Any, info: PartInfo) -> _Source:
     if src is not None:
         return src
     table = ds._part_table(info, proj, from_files=True).replace_schema_metadata(None)
-    return _Source(seq=info.mark.seq, schema=table.schema, num_rows=table.num_rows, table=table)
+    return _Source(mark=info.mark, schema=table.schema, num_rows=table.num_rows, table=table)
 
 
 def _overlay_schema(base: pa.Schema, parts: dict[str, list[_Source]]) -> tuple[pa.Schema, dict[str, str]]:
