@@ -65,6 +65,7 @@ GREP_SECONDS = 1.0
 EXPORT_RATIO = 1.3
 TOMBSTONES = 1000  # ids deleted before the read-surface figures (every 997th row)
 GREP_PATTERN = "ACGTAC"
+GREP_NO_MATCH = "ACGTZ"  # no DNA sequence holds a Z: grep scans every sequence
 EXPORT_PROBE = "--export-baseline-probe"  # internal: a plain pyarrow read + write of the exported columns
 
 
@@ -170,6 +171,15 @@ def state_set_probe(root: str, dataset: str, record_id: str) -> int:
     return 0
 
 
+def memory_pool(env: dict[str, str], *, usr_process: bool) -> str:
+    """The Arrow memory pool a child with `env` ends up with: a `usr` process (its entry point runs
+    first, which may choose the pool) or a plain pyarrow script like the baseline."""
+    entry = "from usr_es.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    probe = (entry if usr_process else "") + "import sys, pyarrow\n"
+    probe += "print(pyarrow.default_memory_pool().backend_name, file=sys.stderr)\n"
+    return checked([sys.executable, "-c", probe], env=env, what="memory pool").stderr.strip().splitlines()[-1]
+
+
 def export_baseline_probe(records: str, out: str, columns: str) -> int:
     """Child mode: read `columns` of records.parquet with pyarrow and write them to `out` (timed in-script,
     imports excluded), the least work `usr export --fmt parquet` must do. Prints the seconds."""
@@ -208,6 +218,7 @@ def read_surface(
         what="usr attach (late overlay)",
     )  # fmt: skip
     figures: list[Figure] = []
+    where = f"on the view with a live overlay and {len(doomed):,} tombstones"
     for label, argv in (
         ("`usr head -n 5`", ["head", DATASET, "-n", "5"]),
         ("`usr get --id`", ["get", DATASET, "--id", probe_id]),
@@ -216,14 +227,15 @@ def read_surface(
     ):
         median, times = median_of([*usr, *argv, "--format", "json"], env=env, what=label)
         runs = ", ".join(f"{t:.3f}" for t in times)
-        figures.append(Figure(f"{label} (median of {REPEATS})", f"{median:.3f} s ({runs})", f"≤ {READ_SECONDS} s",
-                              median <= READ_SECONDS))  # fmt: skip
-    grep_s, grep_all = median_of(
-        [*usr, "grep", DATASET, "--pattern", GREP_PATTERN, "--limit", "20", "--format", "json"], env=env, what="grep"
-    )
-    figures.append(Figure(f"`usr grep --pattern {GREP_PATTERN}` (median of {REPEATS})",
-                          f"{grep_s:.3f} s ({', '.join(f'{t:.3f}' for t in grep_all)})", f"≤ {GREP_SECONDS} s",
-                          grep_s <= GREP_SECONDS))  # fmt: skip
+        figures.append(Figure(f"{label} {where} (median of {REPEATS})", f"{median:.3f} s ({runs})",
+                              f"≤ {READ_SECONDS} s", median <= READ_SECONDS))  # fmt: skip
+    for pattern in (GREP_PATTERN, GREP_NO_MATCH):
+        argv = [*usr, "grep", DATASET, "--pattern", pattern, "--limit", "20", "--format", "json"]
+        grep_s, grep_all = median_of(argv, env=env, what="grep")
+        hits = len(checked(argv, env=env, what="grep").data())
+        figures.append(Figure(f"`usr grep --pattern {pattern} --limit 20` ({hits} hit(s)) (median of {REPEATS})",
+                              f"{grep_s:.3f} s ({', '.join(f'{t:.3f}' for t in grep_all)})", f"≤ {GREP_SECONDS} s",
+                              grep_s <= GREP_SECONDS))  # fmt: skip
     out = scratch / "export.parquet"
     exported = checked(
         [*usr, "export", DATASET, "--fmt", "parquet", "--out", str(out), "--format", "json"], env=env, what="export"
@@ -240,8 +252,9 @@ def read_surface(
     ratio = exported.seconds / plain
     rows = exported.data()["rows"]
     figures.append(Figure(f"`usr export --fmt parquet` ({rows:,} rows, {len(columns)} columns, process wall time)",
-                          f"{exported.seconds:.2f} s = {ratio:.2f}× pyarrow read + write of the same columns "
-                          f"({plain:.2f} s)", f"≤ {EXPORT_RATIO}×", ratio <= EXPORT_RATIO))  # fmt: skip
+                          f"{exported.seconds:.2f} s = {ratio:.2f}× pyarrow read + write of the {len(base_columns)} "
+                          f"exported columns records.parquet holds ({plain:.2f} s)", f"≤ {EXPORT_RATIO}×",
+                          ratio <= EXPORT_RATIO))  # fmt: skip
     figures.append(Figure("`usr export` peak RSS", mb(exported.peak_rss), f"≤ {mb(RSS_BYTES)}",
                           exported.peak_rss <= RSS_BYTES))  # fmt: skip
     return figures
@@ -435,9 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC} · {platform.node()} · {os.cpu_count()} CPU · "
         f"{platform.system()} {platform.release()} · Python {platform.python_version()} · "
-        f"pyarrow {pyarrow.__version__} · Arrow memory pool: `usr` "
-        f"{os.environ.get('ARROW_DEFAULT_MEMORY_POOL') or 'jemalloc (its default on Linux, ADR 0010)'}, "
-        f"baseline {pyarrow.default_memory_pool().backend_name}",
+        f"pyarrow {pyarrow.__version__} · Arrow memory pool: `usr` {memory_pool(env, usr_process=True)}, "
+        f"baseline {memory_pool(env, usr_process=False)}",
         "",
         "| step | figure | target | result |",
         "|------|--------|--------|--------|",

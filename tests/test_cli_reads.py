@@ -154,8 +154,7 @@ def test_json_output_of_every_read_command_parses_for_every_column_type(
     root, ids = typed_root
     data = usr_json(root, *[part.format(*ids) for part in command])
     assert data  # every one of these commands has something to show for this dataset
-    text = json.dumps(data, allow_nan=False)  # NaN/inf must have become null
-    assert "NaN" not in text
+    json.dumps(data, allow_nan=False)  # raises if a NaN/inf survived instead of becoming null
 
 
 def test_json_rows_keep_values_of_every_type(typed_root: tuple[Path, list[str]]) -> None:

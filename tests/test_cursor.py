@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -45,10 +45,18 @@ def consume(ds: Dataset, cursor: Path, **kwargs: object) -> list[bytes]:
     return list(tail(ds.log_path, ds.name, cursor_path=cursor, **kwargs))  # type: ignore[arg-type]
 
 
-def deadline_stop(done: Callable[[], bool], seconds: float = 30.0) -> Callable[[], bool]:
-    """A stop() that is true once `done()` is, or after `seconds` (so a broken test cannot hang)."""
+def following(
+    ds: Dataset,
+    *,
+    until: Callable[[], bool] = lambda: False,
+    seconds: float = 30.0,
+    cursor: Path | None = None,
+    poll: float = 0.01,
+) -> Iterator[bytes]:
+    """`tail --follow` of `ds`, stopping once `until()` is true or after `seconds` (a broken test cannot hang)."""
     end = time.monotonic() + seconds
-    return lambda: done() or time.monotonic() > end
+    stop = lambda: until() or time.monotonic() > end  # noqa: E731
+    return tail(ds.log_path, ds.name, cursor_path=cursor, follow=True, poll=poll, stop=stop)
 
 
 @pytest.fixture
@@ -291,14 +299,7 @@ def test_follow_with_cursor_picks_up_events_appended_by_another_thread(dataset: 
             add(Dataset.open(dataset.root, dataset.name), sequence)
 
     thread = threading.Thread(target=writer)
-    stream = tail(
-        dataset.log_path,
-        dataset.name,
-        cursor_path=cursor_file,
-        follow=True,
-        poll=0.01,
-        stop=deadline_stop(lambda: len(got) >= 4),
-    )
+    stream = following(dataset, cursor=cursor_file, until=lambda: len(got) >= 4)
     thread.start()
     try:
         got.extend(stream)
@@ -324,9 +325,7 @@ def test_follow_never_delivers_half_written_lines_of_another_process(dataset: Da
     got: list[bytes] = []
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(dataset.dir)], env=env)
     try:
-        stream = tail(
-            dataset.log_path, dataset.name, follow=True, poll=0.001, stop=deadline_stop(lambda: len(got) >= 6)
-        )
+        stream = following(dataset, until=lambda: len(got) >= 6, poll=0.001)
         for line in stream:
             digest = line_digest(line[:-1])  # a whole line whose hash verifies: never half an append
             assert line.endswith(b"\n") and digest is not None and digest[0] == digest[1]
@@ -338,15 +337,8 @@ def test_follow_never_delivers_half_written_lines_of_another_process(dataset: Da
 
 def test_follow_raises_when_the_log_is_truncated_underneath(dataset: Dataset, cursor_file: Path) -> None:
     add(dataset, "ACGT")
-    stream = tail(
-        dataset.log_path,
-        dataset.name,
-        cursor_path=cursor_file,
-        follow=True,
-        poll=0.01,
-        stop=deadline_stop(lambda: False, 10),  # a missed truncation ends the stream instead of hanging
-    )
-    assert len([next(stream), next(stream)]) == 2
+    stream = following(dataset, cursor=cursor_file, seconds=10)  # a missed truncation ends it, not hangs
+    assert [next(stream), next(stream)] == log_lines(dataset)
     os.truncate(dataset.log_path, 10)
     with pytest.raises(IntegrityError, match="truncated"):
         next(stream)
@@ -356,7 +348,7 @@ def test_follow_raises_when_the_log_is_truncated_underneath(dataset: Dataset, cu
 def test_follow_raises_when_the_dataset_is_recreated_underneath(root: Path, cursor_file: Path) -> None:
     ds = Dataset.open(root, "demo/ds")
     ds.init(source="first")
-    stream = tail(ds.log_path, ds.name, follow=True, poll=0.01, stop=deadline_stop(lambda: False, 10))
+    stream = following(ds, seconds=10)
     assert json.loads(next(stream))["seq"] == 1
     shutil.rmtree(ds.dir)
     again = Dataset.open(root, "demo/ds")

@@ -23,6 +23,7 @@ OTHERS = ["GGGGCCCCAAAT", "TTTTAAAACCCG", "CATCATCATGGA", "GACGTACGATTA", "AAAAA
 def searched(monkeypatch: pytest.MonkeyPatch) -> None:
     """Row groups of two rows, and every file searched (as at scale, where the index is used)."""
     monkeypatch.setattr("usr_es.projectors._ROW_GROUP_ROWS", 2)
+    monkeypatch.setattr("usr_es.projectors.PART_ROW_GROUP_ROWS", 2)
     monkeypatch.setattr("usr_es.reads._SMALL_ROWS", 0)
 
 
@@ -117,13 +118,19 @@ def test_a_damaged_index_with_a_valid_stamp_never_returns_another_record(tmp_pat
     rows = sorted_rows(pa.array(ids))
     assert mark is not None and rows is not None
     keys, positions = rows.column(0), rows.column(1).to_pylist()
-    for damaged in (positions[1:] + positions[:1], [len(ids) + 5] * len(ids)):  # shifted, past the end
+    by_row = dict(zip(positions, range(len(positions)), strict=True))  # base row -> index entry
+    a, b = 0, 2  # two records with different keys: their entries are swapped
+    assert key_of(ids[a]) != key_of(ids[b])
+    swapped = list(positions)
+    swapped[by_row[a]], swapped[by_row[b]] = b, a
+    past_end = [len(ids) + 5] * len(ids)
+    for damaged, hidden in ((swapped, {ids[a], ids[b]}), (past_end, set(ids))):
         bad = pa.record_batch([keys, pa.array(damaged, pa.uint32())], schema=rows.schema)
         path.write_bytes(encode(bad, mark))
         for wanted in ids:
-            try:
-                got = ds.get([wanted]).column("id").to_pylist()
-            except NotFound:
-                continue  # a damaged index may hide a record (verify reports it), never swap one
-            assert got == [wanted]
+            if wanted in hidden:  # its entry points at another record's row: not that record, not found
+                with pytest.raises(NotFound):
+                    ds.get([wanted])
+            else:
+                assert ds.get([wanted]).column("id").to_pylist() == [wanted]
         assert not ds.verify().ok
