@@ -32,7 +32,7 @@ from usr_es.export import (
     prefetched,
     write_export,
 )
-from usr_es.fileio import FileOps, use_fileops
+from usr_es.fileio import FileOps, remove_stale_temps, use_fileops
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC)
@@ -158,7 +158,8 @@ def batches_of(table: pa.Table, size: int) -> Iterator[pa.RecordBatch]:
 
 
 def temp_files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".tmp-"))
+    """Hidden files left in `directory` (an export's temp file is hidden, whatever its prefix)."""
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
 # -- JSON rules ---------------------------------------------------------------------------------
@@ -489,6 +490,20 @@ def test_write_export_failed_rename_leaves_no_temp(tmp_path: Path) -> None:
     with use_fileops(FailingReplace()), pytest.raises(OSError):
         write_export(batches_of(table, 2), table.schema, "jsonl", tmp_path / "out.jsonl")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_an_export_survives_a_writers_crash_clean_up_in_the_same_folder(tmp_path: Path, fmt: str) -> None:
+    table = sample_table()
+
+    def with_a_writer_meanwhile() -> Iterator[pa.RecordBatch]:
+        yield from batches_of(table, 1)
+        remove_stale_temps(tmp_path)  # what a writer does under the dataset lock; exports hold no lock
+        yield from batches_of(table, 2)
+
+    out = tmp_path / f"out.{fmt}"
+    result = write_export(with_a_writer_meanwhile(), table.schema, fmt, out)
+    assert result.rows == 2 * table.num_rows and out.stat().st_size == result.size_bytes
 
 
 def test_write_export_replaces_an_existing_file(tmp_path: Path) -> None:

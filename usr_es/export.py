@@ -12,12 +12,11 @@ import decimal
 import math
 import os
 import queue
-import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pyarrow as pa
@@ -26,7 +25,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from .errors import InvalidInput, NotFound
-from .fileio import FILE_MODE, fileops
+from .fileio import SeamFile, atomic_file
 from .results import ExportResult
 
 if TYPE_CHECKING:
@@ -387,33 +386,19 @@ def write_export(
     NaN/inf as `nan`/`inf`, nulls empty. jsonl: one JSON object per row (see `json_text`).
     """
     fmt = check_format(fmt)
-    ops = fileops()
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-    rows = 0
-    try:
-        with open(fd, "wb", buffering=1 << 20) as sink:
-            counted = _counted(batches, schema, progress)
-            if fmt == "parquet":
-                _write_parquet(counted, schema, sink, metadata=metadata)
-            elif fmt == "csv":
-                _write_csv(counted, schema, sink)
-            else:
-                for batch in counted:
-                    sink.write(jsonl_buffer(batch))
-            rows = counted.rows
-            sink.flush()
-            if durable:
-                ops.fsync(sink.fileno())
-        size = tmp.stat().st_size
-        ops.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            ops.unlink(tmp)
-        raise
-    if durable:
-        ops.fsync_dir(path.parent)
+    # Not `.tmp-`: a writer's crash clean-up removes those, and an export into a dataset folder runs unlocked.
+    # (The writers below write whole pages or batches: no buffering is needed.)
+    with atomic_file(path, point="export", temp_prefix=".export-tmp-", durable=durable) as sink:
+        counted = _counted(batches, schema, progress)
+        if fmt == "parquet":
+            _write_parquet(counted, schema, sink, metadata=metadata)
+        elif fmt == "csv":
+            _write_csv(counted, schema, sink)
+        else:
+            for batch in counted:
+                sink.write(jsonl_buffer(batch))
+        rows, size = counted.rows, sink.tell()
     return ExportResult(
         dataset=dataset, format=fmt, path=str(path), rows=rows, columns=list(schema.names), size_bytes=size
     )
@@ -443,7 +428,7 @@ class _counted:
 def _write_parquet(
     batches: Iterable[pa.RecordBatch],
     schema: pa.Schema,
-    sink: BinaryIO,
+    sink: SeamFile,
     *,
     metadata: dict[str, str] | None,
 ) -> None:
@@ -538,7 +523,7 @@ def _csv_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([_csv_column(c) for c in batch.columns], names=batch.schema.names)
 
 
-def _write_csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: BinaryIO) -> None:
+def _write_csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: SeamFile) -> None:
     empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
     csv_schema = _csv_batch(empty).schema
     with pcsv.CSVWriter(sink, csv_schema) as writer:

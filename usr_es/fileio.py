@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import secrets
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import CommitError, IntegrityError
 
@@ -123,20 +125,47 @@ def _write_all(ops: FileOps, fd: int, data: bytes | memoryview) -> None:
         offset += ops.write(fd, view[offset:] if offset else view)
 
 
-def write_atomic(
-    path: Path, data: bytes | memoryview | list[bytes | memoryview], *, point: str = "publish", mode: int = FILE_MODE
-) -> None:
-    """Publish `data` (bytes, or parts written in order) at `path` atomically.
+class SeamFile(io.RawIOBase):
+    """A write-only file object over a descriptor whose writes go through the seam (whole writes)."""
 
-    Temp file in the same directory, fsync, rename, fsync of the directory.
+    def __init__(self, ops: FileOps, fd: int) -> None:
+        super().__init__()
+        self._ops = ops
+        self._fd = fd
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        _write_all(self._ops, self._fd, view)
+        self._written += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self._written
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+@contextlib.contextmanager
+def atomic_file(
+    path: Path, *, point: str = "publish", mode: int = FILE_MODE, temp_prefix: str = ".tmp-", durable: bool = True
+) -> Iterator[SeamFile]:
+    """Write `path` atomically through the yielded file: a temp file in the same directory, fsync, rename,
+    fsync of the directory (no fsyncs unless `durable`). On any error the temp file is removed and `path`
+    is left as it was. `remove_stale_temps` clears `.tmp-` files after a crash; a writer outside the
+    dataset lock must pick another `temp_prefix`, or a concurrent writer may take its file for a stale one.
     """
     ops = fileops()
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = path.with_name(f"{temp_prefix}{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
     fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        for part in data if isinstance(data, list) else [data]:
-            _write_all(ops, fd, part)
-        ops.fsync(fd)
+        yield SeamFile(ops, fd)
+        if durable:
+            ops.fsync(fd)
     except BaseException:
         ops.close(fd)
         with contextlib.suppress(OSError):
@@ -150,7 +179,17 @@ def write_atomic(
         with contextlib.suppress(OSError):
             ops.unlink(tmp)
         raise
-    ops.fsync_dir(path.parent)
+    if durable:
+        ops.fsync_dir(path.parent)
+
+
+def write_atomic(
+    path: Path, data: bytes | memoryview | list[bytes | memoryview], *, point: str = "publish", mode: int = FILE_MODE
+) -> None:
+    """Publish `data` (bytes, or parts written in order) at `path` atomically (see `atomic_file`)."""
+    with atomic_file(path, point=point, mode=mode) as sink:
+        for part in data if isinstance(data, list) else [data]:
+            sink.write(part)
 
 
 def write_once(path: Path, data: bytes | memoryview, *, point: str = "payload") -> None:
