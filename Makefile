@@ -25,23 +25,24 @@ test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check usr_es tests bench
-	$(BIN)/ruff format --check usr_es tests bench
+	$(BIN)/ruff check usr_es tests bench tools
+	$(BIN)/ruff format --check usr_es tests bench tools
 
-typecheck: $(STAMP) ## mypy --strict on usr_es
-	$(BIN)/mypy usr_es
+typecheck: $(STAMP) ## mypy --strict on usr_es and tools; the import graph has no cycle
+	$(BIN)/mypy usr_es tools
+	$(BIN)/python -m tools.imports > /dev/null
 
 check: lint typecheck test ## lint + typecheck + tests
 
 fmt: $(STAMP) ## Format and autofix
-	$(BIN)/ruff format usr_es tests bench
-	$(BIN)/ruff check --fix usr_es tests bench
+	$(BIN)/ruff format usr_es tests bench tools
+	$(BIN)/ruff check --fix usr_es tests bench tools
 
 fixtures: $(STAMP) ## Regenerate replay_fixtures/ (review the diff!)
-	$(BIN)/python -m usr_es.fixtures replay_fixtures
+	$(BIN)/python -m tools.replay_fixtures replay_fixtures
 
 docs: $(STAMP) ## Regenerate docs/cli.md from the help texts
-	$(BIN)/python -m usr_es.clidoc docs/cli.md
+	$(BIN)/python -m tools.clidoc docs/cli.md
 
 bench: $(STAMP) ## Benchmarks against the physical baseline (N=1,000,000 by default)
 	$(BIN)/python bench/run.py $(if $(N),--n $(N),)

@@ -58,13 +58,13 @@ def test_schema_tree_groups_base_and_namespaces(cli_root: Path) -> None:
 def test_progress_bar_goes_to_a_terminal_stderr_only(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     import sys
 
-    from usr_es import cli
+    from usr_es.cli.common import progress
 
-    with cli._progress("quiet work") as update:
+    with progress("quiet work") as update:
         update(1)
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    with cli._progress("loud work", total=10) as update:
+    with progress("loud work", total=10) as update:
         update(10)
     # rich renders to a terminal it detected; the transient bar is cleared, but it was drawn.
     assert "loud work" in capsys.readouterr().err

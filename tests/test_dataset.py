@@ -287,11 +287,11 @@ def test_rebuild_after_deleting_records_is_byte_identical(dataset: Dataset, demo
     dataset.add_sequences(["ACGTTT", "ggccaa"], source="api")
     original = dataset.records_path.read_bytes()
     dataset.records_path.unlink()
-    result = dataset.rebuild()
+    result = dataset.maintenance.rebuild()
     assert result.seq == 3 and result.rows == 8
     assert dataset.records_path.read_bytes() == original
     assert dataset.verify().ok
-    dataset.rebuild()
+    dataset.maintenance.rebuild()
     assert dataset.records_path.read_bytes() == original
 
 
@@ -356,7 +356,7 @@ def test_replay_until_writes_past_dataset(dataset: Dataset, tmp_path: Path, unti
         "timestamp_offset": second["timestamp_utc"].replace("Z", "+00:00"),
     }[until_kind]
     out = tmp_path / "past"
-    result = dataset.replay(until, out)
+    result = dataset.log.replay(until, out)
     assert result.seq == 2 and result.rows == 2 and result.event_id == second["event_id"]
     past = Dataset.at(out)
     assert past.verify().ok
@@ -369,13 +369,13 @@ def test_replay_until_writes_past_dataset(dataset: Dataset, tmp_path: Path, unti
 
 def test_replay_until_unknown_targets(dataset: Dataset, tmp_path: Path) -> None:
     with pytest.raises(NotFound):
-        dataset.replay(7, tmp_path / "a")
+        dataset.log.replay(7, tmp_path / "a")
     with pytest.raises(NotFound):
-        dataset.replay("f" * 32, tmp_path / "b")
+        dataset.log.replay("f" * 32, tmp_path / "b")
     with pytest.raises(NotFound):
-        dataset.replay("2000-01-01T00:00:00Z", tmp_path / "c")
+        dataset.log.replay("2000-01-01T00:00:00Z", tmp_path / "c")
     with pytest.raises(InvalidInput):
-        dataset.replay("yesterday", tmp_path / "d")
+        dataset.log.replay("yesterday", tmp_path / "d")
 
 
 def test_replay_into_non_empty_directory_is_rejected(dataset: Dataset, tmp_path: Path) -> None:
@@ -383,13 +383,13 @@ def test_replay_into_non_empty_directory_is_rejected(dataset: Dataset, tmp_path:
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(DatasetExists):
-        dataset.replay(1, out)
+        dataset.log.replay(1, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
 def test_replayed_dataset_accepts_writes_from_its_registry(dataset: Dataset, tmp_path: Path) -> None:
     dataset.add_sequences(["AAAA"])
-    past = Dataset.at(dataset.replay(1, tmp_path / "past").out)
+    past = Dataset.at(dataset.log.replay(1, tmp_path / "past").out)
     assert past.head().num_rows == 0
     past.add_sequences(["TTTT"])
     assert all_rows(past).column("sequence").to_pylist() == ["TTTT"]
@@ -459,7 +459,7 @@ def test_head_limits_rows_and_columns(dataset: Dataset, demo_csv: Path) -> None:
 
 
 def test_schema_lists_base_columns(dataset: Dataset) -> None:
-    columns = {c.name: c.type for c in dataset.schema()}
+    columns = {c.name: c.type for c in dataset.columns()}
     assert columns == {
         "id": "string",
         "bio_type": "string",
@@ -473,9 +473,9 @@ def test_schema_lists_base_columns(dataset: Dataset) -> None:
 
 def test_events_returns_records_in_log_order(dataset: Dataset) -> None:
     dataset.add_sequences(["AAAA"])
-    records = dataset.events()
+    records = dataset.log.events()
     assert [r.seq for r in records] == [1, 2]
-    assert [r.action for r in dataset.events(n=1)] == ["import_rows"]
+    assert [r.action for r in dataset.log.events(n=1)] == ["import_rows"]
 
 
 def test_list_all_summarises_datasets(root: Path, dataset: Dataset, demo_csv: Path) -> None:
@@ -488,7 +488,7 @@ def test_list_all_summarises_datasets(root: Path, dataset: Dataset, demo_csv: Pa
 
 def test_missing_dataset_reads_are_not_found(root: Path) -> None:
     ds = Dataset.open(root, "demo/ghost")
-    for read in (ds.info, ds.head, ds.verify, ds.rebuild, ds.events):
+    for read in (ds.info, ds.head, ds.verify, ds.maintenance.rebuild, ds.log.events):
         with pytest.raises(NotFound):
             read()
 

@@ -43,15 +43,15 @@ def import_rows(
 
 
 def payload_column(decision: Decision, name: str) -> list[Any]:
-    assert decision.payload is not None
-    return decision.payload.column(name).to_pylist()
+    assert decision.only.payload is not None
+    return decision.only.payload.column(name).to_pylist()
 
 
 def test_decide_init_creates_dataset_initialized() -> None:
     decision = decide(DatasetState(name="demo/ds"), InitDataset(source="lab", notes="n"), now=NOW)
-    assert decision.event == DatasetInitialized(name="demo/ds", created_at=NOW, source="lab", notes="n")
-    assert decision.action == "init"
-    assert decision.payload is None
+    assert decision.only.event == DatasetInitialized(name="demo/ds", created_at=NOW, source="lab", notes="n")
+    assert decision.only.action == "init"
+    assert decision.only.payload is None
 
 
 def test_decide_init_twice_is_rejected() -> None:
@@ -147,15 +147,15 @@ def test_decide_import_rejects_duplicates_inside_input_listing_groups() -> None:
 
 def test_decide_import_case_variants_are_not_duplicates() -> None:
     decision = import_rows(["ACGT", "acgt"])
-    assert decision.metrics == {"rows_written": 2, "rows_skipped": 0}
+    assert decision.only.metrics == {"rows_written": 2, "rows_skipped": 0}
 
 
 def test_decide_import_skip_keeps_first_of_each_duplicate_group() -> None:
     decision = import_rows(["ACGT", "GGGG", "ACGT", "TTTT", "GGGG"], on_conflict="skip")
     assert payload_column(decision, "sequence") == ["ACGT", "GGGG", "TTTT"]
-    assert decision.metrics == {"rows_written": 3, "rows_skipped": 2}
-    assert isinstance(decision.event, SequencesImported)
-    assert (decision.event.rows, decision.event.skipped) == (3, 2)
+    assert decision.only.metrics == {"rows_written": 3, "rows_skipped": 2}
+    assert isinstance(decision.only.event, SequencesImported)
+    assert (decision.only.event.rows, decision.only.event.skipped) == (3, 2)
 
 
 def test_decide_import_rejects_ids_already_in_dataset() -> None:
@@ -171,14 +171,14 @@ def test_decide_import_skip_drops_ids_already_in_dataset() -> None:
     state = DatasetState(name="demo/ds", initialized=True, seq=2, ids=known)
     decision = import_rows(["ACGT", "GGGG", "ACGT", "CCCC", "TTTT"], state=state, on_conflict="skip")
     assert payload_column(decision, "sequence") == ["ACGT", "CCCC"]
-    assert decision.metrics == {"rows_written": 2, "rows_skipped": 3}
+    assert decision.only.metrics == {"rows_written": 2, "rows_skipped": 3}
 
 
 def test_decide_import_skip_of_only_known_ids_has_no_payload() -> None:
     state = DatasetState(name="demo/ds", initialized=True, seq=2, ids=pa.array([sha1_id("dna", "ACGT")]))
     decision = import_rows(["ACGT"], state=state, on_conflict="skip")
-    assert decision.payload is None
-    assert decision.metrics == {"rows_written": 0, "rows_skipped": 1}
+    assert decision.only.payload is None
+    assert decision.only.metrics == {"rows_written": 0, "rows_skipped": 1}
 
 
 def test_decide_import_uses_bio_type_and_alphabet_columns() -> None:
@@ -221,10 +221,10 @@ def test_decide_import_protein() -> None:
 
 def test_decide_import_event_carries_source_and_time() -> None:
     decision = import_rows(["ACGT"], path="/in/a.csv", fmt="csv")
-    assert decision.event == SequencesImported(rows=1, skipped=0, source="/in/a.csv", created_at=NOW)
+    assert decision.only.event == SequencesImported(rows=1, skipped=0, source="/in/a.csv", created_at=NOW)
     decision = import_rows(["ACGT"], path="/in/a.csv", fmt="csv", source="lab")
-    assert isinstance(decision.event, SequencesImported) and decision.event.source == "lab"
-    assert decision.action == "import_rows"
+    assert isinstance(decision.only.event, SequencesImported) and decision.only.event.source == "lab"
+    assert decision.only.action == "import_rows"
 
 
 def test_redact_hides_secret_keys_recursively() -> None:

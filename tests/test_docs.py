@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import typer
 
+from tools.clidoc import commands, help_texts, render
 from usr_es import errors
-from usr_es.clidoc import commands, help_texts, render
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -22,17 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usr_es.errors import InvalidInput, NotFound
-from usr_es.export import (
-    EXPORT_FORMATS,
-    check_format,
-    export_target,
-    json_rows,
-    json_text,
-    json_value,
-    prefetched,
-    write_export,
-)
+from usr_es.export import EXPORT_FORMATS, check_format, export_target, prefetched, write_export
 from usr_es.fileio import FileOps, remove_stale_temps, use_fileops
+from usr_es.jsontext import json_rows, json_text, json_value
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC)

@@ -11,7 +11,8 @@ import pytest
 
 from usr_es import Dataset, reads
 from usr_es.errors import NotFound
-from usr_es.idindex import INDEX_FILE, encode, key_of, sorted_rows, stamp_of
+from usr_es.idindex import encode, key_of, sorted_rows, stamp_of
+from usr_es.names import INDEX_FILE
 from usr_es.registry import register_namespace, split_columns_spec
 
 # Two sequences whose ids (sha1 of "dna|sequence") share their first 8 characters: the same index key.
@@ -22,8 +23,8 @@ OTHERS = ["GGGGCCCCAAAT", "TTTTAAAACCCG", "CATCATCATGGA", "GACGTACGATTA", "AAAAA
 @pytest.fixture(autouse=True)
 def searched(monkeypatch: pytest.MonkeyPatch) -> None:
     """Row groups of two rows, and every file searched (as at scale, where the index is used)."""
-    monkeypatch.setattr("usr_es.projectors._ROW_GROUP_ROWS", 2)
-    monkeypatch.setattr("usr_es.projectors.PART_ROW_GROUP_ROWS", 2)
+    monkeypatch.setattr("usr_es.codec._ROW_GROUP_ROWS", 2)
+    monkeypatch.setattr("usr_es.codec.PART_ROW_GROUP_ROWS", 2)
     monkeypatch.setattr("usr_es.reads._SMALL_ROWS", 0)
 
 
@@ -97,7 +98,7 @@ def test_the_next_write_catches_a_lagging_index_up_and_rebuild_restores_it(tmp_p
     assert index.read_bytes() == good
     index.write_bytes(good[:-7])
     assert not ds.verify().ok
-    ds.rebuild()
+    ds.maintenance.rebuild()
     assert index.read_bytes() == good
     assert ds.verify().ok
 

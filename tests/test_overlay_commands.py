@@ -332,7 +332,7 @@ def test_attach_list_column_given_as_json_text_is_parsed(ds_ids: tuple[Dataset, 
     assert view[ids[0]]["mock__vec"] == [1.5, -2.0, 300.0]
     assert view[ids[1]]["mock__vec"] == []
     assert view[ids[2]]["mock__vec"] is None
-    assert ds.schema()[-1].type == "list<float64>"
+    assert ds.columns()[-1].type == "list<float64>"
     no_json = write_csv(tmp_path / "b.csv", f'id,vec\n{ids[3]},"[1.0]"\n')
     assert_api_rejects(
         ds, SchemaError, lambda: ds.attach(no_json, namespace="mock", parse_json=False), "mock__vec", "JSON"
@@ -348,7 +348,7 @@ def test_attach_allow_missing_counts_unknown_keys_in_the_event(
     receipt = ds.attach(path, namespace="mock", allow_missing=True)
     assert receipt.metrics["rows_missing"] == 2
     assert receipt.rows_written == 1
-    event = ds.events(n=1)[0]
+    event = ds.log.events(n=1)[0]
     assert event.action == "attach"
     assert event.metrics["rows_missing"] == 2
     assert rows_by_id(ds.view())[ids[0]]["mock__score"] == 1.0
@@ -613,7 +613,7 @@ def test_overlay_compact_of_a_single_part_is_a_noop(oroot: Path, ds_ids: tuple[D
     ds, ids = ds_ids
     ds.write_overlay("mock", {"id": ids[:2], "score": [1.0, 2.0]})
     log = ds.log_path.read_bytes()
-    receipt = ds.compact_overlay("mock")
+    receipt = ds.maintenance.compact_overlay("mock")
     assert receipt.noop is True
     assert "single overlay part" in receipt.message
     assert ds.log_path.read_bytes() == log
@@ -625,7 +625,7 @@ def test_overlay_compact_of_a_single_part_is_a_noop(oroot: Path, ds_ids: tuple[D
 def test_overlay_compact_of_unknown_namespace_is_an_error(oroot: Path, ds_ids: tuple[Dataset, list[str]]) -> None:
     ds, ids = ds_ids
     ds.write_overlay("mock", {"id": ids[:2], "score": [1.0, 2.0]})
-    assert_api_rejects(ds, NotFound, lambda: ds.compact_overlay("quickstart"), "quickstart")
+    assert_api_rejects(ds, NotFound, lambda: ds.maintenance.compact_overlay("quickstart"), "quickstart")
     assert_cli_rejects(oroot, ds, ["maintenance", "overlay-compact", ds.name, "--namespace", "nope"], "'nope'")
 
 
@@ -641,7 +641,7 @@ def test_materialize_appends_columns_after_base_and_keeps_overlays(ds_ids: tuple
     overlays_for_materialize(ds, ids)
     view = ds.view()
     parts = {ns: part_files(ds, ns) for ns in ("mock", "quickstart")}
-    receipt = ds.materialize()
+    receipt = ds.maintenance.materialize()
     assert receipt.action == "materialize"
     base = pq.read_table(ds.records_path)
     assert base.column_names == [*ESSENTIAL, "mock__score", "mock__label", "quickstart__intensity_log2_offset_delta"]
@@ -656,7 +656,7 @@ def test_materialize_drop_overlays_removes_the_parts(ds_ids: tuple[Dataset, list
     ds, ids = ds_ids
     overlays_for_materialize(ds, ids)
     view = ds.view()
-    ds.materialize(namespaces=["mock"], drop_overlays=True)
+    ds.maintenance.materialize(namespaces=["mock"], drop_overlays=True)
     assert part_files(ds, "mock") == []
     assert len(part_files(ds, "quickstart")) == 1
     assert ds.view().equals(view)
@@ -669,7 +669,7 @@ def test_materialize_archive_overlays_moves_the_parts(ds_ids: tuple[Dataset, lis
     overlays_for_materialize(ds, ids)
     mock_parts = {name: (ds.dir / "_derived" / "mock" / name).read_bytes() for name in part_files(ds, "mock")}
     view = ds.view()
-    ds.materialize(archive_overlays=True)
+    ds.maintenance.materialize(archive_overlays=True)
     assert part_files(ds, "mock") == [] and part_files(ds, "quickstart") == []
     archived = ds.dir / "_derived" / "_archived" / "mock"
     assert {name: (archived / name).read_bytes() for name in mock_parts} == mock_parts
@@ -683,7 +683,7 @@ def test_materialize_drop_deleted_removes_tombstoned_rows(ds_ids: tuple[Dataset,
     ds.delete([ids[1], ids[4]])
     ds.delete([ids[2]])
     ds.restore([ids[2]])
-    receipt = ds.materialize(drop_deleted=True)
+    receipt = ds.maintenance.materialize(drop_deleted=True)
     assert receipt.metrics["rows_dropped"] == 2
     assert pq.read_table(ds.records_path).column("id").to_pylist() == [ids[0], ids[2], ids[3], ids[5]]
     assert ds.view(include_deleted=True).column("id").to_pylist() == [ids[0], ids[2], ids[3], ids[5]]
@@ -691,7 +691,7 @@ def test_materialize_drop_deleted_removes_tombstoned_rows(ds_ids: tuple[Dataset,
     assert ds.verify().ok
     # The tombstoned rows are gone: dropping them again is nothing to do, not a rewrite of records.parquet.
     log = ds.log_path.read_bytes()
-    again = ds.materialize(drop_deleted=True)
+    again = ds.maintenance.materialize(drop_deleted=True)
     assert again.noop and again.message == "No overlays to materialize."
     assert ds.log_path.read_bytes() == log
 
@@ -699,7 +699,7 @@ def test_materialize_drop_deleted_removes_tombstoned_rows(ds_ids: tuple[Dataset,
 def test_materialize_refusals_append_nothing(oroot: Path, ds_ids: tuple[Dataset, list[str]]) -> None:
     ds, ids = ds_ids
     log = ds.log_path.read_bytes()
-    nothing = ds.materialize()
+    nothing = ds.maintenance.materialize()
     assert nothing.noop and nothing.message == "No overlays to materialize."
     assert "No overlays to materialize." in usr(oroot, "materialize", ds.name, "--yes").stdout
     assert ds.log_path.read_bytes() == log
@@ -721,7 +721,7 @@ def test_attach_after_materialize_and_drop_keeps_other_materialized_values(
 ) -> None:
     ds, ids = ds_ids
     ds.write_overlay("mock", {"id": ids, "score": [float(i) for i in range(6)], "label": list("abcdef")})
-    ds.materialize(drop_overlays=True)
+    ds.maintenance.materialize(drop_overlays=True)
     assert part_files(ds, "mock") == []
     # Another column for some ids: the materialized score/label stay for every record.
     ds.write_overlay("mock", {"id": ids[:2], "vec": [[1.0], [2.0]]})
@@ -735,7 +735,7 @@ def test_attach_after_materialize_and_drop_keeps_other_materialized_values(
     view = rows_by_id(ds.view())
     assert [view[i]["mock__score"] for i in ids] == [0.0, 1.0, 2.0, 30.0, 4.0, 5.0]
     assert ds.verify().ok
-    ds.rebuild()
+    ds.maintenance.rebuild()
     assert rows_by_id(ds.view()) == view
 
 
@@ -743,7 +743,7 @@ def test_state_folded_by_materialize_still_reads_after_dropping_overlays(ds_ids:
     ds, ids = ds_ids
     ds.set_state([ids[0]], qc_status="pass", masked=True)
     ds.set_state([ids[1]], split="val")
-    ds.materialize(drop_overlays=True)
+    ds.maintenance.materialize(drop_overlays=True)
     assert part_files(ds, "usr_state") == []
     got = ds.get_state([ids[1], ids[0], ids[2]]).to_pylist()
     assert [(r["usr_state__masked"], r["usr_state__qc_status"], r["usr_state__split"]) for r in got] == [
@@ -753,14 +753,14 @@ def test_state_folded_by_materialize_still_reads_after_dropping_overlays(ds_ids:
     ]
     ds.clear_state([ids[0]])
     assert ds.get_state([ids[0]]).to_pylist()[0]["usr_state__qc_status"] is None
-    assert ds.validate(strict=True).ok
+    assert ds.maintenance.validate(strict=True).ok
     assert ds.verify().ok
 
 
 def test_reimport_after_drop_deleted_shows_the_record(ds_ids: tuple[Dataset, list[str]]) -> None:
     ds, ids = ds_ids
     ds.delete([ids[1]])
-    ds.materialize(drop_deleted=True)
+    ds.maintenance.materialize(drop_deleted=True)
     ds.add_sequences([SEQUENCES[1]])
     assert ids[1] in ds.view().column("id").to_pylist()
     assert ds.verify().ok
@@ -771,7 +771,7 @@ def test_drop_deleted_purges_the_dropped_ids_overlay_history(ds_ids: tuple[Datas
     ds.write_overlay("mock", {"id": ids[:2], "score": [1.0, 2.0]})
     ds.set_state([ids[1]], qc_status="fail")
     ds.delete([ids[1]])
-    ds.materialize(namespaces=[], drop_deleted=True)
+    ds.maintenance.materialize(namespaces=[], drop_deleted=True)
     ds.add_sequences([SEQUENCES[1]])
     row = ds.view(columns=["id", "mock__score"]).to_pylist()
     assert {"id": ids[1], "mock__score": None} in row
@@ -780,11 +780,11 @@ def test_drop_deleted_purges_the_dropped_ids_overlay_history(ds_ids: tuple[Datas
     # A fresh write for the revived record is not an overwrite.
     ds.write_overlay("mock", {"id": [ids[1]], "score": [5.0]})
     assert ds.verify().ok
-    assert ds.validate(strict=True).ok
-    ds.compact_overlay("mock")
+    assert ds.maintenance.validate(strict=True).ok
+    ds.maintenance.compact_overlay("mock")
     before = ds.view(include_deleted=True)
     assert {"id": ids[1], "mock__score": 5.0} in ds.view(columns=["id", "mock__score"]).to_pylist()
-    ds.rebuild()
+    ds.maintenance.rebuild()
     assert ds.view(include_deleted=True).equals(before)
     assert ds.verify().ok
 
@@ -795,11 +795,11 @@ def history_with_snapshot(ds: Dataset, ids: list[str]) -> int:
     ds.write_overlay("mock", {"id": ids[:3], "score": [1.0, 2.0, 3.0]})
     ds.delete([ids[0]])
     ds.set_state([ids[1]], qc_status="pass")
-    snap = ds.snapshot().seq
+    snap = ds.maintenance.snapshot().seq
     ds.write_overlay("mock", {"id": ids[2:], "label": ["c", "d", "e", "f"]})
-    ds.compact_overlay("mock")
+    ds.maintenance.compact_overlay("mock")
     ds.restore([ids[0]])
-    ds.materialize(namespaces=["mock"], archive_overlays=True)
+    ds.maintenance.materialize(namespaces=["mock"], archive_overlays=True)
     ds.write_overlay("quickstart", {"id": ids[:1], "intensity_log2_offset_delta": [1.0]})
     return snap
 
@@ -825,13 +825,13 @@ def test_replay_after_checkpoint_starts_from_it_and_equals_full_replay(
     snap = history_with_snapshot(ds, ids)
     head = ds.info().head_seq
     for until in (snap, snap + 2, head):
-        with_cp = ds.replay(until, tmp_path / f"with-{until}")
+        with_cp = ds.log.replay(until, tmp_path / f"with-{until}")
         assert with_cp.from_checkpoint == snap and not with_cp.notes
-    before = ds.replay(snap - 1, tmp_path / "before")
+    before = ds.log.replay(snap - 1, tmp_path / "before")
     assert before.from_checkpoint is None
     shutil.move(ds.dir / "_snapshots", tmp_path / "kept_snapshots")
     for until in (snap, snap + 2, head):
-        without = ds.replay(until, tmp_path / f"without-{until}")
+        without = ds.log.replay(until, tmp_path / f"without-{until}")
         assert without.from_checkpoint is None
         assert canonical_rows(tmp_path / f"with-{until}") == canonical_rows(tmp_path / f"without-{until}")
         assert projection_files(tmp_path / f"with-{until}") == projection_files(tmp_path / f"without-{until}")
@@ -842,7 +842,7 @@ def test_tampered_checkpoint_is_ignored_with_a_note(ds_ids: tuple[Dataset, list[
     ds, ids = ds_ids
     snap = history_with_snapshot(ds, ids)
     head = ds.info().head_seq
-    clean = ds.replay(head, tmp_path / "clean")
+    clean = ds.log.replay(head, tmp_path / "clean")
     assert clean.from_checkpoint == snap
     (checkpoint,) = [p for p in (ds.dir / "_snapshots").iterdir() if p.is_dir()]
     stored = checkpoint / "records.parquet"
@@ -850,11 +850,11 @@ def test_tampered_checkpoint_is_ignored_with_a_note(ds_ids: tuple[Dataset, list[
     data[len(data) // 2] ^= 0x01
     stored.unlink()  # the checkpoint hard-links the live file: replace it rather than edit it in place
     stored.write_bytes(bytes(data))
-    tampered = ds.replay(head, tmp_path / "tampered")
+    tampered = ds.log.replay(head, tmp_path / "tampered")
     assert tampered.from_checkpoint is None
     assert any(checkpoint.name in note and "ignored" in note for note in tampered.notes), tampered.notes
     assert projection_files(tmp_path / "tampered") == projection_files(tmp_path / "clean")
-    rebuilt = ds.rebuild()
+    rebuilt = ds.maintenance.rebuild()
     assert any("ignored" in note for note in rebuilt.notes)
     assert ds.verify().ok
 
@@ -869,8 +869,8 @@ def test_validate_passes_and_survives_unrelated_registry_edits(oroot: Path, ds_i
     ds.delete([ids[5]])
     ds.delete([ids[4]], reason="x")
     for mode in ("current", "frozen", "either"):
-        assert ds.validate(registry_mode=mode).ok, ds.validate(registry_mode=mode).problems
-    assert ds.validate(strict=True).ok
+        assert ds.maintenance.validate(registry_mode=mode).ok, ds.maintenance.validate(registry_mode=mode).problems
+    assert ds.maintenance.validate(strict=True).ok
     usr(oroot, "namespace", "register", "quickstart", "--columns", "quickstart__other:int64", "--overwrite")
     report = usr_json(oroot, "validate", ds.name)
     assert report["ok"] is True and report["problems"] == []
@@ -883,11 +883,11 @@ def test_validate_current_fails_when_the_attached_namespace_changes_type(
     ds.write_overlay("mock", {"id": ids[:3], "score": [1.0, 2.0, 3.0]})
     usr(oroot, "namespace", "register", "mock", "--columns", MOCK_COLUMNS.replace("score:float64", "score:int64"),
         "--overwrite")  # fmt: skip
-    current = ds.validate()
+    current = ds.maintenance.validate()
     assert not current.ok
     assert any("mock" in problem for problem in current.problems)
-    assert ds.validate(registry_mode="frozen").ok
-    either = ds.validate(registry_mode="either")
+    assert ds.maintenance.validate(registry_mode="frozen").ok
+    either = ds.maintenance.validate(registry_mode="either")
     assert either.ok and either.passed_with == ["frozen"]
     proc = usr_process(oroot, "validate", ds.name)
     assert proc.returncode == 2
@@ -909,7 +909,7 @@ def test_rebuild_after_deleting_projections_is_byte_identical(ds_ids: tuple[Data
             shutil.rmtree(ds.dir / "_snapshots")
         ds.records_path.unlink()
         shutil.rmtree(ds.dir / "_derived")
-        ds.rebuild()
+        ds.maintenance.rebuild()
         assert projection_files(ds.dir) == before
         assert ds.verify().ok
 
@@ -932,8 +932,8 @@ def test_archiving_after_a_drop_deleted_moves_each_namespaces_purge_part(ds_ids:
     ds.write_overlay("mock", {"id": ids[:3], "score": [1.0, 2.0, 3.0]})
     ds.set_state(ids[:2], qc_status="pass")
     ds.delete([ids[0]])
-    ds.materialize(namespaces=[], drop_deleted=True)  # one purge part in each of mock, usr, usr_state
-    ds.materialize(archive_overlays=True)  # archives mock's and usr_state's parts, purge parts included
+    ds.maintenance.materialize(namespaces=[], drop_deleted=True)  # one purge part in each of mock, usr, usr_state
+    ds.maintenance.materialize(archive_overlays=True)  # archives mock's and usr_state's parts, purge parts included
     view = ds.view(columns=["id", "mock__score", "usr_state__qc_status"]).to_pylist()
     assert view[:2] == [
         {"id": ids[1], "mock__score": 2.0, "usr_state__qc_status": "pass"},

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from usr_es import Dataset
 from usr_es.alphabet import compute_id
 from usr_es.errors import NamespaceError, NotFound
-from usr_es.idindex import INDEX_FILE
+from usr_es.names import INDEX_FILE
 from usr_es.registry import register_namespace, split_columns_spec
 
 SETTINGS = settings(
@@ -201,9 +201,9 @@ def run_step(ds: Dataset, model: Model, data: st.DataObject, imported: list[str]
         ns = data.draw(st.sampled_from([*sorted(COLUMNS), "usr", "usr_state"]))
         if ns not in model.parts:
             with pytest.raises(NotFound):
-                ds.compact_overlay(ns)
+                ds.maintenance.compact_overlay(ns)
             return "compact-refused"
-        receipt = ds.compact_overlay(ns)
+        receipt = ds.maintenance.compact_overlay(ns)
         assert receipt.noop == (model.parts[ns] == 1)
         model.parts[ns] = 1
         return kind
@@ -212,7 +212,7 @@ def run_step(ds: Dataset, model: Model, data: st.DataObject, imported: list[str]
         namespaces = subset(data, live) if live and data.draw(st.booleans()) else None
         mode = data.draw(st.sampled_from(["keep", "drop", "archive"]))
         drop_deleted = data.draw(st.booleans())
-        receipt = ds.materialize(
+        receipt = ds.maintenance.materialize(
             namespaces=namespaces,
             drop_overlays=mode == "drop",
             archive_overlays=mode == "archive",
@@ -226,7 +226,7 @@ def run_step(ds: Dataset, model: Model, data: st.DataObject, imported: list[str]
             model.materialize(chosen, drop=mode != "keep", drop_deleted=drop_deleted)
         return kind
     assert kind == "snapshot"
-    ds.snapshot()
+    ds.maintenance.snapshot()
     return kind
 
 
@@ -239,13 +239,13 @@ def assert_matches_model(ds: Dataset, model: Model) -> None:
     assert ds.view().column("id").to_pylist() == shown
     info = ds.info()
     assert (info.rows, info.deleted) == (len(shown), len(model.order) - len(shown))
-    assert info.columns == [c.name for c in ds.schema()] == ds.view().column_names
+    assert info.columns == [c.name for c in ds.columns()] == ds.view().column_names
     if model.order:
         wanted = list(reversed(model.order))
         state = ds.get_state(wanted).to_pylist()
         assert state == [{"id": rid, **{f"usr_state__{f}": model.value(rid, f"usr_state__{f}") for f in STATE_FIELDS}}
                          for rid in wanted]  # fmt: skip
-    report = ds.validate(strict=True)
+    report = ds.maintenance.validate(strict=True)
     assert report.ok, report.problems
 
 
@@ -281,14 +281,14 @@ def test_replay_until_is_identical_with_and_without_checkpoints(data: st.DataObj
         imported = list(POOL[:FIRST])
         for _ in range(steps):
             run_step(ds, model, data, imported)
-        snapshots = [record.seq for record in ds.events() if record.action == "snapshot"]
+        snapshots = [record.seq for record in ds.log.events() if record.action == "snapshot"]
         bare = tmp / "copy" / "prop" / "ds"
         shutil.copytree(ds.dir, bare, ignore=shutil.ignore_patterns("_snapshots"))
         head = ds.info().head_seq
         cuts = data.draw(st.lists(st.integers(1, head), min_size=1, max_size=3, unique=True))
         for cut in cuts:
-            with_cp = ds.replay(cut, tmp / f"with-{cut}")
-            without = Dataset.at(bare).replay(cut, tmp / f"without-{cut}")
+            with_cp = ds.log.replay(cut, tmp / f"with-{cut}")
+            without = Dataset.at(bare).log.replay(cut, tmp / f"without-{cut}")
             assert without.from_checkpoint is None
             assert with_cp.notes == []
             if with_cp.from_checkpoint is not None:
@@ -312,5 +312,5 @@ def test_incremental_projections_equal_a_full_rebuild(data: st.DataObject, steps
                 shutil.rmtree(ds.dir / "_snapshots", ignore_errors=True)
             ds.records_path.unlink()
             shutil.rmtree(ds.dir / "_derived", ignore_errors=True)
-            ds.rebuild()
+            ds.maintenance.rebuild()
             assert projections(ds.dir) == incremental

@@ -12,12 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usr_es.names import STATE_NS, TOMBSTONE_NS, WRITTEN
 from usr_es.overlays import (
-    STATE_NS,
     STATE_SCHEMA,
-    TOMBSTONE_NS,
     TOMBSTONE_SCHEMA,
-    WRITTEN,
     Part,
     live_view,
     tombstoned_ids,

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from usr_es.codec import encode_base, patch_watermark_hash
 from usr_es.events import DatasetInitialized, Materialized, OverlayWritten, SequencesImported
 from usr_es.projectors import (
     BASE_SCHEMA,
@@ -21,8 +22,6 @@ from usr_es.projectors import (
     Watermark,
     apply_event,
     apply_layout,
-    encode_base,
-    patch_watermark_hash,
 )
 
 CREATED = "2024-05-01T12:00:00.000000Z"

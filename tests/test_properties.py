@@ -127,7 +127,7 @@ def run_steps(ds: Dataset, steps: list[ImportStep | None]) -> dict[int, list[Row
 
 
 def assert_round_trips(ds: Dataset) -> None:
-    for line in ds.iter_events():
+    for line in ds.log.iter_events():
         record = record_decoder.decode(line.raw)
         assert isinstance(record, LogRecord)
         assert record_encoder.encode(record) == line.raw
@@ -150,8 +150,8 @@ def test_api_log_records_round_trip(
     ds.init(source=source, notes=notes, command_id=command_ids[0])
     for i, text in enumerate(import_sources):
         ds.add_sequences([f"ACGT{'A' * i}"], source=text, command_id=command_ids[i + 1])
-    assert [r.command_id for r in ds.events()] == command_ids[: len(import_sources) + 1]
-    assert ds.events()[0].args == {"source": source, "notes": notes}
+    assert [r.command_id for r in ds.log.events()] == command_ids[: len(import_sources) + 1]
+    assert ds.log.events()[0].args == {"source": source, "notes": notes}
     assert_round_trips(ds)
 
 
@@ -174,7 +174,7 @@ def test_replay_and_rebuild_are_deterministic(
     k = data.draw(st.integers(1, head), label="until")
     name = next(_names)
     first, second = tmp_path / f"replay{name}a", tmp_path / f"replay{name}b"
-    past, again = Dataset.at(ds.replay(k, first).out), Dataset.at(ds.replay(k, second).out)
+    past, again = Dataset.at(ds.log.replay(k, first).out), Dataset.at(ds.log.replay(k, second).out)
     assert past.log_path.read_bytes() == again.log_path.read_bytes()
     assert past.records_path.read_bytes() == again.records_path.read_bytes()
     assert past.log_path.read_bytes() == ds.log_path.read_bytes()[: len(past.log_path.read_bytes())]
@@ -182,7 +182,7 @@ def test_replay_and_rebuild_are_deterministic(
     assert past.verify().ok
 
     live = ds.records_path.read_bytes()
-    ds.rebuild()
+    ds.maintenance.rebuild()
     assert ds.records_path.read_bytes() == live
-    latest = Dataset.at(ds.replay(head, tmp_path / f"replay{name}c").out)
+    latest = Dataset.at(ds.log.replay(head, tmp_path / f"replay{name}c").out)
     assert latest.records_path.read_bytes() == live

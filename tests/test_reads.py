@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from usr_es import Dataset
 from usr_es.errors import InvalidInput, NotFound
-from usr_es.reads import cell, target_columns, target_head
 from usr_es.registry import register_namespace, split_columns_spec
+from usr_es.targets import cell, target_columns, target_head
 
 MOCK_COLUMNS = "mock__score:float64,mock__label:string,mock__vec:list<float64>"
 SEQUENCES = [
@@ -76,13 +76,13 @@ def h_every_record(ds: Dataset, ids: list[str]) -> None:
 
 def h_compacted(ds: Dataset, ids: list[str]) -> None:
     _overlaid(ds, ids)
-    ds.compact_overlay("mock")
-    ds.compact_overlay("usr_state")
+    ds.maintenance.compact_overlay("mock")
+    ds.maintenance.compact_overlay("usr_state")
 
 
 def h_materialized(ds: Dataset, ids: list[str]) -> None:
     _overlaid(ds, ids)
-    ds.materialize()  # folded into records.parquet; the parts stay live
+    ds.maintenance.materialize()  # folded into records.parquet; the parts stay live
     ds.write_overlay("mock", overlay([ids[2], ids[8]], [None, 80.0], vec=False), allow_overwrite=True)
     ds.delete([ids[6]])
     ds.clear_state([ids[4]])
@@ -90,21 +90,22 @@ def h_materialized(ds: Dataset, ids: list[str]) -> None:
 
 def h_dropped(ds: Dataset, ids: list[str]) -> None:
     _overlaid(ds, ids)
-    ds.materialize(drop_overlays=True)
+    ds.maintenance.materialize(drop_overlays=True)
     ds.write_overlay("mock", overlay([ids[4]], [44.0]), allow_overwrite=True)
 
 
 def h_compacted_over_materialized(ds: Dataset, ids: list[str]) -> None:
     _overlaid(ds, ids)
-    ds.materialize(drop_overlays=True)
+    ds.maintenance.materialize(drop_overlays=True)
     ds.write_overlay("mock", overlay([ids[4]], [40.0], vec=False), allow_overwrite=True)
     ds.write_overlay("mock", overlay([ids[7]], [70.0]), allow_overwrite=True)
-    ds.compact_overlay("mock")  # ids[4]'s vec is unwritten in the compacted part: its materialized value shows
+    ds.maintenance.compact_overlay("mock")
+    # ids[4]'s vec is unwritten in the compacted part: its materialized value shows
 
 
 def h_purged(ds: Dataset, ids: list[str]) -> None:
     _overlaid(ds, ids)
-    ds.materialize(drop_deleted=True)  # ids 0 and 3 leave the dataset with their overlay history
+    ds.maintenance.materialize(drop_deleted=True)  # ids 0 and 3 leave the dataset with their overlay history
     ds.add_sequences([SEQUENCES[0]], alphabet="dna_4")  # back as a new record without overlay values
     ds.write_overlay("mock", overlay([ids[8]], [9.0]), allow_overwrite=True)
     ds.delete([ids[8]])
@@ -132,8 +133,8 @@ HISTORIES: dict[str, Callable[[Dataset, list[str]], None]] = {
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """`search`: files of two-row row groups, every file searched row group by row group (as at scale)."""
     if request.param == "search":
-        monkeypatch.setattr("usr_es.projectors._ROW_GROUP_ROWS", 2)
-        monkeypatch.setattr("usr_es.projectors.PART_ROW_GROUP_ROWS", 2)
+        monkeypatch.setattr("usr_es.codec._ROW_GROUP_ROWS", 2)
+        monkeypatch.setattr("usr_es.codec.PART_ROW_GROUP_ROWS", 2)
         monkeypatch.setattr("usr_es.reads._SMALL_ROWS", 0)
     return str(request.param)
 
@@ -220,7 +221,7 @@ def test_scan_keeps_reading_the_prefix_it_opened(tmp_path: Path) -> None:
     before = ds.view()
     batches = ds.scan(batch_size=3)
     ds.delete([ids[1]])
-    ds.compact_overlay("mock")  # removes the part files the scan opened
+    ds.maintenance.compact_overlay("mock")  # removes the part files the scan opened
     ds.write_overlay("mock", overlay([ids[2]], [99.0]), allow_overwrite=True)
     assert pa.Table.from_batches(list(batches), before.schema).equals(before)
     assert ds.view().num_rows == before.num_rows - 1
@@ -365,7 +366,7 @@ def test_parquet_targets_read_files_directories_and_datasets(tmp_path: Path) -> 
     assert cell(file, 2, "b") == "z"
     assert cell(folder, 4, "a") == 5
     assert cell(ds.dir, 0, "mock__score") is None
-    assert cell(ds, 1, "mock__score") == 20.0
+    assert ds.cell(1, "mock__score") == cell(ds.dir, 1, "mock__score") == 20.0
     for bad in (lambda: cell(file, 3, "a"), lambda: cell(file, 0, "c"), lambda: target_head(file, 1, ["c"])):
         with pytest.raises(InvalidInput):
             bad()
@@ -394,8 +395,8 @@ def test_reads_agree_with_the_view_after_any_history(
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         if search:
-            patch.setattr("usr_es.projectors._ROW_GROUP_ROWS", 2)
-            patch.setattr("usr_es.projectors.PART_ROW_GROUP_ROWS", 2)
+            patch.setattr("usr_es.codec._ROW_GROUP_ROWS", 2)
+            patch.setattr("usr_es.codec.PART_ROW_GROUP_ROWS", 2)
             patch.setattr("usr_es.reads._SMALL_ROWS", 0)
         ds, ids = make_dataset(tmp_path_factory.mktemp("prop") / "root")
         live, deleted, written = list(ids), set[str](), False
@@ -415,10 +416,10 @@ def test_reads_agree_with_the_view_after_any_history(
             elif op == "state" and chosen:
                 ds.set_state(chosen, masked=flag, qc_status="fail" if flag else None)
             elif op == "compact" and written:
-                ds.compact_overlay("mock")
+                ds.maintenance.compact_overlay("mock")
             elif op == "materialize":
                 only = ["mock"] if written and picks else None
-                ds.materialize(namespaces=only, drop_deleted=flag)
+                ds.maintenance.materialize(namespaces=only, drop_deleted=flag)
                 if flag:
                     live = [i for i in live if i not in deleted]
                     deleted = set()

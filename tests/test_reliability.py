@@ -25,7 +25,8 @@ import pytest
 
 from usr_es import CommitError, CorruptLog, Dataset, IntegrityError, UsrError
 from usr_es.fileio import FileOps, use_fileops
-from usr_es.log import LOG_FILE, QUARANTINE_FILE, read_lines
+from usr_es.log import read_lines
+from usr_es.names import LOG_FILE, QUARANTINE_FILE
 from usr_es.registry import register_namespace, split_columns_spec
 
 WRITER = Path(__file__).with_name("writer.py")
@@ -561,7 +562,7 @@ def test_created_files_are_never_world_writable_even_under_umask_0(tmp_path: Pat
         with ds.log_path.open("ab") as fh:  # a torn tail, so the quarantine file is created as well
             fh.write(b'{"torn')
         ds.add_sequences(_seqs("umask-2"))
-        ds.rebuild()
+        ds.maintenance.rebuild()
     finally:
         os.umask(old)
     paths = [ds.dir, *ds.dir.rglob("*")]

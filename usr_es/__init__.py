@@ -31,6 +31,7 @@ USR_EVENT_VERSION = 1
 if TYPE_CHECKING:
     from .dataset import Dataset
     from .results import DatasetInfo, Receipt, VerifyReport
+    from .root import Root
 
 __all__ = [
     "ALPHABETS",
@@ -50,6 +51,7 @@ __all__ = [
     "NotFound",
     "Receipt",
     "RegistryError",
+    "Root",
     "SchemaError",
     "UsrError",
     "VerifyReport",
@@ -58,7 +60,13 @@ __all__ = [
     "normalize_sequence",
 ]
 
-_LAZY = {"Dataset": "dataset", "DatasetInfo": "results", "Receipt": "results", "VerifyReport": "results"}
+_LAZY = {
+    "Dataset": "dataset",
+    "DatasetInfo": "results",
+    "Receipt": "results",
+    "Root": "root",
+    "VerifyReport": "results",
+}
 
 
 def __getattr__(name: str) -> Any:

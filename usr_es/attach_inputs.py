@@ -20,7 +20,8 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from .errors import InvalidInput, NamespaceError, NotFound, SchemaError
-from .registry import ESSENTIAL_COLUMNS, format_type
+from .names import ESSENTIAL_COLUMNS
+from .registry import format_type
 
 KEY_KINDS = ("id", "sequence", "sequence_norm", "sequence_ci")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}

@@ -53,8 +53,9 @@ from .events import (
     StateCleared,
     StateSet,
 )
+from .names import QC_STATUSES, RESERVED_NAMESPACES, SPLITS, STATE_FIELDS, TOMBSTONE_NS
 from .projectors import PAYLOAD_SCHEMA
-from .registry import NAMESPACE_RE, RESERVED_NAMESPACES, Registry, format_type
+from .registry import NAMESPACE_RE, Registry, format_type
 
 _SAMPLE = 5
 _SECRET_MARKERS = (
@@ -101,15 +102,13 @@ class DatasetState:
 
 
 @dataclass(frozen=True)
-class Decision:
-    """The outcome of an accepted command: the event, its payload rows and Notify-facing fields."""
+class Emit:
+    """One event an accepted command appends: the event, its payload rows and Notify-facing fields."""
 
     event: Event
     payload: pa.Table | None
     args: dict[str, Any]
     metrics: dict[str, Any]
-    part: pa.Table | None = None  # a part computed here (compaction), not derivable from the payload
-    base_table: pa.Table | None = None  # the folded base table of a materialize
     maintenance: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,6 +120,34 @@ class Decision:
         """`args` as written to the log: secret-looking keys redacted."""
         redacted: dict[str, Any] = redact(self.args)
         return redacted
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of an accepted command: the events to append, in order, as consecutive log lines
+    written at once (docs/adr/0011). Every command so far emits exactly one."""
+
+    emits: tuple[Emit, ...]
+
+    @classmethod
+    def of(
+        cls,
+        event: Event,
+        payload: pa.Table | None,
+        args: dict[str, Any],
+        metrics: dict[str, Any],
+        *,
+        maintenance: dict[str, Any] | None = None,
+    ) -> Decision:
+        """A decision appending one event."""
+        return cls((Emit(event, payload, args, metrics, maintenance or {}),))
+
+    @property
+    def only(self) -> Emit:
+        """The single event of a one-event decision."""
+        if len(self.emits) != 1:
+            raise ValueError(f"the decision emits {len(self.emits)} events")
+        return self.emits[0]
 
 
 def _is_secret(key: str) -> bool:
@@ -165,6 +192,8 @@ def decide(
 
     Pass bulk input `rows` as `Rows(table)` without keeping another reference, so the decision can
     free the raw columns once it has parsed them."""
+    inputs = rows if isinstance(rows, Rows) or rows is None else Rows(rows)
+    del rows  # `inputs` holds the only reference the decision keeps
     match command:
         case InitDataset():
             if state.initialized:
@@ -172,30 +201,30 @@ def decide(
             event: Event = DatasetInitialized(
                 name=state.name, created_at=now, source=command.source, notes=command.notes
             )
-            return Decision(event, None, {"source": command.source, "notes": command.notes}, {})
+            return Decision.of(event, None, {"source": command.source, "notes": command.notes}, {})
     if not state.initialized:
         raise NotFound(f"Dataset not initialized: {state.name}", hint=f"Run `usr init {state.name}` first.")
     match command:
         case ImportSequences():
-            if rows is None:
+            if inputs is None:
                 raise InvalidInput("import needs input rows")
-            return _decide_import(state, command, _taken(rows), now)
+            return _decide_import(state, command, inputs.take(), now)
         case AttachColumns():
-            if rows is None:
+            if inputs is None:
                 raise InvalidInput("attach needs input rows")
-            return _decide_attach(state, command, rows if isinstance(rows, Rows) else Rows(rows), now)
+            return _decide_attach(state, command, inputs, now)
         case TombstoneRecords() | RestoreRecords() | SetState() | ClearState():
-            return _decide_ids(state, command, _taken(rows) if rows is not None else None, now)
+            return _decide_ids(state, command, inputs.take() if inputs is not None else None, now)
         case CompactOverlay():
             return _decide_compact(state, command, now)
         case Materialize():
             return _decide_materialize(state, command)
         case TakeSnapshot():
             name = "records-" + now.replace("-", "").replace(":", "").replace(".", "").rstrip("Z")
-            return Decision(SnapshotTaken(name=name, created_at=now), None, {}, {})
+            return Decision.of(SnapshotTaken(name=name, created_at=now), None, {}, {})
         case FreezeRegistry():
             digest = state.registry.hash if state.registry is not None else ""
-            return Decision(RegistryFrozen(registry_hash=digest), None, {"registry_hash": digest}, {})
+            return Decision.of(RegistryFrozen(registry_hash=digest), None, {"registry_hash": digest}, {})
     raise InvalidInput(f"unsupported command {type(command).__name__}")
 
 
@@ -305,7 +334,7 @@ def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table
         "n": n_input,
     }
     metrics = {"rows_written": written, "rows_skipped": n_input - written}
-    return Decision(event, payload if written else None, args, metrics)
+    return Decision.of(event, payload if written else None, args, metrics)
 
 
 def _duplicate_groups(ids: pa.ChunkedArray, sequences: pa.ChunkedArray | pa.Array) -> list[str]:
@@ -351,9 +380,9 @@ def compute_ids(
 
 
 # -- overlays, tombstones, state, maintenance ---------------------------------------------------
-_QC = ("fail", "pass", "unknown", "warn")
-_SPLITS = ("holdout", "test", "train", "val")
-_STATE_FIELDS = ("masked", "qc_status", "split", "supersedes", "lineage")
+_QC = QC_STATUSES
+_SPLITS = SPLITS
+_STATE_FIELDS = STATE_FIELDS
 
 
 def _key_ids(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.ChunkedArray | None:
@@ -424,10 +453,6 @@ def _resolve_keys(
                 hint="Use --key sequence or --key id.",
             )
     return pc.index_in(keys, value_set=sequences)
-
-
-def _taken(rows: pa.Table | Rows) -> pa.Table:
-    return rows.take() if isinstance(rows, Rows) else rows
 
 
 def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, now: str) -> Decision:
@@ -512,7 +537,7 @@ def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, no
         "rows_missing": missing,
     }
     metrics = {"rows_incoming": n_in, "rows_written": payload.num_rows, "rows_missing": missing}
-    return Decision(event, payload if payload.num_rows else None, args, metrics)
+    return Decision.of(event, payload if payload.num_rows else None, args, metrics)
 
 
 def _check_overwrite(state: DatasetState, ns: str, incoming: pa.Table, allow: bool) -> None:
@@ -615,7 +640,7 @@ def _decide_ids(
         case ClearState():
             event = StateCleared(**common)
     metrics = {"rows_written": len(ids), "rows_missing": missing}
-    return Decision(event, payload, args, metrics)
+    return Decision.of(event, payload, args, metrics)
 
 
 def _decide_compact(state: DatasetState, command: CompactOverlay, now: str) -> Decision:
@@ -627,15 +652,12 @@ def _decide_compact(state: DatasetState, command: CompactOverlay, now: str) -> D
         raise NoChange(f"Namespace '{ns}' has a single overlay part; nothing to compact.")
     merged = state.overlays[ns]
     event = OverlayCompacted(namespace=ns, parts=parts, rows=merged.num_rows, created_at=now)
-    from .projectors import sorted_part
-
     args, metrics = {"namespace": ns, "parts": parts}, {"rows": merged.num_rows}
-    return Decision(event, None, args, metrics, part=sorted_part(merged))
+    return Decision.of(event, None, args, metrics)
 
 
 def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
-    from .overlays import TOMBSTONE_NS, tombstoned_ids
-    from .projectors import materialize_table
+    from .overlays import appended_columns, tombstoned_ids
 
     if command.drop_overlays and command.archive_overlays:
         raise InvalidInput(
@@ -663,11 +685,12 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
     if not chosen and not len(gone_ids):
         raise NoChange("No overlays to materialize.")
     assert state.base is not None
-    merged = {ns: state.overlays[ns] for ns in chosen}
-    table = materialize_table(state.base, merged, tombs, drop_deleted=command.drop_deleted)
-    added = tuple(c for c in table.column_names if c not in state.base.column_names)
-    dropped = state.base.num_rows - table.num_rows
-    assert dropped == len(gone_ids)  # materialize_table drops exactly the tombstoned ids in the base
+    try:  # the columns the fold appends to the base (and the same check: no column in two namespaces)
+        added = appended_columns(state.base.column_names, {ns: state.overlays[ns].column_names for ns in chosen})
+    except ValueError as exc:
+        raise SchemaError(f"Cannot materialize: {exc}.") from None
+    dropped = len(gone_ids)  # the fold drops exactly the tombstoned ids still in the base
+    rows = state.base.num_rows - dropped
     inline = tuple(gone_ids.to_pylist()) if dropped and len(gone_ids) <= INLINE_IDS else None
     payload = pa.table({"id": gone_ids}) if dropped and inline is None else None
     event = Materialized(
@@ -685,5 +708,5 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
         "archive_overlays": command.archive_overlays,
         "drop_deleted": command.drop_deleted,
     }
-    metrics = {"overlays": len(chosen), "columns_added": len(added), "rows": table.num_rows, "rows_dropped": dropped}
-    return Decision(event, payload, args, metrics, base_table=table, maintenance={"reason": "materialize"})
+    metrics = {"overlays": len(chosen), "columns_added": len(added), "rows": rows, "rows_dropped": dropped}
+    return Decision.of(event, payload, args, metrics, maintenance={"reason": "materialize"})

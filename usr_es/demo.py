@@ -76,7 +76,7 @@ def run_demo(root: Path | None, *, echo: Callable[[str], None] = print) -> Path:
         echo(f"   {row['id'][:12]}  {row['length']:>3}  {row['demo__score']!s:>6}  {row['sequence']}")
     past = root / "_replay" / f"at_seq_{after_first.seq}"
     echo(f"8. usr replay {ds.name} --until {after_first.seq} --out {past}")
-    replayed = ds.replay(after_first.seq, past)
+    replayed = ds.log.replay(after_first.seq, past)
     echo(f"   -> {replayed.rows} rows as of {replayed.timestamp_utc} (the live dataset has {info.rows})")
     echo(f"9. usr verify {ds.name}")
     echo(f"   -> {ds.verify().verdict}")

@@ -19,12 +19,12 @@ from typing import Literal
 
 import pyarrow as pa
 
+from .codec import watermark_metadata, watermark_of
 from .fileio import fileops
-from .projectors import PROJECTOR_VERSION, Watermark
+from .names import INDEX_FILE
+from .projectors import Watermark
 from .storage import publish
 
-INDEX_DIR = "_index"
-INDEX_FILE = f"{INDEX_DIR}/id.arrow"
 KEY_BYTES = 8
 _MAX_ROWS = (1 << 32) - 1  # rows are uint32
 _SCHEMA = pa.schema([pa.field("key", pa.uint64(), nullable=False), pa.field("row", pa.uint32(), nullable=False)])
@@ -68,13 +68,7 @@ def sorted_rows(ids: pa.Array | pa.ChunkedArray) -> pa.RecordBatch | None:
 
 def encode(rows: pa.RecordBatch, mark: Watermark) -> bytes:
     """The bytes of `_index/id.arrow` for `rows` (from `sorted_rows`), stamped with the base watermark."""
-    stamp = {
-        "usr_es:seq": str(mark.seq),
-        "usr_es:offset": str(mark.offset),
-        "usr_es:hash": mark.hash,
-        "usr_es:projector": PROJECTOR_VERSION,
-    }
-    schema = _SCHEMA.with_metadata(stamp)
+    schema = _SCHEMA.with_metadata(watermark_metadata(mark))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, schema) as writer:
         writer.write_batch(pa.record_batch(rows.columns, schema=schema))
@@ -96,13 +90,10 @@ def _read(dataset_dir: Path) -> tuple[Watermark, pa.ipc.RecordBatchFileReader] |
     """The stored index's stamp and a reader over its memory map (None: missing or unreadable)."""
     try:
         reader = pa.ipc.open_file(pa.memory_map(str(dataset_dir / INDEX_FILE)))
-        meta = reader.schema.metadata or {}
-        stamp = Watermark(
-            seq=int(meta[b"usr_es:seq"]), offset=int(meta[b"usr_es:offset"]), hash=meta[b"usr_es:hash"].decode()
-        )
-    except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+    except (OSError, pa.ArrowInvalid):
         return None
-    return stamp, reader
+    stamp = watermark_of(reader.schema.metadata)
+    return (stamp, reader) if stamp is not None else None
 
 
 def stamp_of(dataset_dir: Path) -> Watermark | None:

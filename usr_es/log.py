@@ -22,9 +22,8 @@ import xxhash
 from .errors import CorruptLog, InvalidInput, UnsupportedEvent
 from .events import EVENT_VERSION, GENESIS_HASH, LogRecord, record_decoder, record_encoder
 from .fileio import FILE_MODE, fileops
+from .names import QUARANTINE_FILE
 
-LOG_FILE = ".events.log"
-QUARANTINE_FILE = ".events.log.quarantine"
 MAX_LINE_BYTES = 1 << 20  # 1 MiB including the newline
 _HASH_KEY = b'"hash":"'
 _SUFFIX = len(_HASH_KEY) + 32 + 2  # "hash":"<32 hex>"}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-TOMBSTONE_NS = "usr"
-STATE_NS = "usr_state"
+from .names import DELETED, FLAGS, ID, MASKED, PURGED, TOMBSTONE_NS, WRITTEN
+
 TOMBSTONE_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string()),
@@ -32,18 +32,16 @@ STATE_SCHEMA = pa.schema(
     ]
 )
 
-_ID = "id"
-_DELETED = "usr__deleted"
-_MASKED = "usr_state__masked"
+_ID = ID
+_DELETED = DELETED
+_MASKED = MASKED
 _TOMBSTONE_PREFIX = f"{TOMBSTONE_NS}__"
-_FLAGS = (_DELETED, _MASKED)  # bool columns where an unset value reads as False
-#: `WRITTEN + c` (bool) marks the rows of a table that actually wrote column c. Merged tables (and so
-#: compacted parts) carry it where some ids never had c written, so "never written" stays distinct
-#: from "explicitly null" -- which matters where a materialized base value must show through.
-WRITTEN = "__written__:"
-#: A part holding this column (bool, all true) is a purge: every earlier write for its ids is forgotten,
-#: as if those ids had never been written in this namespace (`materialize --drop-deleted`, ADR 0008).
-PURGED = "__purged__"
+_FLAGS = FLAGS  # bool columns where an unset value reads as False
+# `WRITTEN + c` (bool) marks the rows of a table that actually wrote column c. Merged tables (and so
+# compacted parts) carry it where some ids never had c written, so "never written" stays distinct
+# from "explicitly null" -- which matters where a materialized base value must show through.
+# A part holding the column PURGED (bool, all true) is a purge: every earlier write for its ids is
+# forgotten, as if those ids had never been written in this namespace (`materialize --drop-deleted`, ADR 0008).
 
 
 @dataclass(frozen=True)
@@ -182,6 +180,29 @@ def _merge_masked(
     return out
 
 
+def _column_sources(names: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Overlay column -> its namespace, namespaces in sorted order (ValueError: a column in two of them,
+    or a namespace without `id`)."""
+    source: dict[str, str] = {}
+    for ns in sorted(names):
+        if _ID not in names[ns]:
+            raise ValueError(f"the merged overlay of namespace {ns!r} has no `id` column")
+        for name in names[ns]:
+            if name == _ID or name.startswith(WRITTEN):
+                continue
+            if name in source:
+                raise ValueError(f"column {name!r} appears in namespaces {source[name]!r} and {ns!r}")
+            source[name] = ns
+    return source
+
+
+def appended_columns(base_names: Sequence[str], names: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The overlay columns the live view (and so materialize) appends after the base columns, in order:
+    namespaces sorted, each in its merged table's column order, skipping columns the base holds."""
+    present = set(base_names)
+    return tuple(name for name in _column_sources(names) if name not in present)
+
+
 def live_view(
     base: pa.Table,
     merged: Mapping[str, pa.Table],
@@ -202,21 +223,8 @@ def live_view(
     if _ID not in base.column_names:
         raise ValueError("the base table has no `id` column")
     base_names = base.column_names
-    source: dict[str, str] = {}  # overlay column -> namespace
-    appended: list[str] = []
-    for ns in sorted(merged):
-        names = merged[ns].column_names
-        if _ID not in names:
-            raise ValueError(f"the merged overlay of namespace {ns!r} has no `id` column")
-        for name in names:
-            if name == _ID or name.startswith(WRITTEN):
-                continue
-            if name in source:
-                raise ValueError(f"column {name!r} appears in namespaces {source[name]!r} and {ns!r}")
-            source[name] = ns
-            if name not in base_names:
-                appended.append(name)
-    every = [*base_names, *appended]
+    source = _column_sources({ns: table.column_names for ns, table in merged.items()})
+    every = [*base_names, *appended_columns(base_names, {ns: t.column_names for ns, t in merged.items()})]
     known = set(every)
 
     if columns is None:

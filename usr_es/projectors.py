@@ -1,4 +1,4 @@
-"""Pure projectors: events (+ payload tables) -> the `records.parquet` table and its bytes.
+"""Pure projectors: events (+ payload tables) -> the `records.parquet` table and the overlay layout.
 
 Nothing here reads the clock, randomness, the environment, the live registry or any file:
 the same events and payloads always give the same table and the same Parquet bytes (for one
@@ -11,9 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .alphabet import ID_HASH_SPEC, SCHEMA_VERSION
 from .events import (
     GENESIS_HASH,
     DatasetInitialized,
@@ -28,10 +26,9 @@ from .events import (
     StateCleared,
     StateSet,
 )
+from .names import ARCHIVE_DIR, DERIVED_DIR, PURGED, STATE_NS, TOMBSTONE_NS
 
 PROJECTOR_VERSION = "3"  # 2: parts sorted by id, 16k-row groups; 3: folded namespaces, 32k-row base groups, id index
-HASH_PLACEHOLDER = "~usr_es~watermark~hash~pending~~"  # same length as an xxh3-128 hex digest
-assert len(HASH_PLACEHOLDER) == 32
 
 BASE_SCHEMA = pa.schema(
     [
@@ -54,9 +51,6 @@ PAYLOAD_SCHEMA = pa.schema(
     ]
 )
 
-# Fixed writer options: part of the determinism contract (changing them bumps PROJECTOR_VERSION).
-_ROW_GROUP_ROWS = 1 << 15
-_DICTIONARY_COLUMNS = ["bio_type", "alphabet", "source"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -147,104 +141,7 @@ def apply_event(
     return base
 
 
-def base_metadata(base: BaseProjection) -> dict[str, str]:
-    """Schema-level key/value metadata of `records.parquet` (the USR keys plus our watermark)."""
-    meta = {
-        "usr:schema_version": SCHEMA_VERSION,
-        "usr:id_hash": ID_HASH_SPEC,
-        "usr:dataset_created_at": base.created_at,
-        "usr_es:seq": str(base.watermark.seq),
-        "usr_es:offset": str(base.watermark.offset),
-        "usr_es:projector": PROJECTOR_VERSION,
-    }
-    if base.registry_hash is not None:
-        meta["usr:registry_hash"] = base.registry_hash
-    return meta
-
-
-def canonical_type(dtype: pa.DataType) -> pa.DataType:
-    """`dtype` with default child field names (`item`), so a table read back from Parquet (whose
-    lists come back with `element` children) encodes to the same bytes as the original."""
-    if pa.types.is_fixed_size_list(dtype):
-        return pa.list_(canonical_type(dtype.value_type), dtype.list_size)
-    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
-        return pa.list_(canonical_type(dtype.value_type))
-    if pa.types.is_struct(dtype):
-        return pa.struct([pa.field(f.name, canonical_type(f.type), f.nullable) for f in dtype])
-    return dtype
-
-
-def canonical_table(table: pa.Table) -> pa.Table:
-    schema = pa.schema([pa.field(f.name, canonical_type(f.type), f.nullable) for f in table.schema])
-    # Arrow type equality ignores list child names, so compare the spelled-out schema instead.
-    return table if str(schema) == str(table.schema) else table.cast(schema)
-
-
-def encode_parquet(
-    table: pa.Table, metadata: dict[str, str], watermark_hash: str, *, row_group_rows: int = 0
-) -> memoryview:
-    """Serialize `table` with the fixed writer options; returns a view of the file bytes.
-
-    Row groups are written one slice at a time, each slice made contiguous first, so the
-    bytes do not depend on how the input happens to be chunked (an incremental fold and a full
-    replay give the same file) and only one row group is ever copied.
-
-    `usr_es:hash` goes only into the file-level key/value metadata (not the embedded Arrow
-    schema), so a file written with `HASH_PLACEHOLDER` differs from the final one only in
-    those 32 bytes: `patch_watermark_hash` swaps them once the log line's hash is known.
-
-    `row_group_rows` (default `_ROW_GROUP_ROWS`): overlay parts use small groups, which their id
-    statistics let a lookup skip.
-    """
-    rows_per_group = row_group_rows or _ROW_GROUP_ROWS
-    table = canonical_table(table.replace_schema_metadata(None))
-    schema = table.schema.with_metadata(metadata)
-    sink = pa.BufferOutputStream()
-    writer = pq.ParquetWriter(
-        sink,
-        schema,
-        compression="zstd",
-        compression_level=1,
-        use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
-        write_statistics=True,
-        version="2.6",
-        data_page_version="1.0",
-    )
-    try:
-        for start in range(0, table.num_rows, rows_per_group):
-            piece = table.slice(start, rows_per_group).combine_chunks().replace_schema_metadata(metadata)
-            writer.write_table(piece, row_group_size=rows_per_group)
-        writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
-    finally:
-        writer.close()
-    return memoryview(sink.getvalue()).cast("B")  # Arrow buffers export signed bytes ('b')
-
-
-def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> memoryview:
-    """Bytes of `records.parquet` for `base` (with the placeholder hash when `pending_hash`)."""
-    mark_hash = HASH_PLACEHOLDER if pending_hash else base.watermark.hash
-    return encode_parquet(base.table, base_metadata(base), mark_hash)
-
-
-def patch_watermark_hash(data: memoryview, real_hash: str) -> list[bytes | memoryview]:
-    """Swap the placeholder hash in the Parquet footer for `real_hash` (same length).
-
-    Returns the file as parts (the untouched body as a view, then the patched footer) so the
-    body is not copied. Parquet has no footer checksum, so the result is byte-identical to
-    `encode_parquet(..., real_hash)`; a test proves it.
-    """
-    footer_len = int.from_bytes(bytes(data[-8:-4]), "little")
-    start = len(data) - 8 - footer_len
-    footer = bytes(data[start:])
-    token = HASH_PLACEHOLDER.encode()
-    if footer.count(token) != 1 or len(real_hash) != len(HASH_PLACEHOLDER):
-        raise ValueError("watermark placeholder not found exactly once in the Parquet footer")
-    return [data[:start], footer.replace(token, real_hash.encode())]
-
-
 # -- overlays (_derived/) -------------------------------------------------------------------------
-DERIVED_DIR = "_derived"
-ARCHIVE_DIR = "_archived"
 
 
 @dataclass(frozen=True)
@@ -343,8 +240,6 @@ def part_table(event: Event, payload: pa.Table | None) -> pa.Table | None:
                 schema=TOMBSTONE_SCHEMA,
             )
         case Materialized():
-            from .overlays import PURGED
-
             if not event.drop_deleted or not event.rows_dropped:
                 return None
             ids = ids_of(event, payload)
@@ -371,8 +266,6 @@ def part_table(event: Event, payload: pa.Table | None) -> pa.Table | None:
 
 
 def part_namespace(event: Event) -> str | None:
-    from .overlays import STATE_NS, TOMBSTONE_NS
-
     match event:
         case OverlayWritten():
             return event.namespace
@@ -438,30 +331,6 @@ def apply_layout(
     info = PartInfo(namespace=ns, mark=mark, created_at=created, registry_hash=registry_hash, contract_hash=contract)
     live[ns] = (*live.get(ns, ()), info)
     return replace(layout, live=live)
-
-
-def part_metadata(info: PartInfo) -> dict[str, str]:
-    meta = {
-        "usr:overlay_namespace": info.namespace,
-        "usr:overlay_key": "id",
-        "usr:overlay_created_at": info.created_at,
-        "usr_es:seq": str(info.mark.seq),
-        "usr_es:offset": str(info.mark.offset),
-        "usr_es:projector": PROJECTOR_VERSION,
-    }
-    if info.registry_hash is not None:
-        meta["usr:registry_hash"] = info.registry_hash
-    if info.contract_hash is not None:
-        meta["usr:namespace_contract_hash"] = info.contract_hash
-    return meta
-
-
-#: Rows per row group of an overlay part (parts are sorted by id: a lookup reads one small group per id).
-PART_ROW_GROUP_ROWS = 16_384
-
-
-def encode_part(info: PartInfo, table: pa.Table) -> memoryview:
-    return encode_parquet(table, part_metadata(info), info.mark.hash, row_group_rows=PART_ROW_GROUP_ROWS)
 
 
 def materialize_table(

@@ -9,31 +9,32 @@ import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .codec import watermark_of
 from .errors import IntegrityError, InvalidInput, NotFound
+from .names import DELETED, FLAGS, HIDDEN_PREFIX, ID, LAYOUT_FILE, PURGED, TOMBSTONE_NS, WRITTEN
 from .projectors import EMPTY_LAYOUT, Watermark
 from .results import ColumnInfo, ColumnProfile
-from .storage import LAYOUT_FILE, read_layout
+from .storage import read_layout
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from .dataset import Dataset
     from .projectors import PartInfo
+    from .recovery import ReadHead
 
-_ID = "id"
-_DELETED = "usr__deleted"
-_HIDDEN_PREFIX = "usr__"  # tombstone columns: shown only with include_deleted
-_TOMBSTONE_NS = "usr"
-_FLAGS = ("usr__deleted", "usr_state__masked")  # read unset as False by the live view
-_WRITTEN = "__written__:"  # overlays.WRITTEN (kept here so overlay-free reads need not import overlays)
-_PURGED = "__purged__"  # overlays.PURGED
+_ID = ID
+_DELETED = DELETED
+_HIDDEN_PREFIX = HIDDEN_PREFIX
+_TOMBSTONE_NS = TOMBSTONE_NS
+_FLAGS = FLAGS
+_WRITTEN = WRITTEN
+_PURGED = PURGED
 #: Files with at most this many rows are read whole (and filtered) instead of searched row group by row group.
 _SMALL_ROWS = 1 << 16
 _ATTEMPTS = 3  # re-plans when a writer publishes while a read opens its files
@@ -151,11 +152,11 @@ def _needed(wanted: set[str]) -> Callable[[str], bool]:
     )
 
 
-def _plan(ds: Dataset) -> _Plan:
+def _plan(ds: ReadHead) -> _Plan:
     """Catch the projections up and open them (retrying when a writer publishes meanwhile)."""
     plan: _Plan | None = None
     for _ in range(_ATTEMPTS):
-        mark, _, _ = ds._fresh()
+        mark, _, _ = ds.fresh()
         doc = read_layout(ds.dir / LAYOUT_FILE)
         base = _open_file(ds.records_path, mark) if mark is not None else None
         if mark is not None and base is None:
@@ -176,32 +177,21 @@ def _open_file(path: Path, mark: Watermark | None) -> _Source | None:
         meta = pq.ParquetFile(mapped).metadata
     except (OSError, pa.ArrowInvalid):
         return None
-    if mark is not None and _mark_of(meta) != mark:
+    if mark is not None and watermark_of(meta.metadata) != mark:
         return None
     schema = meta.schema.to_arrow_schema().remove_metadata()
     return _Source(mark=mark, schema=schema, num_rows=meta.num_rows, file=mapped, metadata=meta)
 
 
-def _mark_of(meta: Any) -> Watermark | None:
-    kv = meta.metadata or {}
-    try:
-        return Watermark(seq=int(kv[b"usr_es:seq"]), offset=int(kv[b"usr_es:offset"]), hash=kv[b"usr_es:hash"].decode())
-    except (KeyError, ValueError):
-        return None
-
-
-def _open_parts(ds: Dataset, doc: tuple[Any, Watermark] | None, base: _Source | None) -> _Plan:
-    from .dataset import _Proj
-
-    layout, layout_mark = doc if doc is not None else (EMPTY_LAYOUT, Watermark())
-    proj = _Proj(base=None, layout=layout, layout_mark=layout_mark)
+def _open_parts(ds: ReadHead, doc: tuple[Any, Watermark] | None, base: _Source | None) -> _Plan:
+    layout = doc[0] if doc is not None else EMPTY_LAYOUT
     parts: dict[str, list[_Source]] = {}
     base_seq = base.seq if base is not None else 0
     for ns in sorted(layout.live):
         # Parts a materialize already folded into this base are skipped: the view is the same without them.
         infos = layout.unfolded(ns, base_seq)
         if infos:
-            parts[ns] = [_open_part(ds, proj, info) for info in infos]
+            parts[ns] = [_open_part(ds, info) for info in infos]
     base_schema = base.schema if base is not None else pa.schema([])
     names = frozenset(base_schema.names)
     if not parts:
@@ -213,11 +203,11 @@ def _open_parts(ds: Dataset, doc: tuple[Any, Watermark] | None, base: _Source | 
     return _Plan(base=base, parts=parts, full=full, source=source, base_names=names)
 
 
-def _open_part(ds: Dataset, proj: Any, info: PartInfo) -> _Source:
+def _open_part(ds: ReadHead, info: PartInfo) -> _Source:
     src = _open_file(ds.dir / info.file, info.mark)
     if src is not None:
         return src
-    table = ds._part_table(info, proj, from_files=True).replace_schema_metadata(None)
+    table = ds.part_table(info).replace_schema_metadata(None)
     return _Source(mark=info.mark, schema=table.schema, num_rows=table.num_rows, table=table)
 
 
@@ -433,7 +423,7 @@ def _group_values(src: _Source, group: int, positions: pa.Array, columns: list[s
     return pa.Table.from_batches(batches).select(columns).take(positions).cast(schema)
 
 
-def _indexed(ds: Dataset, src: _Source, columns: list[str], ids: pa.Array) -> pa.Table | None:
+def _indexed(ds: ReadHead, src: _Source, columns: list[str], ids: pa.Array) -> pa.Table | None:
     """The rows of `src` (records.parquet) whose id is in `ids` (distinct), in file order, found through
     the id index: only the row groups holding them are read, up to their last hit. None: no index
     for this base (missing, stale or unreadable), so the caller searches the ids instead."""
@@ -481,14 +471,14 @@ def _restricted(plan: _Plan, sel: _Selection, ids: pa.Array) -> dict[str, pa.Tab
     return _merge(reads, _lookup([(src, cols) for _, src, cols in reads], ids))
 
 
-def view_schema(ds: Dataset, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Schema:
+def view_schema(ds: ReadHead, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Schema:
     """The schema of every batch `scan` yields (and of `head`, `get`, `view` results) for these arguments."""
     plan = _plan(ds)
     return _select(plan, columns, include_deleted).schema
 
 
 def scan_with_schema(
-    ds: Dataset, *, columns: Sequence[str] | None = None, include_deleted: bool = False, batch_size: int = 65536
+    ds: ReadHead, *, columns: Sequence[str] | None = None, include_deleted: bool = False, batch_size: int = 65536
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch], dict[str, str]]:
     """From one plan (one catch-up, one consistent set of files): the schema every batch has, the batches
     (see `scan`), and the base file's `usr:` metadata (empty before the first import)."""
@@ -502,7 +492,7 @@ def scan_with_schema(
 
 
 def scan(
-    ds: Dataset, *, columns: Sequence[str] | None = None, include_deleted: bool = False, batch_size: int = 65536
+    ds: ReadHead, *, columns: Sequence[str] | None = None, include_deleted: bool = False, batch_size: int = 65536
 ) -> Iterator[pa.RecordBatch]:
     """The live view as record batches in base order, all with `view_schema(...)`; empty batches are skipped.
 
@@ -510,11 +500,7 @@ def scan(
     (only those columns of their parts) and the base `id` column while the overlays are aligned.
     Arguments are checked (and the files opened) before the first batch is asked for.
     """
-    if batch_size < 1:
-        raise InvalidInput("batch_size must be >= 1.")
-    plan = _plan(ds)
-    sel = _select(plan, columns, include_deleted)
-    return _scan(plan, sel, batch_size)
+    return scan_with_schema(ds, columns=columns, include_deleted=include_deleted, batch_size=batch_size)[1]
 
 
 def _scan(plan: _Plan, sel: _Selection, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -555,14 +541,7 @@ def _scan(plan: _Plan, sel: _Selection, batch_size: int) -> Iterator[pa.RecordBa
             yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in view.columns], schema=sel.schema)
 
 
-def view(ds: Dataset, *, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
-    """The whole live view as one table (the scan's batches, concatenated)."""
-    plan = _plan(ds)
-    sel = _select(plan, columns, include_deleted)
-    return pa.Table.from_batches(list(_scan(plan, sel, 1 << 20)), schema=sel.schema)
-
-
-def head(ds: Dataset, n: int = 10, *, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
+def head(ds: ReadHead, n: int = 10, *, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
     """The first `n` rows of the live view: only the first base rows are read, and every overlay part is
     searched for just their ids."""
     if n < 0:
@@ -618,7 +597,7 @@ def _first_visible(plan: _Plan, sel: _Selection, reader: pq.ParquetFile, n: int)
 
 
 def get(
-    ds: Dataset,
+    ds: ReadHead,
     ids: str | Iterable[str],
     *,
     columns: Sequence[str] | None = None,
@@ -667,7 +646,7 @@ def get(
     return _conform(rows.take(order.drop_null()).select(sel.names), sel.schema)
 
 
-def _dataset_cell(ds: Dataset, row: int, column: str, *, include_deleted: bool = False) -> Any:
+def dataset_cell(ds: ReadHead, row: int, column: str, *, include_deleted: bool = False) -> Any:
     """The Python value at 0-based `row` of the live view (base order, tombstoned rows skipped
     unless `include_deleted`) in `column`."""
     if row < 0:
@@ -678,7 +657,7 @@ def _dataset_cell(ds: Dataset, row: int, column: str, *, include_deleted: bool =
     return table.column(0)[row].as_py()
 
 
-def grep(ds: Dataset, pattern: str, *, limit: int | None = 20, include_deleted: bool = False) -> pa.Table:
+def grep(ds: ReadHead, pattern: str, *, limit: int | None = 20, include_deleted: bool = False) -> pa.Table:
     """Rows (id, sequence, length) whose sequence matches `pattern` (RE2 syntax, case-insensitive), base order."""
     import pyarrow.compute as pc
 
@@ -694,10 +673,8 @@ def grep(ds: Dataset, pattern: str, *, limit: int | None = 20, include_deleted: 
         return sel.schema.empty_table()
     dead: pa.Array | None = None
     if sel.filtering:
-        if _DELETED in plan.base_names:  # never written by usr_es (tombstones are not materialized)
-            everything = view(ds, columns=["id", "sequence", "length"], include_deleted=include_deleted)
-            hits = everything.filter(pc.match_substring_regex(everything.column("sequence"), pattern, ignore_case=True))
-            return hits if limit is None else hits.slice(0, limit)
+        if _DELETED in plan.base_names:  # tombstones are never materialized: not a records.parquet usr_es wrote
+            raise IntegrityError(f"records.parquet of {ds.name} holds a {_DELETED} column", hint="Run `usr verify`.")
         from .overlays import tombstoned_ids
 
         reads = _select(plan, [_DELETED], True).part_reads(plan)
@@ -745,7 +722,7 @@ def grep(ds: Dataset, pattern: str, *, limit: int | None = 20, include_deleted: 
     return out if limit is None else out.slice(0, limit)
 
 
-def columns(ds: Dataset, *, include_deleted: bool = False) -> list[ColumnInfo]:
+def columns(ds: ReadHead, *, include_deleted: bool = False) -> list[ColumnInfo]:
     """Name, registry type and nullability of every view column (tombstone columns with `include_deleted`)."""
     from .registry import format_type
 
@@ -764,7 +741,7 @@ def columns(ds: Dataset, *, include_deleted: bool = False) -> list[ColumnInfo]:
     return out
 
 
-def describe(ds: Dataset, *, columns: Sequence[str] | None = None, sample: int | None = None) -> list[ColumnProfile]:
+def describe(ds: ReadHead, *, columns: Sequence[str] | None = None, sample: int | None = None) -> list[ColumnProfile]:
     """Per view column: type, rows, non-null count, null %, an example and (lists) length min/max/mean.
 
     Streams the view, holding one batch at a time; `sample` profiles only its first N rows (read as
@@ -804,7 +781,7 @@ class _Profile:
         valid = len(column) - column.null_count
         self.non_null += valid
         if not self.has_example and valid:
-            from .export import json_value
+            from .jsontext import json_value
 
             self.example = json_value(column.drop_null()[0].as_py())
             self.has_example = True
@@ -835,124 +812,42 @@ def _is_list(dtype: pa.DataType) -> bool:
     return bool(pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
 
 
-def _target(path: Path | str) -> tuple[str, Path]:
-    """('dataset' | 'file' | 'dir', resolved path)."""
-    target = Path(path).expanduser()
-    if target.is_dir():
-        from .log import LOG_FILE
+def state_of(ds: ReadHead, ids: Iterable[str], *, allow_missing: bool = False) -> pa.Table:
+    """One row per requested id (request order): id + the five usr_state fields (masked defaults False);
+    with `allow_missing`, an id not in the dataset gets the defaults instead of raising NotFound."""
+    import pyarrow.compute as pc
 
-        return ("dataset" if (target / LOG_FILE).is_file() else "dir"), target
-    if target.is_file():
-        return "file", target
-    raise NotFound(f"No such file or directory: {target}")
+    from .overlays import STATE_SCHEMA
 
-
-def _parquet_files(directory: Path) -> list[Path]:
-    files = sorted(p for p in directory.rglob("*.parquet") if p.is_file())
-    if not files:
-        raise NotFound(f"No .parquet files under {directory}")
-    return files
-
-
-def _open_parquet(path: Path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InvalidInput(f"Not a readable Parquet file: {path} ({exc})") from None
-
-
-def _check_columns(names: list[str], columns: Sequence[str] | None) -> list[str] | None:
-    if not columns:
-        return None
-    unknown = [c for c in columns if c not in names]
-    if unknown:
-        raise InvalidInput(f"Unknown column(s): {', '.join(unknown)}.", hint=f"Columns: {', '.join(names)}")
-    return list(columns)
-
-
-def target_head(path: Path | str, n: int = 10, columns: Sequence[str] | None = None) -> pa.Table:
-    """The first `n` rows of a dataset directory, a Parquet file, or the Parquet files under a directory."""
-    if n < 0:
-        raise InvalidInput("head row count must be >= 0.")
-    kind, target = _target(path)
-    if kind == "dataset":
-        from .dataset import Dataset
-
-        return Dataset.at(target).head(n, columns=list(columns) if columns else None)
-    if kind == "file":
-        parquet = _open_parquet(target)
-        names = parquet.schema_arrow.names
-        wanted = _check_columns(names, columns)
-        schema = parquet.schema_arrow if wanted is None else pa.schema([parquet.schema_arrow.field(c) for c in wanted])
-        batches, got = [], 0
-        if n:
-            for batch in parquet.iter_batches(batch_size=n, columns=wanted):
-                batches.append(batch.slice(0, n - got))
-                got += batches[-1].num_rows
-                if got >= n:
-                    break
-        return pa.Table.from_batches(batches, schema=schema)
-    import pyarrow.dataset as pads
-
-    try:
-        data = pads.dataset([str(p) for p in _parquet_files(target)], format="parquet")
-        wanted = _check_columns(data.schema.names, columns)
-        return data.head(n, columns=wanted)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InvalidInput(f"Cannot read the Parquet files under {target} as one table: {exc}") from None
-
-
-def target_columns(path: Path | str, glob: str | None = None) -> list[ColumnInfo]:
-    """Columns (name, registry type, nullable) of a dataset view or Parquet target; `glob` filters names."""
-    from .registry import format_type
-
-    kind, target = _target(path)
-    if kind == "dataset":
-        from .dataset import Dataset
-
-        infos = Dataset.at(target).columns()
-    else:
-        if kind == "file":
-            schema = _open_parquet(target).schema_arrow
+    wanted = pa.array([str(i).strip() for i in ids], pa.string())
+    # The live view's state (overlay over materialized columns, ADR 0008), read for these ids only.
+    names = [c.name for c in columns(ds, include_deleted=True) if c.name.startswith("usr_state__")]
+    found = get(ds, wanted.to_pylist(), columns=["id", *names], include_deleted=True, allow_missing=allow_missing)
+    at = pc.index_in(wanted, value_set=found.column("id"))
+    arrays: list[pa.Array | pa.ChunkedArray] = [wanted]
+    for field_ in STATE_SCHEMA:
+        if field_.name == "id":
+            continue
+        values = found.column(field_.name).take(at).cast(field_.type) if field_.name in names else None
+        if field_.name == "usr_state__masked":
+            arrays.append(
+                pc.fill_null(values, False) if values is not None else pa.repeat(pa.scalar(False), len(wanted))
+            )
         else:
-            schema = _open_parquet(_parquet_files(target)[0]).schema_arrow
-        infos = [ColumnInfo(f.name, _format(format_type, f.type), f.nullable) for f in schema]
-    return [c for c in infos if glob is None or fnmatchcase(c.name, glob)]
+            arrays.append(values if values is not None else pa.nulls(len(wanted), field_.type))
+    return pa.table(arrays, schema=STATE_SCHEMA)
 
 
-def _format(format_type: Callable[[pa.DataType], str], dtype: pa.DataType) -> str:
-    from .errors import NamespaceError
+def view(ds: ReadHead, *, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
+    """The overlay-merged live table read whole (every stored part merged; `scan` streams the same rows)."""
+    from .overlays import live_view
+    from .recovery import live_parts
 
+    view_schema(ds, columns, include_deleted)  # the read layer's column errors (named, with hints)
+    base, merged, _ = live_parts(ds.dir)
     try:
-        return format_type(dtype)
-    except NamespaceError:  # a type outside the registry grammar (plain Parquet files may hold any)
-        return str(dtype)
-
-
-def cell(target: Path | str | Dataset, row: int, column: str, *, include_deleted: bool = False) -> Any:
-    """The Python value at 0-based `row`, `column` of a dataset's live view (a `Dataset` or a dataset
-    directory: base order, tombstoned rows not counted unless `include_deleted`) or of a Parquet
-    file or directory of Parquet files (file order; files in sorted path order)."""
-    from .dataset import Dataset
-
-    if isinstance(target, Dataset):
-        return _dataset_cell(target, row, column, include_deleted=include_deleted)
-    if row < 0:
-        raise InvalidInput(f"Row {row} is negative; rows count from 0.")
-    kind, path = _target(target)
-    if kind == "dataset":
-        return _dataset_cell(Dataset.at(path), row, column, include_deleted=include_deleted)
-    files = [path] if kind == "file" else _parquet_files(path)
-    start = 0
-    for file in files:
-        parquet = _open_parquet(file)
-        _check_columns(parquet.schema_arrow.names, [column])
-        meta = parquet.metadata
-        for group in range(meta.num_row_groups):
-            size = meta.row_group(group).num_rows
-            if row < start + size:
-                offset = row - start
-                for batch in parquet.iter_batches(batch_size=offset + 1, row_groups=[group], columns=[column]):
-                    return batch.column(0)[offset].as_py()
-            start += size
-    raise InvalidInput(f"Row {row} is out of range: the target has {start} row(s).")
+        return live_view(base, merged, include_deleted=include_deleted, columns=list(columns) if columns else None)
+    except KeyError as exc:
+        raise InvalidInput(f"Unknown column: {exc.args[0]}.") from None
+    except ValueError as exc:
+        raise InvalidInput(str(exc), hint="Pass --include-deleted to see tombstone columns.") from None

@@ -17,11 +17,9 @@ import pyarrow as pa
 
 from .errors import NamespaceError, NotFound, RegistryError
 from .fileio import fileops, locked, write_atomic
+from .names import ESSENTIAL_COLUMNS, REGISTRY_FILE, RESERVED_NAMESPACES
 
-REGISTRY_FILE = "registry.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-RESERVED_NAMESPACES = frozenset({"usr", "usr_state"})
-ESSENTIAL_COLUMNS = ("id", "bio_type", "sequence", "alphabet", "length", "source", "created_at")
 
 _PRIMITIVES: dict[str, pa.DataType] = {
     "string": pa.string(),

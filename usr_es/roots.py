@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 from .errors import InvalidInput, NotFound
-from .log import LOG_FILE
-from .registry import REGISTRY_FILE
+from .names import LOG_FILE, REGISTRY_FILE
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SKIP = {"archived", "_archive"}
@@ -42,7 +41,7 @@ def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
     env = os.environ.get("USR_ROOT")
     if env:
         return find_root(Path(env))
-    found = _nearest_holding(cwd or Path.cwd(), REGISTRY_FILE)
+    found = nearest_holding(cwd or Path.cwd(), REGISTRY_FILE)
     if found is not None:
         return found
     raise InvalidInput(
@@ -53,7 +52,7 @@ def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
 
 def enclosing_dataset(cwd: Path) -> Path:
     """The dataset folder `cwd` is in (it or its nearest ancestor holding `.events.log`)."""
-    found = _nearest_holding(cwd, LOG_FILE)
+    found = nearest_holding(cwd, LOG_FILE)
     if found is not None:
         return found
     raise InvalidInput(
@@ -62,7 +61,7 @@ def enclosing_dataset(cwd: Path) -> Path:
     )
 
 
-def _nearest_holding(start: Path, name: str) -> Path | None:
+def nearest_holding(start: Path, name: str) -> Path | None:
     """`start` or its nearest ancestor holding a file `name` (None: none does)."""
     here = start.resolve()
     return next((d for d in (here, *here.parents) if (d / name).is_file()), None)

@@ -17,13 +17,10 @@ import xxhash
 from .errors import IntegrityError, NotFound
 from .events import PayloadRef
 from .fileio import fileops, write_atomic, write_once
-from .projectors import DERIVED_DIR, BaseProjection, DerivedLayout, PartInfo, Watermark
+from .names import PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
+from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark
 from .registry import Registry, parse_registry
 
-PAYLOAD_DIR = "_payloads"
-REGISTRY_DIR = "_registry"
-RECORDS_FILE = "records.parquet"
-LAYOUT_FILE = f"{DERIVED_DIR}/layout.json"
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=1))
 
 
@@ -80,19 +77,6 @@ def frozen_registry(dataset_dir: Path, digest: str) -> Registry:
     if registry.hash != digest:
         raise IntegrityError(f"frozen registry {path.name} does not match its hash")
     return registry
-
-
-def read_watermark(path: Path) -> Watermark | None:
-    """The watermark stamped into a projection file, or None when the file is absent/unreadable."""
-    try:
-        meta = pq.read_metadata(path).metadata or {}
-        return Watermark(
-            seq=int(meta[b"usr_es:seq"]),
-            offset=int(meta[b"usr_es:offset"]),
-            hash=meta[b"usr_es:hash"].decode(),
-        )
-    except (FileNotFoundError, KeyError, ValueError, OSError, pa.ArrowInvalid):
-        return None
 
 
 def read_base(dataset_dir: Path, mark: Watermark, *, columns: list[str] | None = None) -> BaseProjection:

@@ -1,4 +1,4 @@
-"""Golden replay fixtures: `python -m usr_es.fixtures DIR` (`make fixtures`) rebuilds every case from scratch.
+"""Golden replay fixtures: `python -m tools.replay_fixtures DIR` (`make fixtures`) rebuilds every case from scratch.
 
 Format. `DIR/<nnn>-<case>/` holds `case.json` ({name, description, generator, expect}), `dataset/` (the
 committed truth only: `.events.log`, `_payloads/`, `_registry/`, plus `_snapshots/` where a case takes
@@ -43,16 +43,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .commands import InputFormat
-from .dataset import SNAPSHOT_DIR, Dataset
-from .errors import UsrError
-from .log import LOG_FILE
-from .projectors import DERIVED_DIR, PROJECTOR_VERSION
-from .registry import format_type, register_namespace, split_columns_spec
-from .results import Receipt
-from .storage import LAYOUT_FILE, PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR, read_layout
+from usr_es import Dataset, __version__
+from usr_es.commands import InputFormat
+from usr_es.errors import UsrError
+from usr_es.names import DERIVED_DIR, LAYOUT_FILE, LOG_FILE, PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR, SNAPSHOT_DIR
+from usr_es.projectors import PROJECTOR_VERSION
+from usr_es.registry import format_type, register_namespace, split_columns_spec
+from usr_es.results import Receipt
+from usr_es.storage import read_layout
 
+#: Recorded in every case.json. It and the actor/source/owner `usr_es.fixtures` written into the logs and
+#: registries keep this module's former name: renaming them would rewrite every fixture.
 GENERATOR = f"usr_es.fixtures {__version__} (projector {PROJECTOR_VERSION})"
 CASE_NAME = re.compile(r"^[0-9]{3}-[a-z0-9]+(?:-[a-z0-9]+)*$")
 SCHEMA_FILE = "records.schema.json"
@@ -64,6 +65,8 @@ CASE_FILE = "case.json"
 DERIVED_OUT = "derived"
 #: What `dataset/` may hold: the log, the immutable artifacts it references, and checkpoints.
 COMMITTED = (LOG_FILE, PAYLOAD_DIR, REGISTRY_DIR, SNAPSHOT_DIR)
+#: The reissue ops that are methods of `Dataset.maintenance` (the others are methods of `Dataset`).
+MAINTENANCE_OPS = frozenset({"compact_overlay", "materialize", "snapshot", "freeze_registry"})
 #: The Dataset methods a `reissue` item may name.
 REISSUE_OPS = frozenset(
     {
@@ -223,7 +226,8 @@ def _call(ds: Dataset, op: str, args: list[Any], kwargs: dict[str, Any], input_p
         if input_path is None:
             raise FixtureError("an attach needs an input file")
         return ds.attach(input_path, *args, **kwargs)
-    method: Callable[..., Receipt] = getattr(ds, op)
+    holder: Any = ds.maintenance if op in MAINTENANCE_OPS else ds
+    method: Callable[..., Receipt] = getattr(holder, op)
     return method(*args, **kwargs)
 
 
@@ -310,7 +314,8 @@ class _Builder:
         self, op: str, *args: Any, metrics: dict[str, int] | None = None, same_view: bool = False, **kwargs: Any
     ) -> Receipt:
         """Any other accepted command, by Dataset method name (`same_view`: the live view must not change)."""
-        method: Callable[..., Receipt] = getattr(self.ds, op)
+        holder: Any = self.ds.maintenance if op in MAINTENANCE_OPS else self.ds
+        method: Callable[..., Receipt] = getattr(holder, op)
         return self._accept(method(*args, **kwargs), metrics=metrics, same_view=same_view)
 
     def retry(self, seq: int, op: str, *args: Any, input: tuple[str, str] | None = None, **kwargs: Any) -> None:
@@ -401,7 +406,7 @@ class _Builder:
         if metrics is not None and {k: receipt.metrics.get(k) for k in metrics} != metrics:
             raise FixtureError(f"{self.slug}: seq {receipt.seq}: metrics {receipt.metrics}, expected {metrics}")
         previous = self.head
-        records = {line.seq: line.record for line in self.ds.iter_events() if line.seq > previous}
+        records = {line.seq: line.record for line in self.ds.log.iter_events() if line.seq > previous}
         for seq in range(previous + 1, receipt.seq):  # e.g. the snapshot `materialize(snapshot_before=True)` takes
             if records[seq].action != "snapshot" or not previous:
                 raise FixtureError(f"{self.slug}: seq {seq} ({records[seq].action}) was appended unobserved")
@@ -957,7 +962,7 @@ def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
             if live is None:
                 raise FixtureError(f"{name}: seq {seq} was not observed live")
             out = work / f"replay-{seq}"
-            result = committed.replay(seq, out)
+            result = committed.log.replay(seq, out)
             files = projection_files(out)
             if files != live.files:
                 raise FixtureError(f"{name}: replay of seq {seq} differs from live in {_differing(files, live.files)}")
@@ -977,7 +982,7 @@ def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
             raise FixtureError(f"{name}: replays {replays} do not match checkpoint={case.checkpoint}")
         rebuilt = work / "rebuilt"
         shutil.copytree(dataset, rebuilt)
-        rebuild = Dataset.at(rebuilt).rebuild()
+        rebuild = Dataset.at(rebuilt).maintenance.rebuild()
         if projection_files(rebuilt) != builder.live[head].files:
             raise FixtureError(f"{name}: rebuild differs from the live projection at seq {head}")
         if len(rebuild.notes) != replays[str(head)]["ignored_checkpoints"]:
@@ -1032,7 +1037,7 @@ def generate(out_dir: Path, cases: tuple[Case, ...] = CASES) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m usr_es.fixtures OUT_DIR", file=sys.stderr)
+        print("usage: python -m tools.replay_fixtures OUT_DIR", file=sys.stderr)
         return 2
     out_dir = Path(args[0])
     names = generate(out_dir)

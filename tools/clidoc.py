@@ -1,4 +1,4 @@
-"""`docs/cli.md` from the help text of every `usr` command: `python -m usr_es.clidoc docs/cli.md` (`make docs`).
+"""`docs/cli.md` from the help text of every `usr` command: `python -m tools.clidoc docs/cli.md` (`make docs`).
 
 Help is rendered at a fixed width, independent of the terminal, so the page is stable and a
 test can compare it with a fresh rendering. Reads the CLI; changes nothing.
@@ -14,7 +14,7 @@ import typer
 import typer.main
 from typer.core import TyperCommand, TyperGroup
 
-from .cli import app
+from usr_es.cli import app
 
 #: Help width (columns) of the generated page; changing it changes every block.
 WIDTH = 100
@@ -22,7 +22,7 @@ WIDTH = 100
 _HEADER = """\
 # `usr` command reference
 
-Generated from the commands' help texts by `python -m usr_es.clidoc docs/cli.md` (`make docs`).
+Generated from the commands' help texts by `python -m tools.clidoc docs/cli.md` (`make docs`).
 Do not edit by hand: `tests/test_docs.py` fails when this page differs from the help.
 Exit codes and the quickstart are in the [README](../README.md); design notes in [adr/](adr/).
 """

@@ -1,0 +1,113 @@
+"""The `usr` command line: parse, call one `Dataset` (or registry) function, render.
+
+The commands live by group in `reads`, `writes`, `log` and `maintenance`, sharing `common`; this module
+holds the app, registers them (in `usr --help` order) and is the entry point. Heavy modules (pyarrow, the
+dataset) are imported inside commands so `usr --help` stays fast. Every `UsrError` is turned into
+`error: ...` (+ `hint: ...`) on stderr and its exit code by `main`; no user error prints a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from ..errors import EXIT_INTERNAL, CommitError, UsrError
+from . import log, maintenance, reads, writes
+from .common import options
+
+app = typer.Typer(
+    name="usr",
+    help="Universal Sequence Record, event-sourced: every change is an event in .events.log; "
+    "records.parquet is a projection rebuilt from it.\n\n"
+    "Example: usr --root /data/usr init densegen/demo --source 'lab run 7'",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+#: The top-level commands, in the order `usr --help` (and docs/cli.md) lists them; the groups follow.
+_COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("init", writes.init),
+    ("import", writes.import_),
+    ("ls", reads.ls),
+    ("info", reads.info),
+    ("head", reads.head),
+    ("cols", reads.cols),
+    ("cell", reads.cell),
+    ("get", reads.get),
+    ("grep", reads.grep),
+    ("describe", reads.describe),
+    ("export", reads.export),
+    ("schema", reads.schema),
+    ("replay", log.replay),
+    ("rebuild", log.rebuild),
+    ("verify", log.verify),
+    ("validate", log.validate),
+    ("demo", writes.demo),
+    ("attach", writes.attach),
+    ("delete", writes.delete),
+    ("restore", writes.restore),
+    ("materialize", maintenance.materialize),
+    ("snapshot", maintenance.snapshot),
+)
+for _name, _command in _COMMANDS:
+    app.command(_name)(_command)
+app.add_typer(maintenance.namespace_app, name="namespace")
+app.add_typer(log.events_app, name="events")
+app.add_typer(writes.state_app, name="state")
+app.add_typer(maintenance.maintenance_app, name="maintenance")
+
+
+@app.callback()
+def _global(
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Datasets root (default: $USR_ROOT, else nearest ancestor with registry.yaml)."),
+    ] = None,
+) -> None:
+    options["root"] = root
+
+
+def _fail(exc: UsrError) -> NoReturn:
+    typer.echo(f"error: {exc.message}", err=True)
+    if exc.hint:
+        typer.echo(f"hint: {exc.hint}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _prefer_jemalloc() -> None:
+    """Allocate Arrow memory with jemalloc in the `usr` process, unless ARROW_DEFAULT_MEMORY_POOL
+    already names a pool: on 1M-row imports and attaches it peaked 170-240 MB lower than pyarrow's
+    default (mimalloc), on materializes 60-95 MB, with less time in the kernel (ADR 0010). Set before
+    pyarrow is imported (so `usr --help` stays free of it); Linux wheels are built with jemalloc."""
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning every UsrError into `error:`/`hint:` + exit code."""
+    _prefer_jemalloc()
+    try:
+        app(args=argv, prog_name="usr")
+    except UsrError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except OSError as exc:  # an I/O failure the write path did not classify: nothing was reported as done
+        what = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+        _fail(CommitError(f"I/O error: {what}", state="NOT_COMMITTED" if exc.filename else "INDETERMINATE"))
+    except Exception as exc:  # a bug: say so plainly, still no traceback unless asked for
+        if os.environ.get("USR_DEBUG"):
+            raise
+        typer.echo(f"error: internal error ({type(exc).__name__}): {exc}", err=True)
+        typer.echo("hint: this is a bug in usr_es; rerun with USR_DEBUG=1 for the traceback", err=True)
+        sys.exit(EXIT_INTERNAL)

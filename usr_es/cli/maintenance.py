@@ -1,0 +1,192 @@
+"""`usr` maintenance commands: the `namespace` group (registry.yaml), materialize, snapshot and the
+`maintenance` group (registry freeze, overlay compaction)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import InvalidInput
+from .common import (
+    CommandIdOpt,
+    DatasetArg,
+    Format,
+    FormatOpt,
+    datasets_root,
+    emit_json,
+    emit_object,
+    emit_receipt,
+    emit_rows,
+    existing_dataset,
+    options,
+    output_format,
+    progress,
+)
+
+namespace_app = typer.Typer(
+    help="Register and inspect overlay namespaces in registry.yaml.\n\n"
+    "Example: usr --root /data/usr namespace register mock --columns 'mock__score:float64'",
+    no_args_is_help=True,
+)
+
+
+@namespace_app.command("register")
+def namespace_register(
+    namespace: Annotated[str, typer.Argument(help="Namespace name, ^[a-z][a-z0-9_]*$.")],
+    columns: Annotated[
+        str,
+        typer.Option("--columns", help="Comma-separated ns__field:type; commas inside <> and [] belong to the type."),
+    ],
+    owner: Annotated[str, typer.Option("--owner", help="Owner recorded in registry.yaml.")] = "",
+    description: Annotated[str, typer.Option("--description", help="One-line description for registry.yaml.")] = "",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing namespace.")] = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Register a namespace and its columns (creates registry.yaml with usr_state on first use).
+
+    Example: usr --root /data/usr namespace register mock --columns 'mock__score:float64,mock__vec:list<float64>'
+    """
+    from ..registry import register_namespace, split_columns_spec
+
+    root = datasets_root(create=True) if options["root"] else datasets_root()
+    spec = register_namespace(
+        root,
+        namespace,
+        split_columns_spec(columns),
+        owner=owner,
+        description=description,
+        overwrite=overwrite,
+    )
+    if output_format(fmt) is Format.json:
+        import msgspec
+
+        emit_json({"registry": str(root / "registry.yaml"), **msgspec.to_builtins(spec)})
+        return
+    typer.echo(f"Registered namespace '{spec.name}' ({len(spec.columns)} column(s)) in {root / 'registry.yaml'}")
+
+
+@namespace_app.command("list")
+def namespace_list(fmt: FormatOpt = Format.auto) -> None:
+    """List registered namespaces and their columns.
+
+    Example: usr namespace list --format json
+    """
+    from ..registry import load_registry
+
+    registry = load_registry(datasets_root())
+    rows = [
+        {"namespace": name, "columns": [c.name for c in spec.columns], "owner": spec.owner}
+        for name, spec in sorted(registry.namespaces.items())
+    ]
+    if output_format(fmt) is Format.plain:
+        for name, spec in sorted(registry.namespaces.items()):
+            typer.echo(f"{name}: {', '.join(c.name for c in spec.columns)}")
+        return
+    emit_rows(rows, ["namespace", "columns", "owner"], fmt, title="namespaces")
+
+
+@namespace_app.command("show")
+def namespace_show(name: Annotated[str, typer.Argument(help="Namespace name.")], fmt: FormatOpt = Format.auto) -> None:
+    """Show one namespace: owner, description, columns and types.
+
+    Example: usr namespace show quickstart
+    """
+    import msgspec
+
+    from ..registry import show_namespace
+
+    spec = show_namespace(datasets_root(), name)
+    emit_object(msgspec.to_builtins(spec), fmt, title=f"namespace {name}")
+
+
+# -- projections -------------------------------------------------------------------------------
+def materialize(
+    dataset: DatasetArg = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    snapshot_before: Annotated[bool, typer.Option("--snapshot-before", help="Write a checkpoint first.")] = False,
+    namespaces: Annotated[str, typer.Option("--namespaces", help="Comma-separated (default: all overlays).")] = "",
+    drop_overlays: Annotated[bool, typer.Option("--drop-overlays", help="Remove the folded overlays.")] = False,
+    archive_overlays: Annotated[
+        bool, typer.Option("--archive-overlays", help="Move the folded overlays to _derived/_archived/.")
+    ] = False,
+    drop_deleted: Annotated[
+        bool, typer.Option("--drop-deleted", help="Remove tombstoned rows from the base, with their overlay history.")
+    ] = False,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Fold overlay columns into records.parquet (an event; overlays are kept unless told otherwise).
+
+    Example: usr materialize densegen/demo --yes --snapshot-before
+    """
+    from ..errors import UserAbort
+
+    ds = existing_dataset(dataset)
+    chosen = [n.strip() for n in namespaces.split(",") if n.strip()] or None
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise InvalidInput(
+                "materialize rewrites records.parquet; confirm with --yes.", hint="usr materialize DS --yes"
+            )
+        info = ds.info()
+        typer.echo(f"Materialize {', '.join(chosen or info.namespaces) or '(no overlays)'} into {ds.records_path}")
+        if not typer.confirm("Proceed?", default=False):
+            raise UserAbort("Materialize cancelled.")
+    with progress("Materializing"):
+        receipt = ds.maintenance.materialize(
+            namespaces=chosen,
+            drop_overlays=drop_overlays,
+            archive_overlays=archive_overlays,
+            drop_deleted=drop_deleted,
+            snapshot_before=snapshot_before,
+            command_id=command_id,
+        )
+    count = receipt.metrics.get("overlays", 0)
+    emit_receipt(receipt, receipt.message or f"Materialized {count} overlay(s) into {ds.records_path}", fmt)
+
+
+def snapshot(dataset: DatasetArg = None, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
+    """Record a checkpoint of the dataset state (base copy under _snapshots/).
+
+    Example: usr snapshot densegen/demo
+    """
+    ds = existing_dataset(dataset)
+    receipt = ds.maintenance.snapshot(command_id=command_id)
+    emit_receipt(receipt, f"Snapshot saved under {ds.dir / '_snapshots'}", fmt)
+
+
+maintenance_app = typer.Typer(
+    help="Maintenance: registry freeze, overlay compaction.\n\n"
+    "Example: usr maintenance overlay-compact densegen/demo --namespace mock",
+    no_args_is_help=True,
+)
+
+
+@maintenance_app.command("registry-freeze")
+def registry_freeze(dataset: DatasetArg = None, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
+    """Freeze the current registry into _registry/ and record it.
+
+    Example: usr maintenance registry-freeze densegen/demo
+    """
+    ds = existing_dataset(dataset)
+    receipt = ds.maintenance.freeze_registry(command_id=command_id)
+    emit_receipt(receipt, f"Froze registry into {ds.dir / '_registry'}", fmt)
+
+
+@maintenance_app.command("overlay-compact")
+def overlay_compact(
+    namespace: Annotated[str, typer.Option("--namespace", help="Namespace whose parts to merge.")],
+    dataset: DatasetArg = None,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Merge a namespace's overlay parts into one (reads are unchanged).
+
+    Example: usr maintenance overlay-compact densegen/demo --namespace mock
+    """
+    ds = existing_dataset(dataset)
+    receipt = ds.maintenance.compact_overlay(namespace, command_id=command_id)
+    parts = receipt.metrics.get("rows", 0)
+    emit_receipt(receipt, receipt.message or f"Compacted {namespace} overlay ({parts} row(s))", fmt)

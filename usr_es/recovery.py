@@ -1,0 +1,374 @@
+"""Recovery: trust stored projections from where the log agrees with them, fold what they lack, publish.
+
+- `anchor` checks that the line a stored projection claims (its watermark) is in the log.
+- `catch_up` (under the dataset lock) loads the stored projections, folds the events after the oldest
+  anchor through the one `Fold`, publishes what changed and quarantines a torn tail.
+- `fresh` is the read-only head readers use: it takes the lock only when a projection lags.
+- `LocalSource` gives the fold the rows it does not hold, from the dataset's files (or the log).
+- `publish_changes` / `sync` write a fold's outputs: incrementally after one write, or all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .codec import read_watermark
+from .errors import IntegrityError, NotFound
+from .events import GENESIS_HASH, LogRecord, record_decoder
+from .fileio import fileops, locked, remove_stale_temps
+from .log import LogLine, Scan, check_prefix, iter_lines, line_problem, quarantine_tail, read_line_at
+from .names import INDEX_DIR, LOCK_FILE, LOG_FILE, PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
+from .projections import BaseFile, DerivedFiles, Fold, Output, PartSource, Restart, Step, table_key
+from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark, part_table, sorted_part
+from .storage import publish, read_base, read_payload
+
+
+def decode_record(raw: bytes) -> LogRecord:
+    """The record of one raw log line (its hash chain is the caller's to check)."""
+    try:
+        return record_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise IntegrityError(f"cannot decode log line: {exc}") from exc
+
+
+def release_memory() -> None:
+    """Hand memory Arrow's allocator has freed back to the OS (it keeps it otherwise): without this,
+    the scratch space of one phase of a large write stays in the process's peak RSS on top of the next."""
+    pa.default_memory_pool().release_unused()
+
+
+@dataclass
+class LocalSource(PartSource):
+    """The rows of overlay parts and stored bases, read from a dataset folder.
+
+    `trust_files`: a part file whose watermark matches is read (catch-up, reads); else every part is
+    regenerated from its event (replay, rebuild, verify). `trusted`: part files of a verified checkpoint,
+    by `table_key`. `base_dir`: where a partially loaded base's other columns are read from.
+    """
+
+    directory: Path
+    trust_files: bool = True
+    trusted: dict[str, Path] = field(default_factory=dict)
+    base_dir: Path | None = None
+    cache: BaseCache | None = None
+
+    def part(self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table]) -> pa.Table:
+        from .overlays import Part, merge_parts
+
+        trusted = self.trusted.pop(table_key(info), None)
+        if trusted is not None:
+            return pq.read_table(trusted).replace_schema_metadata(None)
+        path = self.directory / info.file
+        if self.trust_files and read_watermark(path) == info.mark:
+            return pq.read_table(path).replace_schema_metadata(None)
+        if info.sources:
+            return sorted_part(merge_parts([Part(s.mark.seq, resolve(s)) for s in info.sources]))
+        raw = read_line_at(self.directory / LOG_FILE, info.mark.offset)
+        if raw is None:
+            raise IntegrityError(f"log line for overlay part {info.file} is missing")
+        record = decode_record(raw)
+        payload = read_payload(self.directory, record.payload) if record.payload is not None else None
+        table = part_table(record.event, payload)
+        if table is None:
+            raise IntegrityError(f"event seq {record.seq} does not produce overlay part {info.file}")
+        return table
+
+    def base(self, directory: Path, mark: Watermark, columns: list[str] | None) -> BaseProjection:
+        self.base_dir = directory
+        if columns is not None and self.cache is not None and directory == self.directory:
+            return self.cache.load(directory, mark, columns)
+        return read_base(directory, mark, columns=columns)
+
+    def full_base(self, base: BaseProjection) -> BaseProjection:
+        return read_base(self.base_dir or self.directory, base.watermark)
+
+
+class BaseCache:
+    """The base columns a writer read last, kept while records.parquet is the same file (projection
+    files are replaced by rename, never changed in place): a loop of small writes reads them once."""
+
+    def __init__(self) -> None:
+        self._held: tuple[tuple[int, ...], tuple[str, ...], BaseProjection] | None = None
+
+    def load(self, directory: Path, mark: Watermark, columns: list[str]) -> BaseProjection:
+        st = os.stat(directory / RECORDS_FILE)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        held = self._held
+        if held is not None and held[0] == key and held[1] == tuple(columns) and held[2].watermark == mark:
+            return held[2]
+        base = read_base(directory, mark, columns=columns)
+        self._held = (key, tuple(columns), base)
+        return base
+
+
+def remove_temps(directory: Path) -> None:
+    """Remove temp files a crashed writer left (under the lock)."""
+    for folder in (directory, directory / PAYLOAD_DIR, directory / REGISTRY_DIR, directory / INDEX_DIR):
+        remove_stale_temps(folder)
+
+
+def anchor(log_path: Path, stored: Watermark | None) -> tuple[int, int, str] | None:
+    """(offset, seq, prev hash) of the line a stored projection claims, if the log agrees."""
+    if stored is None or stored.seq < 1:
+        return None
+    raw = read_line_at(log_path, stored.offset)
+    if raw is None or line_problem(raw, hash=stored.hash, seq=stored.seq) is not None:
+        return None
+    return stored.offset, stored.seq, decode_record(raw).prev
+
+
+def _anchors(directory: Path, fold: Fold) -> tuple[int, int, str] | None:
+    """The oldest anchor of the stored anchored projections (None: one of them is missing or disagrees)."""
+    found = []
+    for member in fold.members:
+        if member.anchored:
+            point = anchor(directory / LOG_FILE, member.stored_mark(directory))
+            if point is None:
+                return None
+            found.append(point)
+    return min(found) if found else None
+
+
+def step_of(line: LogLine, directory: Path) -> Step:
+    record = line.record
+    payload = read_payload(directory, record.payload) if record.payload is not None else None
+    return Step(Watermark(line.seq, line.offset, record.hash), record.event, record.registry_hash, payload)
+
+
+def fold_lines(fold: Fold, lines: Iterable[LogLine], directory: Path) -> dict[str, int]:
+    """Fold log lines into `fold` (only the events some projection lacks; their payloads are read then).
+    Returns how many events each projection took, by label. Raises `Restart`."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        probe = Step(Watermark(line.seq, line.offset, line.record.hash), line.record.event, None, None)
+        if not fold.due(probe):
+            continue
+        release_memory()  # what folding the previous event freed
+        for member in fold.apply(step_of(line, directory)):
+            counts[member.label] = counts.get(member.label, 0) + 1
+    return counts
+
+
+@dataclass
+class Tail:
+    """The verified log head plus every projection caught up to it."""
+
+    scan: Scan
+    fold: Fold
+    caught_up: int
+    warnings: list[str]
+
+
+def catch_up(
+    directory: Path, *, quarantine: bool, base_columns: list[str] | None = None, cache: BaseCache | None = None
+) -> Tail:
+    """Verify the log, fold the events the stored projections lack, publish them, quarantine a torn tail.
+
+    Stored projections are trusted from their anchors on: the lines before are checked from raw bytes,
+    the lines after are decoded and folded. Called under the dataset lock. With `base_columns`, a base
+    that needs no catching up is loaded with only those columns.
+    """
+    log_path = directory / LOG_FILE
+    fold = Fold(LocalSource(directory, cache=cache))
+    start = _anchors(directory, fold)
+    if start is not None:
+        check_prefix(log_path, end_offset=start[0], lines=start[1] - 1, last_hash=start[2])
+        for member in fold.members:
+            member.load(directory, columns=base_columns)
+    offset, seq, prev = (start[0], start[1] - 1, start[2]) if start is not None else (0, 0, GENESIS_HASH)
+    scan = Scan()
+    try:
+        counts = fold_lines(
+            fold,
+            iter_lines(log_path, scan=scan, start_offset=offset, start_seq=seq, start_hash=prev),
+            directory,
+        )
+    except Restart:  # the stored projections disagree with each other: fold the whole log
+        fold, scan = Fold(LocalSource(directory)), Scan()
+        counts = fold_lines(fold, iter_lines(log_path, scan=scan), directory)
+    warnings = []
+    if counts or start is None:
+        sync(fold, directory, trust_stored=True)
+    else:  # the anchored projections are current: catch up the ones that follow them (a stale id index)
+        for member in fold.members:
+            if not member.anchored:
+                for rel, out in member.outputs().items():
+                    if out.stamp(directory / rel) != out.mark:
+                        _write(directory / rel, out.encode())
+    for member in fold.members:
+        n = counts.get(member.label, 0)
+        mark = member.mark()
+        if n and mark is not None:
+            warnings.append(f"caught up {member.label} by {n} event(s) to seq {mark.seq}")
+    if quarantine and scan.torn_offset is not None:
+        size = quarantine_tail(log_path, scan)
+        warnings.append(f"quarantined a torn tail of {size} byte(s) after seq {scan.seq} into .events.log.quarantine")
+    return Tail(scan=scan, fold=fold, caught_up=sum(counts.values()), warnings=warnings)
+
+
+def fresh(directory: Path) -> tuple[Watermark | None, Scan, int]:
+    """Make the projections reflect every event; return the base watermark, the log scan and how many
+    events had to be caught up. Takes the lock only when some projection lags."""
+    log_path = directory / LOG_FILE
+    fold = Fold(LocalSource(directory))
+    marks = [(m, m.stored_mark(directory)) for m in fold.members if m.anchored]
+    points = [anchor(log_path, mark) for _, mark in marks]
+    if marks and all(p is not None for p in points):
+        start = min(p for p in points if p is not None)
+        check_prefix(log_path, end_offset=start[0], lines=start[1] - 1, last_hash=start[2])
+        scan = Scan()
+        lagging = False
+        for line in iter_lines(log_path, start_offset=start[0], start_seq=start[1] - 1, start_hash=start[2], scan=scan):
+            event = line.record.event
+            if any(m.watches(event) and mark is not None and line.seq > mark.seq for m, mark in marks):
+                lagging = True
+                break
+        if not lagging:
+            return fold.get(BaseFile).stored_mark(directory), scan, 0
+    with locked(directory / LOCK_FILE):
+        tail = catch_up(directory, quarantine=False)
+    base = tail.fold.base
+    return (base.watermark if base is not None else None), tail.scan, tail.caught_up
+
+
+# -- publishing a fold's outputs -------------------------------------------------------------------
+def _write(path: Path, data: bytes | memoryview | list[bytes | memoryview] | None) -> None:
+    if data is None:
+        if path.exists():
+            fileops().unlink(path)
+        return
+    fileops().mkdir(path.parent)
+    publish(path, data)
+
+
+def publish_changes(before: dict[str, Output], after: dict[str, Output], target: Path) -> list[str]:
+    """Publish what one write changed: files that are new or carry a new watermark (an archived part is
+    moved from where it was), then remove the files no projection produces any more."""
+    written = []
+    for rel, out in after.items():
+        old = before.get(rel)
+        if old is not None and old.mark == out.mark:
+            continue
+        source = before.get(out.moved_from) if out.moved_from is not None else None
+        if source is not None and source.mark == out.mark and (target / str(out.moved_from)).exists():
+            fileops().mkdir((target / rel).parent)
+            fileops().replace(target / str(out.moved_from), target / rel)
+        else:
+            _write(target / rel, out.encode())
+        written.append(rel)
+    for rel in before:
+        if rel not in after and (target / rel).exists():
+            fileops().unlink(target / rel)
+    return written
+
+
+def sync(fold: Fold, target: Path, *, trust_stored: bool, reuse: Path | None = None) -> list[str]:
+    """Make `target` hold exactly the fold's outputs. A stored file with the right watermark is kept
+    when `trust_stored`; a file unchanged since the checkpoint `reuse` is linked from it (into another
+    folder only); strays the projections own are removed. Returns the outputs' paths."""
+    names = []
+    for member in fold.by_size():
+        for rel, out in member.outputs().items():
+            names.append(rel)
+            path = target / rel
+            if trust_stored and out.stamp(path) == out.mark:
+                continue
+            moved = target / out.moved_from if out.moved_from is not None else None
+            if moved is not None and moved.exists() and out.stamp(moved) == out.mark:
+                fileops().mkdir(path.parent)
+                fileops().replace(moved, path)
+                continue
+            kept = reuse / rel if reuse is not None else None
+            if kept is not None and kept.exists() and out.stamp(kept) == out.mark:
+                fileops().mkdir(path.parent)
+                copy_file(kept, path)
+                continue
+            _write(path, out.encode())
+        fold.release(member)
+        release_memory()
+    for rel in fold.stray(target):
+        fileops().unlink(target / rel)
+    return [rel for rel in names if (target / rel).exists()]
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """A hard link where possible (projection files are never changed in place), else a copy."""
+    if dst.exists():
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def live_parts(directory: Path) -> tuple[pa.Table, dict[str, pa.Table], DerivedLayout]:
+    """The stored base table, every namespace's merged overlay and the layout (projections caught up
+    first by the caller), read whole."""
+    fold = Fold(LocalSource(directory))
+    derived = fold.get(DerivedFiles)
+    derived.load(directory)
+    merged = {ns: derived.merged(ns) for ns in derived.layout.live}
+    base = pq.read_table(directory / RECORDS_FILE).replace_schema_metadata(None)
+    return base, merged, derived.layout
+
+
+@dataclass(frozen=True)
+class ReadHead:
+    """What readers need of a dataset: where it is, a caught-up head (`fresh`), and the rows of an
+    overlay part whose file is missing or stale (regenerated from the log). Reads take no other path."""
+
+    name: str
+    dir: Path
+
+    @classmethod
+    def at(cls, directory: Path) -> ReadHead:
+        """The dataset stored in `directory`, named by its init event (else by the folder)."""
+        from .events import DatasetInitialized
+
+        first = read_line_at(directory / LOG_FILE, 0)
+        name = directory.name
+        if first is not None:
+            try:
+                event = decode_record(first).event
+                if isinstance(event, DatasetInitialized):
+                    name = event.name
+            except IntegrityError:
+                pass
+        return cls(name, directory)
+
+    @property
+    def records_path(self) -> Path:
+        return self.dir / RECORDS_FILE
+
+    def fresh(self) -> tuple[Watermark | None, Scan, int]:
+        if not (self.dir / LOG_FILE).is_file():
+            raise NotFound(f"Dataset not found: {self.name}", hint=f"Create it with `usr init {self.name}`.")
+        return fresh(self.dir)
+
+    def part_table(self, info: PartInfo) -> pa.Table:
+        source = LocalSource(self.dir)
+        done: dict[str, pa.Table] = {}
+
+        def resolve(part: PartInfo) -> pa.Table:
+            key = table_key(part)
+            if key not in done:
+                done[key] = source.part(part, resolve)
+            return done[key]
+
+        return resolve(info)
+
+
+def merged_overlay(directory: Path, namespace: str) -> pa.Table | None:
+    """One namespace's merged overlay from the stored parts (None: the namespace has no live parts)."""
+    fold = Fold(LocalSource(directory))
+    derived = fold.get(DerivedFiles)
+    derived.load(directory)
+    return derived.merged(namespace) if namespace in derived.layout.live else None

@@ -1,0 +1,356 @@
+"""The one write path. Every mutation (and every later sync or adoption) goes through `Writer.execute`:
+
+    lock -> recover the tail -> decide -> stage -> append -> seal + publish -> checkpoint -> unlock
+
+- recover: `recovery.catch_up` folds what the stored projections lack and quarantines a torn tail.
+- decide: the pure `decide` validates the command against the state at the tail; a rejected command
+  raises before anything is written, so the log stays byte-for-byte unchanged.
+- stage: payloads are written and fsync'd, the frozen registry stored, and each event is folded into
+  the projections with its line's hash pending (the base is encoded then: the line's fingerprint
+  records the file's exact size).
+- append: the event lines, one write + fsync. From here on the command is committed.
+- seal + publish: the pending hashes become the lines' hashes and the files that changed are
+  published atomically (temp, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .checkpoints import checkpoint_due, write_checkpoint
+from .commands import (
+    AttachColumns,
+    ClearState,
+    Command,
+    CompactOverlay,
+    InitDataset,
+    Materialize,
+    RestoreRecords,
+    SetState,
+    TakeSnapshot,
+    TombstoneRecords,
+)
+from .errors import CommitError, ConcurrencyError, DatasetExists, InvalidInput, NotFound
+from .events import Actor, DatasetRef, Fingerprint, LogRecord, Materialized, OverlayCompacted, PayloadRef, SnapshotTaken
+from .fileio import append_record, fileops, locked
+from .log import encode_line, find_command, read_line_at
+from .meta import append_meta
+from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE
+from .projections import PENDING, BaseFile, DerivedFiles, Fold, Step
+from .projectors import Watermark
+from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
+from .registry import Registry, load_registry, parse_registry, registry_path
+from .results import Receipt
+from .storage import encode_payload, freeze_registry, frozen_registry, payload_ref, write_payload
+
+_COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
+#: Commands whose decision needs at most these base columns (and that do not change the base):
+#: their writes read only these columns of records.parquet. Every other command reads it whole.
+_BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
+    TombstoneRecords: ["id"],
+    RestoreRecords: ["id"],
+    SetState: ["id"],
+    ClearState: ["id"],
+    TakeSnapshot: ["id"],
+    CompactOverlay: ["id"],
+}
+RowsLoader = Callable[[], pa.Table | None]
+
+
+def utc_now_text(after: str | None = None) -> str:
+    """RFC 3339 UTC with microseconds; strictly after `after` so log time never goes backwards."""
+    now = datetime.now(UTC)
+    if after is not None:
+        floor = datetime.fromisoformat(after) + timedelta(microseconds=1)
+        now = max(now, floor)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_actor() -> Actor:
+    pid = os.getpid()
+    return Actor(
+        tool=os.environ.get("USR_ACTOR_TOOL") or "usr",
+        run_id=os.environ.get("USR_ACTOR_RUN_ID") or f"usr-pid-{pid}",
+        host=socket.gethostname(),
+        pid=pid,
+    )
+
+
+@dataclass
+class Writer:
+    """Writes commands to the dataset in `directory` (named `name`, under the datasets root `root`).
+
+    Kept by a `Dataset` between writes: it remembers the base columns and parsed registry it read last,
+    reused while the files they came from are unchanged."""
+
+    root: Path
+    name: str
+    directory: Path
+
+    def __post_init__(self) -> None:
+        self._bases = BaseCache()
+        self._registry: tuple[bytes, Registry] | None = None
+
+    def execute(
+        self,
+        command: Command,
+        *,
+        rows: RowsLoader | None = None,
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> Receipt:
+        """Validate and apply `command`; returns its receipt (a no-op or a replayed retry included)."""
+        from .decide import NoChange  # write-only: kept off the read path's start-up
+
+        if command_id is not None and not _COMMAND_ID.match(command_id):
+            raise InvalidInput(f"Invalid command id '{command_id}'.", hint="Use 1-128 of [A-Za-z0-9._:@/+-].")
+        self._prepare_folder(command, command_id)
+        with locked(self.directory / LOCK_FILE):
+            remove_temps(self.directory)
+            try:
+                tail = catch_up(
+                    self.directory, quarantine=True, base_columns=self._base_columns(command), cache=self._bases
+                )
+            except OSError as exc:
+                raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+            release_memory()  # the Parquet reader's scratch buffers
+            if command_id is not None:
+                prior = find_command(self.directory / LOG_FILE, command_id)
+                if prior is not None:
+                    return receipt(prior.record, replayed=True)
+            if expected_seq is not None and expected_seq != tail.scan.seq:
+                raise ConcurrencyError(
+                    f"Stale write: expected seq {expected_seq} but the log is at seq {tail.scan.seq}.",
+                    hint="Re-read the dataset and retry with the current seq.",
+                )
+            registry = self._registry_for_write(tail.scan.registry_hash)
+            now = utc_now_text(tail.scan.last_timestamp)
+            try:
+                decision = self._decide(tail, command, registry, rows, now)
+            except NoChange as nothing:
+                return Receipt(
+                    dataset=self.name,
+                    action="noop",
+                    seq=tail.scan.seq,
+                    event_id="",
+                    command_id=command_id or "",
+                    hash=tail.scan.hash,
+                    timestamp_utc=now,
+                    metrics={},
+                    noop=True,
+                    message=str(nothing),
+                    warnings=list(tail.warnings),
+                )
+            before = tail.fold.outputs()
+            try:
+                records, marks, data = self._stage(tail, registry, command, decision, command_id, now)
+            except OSError as exc:  # payload or frozen registry: the log is untouched
+                raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+            append_record(self.directory / LOG_FILE, data, expected_size=tail.scan.size)
+            fileops().point("after_append")
+            try:
+                tail.fold.seal({record.seq: record.hash for record in records})
+                publish_changes(before, tail.fold.outputs(), self.directory)
+                fileops().point("after_publish")
+                self._checkpoint(tail.fold, records, marks[-1])
+                for record in records:
+                    append_meta(self.directory, record)
+            except OSError as exc:
+                raise CommitError(
+                    f"event seq {records[-1].seq} is committed, but a projection could not be written: {exc.strerror}",
+                    state="COMMITTED",
+                    hint="The next command (or `usr rebuild`) catches the projection up from the log.",
+                ) from exc
+            return receipt(records[-1], warnings=list(tail.warnings))
+
+    # -- the steps -------------------------------------------------------------------------------
+    def _prepare_folder(self, command: Command, command_id: str | None) -> None:
+        log = self.directory / LOG_FILE
+        if not isinstance(command, InitDataset):
+            if not log.is_file():
+                raise NotFound(f"Dataset not found: {self.name}", hint=f"Create it with `usr init {self.name}`.")
+            return
+        load_registry(self.root)  # init requires a registry, like every mutation
+        # A retried init (same command_id) returns its original receipt, like any command. A log without
+        # one complete line (a crash tore the first append) is not initialized yet.
+        started = log.is_file() and read_line_at(log, 0) is not None
+        if started and (command_id is None or find_command(log, command_id) is None):
+            raise DatasetExists(f"Dataset already initialized: {self.name}")
+        fileops().mkdir(self.directory)
+
+    def _decide(self, tail: Tail, command: Command, registry: Registry, rows: RowsLoader | None, now: str) -> Any:
+        """The decision on `command` at the tail (NoChange and rejections propagate)."""
+        from .decide import DatasetState, Rows, decide
+
+        # Handed over: `decide` holds the only reference to the input table and frees what it has parsed.
+        loaded = rows() if rows is not None else None
+        inputs = Rows(loaded) if loaded is not None else None
+        del loaded
+        release_memory()  # the input reader's scratch buffers
+        fold = tail.fold
+        base = fold.base
+        derived = fold.get(DerivedFiles)
+        state = DatasetState(
+            name=self.name,
+            initialized=tail.scan.seq > 0,
+            seq=tail.scan.seq,
+            ids=base.table.column("id") if base is not None else pa.array([], pa.string()),
+            base=base.table if base is not None else None,
+            live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
+            overlays={ns: derived.merged(ns) for ns in _overlays_needed(command) if ns in derived.layout.live}
+            if not isinstance(command, Materialize)
+            else {ns: derived.merged(ns) for ns in derived.layout.live},
+            registry=registry,
+        )
+        release_memory()  # the Parquet readers' and the merges' scratch buffers
+        decision = decide(state, command, now=now, rows=inputs)
+        del state, inputs
+        _keep_for_fold(fold, decision)
+        return decision
+
+    def _stage(
+        self, tail: Tail, registry: Registry, command: Command, decision: Any, command_id: str | None, now: str
+    ) -> tuple[list[LogRecord], list[Watermark], bytes]:
+        """Write the payloads, fold every event with its hash pending, and build the lines (chained)."""
+        registry_hash = freeze_registry(self.directory, registry)
+        fileops().point("after_registry_freeze")
+        fold = tail.fold
+        seq, offset, prev = tail.scan.seq, tail.scan.size, tail.scan.hash
+        records: list[LogRecord] = []
+        marks: list[Watermark] = []
+        lines: list[bytes] = []
+        for emit in decision.emits:
+            ref: PayloadRef | None = None
+            if emit.payload is not None:
+                data = encode_payload(emit.payload)
+                ref = payload_ref(data, emit.payload.num_rows)
+                write_payload(self.directory, ref, data)
+                del data
+            seq += 1
+            folded = fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, emit.payload))
+            fold.stage()
+            record = LogRecord(
+                timestamp_utc=now,
+                action=emit.action,
+                dataset=DatasetRef(name=self.name, root=str(self.root)),
+                args=emit.redacted_args,
+                metrics=emit.metrics,
+                artifacts={"payload": ref.file} if ref is not None else {},
+                maintenance=emit.maintenance,
+                fingerprint=self._fingerprint(fold, base_changed=any(isinstance(m, BaseFile) for m in folded)),
+                registry_hash=registry_hash,
+                actor=default_actor(),
+                version=__version__,
+                seq=seq,
+                event_id=uuid.uuid4().hex,
+                command_id=command_id or uuid.uuid4().hex,
+                command=command,
+                event=emit.event,
+                payload=ref,
+                prev=prev,
+            )
+            line, prev = encode_line(record)
+            records.append(LogRecord(**{**_fields(record), "hash": prev}))
+            marks.append(Watermark(seq, offset, prev))
+            lines.append(line)
+            offset += len(line)
+        return records, marks, b"".join(lines)
+
+    def _fingerprint(self, fold: Fold, *, base_changed: bool) -> Fingerprint:
+        """The base's rows, columns and file size after the event (the staged encoding's size when the
+        event changed it, else the stored file's)."""
+        holder = fold.get(BaseFile)
+        base = holder.base
+        if base is None:
+            return Fingerprint(rows=0, cols=0, size_bytes=0)
+        staged = holder.staged_size()
+        if base_changed and staged is not None:
+            return Fingerprint(rows=base.rows, cols=base.table.num_columns, size_bytes=staged)
+        path = self.directory / RECORDS_FILE
+        size = path.stat().st_size if path.exists() else 0
+        cols = len(pq.read_schema(path).names) if holder.partial else base.table.num_columns
+        return Fingerprint(rows=base.rows, cols=cols, size_bytes=size)
+
+    def _checkpoint(self, fold: Fold, records: list[LogRecord], mark: Watermark) -> None:
+        """A checkpoint for a snapshot event, else when the automatic policy says one is due."""
+        snapshot = next((r.event for r in records if isinstance(r.event, SnapshotTaken)), None)
+        if snapshot is not None:
+            write_checkpoint(fold, mark, self.directory, base_copy=snapshot.name)
+        elif checkpoint_due(
+            self.directory, self.directory / LOG_FILE, mark, has_payload=any(r.payload is not None for r in records)
+        ):
+            write_checkpoint(fold, mark, self.directory)
+
+    def _base_columns(self, command: Command) -> list[str] | None:
+        """The base columns `command`'s decision needs (None: all of them)."""
+        needed = _BASE_COLUMNS_NEEDED.get(type(command))
+        if needed is not None or not isinstance(command, AttachColumns):
+            return needed
+        try:
+            names = pq.read_schema(self.directory / RECORDS_FILE).names
+        except (OSError, pa.ArrowInvalid):
+            return None
+        # Keys resolve through ids (sequence_ci through upper-cased sequences); materialized columns of
+        # the namespace are needed for the overwrite check.
+        keyed = {"id", "bio_type", "alphabet", *(["sequence"] if command.key == "sequence_ci" else [])}
+        return [n for n in names if n in keyed or n.startswith(f"{command.namespace}__")]
+
+    def _registry_for_write(self, last_hash: str | None) -> Registry:
+        """The live registry; for a dataset outside any root (e.g. a replayed copy), the frozen
+        registry the last event was validated against."""
+        path = registry_path(self.root)
+        if path.is_file() or last_hash is None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                return load_registry(self.root)  # raises the usual "registry required" error
+            if self._registry is None or self._registry[0] != data:
+                self._registry = (data, parse_registry(data, source=str(path)))
+            return self._registry[1]
+        return frozen_registry(self.directory, last_hash)
+
+
+def _overlays_needed(command: Command) -> list[str]:
+    """The namespaces whose merged overlay `decide` reads for this command."""
+    if isinstance(command, (AttachColumns, CompactOverlay)):
+        return [command.namespace]
+    return []
+
+
+def _keep_for_fold(fold: Fold, decision: Any) -> None:
+    """Free the overlay tables read for the decision unless folding its events reads them again
+    (compaction and materialize merge the parts the decision merged)."""
+    if not any(isinstance(e.event, (OverlayCompacted, Materialized)) for e in decision.emits):
+        fold.get(DerivedFiles).release()
+    release_memory()
+
+
+def _fields(record: LogRecord) -> dict[str, Any]:
+    return {f: getattr(record, f) for f in record.__struct_fields__}
+
+
+def receipt(record: LogRecord, *, replayed: bool = False, warnings: list[str] | None = None) -> Receipt:
+    return Receipt(
+        dataset=record.dataset.name,
+        action=record.action,
+        seq=record.seq,
+        event_id=record.event_id,
+        command_id=record.command_id,
+        hash=record.hash,
+        timestamp_utc=record.timestamp_utc,
+        metrics=dict(record.metrics),
+        replayed=replayed,
+        warnings=warnings or [],
+    )
