@@ -459,7 +459,7 @@ def test_head_limits_rows_and_columns(dataset: Dataset, demo_csv: Path) -> None:
 
 
 def test_schema_lists_base_columns(dataset: Dataset) -> None:
-    columns = {c.name: c.type for c in dataset.columns()}
+    columns = {c.name: c.type for c in dataset.schema()}
     assert columns == {
         "id": "string",
         "bio_type": "string",

@@ -332,7 +332,7 @@ def test_attach_list_column_given_as_json_text_is_parsed(ds_ids: tuple[Dataset, 
     assert view[ids[0]]["mock__vec"] == [1.5, -2.0, 300.0]
     assert view[ids[1]]["mock__vec"] == []
     assert view[ids[2]]["mock__vec"] is None
-    assert ds.columns()[-1].type == "list<float64>"
+    assert ds.schema()[-1].type == "list<float64>"
     no_json = write_csv(tmp_path / "b.csv", f'id,vec\n{ids[3]},"[1.0]"\n')
     assert_api_rejects(
         ds, SchemaError, lambda: ds.attach(no_json, namespace="mock", parse_json=False), "mock__vec", "JSON"

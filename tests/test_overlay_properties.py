@@ -239,7 +239,7 @@ def assert_matches_model(ds: Dataset, model: Model) -> None:
     assert ds.view().column("id").to_pylist() == shown
     info = ds.info()
     assert (info.rows, info.deleted) == (len(shown), len(model.order) - len(shown))
-    assert info.columns == [c.name for c in ds.columns()] == ds.view().column_names
+    assert info.columns == [c.name for c in ds.schema()] == ds.view().column_names
     if model.order:
         wanted = list(reversed(model.order))
         state = ds.get_state(wanted).to_pylist()

@@ -123,9 +123,11 @@ def checkpoint_due(directory: Path, log_path: Path, mark: Watermark, *, has_payl
     """The automatic checkpoint policy: every CHECKPOINT_EVERY events or CHECKPOINT_BYTES of payload since
     the newest checkpoint (env USR_CHECKPOINT_EVERY / USR_CHECKPOINT_BYTES; 0 disables either).
 
-    The event count comes from the seq; payload bytes are added up only after an event that has a payload
-    (only it can cross the limit), from the lines after the newest checkpoint: at most CHECKPOINT_EVERY
-    lines, each decoded for its payload size alone."""
+    The event count comes from the seq. Payload bytes are added up only after an event that has a payload
+    (with a fixed limit, only such an event can cross it), from the lines after the newest checkpoint's
+    line (at most CHECKPOINT_EVERY of them when that policy is on), each decoded for its payload size
+    alone. A manifest whose offset does not start a line of this log counts as due: a new checkpoint
+    then replaces it as the newest."""
     every = int(os.environ.get("USR_CHECKPOINT_EVERY", CHECKPOINT_EVERY))
     limit = int(os.environ.get("USR_CHECKPOINT_BYTES", CHECKPOINT_BYTES))
     existing = list_checkpoints(directory)
@@ -142,8 +144,11 @@ def checkpoint_due(directory: Path, log_path: Path, mark: Watermark, *, has_payl
             start = 0
     total = 0
     for offset, raw in raw_lines(log_path, start_offset=start):
+        try:
+            payload = _sized.decode(raw).payload
+        except msgspec.DecodeError:
+            return True
         if last_path is not None and offset == start:
             continue  # the checkpoint's own line is in it
-        payload = _sized.decode(raw).payload
         total += payload.size_bytes if payload is not None else 0
     return total >= limit

@@ -14,9 +14,7 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .checkpoints import list_checkpoints
 from .commands import (
     INLINE_IDS,
     AttachColumns,
@@ -34,11 +32,11 @@ from .commands import (
     TakeSnapshot,
     TombstoneRecords,
 )
-from .errors import InvalidInput, NotFound, UsrError
+from .errors import InvalidInput, NotFound
 from .events import LogRecord
 from .log import LogLine, iter_lines
-from .names import LOG_FILE, RECORDS_FILE, REGISTRY_FILE, TOMBSTONE_NS
-from .recovery import ReadHead, merged_overlay
+from .names import LOG_FILE, RECORDS_FILE, REGISTRY_FILE
+from .recovery import ReadHead
 from .results import (
     ColumnInfo,
     ColumnProfile,
@@ -51,7 +49,7 @@ from .results import (
     ValidateReport,
     VerifyReport,
 )
-from .roots import list_datasets, nearest_holding, resolve_existing, validate_id
+from .roots import nearest_holding, resolve_existing, validate_id
 from .writer import Writer
 
 _IdsCommandType = TombstoneRecords | RestoreRecords | SetState | ClearState
@@ -107,29 +105,9 @@ class Dataset:
     @classmethod
     def list_all(cls, root: Path | str) -> list[DatasetSummary]:
         """Summaries of every dataset under `root`."""
-        root = Path(root)
-        out = []
-        for ident in list_datasets(root):
-            try:
-                info = cls(root, ident, root / ident).info()
-            except UsrError as exc:  # one broken dataset must not hide the others
-                out.append(
-                    DatasetSummary(
-                        dataset=ident, rows=0, cols=0, size_bytes=0, updated=None, head_seq=0, error=str(exc)
-                    )
-                )
-                continue
-            out.append(
-                DatasetSummary(
-                    dataset=ident,
-                    rows=info.rows,
-                    cols=len(info.columns),
-                    size_bytes=info.size_bytes,
-                    updated=info.updated,
-                    head_seq=info.head_seq,
-                )
-            )
-        return out
+        from .summary import list_all
+
+        return list_all(Path(root))
 
     # -- paths and helpers --------------------------------------------------------------
     @property
@@ -458,45 +436,17 @@ class Dataset:
 
         return export_dataset(self._head, fmt, out, columns=columns, include_deleted=include_deleted, progress=progress)
 
+    def schema(self) -> list[ColumnInfo]:
+        """Name, registry type string and nullability of every stored column (base, then overlay parts)."""
+        from .summary import schema
+
+        return schema(self._head)
+
     def info(self) -> DatasetInfo:
         """Rows, columns, head seq, projection lag and sizes (from metadata; rows are not read)."""
-        mark, scan, lag = self._head.fresh()
-        rows, columns, meta, deleted = 0, [], {}, 0
-        if mark is not None:
-            metadata = pq.read_metadata(self.records_path)
-            rows = metadata.num_rows
-            columns = [c.name for c in self.columns()]
-            deleted = self._tombstoned_count()
-            rows -= deleted
-            meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
-        return DatasetInfo(
-            name=self.name,
-            path=str(self.dir),
-            rows=rows,
-            columns=columns,
-            namespaces=sorted({c.split("__", 1)[0] for c in columns if "__" in c}),
-            head_seq=scan.seq,
-            projection_seq=mark.seq if mark is not None else 0,
-            projection_lag=lag,
-            size_bytes=self.records_path.stat().st_size if self.records_path.exists() else 0,
-            created_at=meta.get("usr:dataset_created_at"),
-            updated=scan.last_timestamp,
-            registry_hash=meta.get("usr:registry_hash"),
-            torn_tail_bytes=scan.torn_bytes,
-            deleted=deleted,
-            checkpoints=[seq for seq, _ in list_checkpoints(self.dir)],
-        )
+        from .summary import info
 
-    def _tombstoned_count(self) -> int:
-        """How many base rows are tombstoned (0 without a `usr` overlay). Every tombstoned id is a base
-        row: tombstones are written only for ids in the base, and rows leaving the base
-        (`materialize --drop-deleted`) take their tombstones with them (ADR 0008)."""
-        merged = merged_overlay(self.dir, TOMBSTONE_NS)
-        if merged is None:
-            return 0
-        from .overlays import tombstoned_ids
-
-        return len(tombstoned_ids(merged))
+        return info(self._head)
 
 
 class Maintenance:

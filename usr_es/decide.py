@@ -380,9 +380,6 @@ def compute_ids(
 
 
 # -- overlays, tombstones, state, maintenance ---------------------------------------------------
-_QC = QC_STATUSES
-_SPLITS = SPLITS
-_STATE_FIELDS = STATE_FIELDS
 
 
 def _key_ids(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.ChunkedArray | None:
@@ -622,15 +619,15 @@ def _decide_ids(
         case RestoreRecords():
             event = RecordsRestored(**common)
         case SetState():
-            fields = {name: getattr(command, name) for name in _STATE_FIELDS if getattr(command, name) is not None}
+            fields = {name: getattr(command, name) for name in STATE_FIELDS if getattr(command, name) is not None}
             if not fields:
                 raise InvalidInput("Provide at least one usr_state field to update.")
-            if "qc_status" in fields and fields["qc_status"] not in _QC:
+            if "qc_status" in fields and fields["qc_status"] not in QC_STATUSES:
                 raise InvalidInput(
-                    f"usr_state__qc_status must be one of: {', '.join(_QC)}.", hint="e.g. --qc-status pass"
+                    f"usr_state__qc_status must be one of: {', '.join(QC_STATUSES)}.", hint="e.g. --qc-status pass"
                 )
-            if "split" in fields and fields["split"] not in _SPLITS:
-                raise InvalidInput(f"usr_state__split must be one of: {', '.join(_SPLITS)}.", hint="e.g. --split train")
+            if "split" in fields and fields["split"] not in SPLITS:
+                raise InvalidInput(f"usr_state__split must be one of: {', '.join(SPLITS)}.", hint="e.g. --split train")
             if "supersedes" in fields and not str(fields["supersedes"]).strip():
                 raise InvalidInput("usr_state__supersedes must not be empty.")
             if "lineage" in fields:

@@ -20,10 +20,8 @@ from typing import Literal
 import pyarrow as pa
 
 from .codec import watermark_metadata, watermark_of
-from .fileio import fileops
 from .names import INDEX_FILE
 from .projectors import Watermark
-from .storage import publish
 
 KEY_BYTES = 8
 _MAX_ROWS = (1 << 32) - 1  # rows are uint32
@@ -75,25 +73,24 @@ def encode(rows: pa.RecordBatch, mark: Watermark) -> bytes:
     return bytes(sink.getvalue())
 
 
-def write(dataset_dir: Path, data: bytes | None) -> None:
-    """Publish the index bytes (atomically), or remove a stale index when there is none to write."""
-    path = dataset_dir / INDEX_FILE
-    if data is None:
-        if path.exists():
-            fileops().unlink(path)
-        return
-    fileops().mkdir(path.parent)
-    publish(path, data)
-
-
 def _read(dataset_dir: Path) -> tuple[Watermark, pa.ipc.RecordBatchFileReader] | None:
     """The stored index's stamp and a reader over its memory map (None: missing or unreadable)."""
+    return _read_file(dataset_dir / INDEX_FILE)
+
+
+def _read_file(path: Path) -> tuple[Watermark, pa.ipc.RecordBatchFileReader] | None:
     try:
-        reader = pa.ipc.open_file(pa.memory_map(str(dataset_dir / INDEX_FILE)))
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
     except (OSError, pa.ArrowInvalid):
         return None
     stamp = watermark_of(reader.schema.metadata)
     return (stamp, reader) if stamp is not None else None
+
+
+def stamp_at(path: Path) -> Watermark | None:
+    """The base watermark an index file was built for (None: missing or unreadable)."""
+    opened = _read_file(path)
+    return opened[0] if opened is not None else None
 
 
 def stamp_of(dataset_dir: Path) -> Watermark | None:

@@ -286,17 +286,21 @@ def read_line_before(path: Path, end: int) -> tuple[int, bytes] | None:
 
 
 def find_command(path: Path, command_id: str) -> LogLine | None:
-    """Find the (verified) line that recorded `command_id`, scanning raw bytes first."""
+    """Find the (verified) line that recorded `command_id` -- the last of them when the command appended
+    several (ADR 0011) -- scanning raw bytes first."""
     if not path.exists() or path.stat().st_size == 0:
         return None
     needle = b'"command_id":' + msgspec.json.encode(command_id) + b","
     with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if mm.find(needle) < 0:
             return None
+    found: LogLine | None = None
     for line in iter_lines(path):
         if line.record.command_id == command_id:
-            return line
-    return None
+            found = line
+        elif found is not None:
+            break  # a command's lines are consecutive
+    return found
 
 
 def quarantine_tail(path: Path, scan: Scan) -> int:

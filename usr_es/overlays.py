@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .names import DELETED, FLAGS, ID, MASKED, PURGED, TOMBSTONE_NS, WRITTEN
+from .names import DELETED, FLAGS, HIDDEN_PREFIX, ID, PURGED, WRITTEN
 
 TOMBSTONE_SCHEMA = pa.schema(
     [
@@ -32,11 +32,6 @@ STATE_SCHEMA = pa.schema(
     ]
 )
 
-_ID = ID
-_DELETED = DELETED
-_MASKED = MASKED
-_TOMBSTONE_PREFIX = f"{TOMBSTONE_NS}__"
-_FLAGS = FLAGS  # bool columns where an unset value reads as False
 # `WRITTEN + c` (bool) marks the rows of a table that actually wrote column c. Merged tables (and so
 # compacted parts) carry it where some ids never had c written, so "never written" stays distinct
 # from "explicitly null" -- which matters where a materialized base value must show through.
@@ -71,7 +66,7 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
         raise ValueError("two overlay parts have the same seq")
     ordered = _apply_purges(ordered)
     if not ordered:
-        return pa.table({_ID: pa.array([], pa.string())})
+        return pa.table({ID: pa.array([], pa.string())})
     if len(ordered) == 1 and not any(name.startswith(WRITTEN) for name in ordered[0].table.column_names):
         return _merge_one(ordered[0])
 
@@ -90,12 +85,12 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
         if len(set(names)) != len(names):
             raise ValueError(f"overlay part seq {part.seq} repeats a column name")
         for name in names:
-            if name != _ID and not name.startswith(WRITTEN):
+            if name != ID and not name.startswith(WRITTEN):
                 writers.setdefault(name, []).append(k)
 
     every_code = _arange(len(union), codes.type)
     plans: dict[tuple[int, ...], tuple[pa.Array, bool]] = {}  # newest-first writers -> (take indices, in order)
-    out: dict[str, pa.Array | pa.ChunkedArray] = {_ID: union}
+    out: dict[str, pa.Array | pa.ChunkedArray] = {ID: union}
     for name, ks in writers.items():
         newest_first = tuple(reversed(ks))
         newest = ordered[newest_first[0]].table
@@ -132,7 +127,7 @@ def _apply_purges(ordered: list[Part]) -> list[Part]:
             kept.append(part)
             continue
         gone = _part_ids(part)
-        kept = [Part(p.seq, p.table.filter(pc.invert(pc.is_in(p.table.column(_ID), value_set=gone)))) for p in kept]
+        kept = [Part(p.seq, p.table.filter(pc.invert(pc.is_in(p.table.column(ID), value_set=gone)))) for p in kept]
     return kept
 
 
@@ -145,7 +140,7 @@ def _merge_one(part: Part) -> pa.Table:
     names = part.table.column_names
     if len(set(names)) != len(names):
         raise ValueError(f"overlay part seq {part.seq} repeats a column name")
-    out = {_ID: ids, **{name: part.table.column(name) for name in names if name != _ID}}
+    out = {ID: ids, **{name: part.table.column(name) for name in names if name != ID}}
     return pa.table(out)
 
 
@@ -185,10 +180,10 @@ def _column_sources(names: Mapping[str, Sequence[str]]) -> dict[str, str]:
     or a namespace without `id`)."""
     source: dict[str, str] = {}
     for ns in sorted(names):
-        if _ID not in names[ns]:
+        if ID not in names[ns]:
             raise ValueError(f"the merged overlay of namespace {ns!r} has no `id` column")
         for name in names[ns]:
-            if name == _ID or name.startswith(WRITTEN):
+            if name == ID or name.startswith(WRITTEN):
                 continue
             if name in source:
                 raise ValueError(f"column {name!r} appears in namespaces {source[name]!r} and {ns!r}")
@@ -220,7 +215,7 @@ def live_view(
     `columns` selects and orders the output: a `usr__*` name without `include_deleted` raises
     ValueError, an unknown name KeyError(name).
     """
-    if _ID not in base.column_names:
+    if ID not in base.column_names:
         raise ValueError("the base table has no `id` column")
     base_names = base.column_names
     source = _column_sources({ns: table.column_names for ns, table in merged.items()})
@@ -228,24 +223,24 @@ def live_view(
     known = set(every)
 
     if columns is None:
-        selected = [name for name in every if include_deleted or not name.startswith(_TOMBSTONE_PREFIX)]
+        selected = [name for name in every if include_deleted or not name.startswith(HIDDEN_PREFIX)]
     else:
         selected = list(columns)
         for name in selected:
-            if name.startswith(_TOMBSTONE_PREFIX) and not include_deleted:
+            if name.startswith(HIDDEN_PREFIX) and not include_deleted:
                 raise ValueError(f"column {name!r}: tombstone columns require include_deleted=True")
             if name not in known:
                 raise KeyError(name)
         if len(set(selected)) != len(selected):
             raise ValueError("columns lists a name twice")
 
-    base_ids = base.column(_ID)
+    base_ids = base.column(ID)
     lookups: dict[str, pa.ChunkedArray] = {}
 
     def lookup(ns: str) -> pa.ChunkedArray:
         """For each base row, the row index of its id in namespace `ns`'s merged table (null: none)."""
         if ns not in lookups:
-            overlay_ids = _cast(merged[ns].column(_ID), base_ids.type, f"`id` of namespace {ns!r}")
+            overlay_ids = _cast(merged[ns].column(ID), base_ids.type, f"`id` of namespace {ns!r}")
             lookups[ns] = pc.index_in(base_ids, value_set=overlay_ids.combine_chunks())
         return lookups[ns]
 
@@ -266,13 +261,13 @@ def live_view(
                 else:
                     written = pc.is_valid(rows)
                 values = pc.if_else(written, values, materialized)
-        if name in _FLAGS:
+        if name in FLAGS:
             if values.type != pa.bool_():
                 raise ValueError(f"column {name!r} must be bool, not {values.type}")
             values = pc.fill_null(values, False)
         return values
 
-    keep = None if include_deleted or _DELETED not in known else pc.invert(effective(_DELETED))
+    keep = None if include_deleted or DELETED not in known else pc.invert(effective(DELETED))
     if not selected:
         return pa.table({})
     view = pa.table({name: effective(name) for name in selected})
@@ -281,16 +276,16 @@ def live_view(
 
 def tombstoned_ids(merged_usr: pa.Table | None) -> pa.Array:
     """Ids whose `usr__deleted` is true in the merged `usr` overlay (an empty string array when None)."""
-    if merged_usr is None or _DELETED not in merged_usr.column_names:
+    if merged_usr is None or DELETED not in merged_usr.column_names:
         return pa.array([], pa.string())
-    deleted = pc.fill_null(merged_usr.column(_DELETED), False)
-    return merged_usr.column(_ID).filter(deleted).combine_chunks()
+    deleted = pc.fill_null(merged_usr.column(DELETED), False)
+    return merged_usr.column(ID).filter(deleted).combine_chunks()
 
 
 def _part_ids(part: Part) -> pa.Array:
-    if _ID not in part.table.column_names:
+    if ID not in part.table.column_names:
         raise ValueError(f"overlay part seq {part.seq} has no `id` column")
-    column = part.table.column(_ID)
+    column = part.table.column(ID)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise ValueError(f"overlay part seq {part.seq}: `id` must be a string column, not {column.type}")
     if column.null_count:

@@ -67,6 +67,9 @@ class Output:
     stamp: Callable[[Path], Watermark | None]
     #: The same bytes already stored at another path (an archived overlay part): moved, not re-encoded.
     moved_from: str | None = None
+    #: The file readers anchor on (layout.json): published after the projection's other files and removals,
+    #: so a crash before it leaves the projection lagging, and the next catch-up redoes the whole step.
+    last: bool = False
 
 
 class Restart(Exception):
@@ -84,8 +87,8 @@ class PartSource(Protocol):
         """The stored base in `directory` (stamped `mark`), with only `columns` when given."""
         ...
 
-    def full_base(self, base: BaseProjection) -> BaseProjection:
-        """`base` with every column (it was loaded with only some)."""
+    def full_base(self, directory: Path, base: BaseProjection, columns: list[str] | None = None) -> BaseProjection:
+        """`base`, loaded from `directory` with only some columns, with every column (or with `columns`)."""
         ...
 
 
@@ -133,6 +136,10 @@ class Projection(Protocol):
         """Files in `directory` it owns by name that no `outputs()` entry produces (to remove or report)."""
         ...
 
+    def release(self) -> None:
+        """Drop what it holds that can be read again (after its files were written or compared)."""
+        ...
+
 
 P = TypeVar("P")
 
@@ -154,6 +161,7 @@ class BaseFile:
         #: Set while `base` holds only some columns of the stored file (same watermark): they are all read
         #: before an event is folded into it or it is encoded.
         self.partial = False
+        self._loaded_from: Path | None = None
         self._staged: tuple[Watermark, memoryview] | None = None
 
     def watches(self, event: Event) -> bool:
@@ -169,13 +177,25 @@ class BaseFile:
         mark = self.stored_mark(directory)
         self.base = self._fold.source.base(directory, mark, columns) if mark is not None else None
         self.partial = columns is not None and self.base is not None
+        self._loaded_from = directory
 
     def full(self) -> BaseProjection | None:
         """The base with every column."""
         if self.base is not None and self.partial:
-            self.base = self._fold.source.full_base(self.base)
+            assert self._loaded_from is not None
+            self.base = self._fold.source.full_base(self._loaded_from, self.base)
         self.partial = False
         return self.base
+
+    def column(self, name: str) -> pa.ChunkedArray | None:
+        """One column of the base (read alone when the loaded base lacks it)."""
+        base = self.base
+        if base is None:
+            return None
+        if name in base.table.column_names:
+            return base.table.column(name)
+        assert self._loaded_from is not None
+        return self._fold.source.full_base(self._loaded_from, base, [name]).table.column(name)
 
     def fold(self, step: Step) -> None:
         base = self.full()
@@ -198,10 +218,16 @@ class BaseFile:
         self._staged = None
 
     def stage(self) -> None:
-        """Encode the base with the pending hash now: the line's fingerprint needs the file's size."""
-        base = self.full()
-        if base is not None and base.watermark.hash == PENDING:
-            self._staged = (base.watermark, encode_base(base, pending_hash=True))
+        """Encode the base with the pending hash now, when this write changed it: the line's fingerprint
+        needs the file's size (a base this write did not change is left as loaded, maybe partial)."""
+        base = self.base
+        if base is None or base.watermark.hash != PENDING:
+            return
+        if self._staged is not None and self._staged[0] == base.watermark:
+            return  # encoded already (a later event of the same write did not change it)
+        full = self.full()
+        assert full is not None
+        self._staged = (full.watermark, encode_base(full, pending_hash=True))
 
     def staged_size(self) -> int | None:
         return len(self._staged[1]) if self._staged is not None else None
@@ -225,6 +251,9 @@ class BaseFile:
 
     def stray(self, directory: Path) -> Iterator[str]:
         return iter(())
+
+    def release(self) -> None:
+        self._staged = None
 
 
 # -- _index/id.arrow -------------------------------------------------------------------------------
@@ -264,10 +293,8 @@ class IdIndex:
         if base is None:
             return None
         if self._rows is None or self._rows[0].seq != base.watermark.seq:
-            if "id" not in base.table.column_names:  # loaded with other columns only
-                base = holder.full()
-                assert base is not None
-            self._rows = (base.watermark, idindex.sorted_rows(base.table.column("id")))
+            ids = holder.column("id")
+            self._rows = (base.watermark, idindex.sorted_rows(ids) if ids is not None else None)
         return self._rows[1]
 
     def stage(self) -> None:
@@ -287,10 +314,13 @@ class IdIndex:
             rows, current = self.rows(), self.mark()
             return idindex.encode(rows, current) if rows is not None and current is not None else None
 
-        return {INDEX_FILE: Output(mark, encode, lambda path: idindex.stamp_of(path.parent.parent))}
+        return {INDEX_FILE: Output(mark, encode, idindex.stamp_at)}
 
     def stray(self, directory: Path) -> Iterator[str]:
         return iter(())
+
+    def release(self) -> None:
+        self._rows = None
 
 
 # -- _derived/ -------------------------------------------------------------------------------------
@@ -365,10 +395,16 @@ class DerivedFiles:
                     self.tables[table_key(info)] = table
         self.layout, self.layout_mark = layout, step.mark
 
-    def release(self) -> None:
-        """Drop the tables in hand (they are read again when needed)."""
-        self.tables.clear()
+    def release(self, *, keep_pending: bool = False) -> None:
+        """Drop the tables in hand (they are read again when needed); with `keep_pending`, keep those of
+        the parts this write adds (their files are published after the append)."""
         self._merged.clear()
+        if not keep_pending:
+            self.tables.clear()
+            return
+        pending = {table_key(info) for info in self.layout.files().values() if info.mark.hash == PENDING}
+        for key in [k for k in self.tables if k not in pending]:
+            del self.tables[key]
 
     def stage(self) -> None:
         return None
@@ -393,7 +429,7 @@ class DerivedFiles:
             moved = replace(info, archived=False).file if info.archived else None
             out[file] = Output(info.mark, _part_encoder(self, info), read_watermark, moved_from=moved)
         layout, mark = self.layout, self.layout_mark
-        out[LAYOUT_FILE] = Output(mark, lambda: encode_layout(layout, mark), self.stored_mark_of)
+        out[LAYOUT_FILE] = Output(mark, lambda: encode_layout(layout, mark), self.stored_mark_of, last=True)
         return out
 
     def stored_mark_of(self, path: Path) -> Watermark | None:
@@ -477,14 +513,9 @@ class Fold:
         return out
 
     def by_size(self) -> list[Projection]:
-        """The projections, overlay parts first: a full publish or verify then frees their tables
-        (`release`) before the larger base is encoded."""
-        return sorted(self.members, key=lambda m: not isinstance(m, DerivedFiles))
-
-    def release(self, member: Projection) -> None:
-        """Free what `member` holds that can be read again (after its files were written or compared)."""
-        if isinstance(member, DerivedFiles):
-            member.release()
+        """The projections in reverse fold order (overlay parts before the base): a full publish or verify
+        frees each one's tables (`release`) before the larger base is encoded."""
+        return list(reversed(self.members))
 
     def stray(self, directory: Path) -> list[str]:
         return [rel for member in self.members for rel in member.stray(directory)]

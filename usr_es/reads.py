@@ -28,13 +28,6 @@ if TYPE_CHECKING:
     from .projectors import PartInfo
     from .recovery import ReadHead
 
-_ID = ID
-_DELETED = DELETED
-_HIDDEN_PREFIX = HIDDEN_PREFIX
-_TOMBSTONE_NS = TOMBSTONE_NS
-_FLAGS = FLAGS
-_WRITTEN = WRITTEN
-_PURGED = PURGED
 #: Files with at most this many rows are read whole (and filtered) instead of searched row group by row group.
 _SMALL_ROWS = 1 << 16
 _ATTEMPTS = 3  # re-plans when a writer publishes while a read opens its files
@@ -69,7 +62,7 @@ class _Source:
 
     def columns(self, wanted: Callable[[str], bool]) -> list[str]:
         """`id` plus this source's columns that `wanted` accepts (in file order)."""
-        return [_ID, *(c for c in self.schema.names if c != _ID and wanted(c))]
+        return [ID, *(c for c in self.schema.names if c != ID and wanted(c))]
 
     def whole(self, columns: list[str]) -> pa.Table:
         """Every row of `columns` (cached per column list)."""
@@ -86,7 +79,7 @@ class _Source:
         one of them (overlay parts are written sorted by id, so a lookup reads one group per id)."""
         meta = self.metadata
         found = [k for k in range(meta.num_row_groups) if meta.row_group(k).num_rows]
-        leaf = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == _ID), None)
+        leaf = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == ID), None)
         if ids is None or leaf is None:
             return found
         kept = []
@@ -119,7 +112,7 @@ class _Plan:
     @property
     def simple(self) -> bool:
         """No overlays and no flag columns: the view is the base itself (no overlay algebra needed)."""
-        return not self.parts and not any(f in self.base_names for f in _FLAGS)
+        return not self.parts and not any(f in self.base_names for f in FLAGS)
 
     @property
     def rows(self) -> int:
@@ -148,7 +141,7 @@ class _Selection:
 def _needed(wanted: set[str]) -> Callable[[str], bool]:
     """Whether a part column must be read to merge the view columns `wanted` (values, masks, purges)."""
     return lambda name: (
-        name in wanted or name == _PURGED or (name.startswith(_WRITTEN) and name[len(_WRITTEN) :] in wanted)
+        name in wanted or name == PURGED or (name.startswith(WRITTEN) and name[len(WRITTEN) :] in wanted)
     )
 
 
@@ -196,7 +189,7 @@ def _open_parts(ds: ReadHead, doc: tuple[Any, Watermark] | None, base: _Source |
     names = frozenset(base_schema.names)
     if not parts:
         full = pa.schema([pa.field(f.name, f.type) for f in base_schema])
-        if any(f in names for f in _FLAGS):
+        if any(f in names for f in FLAGS):
             full = _overlay_schema(base_schema, {})[0]
         return _Plan(base=base, parts={}, full=full, source={}, base_names=names)
     full, source = _overlay_schema(base_schema, parts)
@@ -224,7 +217,7 @@ def _overlay_schema(base: pa.Schema, parts: dict[str, list[_Source]]) -> tuple[p
         name: ns
         for ns, table in merged.items()
         for name in table.column_names
-        if name != _ID and not name.startswith(_WRITTEN)
+        if name != ID and not name.startswith(WRITTEN)
     }
     return full, source
 
@@ -232,12 +225,12 @@ def _overlay_schema(base: pa.Schema, parts: dict[str, list[_Source]]) -> tuple[p
 def _select(plan: _Plan, columns: Sequence[str] | None, include_deleted: bool) -> _Selection:
     """Validate `columns` against the view (None or empty: every visible column)."""
     every = plan.full.names
-    visible = [c for c in every if include_deleted or not c.startswith(_HIDDEN_PREFIX)]
+    visible = [c for c in every if include_deleted or not c.startswith(HIDDEN_PREFIX)]
     if columns is None or len(columns) == 0:
         names = visible
     else:
         names = [str(c) for c in columns]
-        hidden = [c for c in names if c.startswith(_HIDDEN_PREFIX)]
+        hidden = [c for c in names if c.startswith(HIDDEN_PREFIX)]
         if hidden and not include_deleted:
             raise InvalidInput(
                 f"Tombstone column(s) {', '.join(hidden)} require --include-deleted.",
@@ -251,9 +244,9 @@ def _select(plan: _Plan, columns: Sequence[str] | None, include_deleted: bool) -
         twice = sorted({c for c in names if names.count(c) > 1})
         if twice:
             raise InvalidInput(f"Column(s) listed twice: {', '.join(twice)}.")
-    filtering = not include_deleted and _DELETED in every
-    computed = [*names, *([_DELETED] if filtering else [])]
-    base_columns = list(dict.fromkeys([_ID, *(c for c in computed if c in plan.base_names)]))
+    filtering = not include_deleted and DELETED in every
+    computed = [*names, *([DELETED] if filtering else [])]
+    base_columns = list(dict.fromkeys([ID, *(c for c in computed if c in plan.base_names)]))
     part_columns: dict[str, set[str]] = {}
     for c in computed:
         if c in plan.source:
@@ -270,10 +263,10 @@ def _view_of(plan: _Plan, sel: _Selection, base: pa.Table, merged: dict[str, pa.
 
     from .overlays import live_view
 
-    internal = list(dict.fromkeys([*sel.names, _ID, *([_DELETED] if sel.filtering else [])]))
+    internal = list(dict.fromkeys([*sel.names, ID, *([DELETED] if sel.filtering else [])]))
     view = live_view(base, merged, include_deleted=True, columns=internal)
     if sel.filtering:
-        view = view.filter(pc.invert(view.column(_DELETED)))
+        view = view.filter(pc.invert(view.column(DELETED)))
     return _conform(view.select(sel.names), sel.schema)
 
 
@@ -318,7 +311,7 @@ def _lookup(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Ta
             searches.append(k)
         else:
             whole = src.whole(columns)
-            out[k] = whole.filter(pc.is_in(whole.column(_ID), value_set=ids))
+            out[k] = whole.filter(pc.is_in(whole.column(ID), value_set=ids))
     if searches:
         hits = _search([reads[k] for k in searches], ids)
         for k, table in zip(searches, hits, strict=True):
@@ -352,7 +345,7 @@ def _search(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Ta
                 if values:
                     k, g, positions = values.pop(0)
                     src, columns = reads[k]
-                    others = [c for c in columns if c != _ID]  # the ids are already read
+                    others = [c for c in columns if c != ID]  # the ids are already read
                     running[pool.submit(_group_values, src, g, positions, others)] = ("values", k, g)
                     continue
                 k, g = queue.pop()
@@ -373,18 +366,18 @@ def _search(reads: list[tuple[_Source, list[str]]], ids: pa.Array) -> list[pa.Ta
                 found[k] += len(positions)
                 ids_of[(k, g)] = matched
                 src, columns = reads[k]
-                if any(c != _ID for c in columns):
+                if any(c != ID for c in columns):
                     values.append((k, g, positions))
                 else:
-                    pieces[(k, g)] = pa.table({_ID: matched}, schema=pa.schema([src.schema.field(_ID)]))
+                    pieces[(k, g)] = pa.table({ID: matched}, schema=pa.schema([src.schema.field(ID)]))
     out = []
     for k, (src, columns) in enumerate(reads):
         parts = []
         for g in groups[k]:
             if (k, g) in pieces:
                 table = pieces[(k, g)]
-                if _ID in columns and _ID not in table.column_names:
-                    table = table.append_column(src.schema.field(_ID), ids_of[(k, g)])
+                if ID in columns and ID not in table.column_names:
+                    table = table.append_column(src.schema.field(ID), ids_of[(k, g)])
                 parts.append(table.select(columns))
         out.append(pa.concat_tables(parts) if parts else _empty(src, columns))
     return out
@@ -398,7 +391,7 @@ def _group_ids(src: _Source, group: int, ids: pa.Array) -> tuple[pa.Array, pa.Ar
     """(positions, ids) of the rows of row group `group` whose id is in `ids` (None: no such row)."""
     import pyarrow.compute as pc
 
-    id_column = src.reader().read_row_group(group, columns=[_ID]).column(0)
+    id_column = src.reader().read_row_group(group, columns=[ID]).column(0)
     if len(ids) == 1:  # one id (`get ID`): a plain compare, no hash table
         position = pc.index(id_column, ids[0]).as_py()
         positions = pa.array([] if position < 0 else [position], pa.int64())
@@ -444,7 +437,7 @@ def _indexed(ds: ReadHead, src: _Source, columns: list[str], ids: pa.Array) -> p
         for row in index.candidates(record_id):
             group = bisect_right(starts, row) - 1
             hits.setdefault(group, set()).add(row - starts[group])
-    wanted = list(dict.fromkeys([_ID, *columns]))
+    wanted = list(dict.fromkeys([ID, *columns]))
 
     def read(item: tuple[int, set[int]]) -> pa.Table:
         group, positions = item
@@ -460,7 +453,7 @@ def _indexed(ds: ReadHead, src: _Source, columns: list[str], ids: pa.Array) -> p
         pieces = [read(item) for item in groups]
     table = pa.concat_tables(pieces) if pieces else _empty(src, wanted)
     # Keys are id prefixes: a candidate whose full id differs is dropped here.
-    return table.filter(pc.is_in(table.column(_ID), value_set=ids)).select(columns)
+    return table.filter(pc.is_in(table.column(ID), value_set=ids)).select(columns)
 
 
 def _restricted(plan: _Plan, sel: _Selection, ids: pa.Array) -> dict[str, pa.Table]:
@@ -522,9 +515,9 @@ def _scan(plan: _Plan, sel: _Selection, batch_size: int) -> Iterator[pa.RecordBa
     # in order) needs no lookup: its batches are slices.
     rows: dict[str, pa.Array | None] = {}
     if merged:
-        base_ids = reader.read(columns=[_ID]).column(0)
+        base_ids = reader.read(columns=[ID]).column(0)
         for ns, table in merged.items():
-            ids = table.column(_ID)
+            ids = table.column(ID)
             aligned = len(ids) == len(base_ids) and ids.equals(base_ids)
             rows[ns] = None if aligned else pc.index_in(base_ids, value_set=ids)
         del base_ids
@@ -563,7 +556,7 @@ def _head(plan: _Plan, sel: _Selection, n: int) -> pa.Table:
                 break
         return _conform(pa.Table.from_batches(batches).select(sel.names), sel.schema)
     base = _first_visible(plan, sel, reader, n)
-    merged = _restricted(plan, sel, base.column(_ID).combine_chunks())
+    merged = _restricted(plan, sel, base.column(ID).combine_chunks())
     return _view_of(plan, sel, base, merged).slice(0, n)
 
 
@@ -571,7 +564,7 @@ def _first_visible(plan: _Plan, sel: _Selection, reader: pq.ParquetFile, n: int)
     """The shortest prefix of the base (its `sel.base_columns`) holding `n` rows visible to `sel`."""
     import pyarrow.compute as pc
 
-    tomb = _select(plan, [_DELETED], True) if sel.filtering else None
+    tomb = _select(plan, [DELETED], True) if sel.filtering else None
     pieces: list[pa.Table] = []
     visible = 0
     for batch in reader.iter_batches(batch_size=max(n, 64), columns=sel.base_columns):
@@ -580,9 +573,9 @@ def _first_visible(plan: _Plan, sel: _Selection, reader: pq.ParquetFile, n: int)
             pieces.append(table.slice(0, n - visible))
             visible += pieces[-1].num_rows
         else:
-            merged = _restricted(plan, tomb, table.column(_ID).combine_chunks())
+            merged = _restricted(plan, tomb, table.column(ID).combine_chunks())
             dead = _view_of(plan, tomb, table.select(tomb.base_columns), merged)
-            alive = pc.invert(dead.column(_DELETED))
+            alive = pc.invert(dead.column(DELETED))
             counts = pc.cumulative_sum(alive.cast(pa.int64()))
             if visible + counts[-1].as_py() >= n:
                 cut = pc.index(counts, n - visible).as_py()  # the position of the n-th visible row
@@ -617,7 +610,7 @@ def get(
     if plan.base is None:
         raise NotFound(f"{len(distinct)} id(s) not found in dataset {ds.name} (it has no rows).")
     # Computed with `id` (to put rows in request order) and `usr__deleted` (to tell a tombstoned id apart).
-    internal = _select(plan, list(dict.fromkeys([*sel.names, _ID, *([_DELETED] if sel.filtering else [])])), True)
+    internal = _select(plan, list(dict.fromkeys([*sel.names, ID, *([DELETED] if sel.filtering else [])])), True)
     reads = internal.part_reads(plan)
     base = _indexed(ds, plan.base, internal.base_columns, distinct) if plan.base.searchable() else None
     if base is None:  # no index: the base and every part are searched together (one pool)
@@ -626,7 +619,7 @@ def get(
     else:
         tables = [base, *(_lookup([(src, cols) for _, src, cols in reads], distinct) if reads else [])]
     if base.num_rows < len(distinct) and not allow_missing:
-        absent = pc.filter(distinct, pc.invert(pc.is_in(distinct, value_set=base.column(_ID)))).to_pylist()
+        absent = pc.filter(distinct, pc.invert(pc.is_in(distinct, value_set=base.column(ID)))).to_pylist()
         sample = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
         raise NotFound(
             f"{len(absent)} id(s) not found in dataset {ds.name}: {sample}",
@@ -635,14 +628,14 @@ def get(
     merged = _merge(reads, tables[1:]) if reads else {}
     rows = _view_of(plan, internal, base, merged)
     if sel.filtering:
-        dead = rows.filter(rows.column(_DELETED)).column(_ID).to_pylist()
+        dead = rows.filter(rows.column(DELETED)).column(ID).to_pylist()
         if dead:
             sample = ", ".join(dead[:5]) + (", ..." if len(dead) > 5 else "")
             raise NotFound(
                 f"{len(dead)} id(s) are tombstoned in dataset {ds.name}: {sample}",
                 hint="The record is deleted; pass --include-deleted (include_deleted=True) to read it.",
             )
-    order = pc.index_in(pa.array(wanted, pa.string()), value_set=rows.column(_ID))
+    order = pc.index_in(pa.array(wanted, pa.string()), value_set=rows.column(ID))
     return _conform(rows.take(order.drop_null()).select(sel.names), sel.schema)
 
 
@@ -673,12 +666,14 @@ def grep(ds: ReadHead, pattern: str, *, limit: int | None = 20, include_deleted:
         return sel.schema.empty_table()
     dead: pa.Array | None = None
     if sel.filtering:
-        if _DELETED in plan.base_names:  # tombstones are never materialized: not a records.parquet usr_es wrote
-            raise IntegrityError(f"records.parquet of {ds.name} holds a {_DELETED} column", hint="Run `usr verify`.")
+        if DELETED in plan.base_names:  # never written by usr_es (tombstones are not materialized)
+            everything = view(ds, columns=["id", "sequence", "length"], include_deleted=include_deleted)
+            hits = everything.filter(pc.match_substring_regex(everything.column("sequence"), pattern, ignore_case=True))
+            return hits if limit is None else hits.slice(0, limit)
         from .overlays import tombstoned_ids
 
-        reads = _select(plan, [_DELETED], True).part_reads(plan)
-        dead = tombstoned_ids(_merge(reads, [src.whole(cols) for _, src, cols in reads]).get(_TOMBSTONE_NS))
+        reads = _select(plan, [DELETED], True).part_reads(plan)
+        dead = tombstoned_ids(_merge(reads, [src.whole(cols) for _, src, cols in reads]).get(TOMBSTONE_NS))
         if not len(dead):
             dead = None
     stop = threading.Event()
@@ -694,7 +689,7 @@ def grep(ds: ReadHead, pattern: str, *, limit: int | None = 20, include_deleted:
                 break
             mask = pc.match_substring_regex(batch.column("sequence"), pattern, ignore_case=True)
             if dead is not None:
-                mask = pc.and_(mask, pc.invert(pc.is_in(batch.column(_ID), value_set=dead)))
+                mask = pc.and_(mask, pc.invert(pc.is_in(batch.column(ID), value_set=dead)))
             hits = pa.Table.from_batches([batch]).filter(mask).select(sel.names)
             if hits.num_rows:
                 found.append(hits)
@@ -731,7 +726,7 @@ def columns(ds: ReadHead, *, include_deleted: bool = False) -> list[ColumnInfo]:
     base_fields = {f.name: f for f in plan.base.schema} if plan.base is not None else {}
     out = []
     for f in sel.schema:
-        if f.name in _FLAGS:
+        if f.name in FLAGS:
             nullable = False
         elif f.name in base_fields and f.name not in plan.source:
             nullable = base_fields[f.name].nullable
@@ -749,13 +744,14 @@ def describe(ds: ReadHead, *, columns: Sequence[str] | None = None, sample: int 
     """
     import pyarrow.compute as pc
 
+    from .profile import ColumnStats
     from .registry import format_type
 
     if sample is not None and sample < 0:
         raise InvalidInput("describe --sample must be >= 0.")
     plan = _plan(ds)
     sel = _select(plan, columns, False)
-    stats = [_Profile(f.name, f.type) for f in sel.schema]
+    stats = [ColumnStats(f.name, f.type) for f in sel.schema]
     rows = 0
     batches = _scan(plan, sel, 65536) if sample is None else iter(_head(plan, sel, sample).to_batches(65536))
     for batch in batches:
@@ -763,53 +759,6 @@ def describe(ds: ReadHead, *, columns: Sequence[str] | None = None, sample: int 
         for stat, column in zip(stats, batch.columns, strict=True):
             stat.add(column, pc)
     return [stat.result(rows, format_type(stat.type)) for stat in stats]
-
-
-@dataclass
-class _Profile:
-    name: str
-    type: pa.DataType
-    non_null: int = 0
-    example: Any = None
-    has_example: bool = False
-    lists: int = 0
-    len_sum: int = 0
-    len_min: int | None = None
-    len_max: int | None = None
-
-    def add(self, column: pa.Array, pc: Any) -> None:
-        valid = len(column) - column.null_count
-        self.non_null += valid
-        if not self.has_example and valid:
-            from .jsontext import json_value
-
-            self.example = json_value(column.drop_null()[0].as_py())
-            self.has_example = True
-        if _is_list(self.type) and valid:
-            lengths = pc.list_value_length(column)
-            bounds = pc.min_max(lengths).as_py()
-            self.lists += valid
-            self.len_sum += int(pc.sum(lengths).as_py() or 0)
-            self.len_min = bounds["min"] if self.len_min is None else min(self.len_min, bounds["min"])
-            self.len_max = bounds["max"] if self.len_max is None else max(self.len_max, bounds["max"])
-
-    def result(self, rows: int, type_text: str) -> ColumnProfile:
-        is_list = _is_list(self.type)
-        return ColumnProfile(
-            name=self.name,
-            type=type_text,
-            rows=rows,
-            non_null=self.non_null,
-            null_pct=round(100.0 * (rows - self.non_null) / rows, 2) if rows else 0.0,
-            example=self.example,
-            list_len_min=self.len_min if is_list else None,
-            list_len_max=self.len_max if is_list else None,
-            list_len_mean=round(self.len_sum / self.lists, 2) if is_list and self.lists else None,
-        )
-
-
-def _is_list(dtype: pa.DataType) -> bool:
-    return bool(pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype))
 
 
 def state_of(ds: ReadHead, ids: Iterable[str], *, allow_missing: bool = False) -> pa.Table:

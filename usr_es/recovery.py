@@ -26,7 +26,7 @@ from .events import GENESIS_HASH, LogRecord, record_decoder
 from .fileio import fileops, locked, remove_stale_temps
 from .log import LogLine, Scan, check_prefix, iter_lines, line_problem, quarantine_tail, read_line_at
 from .names import INDEX_DIR, LOCK_FILE, LOG_FILE, PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
-from .projections import BaseFile, DerivedFiles, Fold, Output, PartSource, Restart, Step, table_key
+from .projections import BaseFile, DerivedFiles, Fold, Output, PartSource, Projection, Restart, Step, table_key
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark, part_table, sorted_part
 from .storage import publish, read_base, read_payload
 
@@ -51,13 +51,12 @@ class LocalSource(PartSource):
 
     `trust_files`: a part file whose watermark matches is read (catch-up, reads); else every part is
     regenerated from its event (replay, rebuild, verify). `trusted`: part files of a verified checkpoint,
-    by `table_key`. `base_dir`: where a partially loaded base's other columns are read from.
+    by `table_key`. `cache`: the writer's `BaseCache` for partially loaded bases.
     """
 
     directory: Path
     trust_files: bool = True
     trusted: dict[str, Path] = field(default_factory=dict)
-    base_dir: Path | None = None
     cache: BaseCache | None = None
 
     def part(self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table]) -> pa.Table:
@@ -82,13 +81,12 @@ class LocalSource(PartSource):
         return table
 
     def base(self, directory: Path, mark: Watermark, columns: list[str] | None) -> BaseProjection:
-        self.base_dir = directory
         if columns is not None and self.cache is not None and directory == self.directory:
             return self.cache.load(directory, mark, columns)
         return read_base(directory, mark, columns=columns)
 
-    def full_base(self, base: BaseProjection) -> BaseProjection:
-        return read_base(self.base_dir or self.directory, base.watermark)
+    def full_base(self, directory: Path, base: BaseProjection, columns: list[str] | None = None) -> BaseProjection:
+        return read_base(directory, base.watermark, columns=columns)
 
 
 class BaseCache:
@@ -195,14 +193,10 @@ def catch_up(
         fold, scan = Fold(LocalSource(directory)), Scan()
         counts = fold_lines(fold, iter_lines(log_path, scan=scan), directory)
     warnings = []
-    if counts or start is None:
-        sync(fold, directory, trust_stored=True)
-    else:  # the anchored projections are current: catch up the ones that follow them (a stale id index)
-        for member in fold.members:
-            if not member.anchored:
-                for rel, out in member.outputs().items():
-                    if out.stamp(directory / rel) != out.mark:
-                        _write(directory / rel, out.encode())
+    # The projections that took events (all of them after a fold from the start), and the ones that follow
+    # others (a stale or missing id index is caught up even when nothing else lagged).
+    due = [m for m in fold.members if start is None or counts.get(m.label) or not m.anchored]
+    sync(fold, directory, trust_stored=True, members=due)
     for member in fold.members:
         n = counts.get(member.label, 0)
         mark = member.mark()
@@ -232,7 +226,7 @@ def fresh(directory: Path) -> tuple[Watermark | None, Scan, int]:
                 lagging = True
                 break
         if not lagging:
-            return fold.get(BaseFile).stored_mark(directory), scan, 0
+            return next((mark for m, mark in marks if isinstance(m, BaseFile)), None), scan, 0
     with locked(directory / LOCK_FILE):
         tail = catch_up(directory, quarantine=False)
     base = tail.fold.base
@@ -251,9 +245,15 @@ def _write(path: Path, data: bytes | memoryview | list[bytes | memoryview] | Non
 
 def publish_changes(before: dict[str, Output], after: dict[str, Output], target: Path) -> list[str]:
     """Publish what one write changed: files that are new or carry a new watermark (an archived part is
-    moved from where it was), then remove the files no projection produces any more."""
+    moved from where it was), then remove the files no projection produces any more, then the anchor
+    files (`Output.last`): a crash in between leaves a projection lagging, never ahead of its files."""
     written = []
-    for rel, out in after.items():
+    for rel, out in sorted(after.items(), key=lambda item: item[1].last):
+        if out.last:
+            for gone in [r for r in before if r not in after]:
+                if (target / gone).exists():
+                    fileops().unlink(target / gone)
+            before = {r: o for r, o in before.items() if r in after}
         old = before.get(rel)
         if old is not None and old.mark == out.mark:
             continue
@@ -264,39 +264,57 @@ def publish_changes(before: dict[str, Output], after: dict[str, Output], target:
         else:
             _write(target / rel, out.encode())
         written.append(rel)
-    for rel in before:
-        if rel not in after and (target / rel).exists():
-            fileops().unlink(target / rel)
+    for gone in [r for r in before if r not in after]:
+        if (target / gone).exists():
+            fileops().unlink(target / gone)
     return written
 
 
-def sync(fold: Fold, target: Path, *, trust_stored: bool, reuse: Path | None = None) -> list[str]:
-    """Make `target` hold exactly the fold's outputs. A stored file with the right watermark is kept
-    when `trust_stored`; a file unchanged since the checkpoint `reuse` is linked from it (into another
-    folder only); strays the projections own are removed. Returns the outputs' paths."""
-    names = []
-    for member in fold.by_size():
-        for rel, out in member.outputs().items():
-            names.append(rel)
-            path = target / rel
-            if trust_stored and out.stamp(path) == out.mark:
-                continue
-            moved = target / out.moved_from if out.moved_from is not None else None
-            if moved is not None and moved.exists() and out.stamp(moved) == out.mark:
-                fileops().mkdir(path.parent)
-                fileops().replace(moved, path)
-                continue
-            kept = reuse / rel if reuse is not None else None
-            if kept is not None and kept.exists() and out.stamp(kept) == out.mark:
-                fileops().mkdir(path.parent)
-                copy_file(kept, path)
-                continue
-            _write(path, out.encode())
-        fold.release(member)
+def sync(
+    fold: Fold,
+    target: Path,
+    *,
+    trust_stored: bool,
+    reuse: Path | None = None,
+    members: list[Projection] | None = None,
+) -> list[str]:
+    """Make `target` hold exactly the outputs of the fold (or of `members` of it).
+
+    With `trust_stored`, a stored file carrying the right watermark is kept and an archived part is moved
+    from its live path; else every file is written anew. A file unchanged since the checkpoint `reuse` is
+    linked from it. Strays a projection owns are removed before its anchor files (`Output.last`) are
+    written. Returns the paths of the outputs, in fold order."""
+    for member in reversed(members if members is not None else fold.members):  # overlay parts before the base
+        outputs = member.outputs()
+        ordered = sorted(outputs.items(), key=lambda item: item[1].last)
+        for rel, out in ordered:
+            if out.last:
+                for stray in list(member.stray(target)):
+                    fileops().unlink(target / stray)
+            _place(target, rel, out, trust_stored=trust_stored, reuse=reuse)
+        if not any(out.last for out in outputs.values()):
+            for stray in list(member.stray(target)):
+                fileops().unlink(target / stray)
+        member.release()
         release_memory()
-    for rel in fold.stray(target):
-        fileops().unlink(target / rel)
-    return [rel for rel in names if (target / rel).exists()]
+    return [rel for rel in fold.outputs() if (target / rel).exists()]
+
+
+def _place(target: Path, rel: str, out: Output, *, trust_stored: bool, reuse: Path | None) -> None:
+    path = target / rel
+    if trust_stored and out.stamp(path) == out.mark:
+        return
+    moved = target / out.moved_from if out.moved_from is not None else None
+    if trust_stored and moved is not None and moved.exists() and out.stamp(moved) == out.mark:
+        fileops().mkdir(path.parent)
+        fileops().replace(moved, path)
+        return
+    kept = reuse / rel if reuse is not None else None
+    if kept is not None and kept.exists() and out.stamp(kept) == out.mark:
+        fileops().mkdir(path.parent)
+        copy_file(kept, path)
+        return
+    _write(path, out.encode())
 
 
 def copy_file(src: Path, dst: Path) -> None:

@@ -178,7 +178,7 @@ def verify(directory: Path, name: str) -> VerifyReport:
                 problem = _compare(directory / rel, rel, expected, scan.seq)
                 if problem is not None:
                     found[rel] = problem
-            fold.release(member)
+            member.release()
         files.sort(key=list(fold.outputs()).index)
         problems.extend(found[rel] for rel in files if rel in found)
         problems.extend(f"{rel} is not produced by the log (stray overlay file)" for rel in fold.stray(directory))

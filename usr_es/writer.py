@@ -239,7 +239,8 @@ class Writer:
                 write_payload(self.directory, ref, data)
                 del data
             seq += 1
-            folded = fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, emit.payload))
+            fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, emit.payload))
+            _before_encoding(fold)
             fold.stage()
             record = LogRecord(
                 timestamp_utc=now,
@@ -249,7 +250,7 @@ class Writer:
                 metrics=emit.metrics,
                 artifacts={"payload": ref.file} if ref is not None else {},
                 maintenance=emit.maintenance,
-                fingerprint=self._fingerprint(fold, base_changed=any(isinstance(m, BaseFile) for m in folded)),
+                fingerprint=self._fingerprint(fold),
                 registry_hash=registry_hash,
                 actor=default_actor(),
                 version=__version__,
@@ -268,15 +269,15 @@ class Writer:
             offset += len(line)
         return records, marks, b"".join(lines)
 
-    def _fingerprint(self, fold: Fold, *, base_changed: bool) -> Fingerprint:
-        """The base's rows, columns and file size after the event (the staged encoding's size when the
-        event changed it, else the stored file's)."""
+    def _fingerprint(self, fold: Fold) -> Fingerprint:
+        """The base's rows, columns and file size after the event (the staged encoding's size when this
+        write changed the base, else the stored file's)."""
         holder = fold.get(BaseFile)
         base = holder.base
         if base is None:
             return Fingerprint(rows=0, cols=0, size_bytes=0)
         staged = holder.staged_size()
-        if base_changed and staged is not None:
+        if base.watermark.hash == PENDING and staged is not None:
             return Fingerprint(rows=base.rows, cols=base.table.num_columns, size_bytes=staged)
         path = self.directory / RECORDS_FILE
         size = path.stat().st_size if path.exists() else 0
@@ -334,6 +335,13 @@ def _keep_for_fold(fold: Fold, decision: Any) -> None:
     (compaction and materialize merge the parts the decision merged)."""
     if not any(isinstance(e.event, (OverlayCompacted, Materialized)) for e in decision.emits):
         fold.get(DerivedFiles).release()
+    release_memory()
+
+
+def _before_encoding(fold: Fold) -> None:
+    """Free what the fold no longer needs before the base is encoded: the merged overlays and the part
+    tables read for it (the tables of parts this write adds stay, for their publish)."""
+    fold.get(DerivedFiles).release(keep_pending=True)
     release_memory()
 
 

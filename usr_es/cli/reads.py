@@ -283,7 +283,7 @@ def schema(
     import msgspec
 
     ds = existing_dataset(dataset)
-    rows = [msgspec.to_builtins(c) for c in ds.columns()]
+    rows = [msgspec.to_builtins(c) for c in ds.schema()]
     if not tree:
         emit_rows(rows, ["name", "type", "nullable"], fmt, title=ds.name)
         return

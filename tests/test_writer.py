@@ -1,0 +1,164 @@
+"""The one write path: a command emitting several events, and the automatic checkpoint policy."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import msgspec
+import pytest
+
+import usr_es.decide as decide_module
+from usr_es import CommitError, Dataset
+from usr_es.decide import Decision, Emit
+from usr_es.events import RecordsTombstoned, StateSet
+from usr_es.fileio import FileOps, use_fileops
+from usr_es.names import LOG_FILE
+
+
+def _with_tombstone(real: Any) -> Any:
+    """A `decide` whose SetState decisions also tombstone the same ids, in a second event."""
+
+    def decide(state: Any, command: Any, **kwargs: Any) -> Decision:
+        decision: Decision = real(state, command, **kwargs)
+        first = decision.only
+        if not isinstance(first.event, StateSet):
+            return decision
+        event = RecordsTombstoned(
+            ids=first.event.ids, rows=first.event.rows, created_at=first.event.created_at, reason="bundled"
+        )
+        second = Emit(event, None, {"reason": "bundled"}, {"rows_written": first.event.rows})
+        return Decision((first, second))
+
+    return decide
+
+
+@pytest.fixture
+def three(dataset: Dataset) -> tuple[Dataset, list[str]]:
+    dataset.add_sequences(["ACGTACGT", "TTGACCAA", "GGGCCCAT"])
+    ids = dataset.head(3, columns=["id"]).column("id").to_pylist()
+    return dataset, ids
+
+
+def test_a_command_with_two_events_appends_two_chained_lines_at_once(three: tuple[Dataset, list[str]]) -> None:
+    ds, ids = three
+    before = ds.log.events()
+    with mock.patch.object(decide_module, "decide", _with_tombstone(decide_module.decide)):
+        receipt = ds.set_state([ids[0]], qc_status="pass", command_id="bundle-1")
+    events = ds.log.events()
+    added = events[len(before) :]
+    assert [e.action for e in added] == ["state_set", "tombstone"]
+    assert [e.seq for e in added] == [before[-1].seq + 1, before[-1].seq + 2]
+    assert {e.command_id for e in added} == {"bundle-1"}
+    assert added[0].prev == before[-1].hash and added[1].prev == added[0].hash
+    assert receipt.seq == added[-1].seq and receipt.hash == added[-1].hash
+    # Both events reached the projections: the record is hidden, and its state is set.
+    assert ids[0] not in ds.view(columns=["id"]).column("id").to_pylist()
+    state = ds.get([ids[0]], columns=["usr_state__qc_status", "usr__deleted"], include_deleted=True)
+    assert state.to_pylist() == [{"usr_state__qc_status": "pass", "usr__deleted": True}]
+    report = ds.verify()
+    assert report.ok, report.problems
+
+
+def test_each_line_of_a_group_carries_the_fields_the_notify_watcher_reads(three: tuple[Dataset, list[str]]) -> None:
+    ds, ids = three
+    with mock.patch.object(decide_module, "decide", _with_tombstone(decide_module.decide)):
+        ds.set_state([ids[1]], split="train")
+    lines = (ds.dir / LOG_FILE).read_bytes().splitlines()[-2:]
+    for raw in lines:
+        doc = json.loads(raw)
+        assert doc["event_version"] == 1
+        assert doc["dataset"]["name"] == ds.name
+        assert doc["actor"]["tool"]
+        assert doc["action"] in ("state_set", "tombstone")
+
+
+def test_a_retried_group_returns_the_receipt_of_its_last_line(three: tuple[Dataset, list[str]]) -> None:
+    ds, ids = three
+    with mock.patch.object(decide_module, "decide", _with_tombstone(decide_module.decide)):
+        first = ds.set_state([ids[2]], masked=True, command_id="bundle-2")
+        again = ds.set_state([ids[2]], masked=True, command_id="bundle-2")
+    assert again.replayed and (again.seq, again.hash) == (first.seq, first.hash)
+    assert len(ds.log.events()) == first.seq
+
+
+def test_rebuild_after_a_group_gives_the_files_the_live_write_published(three: tuple[Dataset, list[str]]) -> None:
+    ds, ids = three
+    with mock.patch.object(decide_module, "decide", _with_tombstone(decide_module.decide)):
+        ds.set_state(ids[:2], qc_status="warn")
+    live = {p: p.read_bytes() for p in ds.dir.rglob("*.parquet") if "_snapshots" not in p.parts}
+    ds.maintenance.rebuild()
+    rebuilt = {p: p.read_bytes() for p in ds.dir.rglob("*.parquet") if "_snapshots" not in p.parts}
+    assert rebuilt == live
+
+
+def _checkpoint_seqs(ds: Dataset) -> list[int]:
+    return ds.info().checkpoints
+
+
+def _payload_sizes(ds: Dataset) -> list[int]:
+    return [e.payload.size_bytes for e in ds.log.events() if e.payload is not None]
+
+
+def test_payload_bytes_since_the_last_checkpoint_trigger_the_next_one(root: Path) -> None:
+    batches = [[f"ACGT{'A' * i}{'C' * j}" for j in range(40)] for i in range(1, 5)]
+    learn = Dataset.open(root, "demo/learn")
+    learn.init()
+    with mock.patch.dict(os.environ, {"USR_CHECKPOINT_EVERY": "0", "USR_CHECKPOINT_BYTES": "0"}):
+        for batch in batches:
+            learn.add_sequences(batch)
+    sizes = _payload_sizes(learn)
+    assert _checkpoint_seqs(learn) == []
+    limit = sizes[0] + sizes[1]  # reached by the second import, not again by the third alone
+    assert sizes[2] < limit
+    ds = Dataset.open(root, "demo/ds")
+    ds.init()
+    with mock.patch.dict(os.environ, {"USR_CHECKPOINT_EVERY": "0", "USR_CHECKPOINT_BYTES": str(limit)}):
+        ds.add_sequences(batches[0])
+        assert _checkpoint_seqs(ds) == []
+        second = ds.add_sequences(batches[1])
+        assert _checkpoint_seqs(ds) == [second.seq]
+        ds.delete([ds.head(1, columns=["id"]).column("id")[0].as_py()])  # no payload: no checkpoint
+        ds.add_sequences(batches[2])
+        assert _checkpoint_seqs(ds) == [second.seq]
+        fourth = ds.add_sequences(batches[3])
+    expected = [second.seq, fourth.seq] if sizes[2] + sizes[3] >= limit else [second.seq]
+    assert _checkpoint_seqs(ds) == expected
+    manifest = msgspec.json.decode(
+        (ds.dir / "_snapshots" / f"checkpoint-{second.seq:010d}" / "manifest.json").read_bytes()
+    )
+    assert manifest["seq"] == second.seq and manifest["hash"] == second.hash
+
+
+class _FailingUnlink(FileOps):
+    """Fails the first unlink of an overlay part file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[Path] = []
+
+    def unlink(self, path: Path) -> None:
+        if not self.failed and path.suffix == ".parquet" and "_derived" in path.parts:
+            self.failed.append(path)
+            raise OSError(errno.EIO, "injected unlink failure")
+        super().unlink(path)
+
+
+def test_a_part_left_behind_by_a_failed_unlink_is_removed_by_the_next_write(three: tuple[Dataset, list[str]]) -> None:
+    ds, ids = three
+    ds.set_state([ids[0]], split="train")
+    ds.set_state([ids[1]], split="test")
+    faulty = _FailingUnlink()
+    with use_fileops(faulty), pytest.raises(CommitError) as failure:
+        ds.maintenance.compact_overlay("usr_state")
+    assert failure.value.state == "COMMITTED" and faulty.failed
+    assert faulty.failed[0].exists()
+    receipt = ds.set_state([ids[2]], split="val")
+    assert any("caught up _derived/" in w for w in receipt.warnings)
+    assert not faulty.failed[0].exists()
+    report = ds.verify()
+    assert report.ok, report.problems

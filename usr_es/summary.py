@@ -1,0 +1,103 @@
+"""Dataset summaries from metadata, without reading rows: `usr info`, `usr ls` and `usr schema`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .checkpoints import list_checkpoints
+from .errors import UsrError
+from .names import ID, LAYOUT_FILE, TOMBSTONE_NS, WRITTEN
+from .recovery import ReadHead, merged_overlay
+from .results import ColumnInfo, DatasetInfo, DatasetSummary
+from .roots import list_datasets
+from .storage import read_layout
+
+
+def schema(ds: ReadHead) -> list[ColumnInfo]:
+    """Name, registry type string and nullability of every column: the base file's, then each overlay
+    namespace's (sorted, `usr` left out) as its part files declare them."""
+    from .registry import format_type
+
+    ds.fresh()
+    stored = pq.read_schema(ds.records_path).remove_metadata()
+    fields = list(stored)
+    doc = read_layout(ds.dir / LAYOUT_FILE)
+    if doc is not None:
+        seen = set(stored.names)
+        for ns in sorted(n for n in doc[0].live if n != TOMBSTONE_NS):
+            for part in doc[0].live[ns]:
+                if part.purge:
+                    continue
+                for f in pq.read_schema(ds.dir / part.file):
+                    if f.name not in seen and f.name != ID and not f.name.startswith(WRITTEN):
+                        seen.add(f.name)
+                        fields.append(f)
+    return [ColumnInfo(f.name, format_type(f.type), f.nullable) for f in fields]
+
+
+def info(ds: ReadHead) -> DatasetInfo:
+    """Rows, columns, head seq, projection lag and sizes of a dataset (caught up first)."""
+    mark, scan, lag = ds.fresh()
+    rows, columns, meta, deleted = 0, [], {}, 0
+    if mark is not None:
+        metadata = pq.read_metadata(ds.records_path)
+        rows = metadata.num_rows
+        columns = [c.name for c in schema(ds)]
+        deleted = _tombstoned_count(ds.dir)
+        rows -= deleted
+        meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
+    return DatasetInfo(
+        name=ds.name,
+        path=str(ds.dir),
+        rows=rows,
+        columns=columns,
+        namespaces=sorted({c.split("__", 1)[0] for c in columns if "__" in c}),
+        head_seq=scan.seq,
+        projection_seq=mark.seq if mark is not None else 0,
+        projection_lag=lag,
+        size_bytes=ds.records_path.stat().st_size if ds.records_path.exists() else 0,
+        created_at=meta.get("usr:dataset_created_at"),
+        updated=scan.last_timestamp,
+        registry_hash=meta.get("usr:registry_hash"),
+        torn_tail_bytes=scan.torn_bytes,
+        deleted=deleted,
+        checkpoints=[seq for seq, _ in list_checkpoints(ds.dir)],
+    )
+
+
+def _tombstoned_count(directory: Path) -> int:
+    """How many base rows are tombstoned (0 without a `usr` overlay). Every tombstoned id is a base row:
+    tombstones are written only for ids in the base, and rows leaving the base (`materialize
+    --drop-deleted`) take their tombstones with them (ADR 0008)."""
+    merged = merged_overlay(directory, TOMBSTONE_NS)
+    if merged is None:
+        return 0
+    from .overlays import tombstoned_ids
+
+    return len(tombstoned_ids(merged))
+
+
+def list_all(root: Path) -> list[DatasetSummary]:
+    """Summaries of every dataset under `root` (a broken one is listed with its error)."""
+    out = []
+    for ident in list_datasets(root):
+        try:
+            found = info(ReadHead(ident, root / ident))
+        except UsrError as exc:  # one broken dataset must not hide the others
+            out.append(
+                DatasetSummary(dataset=ident, rows=0, cols=0, size_bytes=0, updated=None, head_seq=0, error=str(exc))
+            )
+            continue
+        out.append(
+            DatasetSummary(
+                dataset=ident,
+                rows=found.rows,
+                cols=len(found.columns),
+                size_bytes=found.size_bytes,
+                updated=found.updated,
+                head_seq=found.head_seq,
+            )
+        )
+    return out
