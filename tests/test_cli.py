@@ -139,6 +139,18 @@ def test_cli_verify_exits_6_after_tampering(cli_root: Path) -> None:
     assert report["ok"] is False and "line 1" in report["problems"][0]
 
 
+def test_cli_verify_fix_rebuilds_a_deleted_projection_and_exits_0(cli_root: Path) -> None:
+    records = Dataset.open(cli_root, "demo/ds").records_path
+    original = records.read_bytes()
+    records.unlink()
+    failed = runner.invoke(app, ["--root", str(cli_root), "verify", "demo/ds"])
+    assert failed.exit_code == 6 and "usr verify --fix" in failed.stderr
+    assert not records.exists()
+    fixed = usr_json(cli_root, "verify", "demo/ds", "--fix")
+    assert fixed["ok"] is True and fixed["repaired"] == ["records.parquet"]
+    assert records.read_bytes() == original
+
+
 # -- idempotent retries -------------------------------------------------------------------------
 def test_cli_command_id_option_gives_idempotent_retry(cli_root: Path, tmp_path: Path) -> None:
     extra = tmp_path / "extra.csv"

@@ -341,6 +341,38 @@ def test_verify_detects_missing_payload(dataset: Dataset, demo_csv: Path) -> Non
     assert "payload" in report.problems[0]
 
 
+def test_verify_fix_rewrites_differing_and_missing_files_from_the_log(
+    root: Path, dataset: Dataset, demo_csv: Path
+) -> None:
+    dataset.import_file(demo_csv)
+    original = dataset.records_path.read_bytes()
+    log_before = dataset.log_path.read_bytes()
+    other = Dataset.open(root, "demo/other")
+    other.init()
+    other.add_sequences(["ACGT"])
+    shutil.copyfile(other.records_path, dataset.records_path)
+    assert dataset.verify().differing == ["records.parquet"]
+    assert dataset.records_path.read_bytes() != original  # reporting alone changed nothing
+    report = dataset.verify(fix=True)
+    assert report.ok and report.repaired == ["records.parquet"] and report.problems == []
+    assert dataset.records_path.read_bytes() == original
+    assert dataset.log_path.read_bytes() == log_before
+    dataset.records_path.unlink()
+    assert dataset.verify(fix=True).repaired == ["records.parquet"]
+    assert dataset.records_path.read_bytes() == original
+    assert dataset.verify(fix=True).repaired == []
+
+
+def test_verify_fix_leaves_a_damaged_log_alone(dataset: Dataset, demo_csv: Path) -> None:
+    dataset.import_file(demo_csv)
+    (dataset.dir / events(dataset)[-1]["payload"]["file"]).unlink()
+    records = dataset.records_path.read_bytes()
+    report = dataset.verify(fix=True)
+    assert not report.ok and not report.log_ok and report.repaired == []
+    assert "payload" in report.problems[0]
+    assert dataset.records_path.read_bytes() == records
+
+
 # -- replay -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("until_kind", ["seq", "event_id", "timestamp", "timestamp_offset"])
 def test_replay_until_writes_past_dataset(dataset: Dataset, tmp_path: Path, until_kind: str) -> None:

@@ -347,13 +347,13 @@ class Dataset:
 
         return reads.view(self._head, columns=columns, include_deleted=include_deleted)
 
-    def verify(self) -> VerifyReport:
-        """Check the hash chain, every payload digest, and that replay equals the stored files (reports
-        only: `ds.maintenance.rebuild()` repairs)."""
+    def verify(self, *, fix: bool = False) -> VerifyReport:
+        """Check the hash chain, every payload digest, and that replay equals the stored files. Reports
+        only, unless `fix`: then projection files that differ are rebuilt from the log (never the log)."""
         from .replay import verify
 
         self._require()
-        return verify(self.dir, self.name)
+        return verify(self.dir, self.name, fix=fix)
 
     # -- reads --------------------------------------------------------------------------
     # Every read works on a caught-up prefix of the log (see `recovery.fresh`); tombstoned rows are hidden

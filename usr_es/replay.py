@@ -3,7 +3,7 @@
 - `replay` writes the dataset as it was right after one event into a new folder.
 - `rebuild` regenerates every projection of the dataset from the log.
 - `verify` checks the hash chain and every payload digest, and compares the bytes the fold encodes to
-  with the stored files. It only reports; `rebuild` repairs.
+  with the stored files. It only reports unless asked to fix (then it rebuilds what differs).
 All three fold from the newest usable checkpoint at or before their target (else from the start).
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from .checkpoints import list_checkpoints, load_checkpoint
 from .codec import read_watermark
@@ -127,19 +129,39 @@ def replay(directory: Path, seq: int, out: Path) -> ReplayResult:
 def rebuild(directory: Path, name: str) -> RebuildResult:
     """Regenerate every projection (and meta.md) from the log."""
     with locked(directory / LOCK_FILE):
-        remove_temps(directory)
-        done = replayed(directory)
-        release_memory()
-        files = sync(done.fold, directory, trust_stored=False)
-        write_meta(directory, [line.record for line in done.lines])
-        files.append(META_FILE)
+        return _rebuild(directory, name)
+
+
+def _rebuild(directory: Path, name: str) -> RebuildResult:
+    remove_temps(directory)
+    done = replayed(directory)
+    release_memory()
+    files = sync(done.fold, directory, trust_stored=False)
+    write_meta(directory, [line.record for line in done.lines])
+    files.append(META_FILE)
     rows = done.fold.base.rows if done.fold.base is not None else 0
     return RebuildResult(dataset=name, seq=done.scan.seq, rows=rows, files=files, notes=done.notes)
 
 
-def verify(directory: Path, name: str) -> VerifyReport:
+def verify(directory: Path, name: str, *, fix: bool = False) -> VerifyReport:
     """Check the hash chain, every payload digest, each base event's fingerprint, and that the files the
-    fold of the whole log encodes to equal the stored ones byte for byte. Reports; never repairs."""
+    fold of the whole log encodes to equal the stored ones byte for byte.
+
+    Reports only, unless `fix`: then, when the log itself checks out and only projection files differ, the
+    files are rebuilt from the log under the dataset lock, checked again, and the report lists what was
+    rewritten or removed. A damaged log is never "fixed": it is reported, as without `fix`."""
+    if not fix:
+        return _verify(directory, name)
+    with locked(directory / LOCK_FILE):
+        found = _verify(directory, name)
+        if found.ok or not found.log_ok:
+            return found
+        _rebuild(directory, name)
+        again = _verify(directory, name)
+    return msgspec.structs.replace(again, repaired=found.differing)
+
+
+def _verify(directory: Path, name: str) -> VerifyReport:
     problems: list[str] = []
     notes: list[str] = []
     scan = Scan()
@@ -164,7 +186,9 @@ def verify(directory: Path, name: str) -> VerifyReport:
     except UsrError as exc:
         problems.append(str(exc))
     files: list[str] = []
-    if not problems:
+    differing: list[str] = []
+    log_ok = not problems
+    if log_ok:
         if scan.torn_bytes:
             notes.append(f"torn tail of {scan.torn_bytes} byte(s) after seq {scan.seq} (quarantined by the next write)")
         found: dict[str, str] = {}
@@ -180,8 +204,10 @@ def verify(directory: Path, name: str) -> VerifyReport:
                     found[rel] = problem
             member.release()
         files.sort(key=list(fold.outputs()).index)
+        strays = list(fold.stray(directory))
+        differing = [rel for rel in files if rel in found] + strays
         problems.extend(found[rel] for rel in files if rel in found)
-        problems.extend(f"{rel} is not produced by the log (stray overlay file)" for rel in fold.stray(directory))
+        problems.extend(f"{rel} is not produced by the log (stray overlay file)" for rel in strays)
     return VerifyReport(
         dataset=name,
         ok=not problems,
@@ -192,6 +218,8 @@ def verify(directory: Path, name: str) -> VerifyReport:
         files_checked=files,
         problems=problems,
         notes=notes,
+        log_ok=log_ok,
+        differing=differing,
     )
 
 

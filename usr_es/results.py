@@ -102,7 +102,11 @@ class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
-    """`ok` is false on any mismatch; `problems` names the first bad line or differing file."""
+    """`ok` is false on any mismatch; `problems` names the first bad line or differing file. `log_ok` is
+    true when the chain, every payload digest and every fingerprint check out (only projection files
+    differ, if anything: `usr verify --fix` / `verify(fix=True)` can then rewrite them). `differing` names the
+    projection files that differ from replay (or are strays); `repaired` lists the files a fix rewrote or
+    removed."""
 
     dataset: str
     ok: bool
@@ -113,14 +117,19 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     files_checked: list[str]
     problems: list[str]
     notes: list[str] = []
+    log_ok: bool = True
+    differing: list[str] = []
+    repaired: list[str] = []
 
     @property
     def verdict(self) -> str:
         if self.ok:
             extra = f"; {'; '.join(self.notes)}" if self.notes else ""
+            fixed = f"; repaired {', '.join(self.repaired)}" if self.repaired else ""
             return (
                 f"OK: {self.dataset} verified: {self.lines} event(s), chain head {self.head_hash[:12]}, "
-                f"{self.payloads_checked} payload(s), {len(self.files_checked)} projection file(s) equal replay{extra}"
+                f"{self.payloads_checked} payload(s), {len(self.files_checked)} projection file(s) equal replay"
+                f"{fixed}{extra}"
             )
         return f"FAILED: {self.dataset}: {self.problems[0]}"
 

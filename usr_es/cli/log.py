@@ -112,21 +112,38 @@ def rebuild(dataset: DatasetArg = None, fmt: FormatOpt = Format.auto) -> None:
     typer.echo(f"Rebuilt {', '.join(result.files)} of {result.dataset} from {result.seq} event(s) ({result.rows} rows)")
 
 
-def verify(dataset: DatasetArg = None, fmt: FormatOpt = Format.auto) -> None:
+def verify(
+    dataset: DatasetArg = None,
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="When the log checks out but projection files differ (or are missing, or stray), rebuild "
+            "them from the log and check again. The log itself is never changed.",
+        ),
+    ] = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
     """Check the hash chain, every payload digest, and that replay equals the stored files.
 
-    Exits 6 on any mismatch, naming the first bad line or differing file.
+    Exits 6 on any mismatch, naming the first bad line or differing file. Reports only, unless --fix.
 
     Example: usr verify densegen/demo
     """
     from ..errors import EXIT_INTEGRITY
 
-    report = existing_dataset(dataset).verify()
+    report = existing_dataset(dataset).verify(fix=fix)
     if output_format(fmt) is Format.json:
         emit_object(report, fmt)
     else:
         typer.echo(report.verdict)
     if not report.ok:
+        if not report.log_ok:
+            typer.echo("hint: the log itself fails its checks; no rebuild can mend that", err=True)
+        elif not fix:
+            typer.echo(
+                "hint: `usr verify --fix` (or `usr rebuild`) rewrites the projection files from the log", err=True
+            )
         raise typer.Exit(EXIT_INTEGRITY)
 
 
