@@ -163,6 +163,7 @@ class BaseFile:
         self.partial = False
         self._loaded_from: Path | None = None
         self._staged: tuple[Watermark, memoryview] | None = None
+        self._read: tuple[Path, Watermark | None] | None = None  # what `stored_mark` read, for `load`
 
     def watches(self, event: Event) -> bool:
         return isinstance(event, BASE_EVENTS)
@@ -171,10 +172,13 @@ class BaseFile:
         return self.base.watermark if self.base is not None else None
 
     def stored_mark(self, directory: Path) -> Watermark | None:
-        return read_watermark(directory / RECORDS_FILE)
+        mark = read_watermark(directory / RECORDS_FILE)
+        self._read = (directory, mark)
+        return mark
 
     def load(self, directory: Path, *, columns: list[str] | None = None) -> None:
-        mark = self.stored_mark(directory)
+        read, self._read = self._read, None  # the anchor just checked (under the same lock), else read now
+        mark = read[1] if read is not None and read[0] == directory else read_watermark(directory / RECORDS_FILE)
         self.base = self._fold.source.base(directory, mark, columns) if mark is not None else None
         self.partial = columns is not None and self.base is not None
         self._loaded_from = directory
@@ -338,6 +342,7 @@ class DerivedFiles:
         #: Part tables in hand, by `table_key`.
         self.tables: dict[str, pa.Table] = {}
         self._merged: dict[str, tuple[tuple[int, ...], pa.Table]] = {}
+        self._read: tuple[Path, tuple[DerivedLayout, Watermark] | None] | None = None  # for `load`
 
     def watches(self, event: Event) -> bool:
         return isinstance(event, LAYOUT_EVENTS)
@@ -347,10 +352,12 @@ class DerivedFiles:
 
     def stored_mark(self, directory: Path) -> Watermark | None:
         doc = read_layout(directory / LAYOUT_FILE)
+        self._read = (directory, doc)
         return doc[1] if doc is not None else None
 
     def load(self, directory: Path, *, columns: list[str] | None = None) -> None:
-        doc = read_layout(directory / LAYOUT_FILE)
+        read, self._read = self._read, None  # the anchor just checked (under the same lock), else read now
+        doc = read[1] if read is not None and read[0] == directory else read_layout(directory / LAYOUT_FILE)
         self.layout, self.layout_mark = doc if doc is not None else (EMPTY_LAYOUT, Watermark())
         self.tables.clear()
         self._merged.clear()
@@ -411,6 +418,8 @@ class DerivedFiles:
 
     def seal(self, digests: dict[int, str]) -> None:
         def fix(info: PartInfo) -> PartInfo:
+            if info.mark.hash != PENDING and not info.sources:  # most parts: sealed by an earlier write
+                return info
             return replace(info, mark=_sealed(info.mark, digests), sources=tuple(fix(s) for s in info.sources))
 
         layout = self.layout
@@ -496,7 +505,13 @@ class Fold:
 
     def stage(self) -> None:
         """Let every projection prepare its outputs ahead of the append, side by side (Arrow work
-        releases the GIL: the id index sorts while the base encodes)."""
+        releases the GIL: the id index sorts while the base encodes). Threads only when more than one
+        projection took this write's events (a small write stages inline)."""
+        busy = [m for m in self.members if (mark := m.mark()) is not None and mark.hash == PENDING]
+        if len(busy) < 2:
+            for member in self.members:
+                member.stage()
+            return
         with ThreadPoolExecutor(len(self.members)) as pool:
             for done in [pool.submit(member.stage) for member in self.members]:
                 done.result()

@@ -283,38 +283,49 @@ def sync(
     With `trust_stored`, a stored file carrying the right watermark is kept and an archived part is moved
     from its live path; else every file is written anew. A file unchanged since the checkpoint `reuse` is
     linked from it. Strays a projection owns are removed before its anchor files (`Output.last`) are
-    written. Returns the paths of the outputs, in fold order."""
-    for member in reversed(members if members is not None else fold.members):  # overlay parts before the base
+    written. Returns the paths of the files the synced projections hold, in fold order."""
+    chosen = members if members is not None else fold.members
+    held: dict[int, list[str]] = {}
+    for member in reversed(chosen):  # overlay parts before the base
         outputs = member.outputs()
         ordered = sorted(outputs.items(), key=lambda item: item[1].last)
+        placed = held.setdefault(id(member), [])
         for rel, out in ordered:
             if out.last:
                 for stray in list(member.stray(target)):
                     fileops().unlink(target / stray)
-            _place(target, rel, out, trust_stored=trust_stored, reuse=reuse)
+            if _place(target, rel, out, trust_stored=trust_stored, reuse=reuse):
+                placed.append(rel)
         if not any(out.last for out in outputs.values()):
             for stray in list(member.stray(target)):
                 fileops().unlink(target / stray)
         member.release()
         release_memory()
-    return [rel for rel in fold.outputs() if (target / rel).exists()]
+    files = [rel for member in chosen for rel in held[id(member)]]
+    if members is not None:
+        return files
+    rank = {rel: i for i, rel in enumerate(fold.outputs())}
+    return sorted(files, key=rank.__getitem__)
 
 
-def _place(target: Path, rel: str, out: Output, *, trust_stored: bool, reuse: Path | None) -> None:
+def _place(target: Path, rel: str, out: Output, *, trust_stored: bool, reuse: Path | None) -> bool:
+    """Put the output's file at `rel`; returns whether the projection holds a file there."""
     path = target / rel
     if trust_stored and out.stamp(path) == out.mark:
-        return
+        return True
     moved = target / out.moved_from if out.moved_from is not None else None
     if trust_stored and moved is not None and moved.exists() and out.stamp(moved) == out.mark:
         fileops().mkdir(path.parent)
         fileops().replace(moved, path)
-        return
+        return True
     kept = reuse / rel if reuse is not None else None
     if kept is not None and kept.exists() and out.stamp(kept) == out.mark:
         fileops().mkdir(path.parent)
         copy_file(kept, path)
-        return
-    _write(path, out.encode())
+        return True
+    data = out.encode()
+    _write(path, data)
+    return data is not None
 
 
 def copy_file(src: Path, dst: Path) -> None:
