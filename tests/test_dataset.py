@@ -25,6 +25,7 @@ from usr_es.errors import (
     IntegrityError,
     InvalidInput,
     NotFound,
+    ReadError,
     RegistryError,
     SchemaError,
     UsrError,
@@ -548,3 +549,76 @@ def test_path_like_ids_never_create_datasets_outside_root(
         Dataset.open(root, bad).init()
     assert sorted(os.listdir(tmp_path)) == before
     assert not Path(bad).is_absolute() or not Path(bad).exists()
+
+
+# -- reads under a concurrent writer ------------------------------------------------------------
+def test_a_read_that_fails_while_a_writer_publishes_is_read_again(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usr_es import reads
+
+    dataset.add_sequences(["ACGTACGT", "TTTTCCCC"])
+    real = reads.view
+    calls = []
+
+    def torn_read(*args: Any, **kwargs: Any) -> pa.Table:
+        calls.append(1)
+        if len(calls) == 1:  # a writer replaces the base while this read has half of it
+            dataset.add_sequences(["GGGGAAAA"])
+            raise OSError("Unexpected end of stream: Page was smaller than expected")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reads, "view", torn_read)
+    assert dataset.view().num_rows == 3 and len(calls) == 2
+
+
+def test_a_read_failure_with_no_writer_is_a_read_error_not_an_os_error(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usr_es import reads
+
+    dataset.add_sequences(["ACGTACGT"])
+
+    def broken(*args: Any, **kwargs: Any) -> pa.Table:
+        raise pa.ArrowInvalid("Parquet magic bytes not found in footer")
+
+    monkeypatch.setattr(reads, "head", broken)
+    with pytest.raises(ReadError) as caught:
+        dataset.head(1)
+    assert "head of demo/" in str(caught.value) and "magic bytes" in str(caught.value)
+    assert caught.value.exit_code == 7
+
+
+# -- a projection written by another version ------------------------------------------------------
+def _stamp_projector(path: Path, version: str) -> None:
+    """Rewrite a Parquet projection as another projector version would have (same rows, same watermark)."""
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata or {})
+    meta[b"usr_es:projector"] = version.encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+@pytest.mark.parametrize("refresh", ["read", "write"])
+def test_a_projection_from_another_version_is_a_stale_cache_not_corruption(
+    dataset: Dataset, capsys: pytest.CaptureFixture[str], refresh: str
+) -> None:
+    from usr_es.cli import main
+
+    dataset.add_sequences(["ACGTACGT", "TTTTCCCC"])
+    expected = dataset.records_path.read_bytes()
+    _stamp_projector(dataset.records_path, "2")
+    report = dataset.verify()
+    assert not report.ok and report.stale == ["records.parquet"] and report.only_stale
+    assert "stale cache" in report.problems[0] and "projector version 2" in report.problems[0]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["--root", str(dataset.root), "verify", dataset.name])
+    assert exited.value.code == 8 and "FAILED" in capsys.readouterr().out
+    if refresh == "read":
+        assert dataset.head(5).num_rows == 2  # reads keep working (and re-encode the cache)
+    else:
+        dataset.add_sequences(["GGGGAAAA"])
+        expected = None
+    assert dataset.verify().ok
+    if expected is not None:
+        assert dataset.records_path.read_bytes() == expected

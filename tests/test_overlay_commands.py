@@ -927,6 +927,36 @@ def test_verify_names_a_stray_file_in_derived(ds_ids: tuple[Dataset, list[str]])
     assert ds.verify().ok
 
 
+def test_temp_files_in_projection_folders_are_noted_by_verify_and_removed_by_the_next_write(
+    ds_ids: tuple[Dataset, list[str]],
+) -> None:
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:2], "score": [1.0, 2.0]})
+    (ds.dir / "_index").mkdir(exist_ok=True)
+    temps = [ds.dir / "_derived" / "mock" / ".tmp-part-0000000042.parquet", ds.dir / "_index" / ".tmp-id.arrow"]
+    for temp in temps:
+        temp.write_bytes(b"half a file")
+    report = ds.verify()
+    assert report.ok
+    assert sorted(report.unexpected) == sorted(str(t.relative_to(ds.dir)) for t in temps)
+    assert sum("crashed writer" in note for note in report.notes) == 2
+    ds.set_state(ids[:1], qc_status="pass")
+    assert not any(t.exists() for t in temps)
+    assert ds.verify().unexpected == []
+
+
+def test_verify_names_an_unexpected_file_in_the_index_folder(ds_ids: tuple[Dataset, list[str]]) -> None:
+    ds, _ = ds_ids
+    (ds.dir / "_index").mkdir(exist_ok=True)
+    (ds.dir / "_index" / "other.arrow").write_bytes(b"not ours")
+    report = ds.verify()
+    assert not report.ok and report.unexpected == ["_index/other.arrow"]
+    assert "_index/other.arrow is not produced by the log" in report.problems[0]
+    fixed = ds.verify(fix=True)
+    assert fixed.ok and fixed.repaired == ["_index/other.arrow"]
+    assert not (ds.dir / "_index" / "other.arrow").exists()
+
+
 def test_archiving_after_a_drop_deleted_moves_each_namespaces_purge_part(ds_ids: tuple[Dataset, list[str]]) -> None:
     ds, ids = ds_ids
     ds.write_overlay("mock", {"id": ids[:3], "score": [1.0, 2.0, 3.0]})

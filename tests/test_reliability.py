@@ -24,10 +24,13 @@ from pathlib import Path
 import pytest
 
 from usr_es import CommitError, CorruptLog, Dataset, IntegrityError, UsrError
+from usr_es.cli import main
+from usr_es.errors import ReadError
 from usr_es.fileio import FileOps, use_fileops
 from usr_es.log import read_lines
 from usr_es.names import LOG_FILE, QUARANTINE_FILE
 from usr_es.registry import register_namespace, split_columns_spec
+from usr_es.results import VerifyReport
 
 WRITER = Path(__file__).with_name("writer.py")
 DATASET = "demo/rel"
@@ -220,11 +223,19 @@ def test_crash_at_named_point_recovers_on_next_command(tmp_path: Path, point: st
     assert present is CRASH_POINTS[point]
     assert head == 2 + present
 
+    # Verify tells a projection that lags the log (the crash hit between append and publish) from one that
+    # differs, and a crash's temp file from a file nobody expects: none of them is a failure.
+    lagging = present and point != "after_publish"
+    report = ds.verify()
+    assert report.ok, report.problems
+    assert bool(report.behind) is lagging and all("behind the log" in n for n in report.notes if "seq" in n)
+    leftovers = sorted(str(p.relative_to(ds.dir)) for p in _temp_leftovers(ds.dir))
+    assert sorted(rel for rel in report.unexpected if ".tmp-" in rel) == leftovers
+
     # A read catches a lagging records.parquet up from the log (only crashes before the publish lag).
     info = ds.info()
     assert info.head_seq == head
     assert info.rows == rows_before + ROWS_PER_IMPORT * present
-    lagging = present and point != "after_publish"
     assert info.projection_lag == int(lagging)
     assert ds.info().projection_lag == 0
 
@@ -236,6 +247,29 @@ def test_crash_at_named_point_recovers_on_next_command(tmp_path: Path, point: st
     assert ds.verify().ok, ds.verify().problems
     assert _temp_leftovers(ds.dir) == []
     assert ds.info().rows == rows_before + 2 * ROWS_PER_IMPORT
+
+
+@pytest.mark.crash
+def test_a_read_that_cannot_catch_up_a_lagging_projection_reports_no_commit_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, ds = _make_dataset(tmp_path)
+    ds.add_sequences(_seqs("seed-import"), command_id="seed-import")
+    proc = _spawn(root, "--count", "1", "--tag", "lag", env=_writer_env(USR_ES_CRASH_AT="after_append"))
+    assert proc.communicate(timeout=60)[0] == "READY\n" and proc.returncode == 137
+    log = ds.log_path.read_bytes()
+    with use_fileops(FaultyFileOps("write", 1, errno.ENOSPC, persistent=True)):
+        with pytest.raises(ReadError) as caught:
+            ds.head(3)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(["--root", str(root), "head", DATASET, "-n", "3"])
+    assert "No space left on device" in str(caught.value)
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 7 and stderr.startswith("error:")
+    assert not any(state in stderr for state in ("COMMITTED", "INDETERMINATE"))
+    assert ds.log_path.read_bytes() == log
+    assert ds.head(3).num_rows == 3 and ds.verify().ok  # with space again, the read catches up
 
 
 @pytest.mark.crash
@@ -325,6 +359,37 @@ def test_four_concurrent_writers_log_every_event_exactly_once(tmp_path: Path) ->
     report = ds.verify()
     assert report.ok, report.problems
     assert report.lines == writers * count + 1
+
+
+@pytest.mark.concurrency
+def test_reads_and_verify_while_a_writer_replaces_the_files_never_fail(tmp_path: Path) -> None:
+    root, ds = _make_dataset(tmp_path)
+    ds.add_sequences(_seqs("seed", 500))
+    writer = _spawn(root, "--count", "40", "--rows", "400", "--tag", "busy")
+    _wait_ready(writer)
+    reader = Dataset.open(root, DATASET)
+    calls = false_failures = 0
+    untyped: list[str] = []
+    while writer.poll() is None:
+        for call in (reader.view, reader.verify, reader.maintenance.validate, reader.info, lambda: reader.head(3)):
+            try:
+                result = call()
+            except UsrError:
+                continue  # a typed, clean error is allowed (none is expected)
+            except Exception as exc:
+                untyped.append(f"{type(exc).__name__}: {exc}")
+                continue
+            finally:
+                calls += 1
+            if isinstance(result, VerifyReport) and not result.ok:
+                false_failures += 1
+                untyped.append(f"verify: {result.problems}")
+    _, stderr = writer.communicate(timeout=60)
+    assert writer.returncode == 0, stderr
+    print(f"reader calls={calls} untyped={len(untyped)} false verify failures={false_failures}")
+    assert calls > 10
+    assert untyped == [] and false_failures == 0
+    assert reader.verify().ok
 
 
 # == reliability.md §5 A.9 ★ test_fsync_error_is_fatal_and_never_reported_as_success and
@@ -493,6 +558,25 @@ def test_bad_complete_line_mid_log_blocks_writes_and_appends_nothing(ten_imports
     assert f"line 5, byte offset {target.offset}" in str(caught.value)
     assert hashlib.sha256(ds.log_path.read_bytes()).hexdigest() == digest
     assert not ds.verify().ok
+
+
+@pytest.mark.parametrize("damage", ["dropped", "flipped"])
+def test_a_lost_final_newline_keeps_the_committed_last_line(ten_imports: Dataset, damage: str) -> None:
+    ds = ten_imports
+    intact = ds.log_path.read_bytes()
+    last = read_lines(ds.log_path)[0][-1]
+    ds.log_path.write_bytes(intact[:-1] if damage == "dropped" else intact[:-1] + b"\x0b")
+    report = ds.verify()
+    assert report.ok and "seq 10" in report.notes[0] and "newline" in report.notes[0]
+    assert ds.info().head_seq == 10  # a reader sees the line
+    receipt = ds.add_sequences(_seqs("after-damage"), command_id="after-damage")
+    assert receipt.seq == 11  # nothing rolled back, no seq reused
+    assert any("newline" in warning for warning in receipt.warnings)
+    lines, scan = read_lines(ds.log_path)
+    assert lines[9].record.event_id == last.record.event_id
+    assert ds.log_path.read_bytes()[: len(intact)] == intact
+    assert scan.torn_bytes == 0 and ds.verify().ok
+    assert [q["size_bytes"] for q in _quarantined(ds)] == ([1] if damage == "flipped" else [])
 
 
 @pytest.mark.parametrize("edit", ["delete", "swap", "duplicate"])

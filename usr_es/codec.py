@@ -7,6 +7,7 @@ bytes for one pyarrow version; changing an option here bumps `PROJECTOR_VERSION`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -143,9 +144,14 @@ def encode_part(info: PartInfo, table: pa.Table) -> memoryview:
     return encode_parquet(table, part_metadata(info), info.mark.hash, row_group_rows=PART_ROW_GROUP_ROWS)
 
 
+#: The `created_by` of every Parquet file this pyarrow writes: byte identity holds per pyarrow version.
+PARQUET_WRITER = f"parquet-cpp-arrow version {pa.__version__}"
+
+
 def watermark_of(meta: Mapping[bytes, bytes] | None) -> Watermark | None:
-    """The watermark in a projection's key/value metadata (`usr_es:seq/offset/hash`), or None."""
-    if meta is None:
+    """The watermark in a projection's key/value metadata (`usr_es:seq/offset/hash`), or None -- also when
+    another projector version wrote it: a stale cache is never trusted, so the next write re-encodes it."""
+    if meta is None or meta.get(b"usr_es:projector") != PROJECTOR_VERSION.encode():
         return None
     try:
         return Watermark(
@@ -166,9 +172,29 @@ def watermark_metadata(mark: Watermark) -> dict[str, str]:
 
 
 def read_watermark(path: object) -> Watermark | None:
-    """The watermark stamped into a Parquet projection file, or None when the file is absent/unreadable."""
+    """The watermark stamped into a Parquet projection file, or None when the file is absent, unreadable
+    or written by another pyarrow or projector version (see `foreign_writer`)."""
     try:
-        meta = pq.read_metadata(path).metadata
+        meta = pq.read_metadata(path)
     except (OSError, pa.ArrowInvalid):
         return None
-    return watermark_of(meta)
+    return watermark_of(meta.metadata) if meta.created_by == PARQUET_WRITER else None
+
+
+def foreign_writer(path: Path) -> str | None:
+    """What wrote the projection file at `path`, when it was another projector version or (Parquet)
+    another pyarrow version than this one; None when it is ours, absent or unreadable."""
+    try:
+        if path.suffix == ".parquet":
+            meta = pq.read_metadata(path)
+            created_by, kv = meta.created_by, meta.metadata or {}
+        else:
+            with pa.memory_map(str(path)) as source:
+                kv = pa.ipc.open_file(source).schema.metadata or {}
+            created_by = PARQUET_WRITER
+    except (OSError, pa.ArrowInvalid):
+        return None
+    projector = kv.get(b"usr_es:projector", b"").decode(errors="replace")
+    if projector == PROJECTOR_VERSION and created_by == PARQUET_WRITER:
+        return None
+    return f"projector version {projector or '(none)'}, {created_by or 'an unknown writer'}"

@@ -8,9 +8,9 @@ the log's own views on `ds.log`. See docs/architecture.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from functools import cached_property
+from functools import cached_property, update_wrapper
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
 import pyarrow as pa
@@ -36,7 +36,7 @@ from .errors import InvalidInput, NotFound
 from .events import LogRecord
 from .log import LogLine, iter_lines
 from .names import LOG_FILE, RECORDS_FILE, REGISTRY_FILE
-from .recovery import ReadHead
+from .recovery import ReadHead, read_consistently
 from .results import (
     ColumnInfo,
     ColumnProfile,
@@ -53,6 +53,21 @@ from .roots import nearest_holding, resolve_existing, validate_id
 from .writer import Writer
 
 _IdsCommandType = TombstoneRecords | RestoreRecords | SetState | ClearState
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _read(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """A read (or a check) of the dataset: run again when a writer published under it; any other I/O or
+    Arrow failure is a `ReadError` (nothing was appended: no commit state)."""
+
+    def run(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        ds: Dataset = getattr(self, "_ds", self)  # also on `ds.maintenance` and `ds.log`
+        name = method.__name__.replace("_", " ").strip()
+        return read_consistently(ds.dir, lambda: method(self, *args, **kwargs), what=f"{name} of {ds.name}")
+
+    update_wrapper(run, method)
+    return run
 
 
 class Dataset:
@@ -333,6 +348,7 @@ class Dataset:
         command = ClearState(allow_missing=allow_missing)
         return self._ids_call(command, ids, command_id=command_id, expected_seq=expected_seq)
 
+    @_read
     def get_state(self, ids: Iterable[str], *, allow_missing: bool = False) -> pa.Table:
         """One row per requested id (request order): id + the five usr_state fields (masked defaults False);
         with `allow_missing`, an id not in the dataset gets the defaults instead of raising NotFound."""
@@ -340,6 +356,7 @@ class Dataset:
 
         return reads.state_of(self._head, ids, allow_missing=allow_missing)
 
+    @_read
     def view(self, *, columns: list[str] | None = None, include_deleted: bool = False) -> pa.Table:
         """The overlay-merged live table, read whole (tombstoned rows hidden unless `include_deleted`; `columns`
         None or empty: every visible column). `scan` streams the same rows in bounded memory."""
@@ -347,6 +364,7 @@ class Dataset:
 
         return reads.view(self._head, columns=columns, include_deleted=include_deleted)
 
+    @_read
     def verify(self, *, fix: bool = False) -> VerifyReport:
         """Check the hash chain, every payload digest, and that replay equals the stored files. Reports
         only, unless `fix`: then projection files that differ are rebuilt from the log (never the log)."""
@@ -358,6 +376,7 @@ class Dataset:
     # -- reads --------------------------------------------------------------------------
     # Every read works on a caught-up prefix of the log (see `recovery.fresh`); tombstoned rows are hidden
     # and `usr__*` columns refused unless `include_deleted`; an unknown column is an InvalidInput naming it.
+    @_read
     def head(self, n: int = 10, *, columns: list[str] | None = None, include_deleted: bool = False) -> pa.Table:
         """The first `n` rows of the live view (base order). Reads only the first rows of records.parquet
         and, in each overlay part, only the rows of their ids."""
@@ -376,12 +395,14 @@ class Dataset:
 
         return reads.scan(self._head, columns=columns, include_deleted=include_deleted, batch_size=batch_size)
 
+    @_read
     def view_schema(self, columns: list[str] | None = None, include_deleted: bool = False) -> pa.Schema:
         """The Arrow schema of the live view for these arguments (also when it has no rows)."""
         from . import reads
 
         return reads.view_schema(self._head, columns, include_deleted)
 
+    @_read
     def get(
         self, ids: str | Iterable[str], *, columns: list[str] | None = None, include_deleted: bool = False
     ) -> pa.Table:
@@ -391,6 +412,7 @@ class Dataset:
 
         return reads.get(self._head, ids, columns=columns, include_deleted=include_deleted)
 
+    @_read
     def grep(self, pattern: str, *, limit: int | None = 20, include_deleted: bool = False) -> pa.Table:
         """id, sequence, length of the records whose sequence matches the case-insensitive RE2 regex
         `pattern`, in base order, at most `limit` (None: all)."""
@@ -398,18 +420,21 @@ class Dataset:
 
         return reads.grep(self._head, pattern, limit=limit, include_deleted=include_deleted)
 
+    @_read
     def describe(self, *, columns: list[str] | None = None, sample: int | None = None) -> list[ColumnProfile]:
         """Per live-view column: type, non-null count, null %, an example, list lengths (`sample`: first N rows)."""
         from . import reads
 
         return reads.describe(self._head, columns=columns, sample=sample)
 
+    @_read
     def columns(self, *, include_deleted: bool = False) -> list[ColumnInfo]:
         """The live view's columns in view order (name, registry type, nullable)."""
         from . import reads
 
         return reads.columns(self._head, include_deleted=include_deleted)
 
+    @_read
     def cell(self, row: int, column: str, *, include_deleted: bool = False) -> Any:
         """The Python value in `column` at 0-based `row` of the live view (base order; tombstoned rows are
         skipped, so not counted, unless `include_deleted`)."""
@@ -417,6 +442,7 @@ class Dataset:
 
         return reads.dataset_cell(self._head, row, column, include_deleted=include_deleted)
 
+    @_read
     def export(
         self,
         fmt: str,
@@ -436,12 +462,14 @@ class Dataset:
 
         return export_dataset(self._head, fmt, out, columns=columns, include_deleted=include_deleted, progress=progress)
 
+    @_read
     def schema(self) -> list[ColumnInfo]:
         """Name, registry type string and nullability of every stored column (base, then overlay parts)."""
         from .summary import schema
 
         return schema(self._head)
 
+    @_read
     def info(self) -> DatasetInfo:
         """Rows, columns, head seq, projection lag and sizes (from metadata; rows are not read)."""
         from .summary import info
@@ -494,6 +522,7 @@ class Maintenance:
         """Freeze the current registry into `_registry/` and stamp its hash into records.parquet."""
         return self._ds._writer.execute(FreezeRegistry(), command_id=command_id, expected_seq=expected_seq)
 
+    @_read
     def validate(self, *, strict: bool = False, registry_mode: str = "current") -> ValidateReport:
         """Check the base schema, namespacing, registry types of every overlay and materialized
         column, and reserved-namespace values. Overlays are checked against per-namespace contract
@@ -522,6 +551,7 @@ class EventLog:
     def __init__(self, dataset: Dataset) -> None:
         self._ds = dataset
 
+    @_read
     def events(self, *, n: int | None = None) -> list[LogRecord]:
         """The last `n` events (all when None), verified."""
         self._ds._require()
@@ -540,6 +570,7 @@ class EventLog:
         self._ds._require()
         return resolve_until(self._ds.dir, self._ds.name, until)
 
+    @_read
     def replay(self, until: str | int, out: Path | str) -> ReplayResult:
         """Write the dataset as it was right after event `until` into the new directory `out`."""
         from .replay import replay

@@ -17,6 +17,7 @@ EXIT_NOT_FOUND = 4
 EXIT_CONFLICT = 5
 EXIT_INTEGRITY = 6
 EXIT_IO = 7
+EXIT_STALE = 8  # `usr verify`: only stale caches (another pyarrow/projector version wrote them)
 EXIT_ABORT = 130
 
 
@@ -112,6 +113,13 @@ class CommitError(UsrError):
     def __init__(self, message: str, *, state: str, hint: str | None = None) -> None:
         super().__init__(f"{message} [{state}]", hint=hint)
         self.state = state
+
+
+class ReadError(UsrError):
+    """An I/O error while reading (or while catching up a lagging projection for a read). Nothing was
+    appended to the log, so it carries no commit state."""
+
+    exit_code = EXIT_IO
 
 
 class UserAbort(UsrError):

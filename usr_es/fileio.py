@@ -199,13 +199,19 @@ def write_once(path: Path, data: bytes | memoryview, *, point: str = "payload") 
     write_atomic(path, data, point=point, mode=FILE_MODE)
 
 
-def remove_stale_temps(directory: Path) -> int:
-    """Remove temp files left by a crashed writer (call only under the dataset lock)."""
+def is_temp(path: Path) -> bool:
+    """Whether `path` is a temp file of `atomic_file` (published by rename, or left by a crash)."""
+    return path.name.startswith(".tmp-") and path.is_file()
+
+
+def remove_stale_temps(directory: Path, *, recursive: bool = False) -> int:
+    """Remove temp files left by a crashed writer in `directory` (and the folders below it, if
+    `recursive`). Call only under the dataset lock."""
     removed = 0
     if not directory.is_dir():
         return 0
-    for entry in directory.iterdir():
-        if entry.name.startswith(".tmp-") and entry.is_file():
+    for entry in directory.rglob(".tmp-*") if recursive else directory.iterdir():
+        if is_temp(entry):
             with contextlib.suppress(OSError):
                 fileops().unlink(entry)
                 removed += 1

@@ -3,7 +3,10 @@
 Each line is a `LogRecord` whose last field is `hash`: the xxh3-128 hex digest of the line's
 own bytes with `"hash":""` in place of the digest. The line also carries `prev` (the previous
 line's hash), so the hashes form a chain from `GENESIS_HASH`. Bytes after the last newline are
-a torn tail: readers never interpret them, the next writer quarantines them.
+a torn tail: readers never interpret them, the next writer quarantines them -- with one exception.
+A final line whose own hash verifies and that continues the chain was written whole: only its newline
+was lost (or damaged in place). It is committed and read as such (`Scan.unterminated`); the next
+writer restores the newline (quarantining the damaged byte, if any) instead of discarding the line.
 """
 
 from __future__ import annotations
@@ -103,6 +106,9 @@ class Scan:
     registry_hash: str | None = None
     torn_offset: int | None = None
     torn_bytes: int = 0
+    #: The last line lost its newline (or it was damaged: that byte is then the torn tail). `size`
+    #: counts the newline as if it were there; `terminate_last_line` writes it.
+    unterminated: bool = False
     lines: list[LogLine] = field(default_factory=list)
 
 
@@ -187,8 +193,32 @@ def iter_lines(
             pending = pending[start:]
             if len(pending) > MAX_LINE_BYTES:
                 raise CorruptLog("log line exceeds 1 MiB", line=state.seq + 1, offset=offset)
-        if pending:
+        if not pending:
+            return
+        whole = _whole_line(pending)
+        if whole is None:
             state.torn_offset, state.torn_bytes = offset, len(pending)
+            return
+        number = state.seq + 1
+        record = _decode(whole, number, offset, state.hash)  # a whole line that breaks the chain is corruption
+        line = LogLine(seq=number, offset=offset, end=offset + len(whole) + 1, raw=whole, record=record)
+        state.seq, state.hash, state.size = number, record.hash, line.end
+        state.last_timestamp = record.timestamp_utc
+        state.registry_hash = record.registry_hash or state.registry_hash
+        state.unterminated = True
+        if len(pending) > len(whole):  # the damaged newline
+            state.torn_offset, state.torn_bytes = offset + len(whole), len(pending) - len(whole)
+        yield line
+
+
+def _whole_line(fragment: bytes) -> bytes | None:
+    """The line in a final fragment that lost its newline (`fragment`) or had it damaged (all but the last
+    byte), when the line's own hash verifies; None for a torn write (never hash-valid)."""
+    for raw in (fragment, fragment[:-1]):
+        framed = line_digest(raw)
+        if framed is not None and framed[0] == framed[1]:
+            return raw
+    return None
 
 
 def check_prefix(path: Path, *, end_offset: int, lines: int, last_hash: str) -> None:
@@ -255,7 +285,9 @@ def read_line_at(path: Path, offset: int) -> bytes | None:
     with path.open("rb") as fh:
         fh.seek(offset)
         data = fh.readline(MAX_LINE_BYTES + 1)
-    return data[:-1] if data.endswith(b"\n") else None
+    if data.endswith(b"\n"):
+        return data[:-1]
+    return _whole_line(data) if data else None  # the final line, its newline lost (see `iter_lines`)
 
 
 def read_line_before(path: Path, end: int) -> tuple[int, bytes] | None:
@@ -301,6 +333,26 @@ def find_command(path: Path, command_id: str) -> LogLine | None:
         elif found is not None:
             break  # a command's lines are consecutive
     return found
+
+
+def terminate_last_line(path: Path, scan: Scan) -> bool:
+    """Write the newline the last (whole, hash-valid) line lost, after any torn bytes were quarantined.
+    Returns whether it wrote one."""
+    if not scan.unterminated or scan.torn_offset is not None:
+        return False
+    ops = fileops()
+    fd = ops.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    try:
+        if os.fstat(fd).st_size != scan.size - 1:
+            raise CorruptLog(
+                "the log changed while its last line was being terminated", line=scan.seq, offset=scan.size - 1
+            )
+        ops.write(fd, b"\n")
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+    scan.unterminated = False
+    return True
 
 
 def quarantine_tail(path: Path, scan: Scan) -> int:

@@ -15,17 +15,37 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .codec import read_watermark
-from .errors import IntegrityError, NotFound
+from .errors import IntegrityError, NotFound, ReadError
 from .events import GENESIS_HASH, LogRecord, record_decoder
 from .fileio import fileops, locked, remove_stale_temps
-from .log import LogLine, Scan, check_prefix, iter_lines, line_problem, quarantine_tail, read_line_at
-from .names import INDEX_DIR, LOCK_FILE, LOG_FILE, PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
+from .log import (
+    LogLine,
+    Scan,
+    check_prefix,
+    iter_lines,
+    line_problem,
+    quarantine_tail,
+    read_line_at,
+    terminate_last_line,
+)
+from .names import (
+    DERIVED_DIR,
+    INDEX_DIR,
+    LAYOUT_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    PAYLOAD_DIR,
+    RECORDS_FILE,
+    REGISTRY_DIR,
+    SNAPSHOT_DIR,
+)
 from .projections import BaseFile, DerivedFiles, Fold, Output, PartSource, Projection, Restart, Step, table_key
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark, part_table, sorted_part
 from .storage import publish, read_base, read_payload
@@ -108,9 +128,19 @@ class BaseCache:
 
 
 def remove_temps(directory: Path) -> None:
-    """Remove temp files a crashed writer left (under the lock)."""
-    for folder in (directory, directory / PAYLOAD_DIR, directory / REGISTRY_DIR, directory / INDEX_DIR):
-        remove_stale_temps(folder)
+    """Remove temp files a crashed writer left (under the lock): in the dataset folder and in every
+    folder usr_es writes below it (overlay parts, the id index, payloads, frozen registries, checkpoints)."""
+    remove_stale_temps(directory)
+    for folder in (PAYLOAD_DIR, REGISTRY_DIR, INDEX_DIR, DERIVED_DIR, SNAPSHOT_DIR):
+        remove_stale_temps(directory / folder, recursive=True)
+    for staging in stale_checkpoint_staging(directory):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def stale_checkpoint_staging(directory: Path) -> list[Path]:
+    """Checkpoint folders a crashed writer was still staging (`checkpoints.write_checkpoint`)."""
+    folder = directory / SNAPSHOT_DIR
+    return sorted(p for p in folder.glob(".tmp-checkpoint-*") if p.is_dir()) if folder.is_dir() else []
 
 
 def anchor(log_path: Path, stored: Watermark | None) -> tuple[int, int, str] | None:
@@ -204,7 +234,12 @@ def catch_up(
             warnings.append(f"caught up {member.label} by {n} event(s) to seq {mark.seq}")
     if quarantine and scan.torn_offset is not None:
         size = quarantine_tail(log_path, scan)
-        warnings.append(f"quarantined a torn tail of {size} byte(s) after seq {scan.seq} into .events.log.quarantine")
+        what = "the damaged newline" if scan.unterminated else "a torn tail"
+        warnings.append(f"quarantined {what} of {size} byte(s) after seq {scan.seq} into .events.log.quarantine")
+    if quarantine and terminate_last_line(log_path, scan):
+        warnings.append(
+            f"restored the newline the last line (seq {scan.seq}) had lost: its hash verifies, so it is committed"
+        )
     return Tail(scan=scan, fold=fold, caught_up=sum(counts.values()), warnings=warnings)
 
 
@@ -401,3 +436,41 @@ def merged_overlay(directory: Path, namespace: str) -> pa.Table | None:
     derived = fold.get(DerivedFiles)
     derived.load(directory)
     return derived.merged(namespace) if namespace in derived.layout.live else None
+
+
+# -- reads under concurrent writers ----------------------------------------------------------------
+T = TypeVar("T")
+_READ_ATTEMPTS = 4
+
+
+def _published(directory: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """What a writer changes when it commits and publishes: the log, the base, the overlay layout."""
+    found: list[tuple[int, int, int] | None] = []
+    for rel in (LOG_FILE, RECORDS_FILE, LAYOUT_FILE):
+        try:
+            st = os.stat(directory / rel)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
+def read_consistently(directory: Path, attempt: Callable[[], T], *, what: str) -> T:
+    """Run the read `attempt`; when it fails with an I/O or Arrow error while a writer published under it,
+    run it again (a read never mixes two states of the files); any other such failure is a `ReadError`."""
+    tries = 0
+    while True:
+        before = _published(directory)
+        try:
+            return attempt()
+        except (OSError, pa.ArrowException) as exc:
+            tries += 1
+            if tries < _READ_ATTEMPTS and _published(directory) != before:
+                continue
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ReadError(
+                f"{what} failed: {reason}",
+                hint="Nothing was written to the log. If a projection lags, reads catch it up first and "
+                "need the disk space and permission to do so.",
+            ) from exc

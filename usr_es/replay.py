@@ -16,15 +16,24 @@ from pathlib import Path
 import msgspec
 
 from .checkpoints import list_checkpoints, load_checkpoint
-from .codec import read_watermark
+from .codec import foreign_writer
 from .errors import DatasetExists, InvalidInput, NotFound, UsrError
 from .events import BASE_EVENTS
-from .fileio import fileops, locked, write_atomic
+from .fileio import fileops, is_temp, locked, write_atomic
 from .log import LogLine, Scan, iter_lines
 from .meta import write_meta
-from .names import LOCK_FILE, LOG_FILE, META_FILE, PAYLOAD_DIR, REGISTRY_DIR
-from .projections import Fold
-from .recovery import LocalSource, copy_file, fold_lines, release_memory, remove_temps, sync
+from .names import DERIVED_DIR, INDEX_DIR, LOCK_FILE, LOG_FILE, META_FILE, PAYLOAD_DIR, REGISTRY_DIR, SNAPSHOT_DIR
+from .projections import Fold, Output
+from .recovery import (
+    LocalSource,
+    anchor,
+    copy_file,
+    fold_lines,
+    release_memory,
+    remove_temps,
+    stale_checkpoint_staging,
+    sync,
+)
 from .results import RebuildResult, ReplayResult, VerifyReport
 
 
@@ -99,7 +108,9 @@ def replay(directory: Path, seq: int, out: Path) -> ReplayResult:
     fold, lines = done.fold, done.lines
     fileops().mkdir(out)
     with (directory / LOG_FILE).open("rb") as fh:
-        prefix = fh.read(done.scan.size)
+        prefix = fh.read(done.scan.size - done.scan.unterminated)
+    if done.scan.unterminated:  # the replayed log holds the line whole, with its newline
+        prefix += b"\n"
     write_atomic(out / LOG_FILE, prefix, point="replay_log")
     for line in lines:
         if line.record.payload is not None:
@@ -145,33 +156,54 @@ def _rebuild(directory: Path, name: str) -> RebuildResult:
 
 def verify(directory: Path, name: str, *, fix: bool = False) -> VerifyReport:
     """Check the hash chain, every payload digest, each base event's fingerprint, and that the files the
-    fold of the whole log encodes to equal the stored ones byte for byte.
+    fold of the whole log encodes to equal the stored ones byte for byte; report files nobody expects.
 
-    Reports only, unless `fix`: then, when the log itself checks out and only projection files differ, the
-    files are rebuilt from the log under the dataset lock, checked again, and the report lists what was
+    The check runs without the lock (writers go on). When it finds a file that differs, it runs again
+    under the dataset lock, so a write in flight is never reported as corruption; that pass also tells a
+    projection that is only behind the log (it equals the replay of the prefix it names: the next command
+    catches it up) and a stale cache (written by another pyarrow or projector version) from a file that
+    differs. Reports only, unless `fix`: then, when the log itself checks out, the projection files are
+    rebuilt from the log (and unexpected files removed), checked again, and the report lists what was
     rewritten or removed. A damaged log is never "fixed": it is reported, as without `fix`."""
     if not fix:
-        return _verify(directory, name)
-    with locked(directory / LOCK_FILE):
-        found = _verify(directory, name)
+        found = _verify(directory, name, pinned=False)
         if found.ok or not found.log_ok:
             return found
-        _rebuild(directory, name)
-        again = _verify(directory, name)
+    try:
+        with locked(directory / LOCK_FILE):
+            found = _verify(directory, name, pinned=True)
+            if not fix or found.ok or not found.log_ok:
+                return found
+            remove_temps(directory)
+            for rel in found.unexpected:
+                if (directory / rel).is_file():
+                    fileops().unlink(directory / rel)
+            _rebuild(directory, name)
+            again = _verify(directory, name, pinned=True)
+    except PermissionError:  # a read-only dataset: what the lock-free pass saw, said as such
+        if fix:
+            raise
+        unsure = _verify(directory, name, pinned=False)
+        note = "the dataset lock could not be taken (read-only?): a write in flight may show as a difference"
+        return msgspec.structs.replace(unsure, notes=[*unsure.notes, note])
     return msgspec.structs.replace(again, repaired=found.differing)
 
 
-def _verify(directory: Path, name: str) -> VerifyReport:
+def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
+    """One verification pass; `pinned`: no writer runs (the lock is held), so a difference is real and
+    a projection behind the log is told apart from one that differs."""
     problems: list[str] = []
     notes: list[str] = []
     scan = Scan()
     fold = Fold(LocalSource(directory, trust_files=False))
     payloads = 0
+    named: set[str] = set()  # the payload files the log names
     try:
         for line in iter_lines(directory / LOG_FILE, scan=scan):
             record = line.record
             if record.payload is not None:
                 payloads += 1  # read and digest-checked by the fold below (every payload event is folded)
+                named.add(record.payload.file)
             fold_lines(fold, [line], directory)
             base = fold.base
             if (
@@ -187,11 +219,16 @@ def _verify(directory: Path, name: str) -> VerifyReport:
         problems.append(str(exc))
     files: list[str] = []
     differing: list[str] = []
+    behind: list[str] = []
+    stale: list[str] = []
+    unexpected: list[str] = []
     log_ok = not problems
     if log_ok:
-        if scan.torn_bytes:
+        if scan.unterminated:
+            notes.append(f"the last line (seq {scan.seq}) lost its newline (the next write restores it)")
+        elif scan.torn_bytes:
             notes.append(f"torn tail of {scan.torn_bytes} byte(s) after seq {scan.seq} (quarantined by the next write)")
-        found: dict[str, str] = {}
+        found: dict[str, Output] = {}
         for member in fold.by_size():  # one expected file's bytes in memory at a time
             for rel, out in member.outputs().items():
                 release_memory()
@@ -199,15 +236,20 @@ def _verify(directory: Path, name: str) -> VerifyReport:
                 if expected is None:  # the projection writes no such file
                     continue
                 files.append(rel)
-                problem = _compare(directory / rel, rel, expected, scan.seq)
-                if problem is not None:
-                    found[rel] = problem
+                if not _same(directory / rel, expected):
+                    found[rel] = out
             member.release()
         files.sort(key=list(fold.outputs()).index)
-        strays = list(fold.stray(directory))
-        differing = [rel for rel in files if rel in found] + strays
-        problems.extend(found[rel] for rel in files if rel in found)
-        problems.extend(f"{rel} is not produced by the log (stray overlay file)" for rel in strays)
+        for rel in [rel for rel in files if rel in found]:
+            differing.append(rel)
+            kind, text = _difference(directory, rel, found[rel], scan, pinned=pinned)
+            (notes if kind == "behind" else problems).append(text)
+            {"behind": behind, "stale": stale}.get(kind, []).append(rel)
+        unexpected, leftovers = _unexpected(directory, set(fold.outputs()), named)
+        differing.extend(unexpected)
+        for rel in unexpected:  # a crash's temp files are noted (the next write removes them); others fail
+            (notes if _is_leftover(rel) else problems).append(_unexpected_problem(rel))
+        notes.extend(leftovers)
     return VerifyReport(
         dataset=name,
         ok=not problems,
@@ -220,17 +262,79 @@ def _verify(directory: Path, name: str) -> VerifyReport:
         notes=notes,
         log_ok=log_ok,
         differing=differing,
+        behind=behind,
+        stale=stale,
+        unexpected=unexpected,
     )
 
 
-def _compare(path: Path, rel: str, expected: bytes | memoryview | list[bytes | memoryview], seq: int) -> str | None:
+def _difference(directory: Path, rel: str, out: Output, scan: Scan, *, pinned: bool) -> tuple[str, str]:
+    """Why the stored file at `rel` is not what the fold of the whole log encodes to: (kind, message),
+    kind one of missing, stale, behind, differs."""
+    path = directory / rel
     if not path.exists():
-        return f"{rel} is missing (run `usr rebuild`)"
-    if not same_bytes(path, expected):
-        stored = read_watermark(path) if rel.endswith(".parquet") else None
-        where = f"stored watermark seq {stored.seq}" if stored else "content differs"
-        return f"{rel} differs from replay of seq 1..{seq} ({where})"
-    return None
+        return "missing", f"{rel} is missing (run `usr rebuild`)"
+    other = foreign_writer(path)
+    if other is not None:
+        return "stale", (
+            f"{rel} is a stale cache written by {other}, not by this usr_es and pyarrow: not corruption; "
+            "the next write (or `usr rebuild`) re-encodes it"
+        )
+    stored = out.stamp(path)
+    if pinned and stored is not None and stored.seq < scan.seq and anchor(directory / LOG_FILE, stored) is not None:
+        done = replayed(directory, until_seq=stored.seq)
+        then = done.fold.outputs().get(rel)
+        encoded = then.encode() if then is not None and then.mark == stored else None
+        if encoded is not None and _same(path, encoded):
+            return "behind", (
+                f"{rel} is behind the log: it reflects seq {stored.seq} of {scan.seq} and equals the replay of "
+                f"seq 1..{stored.seq} (the next command catches it up)"
+            )
+    where = f"stored watermark seq {stored.seq}" if stored is not None else "content differs"
+    return "differs", f"{rel} differs from replay of seq 1..{scan.seq} ({where})"
+
+
+#: Folders only usr_es writes into: every file there is a projection, a payload, a frozen registry or a
+#: checkpoint (the dataset folder itself may hold the user's own files; only temp files count there).
+_OWNED = (DERIVED_DIR, INDEX_DIR)
+
+
+def _unexpected(directory: Path, outputs: set[str], named: set[str]) -> tuple[list[str], list[str]]:
+    """Files in the dataset no projection produces and no event names, and notes on harmless leftovers."""
+    found: list[str] = []
+    for folder in (directory, directory / PAYLOAD_DIR, directory / REGISTRY_DIR, directory / SNAPSHOT_DIR):
+        if folder.is_dir():
+            found.extend(str(p.relative_to(directory)) for p in sorted(folder.iterdir()) if is_temp(p))
+    found.extend(str(p.relative_to(directory)) for p in stale_checkpoint_staging(directory))
+    for name in _OWNED:
+        if (directory / name).is_dir():
+            for path in sorted((directory / name).rglob("*")):
+                rel = str(path.relative_to(directory))
+                if path.is_file() and rel not in outputs:
+                    found.append(rel)
+    notes: list[str] = []
+    if (directory / PAYLOAD_DIR).is_dir():
+        orphans = [p for p in (directory / PAYLOAD_DIR).iterdir() if p.is_file() and not is_temp(p)]
+        orphans = [p for p in orphans if f"{PAYLOAD_DIR}/{p.name}" not in named]
+        if orphans:
+            notes.append(f"{len(orphans)} payload file(s) no event names (left by writes that did not commit)")
+    return found, notes
+
+
+def _is_leftover(rel: str) -> bool:
+    return Path(rel).name.startswith(".tmp-")
+
+
+def _unexpected_problem(rel: str) -> str:
+    if _is_leftover(rel):
+        return f"{rel} was left by a crashed writer (the next write removes it)"
+    if rel.endswith(".parquet") and rel.startswith(DERIVED_DIR):
+        return f"{rel} is not produced by the log (stray overlay file)"
+    return f"{rel} is not produced by the log (unexpected file)"
+
+
+def _same(path: Path, expected: bytes | memoryview | list[bytes | memoryview]) -> bool:
+    return path.exists() and same_bytes(path, expected)
 
 
 def same_bytes(path: Path, data: bytes | memoryview | list[bytes | memoryview]) -> bool:

@@ -105,8 +105,11 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     """`ok` is false on any mismatch; `problems` names the first bad line or differing file. `log_ok` is
     true when the chain, every payload digest and every fingerprint check out (only projection files
     differ, if anything: `usr verify --fix` / `verify(fix=True)` can then rewrite them). `differing` names the
-    projection files that differ from replay (or are strays); `repaired` lists the files a fix rewrote or
-    removed."""
+    files that differ from replay, are missing or are not expected; of them, `behind` names projections
+    that only lag the log (equal to the replay of the prefix they name: the next command catches them up,
+    and they are not problems), `stale` caches written by another pyarrow or projector version (problems
+    of their own kind: `usr verify` exits 8 when they are all there is), and `unexpected` files nothing
+    produces (stray parts, crash leftovers). `repaired` lists the files a fix rewrote or removed."""
 
     dataset: str
     ok: bool
@@ -119,7 +122,15 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     notes: list[str] = []
     log_ok: bool = True
     differing: list[str] = []
+    behind: list[str] = []
+    stale: list[str] = []
+    unexpected: list[str] = []
     repaired: list[str] = []
+
+    @property
+    def only_stale(self) -> bool:
+        """Every problem is a stale cache (another pyarrow or projector version wrote it)."""
+        return bool(self.stale) and len(self.problems) == len(self.stale)
 
     @property
     def verdict(self) -> str:

@@ -126,17 +126,22 @@ def verify(
 ) -> None:
     """Check the hash chain, every payload digest, and that replay equals the stored files.
 
-    Exits 6 on any mismatch, naming the first bad line or differing file. Reports only, unless --fix.
+    Exits 6 on any mismatch, naming the first bad line or differing file; 8 when the only differences
+    are stale caches (files another pyarrow or usr_es version wrote: the next write re-encodes them).
+    A projection that only lags the log is noted, not a failure. Reports only, unless --fix.
 
     Example: usr verify densegen/demo
     """
-    from ..errors import EXIT_INTEGRITY
+    from ..errors import EXIT_INTEGRITY, EXIT_STALE
 
     report = existing_dataset(dataset).verify(fix=fix)
     if output_format(fmt) is Format.json:
         emit_object(report, fmt)
     else:
         typer.echo(report.verdict)
+    if report.only_stale:
+        typer.echo("hint: reads keep working; the next write, `usr rebuild` or `usr verify --fix` re-encodes", err=True)
+        raise typer.Exit(EXIT_STALE)
     if not report.ok:
         if not report.log_ok:
             typer.echo("hint: the log itself fails its checks; no rebuild can mend that", err=True)
