@@ -560,3 +560,19 @@ def test_cast_column_many_chunks_keep_row_order() -> None:
     chunks = [pa.array([f"[{c}, {i}]" for i in range(50)]) for c in range(20)]
     result = cast_column(pa.chunked_array(chunks), "mock__c", pa.list_(pa.int64()), parse_json=True)
     assert result.to_pylist() == [[c, i] for c in range(20) for i in range(50)]
+
+
+def test_read_attachment_refuses_deep_json_lines_and_text_that_is_not_utf8(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"id":"x","c":' + "[" * 20_000 + "]" * 20_000 + "}\n")
+    with pytest.raises(InvalidInput, match="line 1 nests JSON deeper than"):
+        read_attachment(deep)
+    header = tmp_path / "bad.csv"
+    header.write_bytes(b"id,sc\xffore\nx,1\n")
+    with pytest.raises(InvalidInput, match="its header holds byte 0xff"):
+        read_attachment(header)
+
+
+def test_a_json_cell_nested_too_deep_is_a_schema_error_naming_the_row() -> None:
+    with pytest.raises(SchemaError, match="row 2: JSON nested deeper than"):
+        _cast(["[1]", "[" * 5_000 + "]" * 5_000], "list<float64>")

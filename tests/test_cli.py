@@ -297,3 +297,50 @@ def test_the_usr_process_allocates_with_jemalloc_unless_a_pool_is_named(preset: 
     )
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert done.stderr.strip().splitlines()[-1] == expected
+
+
+# -- usage errors and odd ids: one `error:` line and a hint, never the parser's own format ---------------
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from usr_es.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["init", "-abc"], "'-abc' is not an option; if it is meant as a dataset id"),
+        (["import", "-abc", "--from", "csv", "--path", "x.csv"], "'-abc' is not an option"),
+        (["head", "demo/ds", "-n", "abc"], "Run `usr head --help`"),
+        (["nosuch"], "Run `usr --help`"),
+        (["init"], "Run `usr init --help`"),
+    ],
+)
+def test_usage_errors_are_one_error_line_and_a_hint(
+    cli_root: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    code, _, err = run_main(capsys, "--root", str(cli_root), *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2
+    assert lines[0].startswith("error: ") and lines[1].startswith("hint: ") and says in lines[1]
+
+
+def test_an_over_long_dataset_id_is_a_clean_usage_error(cli_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for command, *rest in (["init"], ["import", "--from", "csv", "--path", "x.csv"]):
+        code, _, err = run_main(capsys, "--root", str(cli_root), command, "demo/" + "a" * 300, *rest)
+        assert code == 2 and "is 300 characters; the limit is 128" in err
+
+
+def test_export_with_a_default_file_name_too_long_for_the_file_system_asks_for_out(
+    cli_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    longest = "a" * 128
+    usr(cli_root, "init", f"{longest}/{longest}")
+    code, _, err = run_main(
+        capsys, "--root", str(cli_root), "export", f"{longest}/{longest}", "--fmt", "csv", "--out", str(tmp_path)
+    )
+    assert code == 2 and "too long" in err and "--out" in err

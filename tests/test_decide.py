@@ -1,4 +1,4 @@
-"""The pure decider: import validation, duplicate handling and secret redaction."""
+"""The pure decider: import validation and duplicate handling."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from usr_es.alphabet import ALPHABETS
 from usr_es.commands import ImportSequences, InitDataset
-from usr_es.decide import REDACTED, DatasetState, Decision, Rows, decide, redact
+from usr_es.decide import DatasetState, Decision, Rows, decide
 from usr_es.errors import (
     AlphabetError,
     DatasetExists,
@@ -225,38 +225,3 @@ def test_decide_import_event_carries_source_and_time() -> None:
     decision = import_rows(["ACGT"], path="/in/a.csv", fmt="csv", source="lab")
     assert isinstance(decision.only.event, SequencesImported) and decision.only.event.source == "lab"
     assert decision.only.action == "import_rows"
-
-
-def test_redact_hides_secret_keys_recursively() -> None:
-    value = {
-        "token": "t0p",
-        "path": "/data/in.csv",
-        "nested": {"client_secret": "s3cr3t", "keep": 1, "deeper": [{"Password": "p"}]},
-        "API-KEY": "k",
-    }
-    assert redact(value) == {
-        "token": REDACTED,
-        "path": "/data/in.csv",
-        "nested": {"client_secret": REDACTED, "keep": 1, "deeper": [{"Password": REDACTED}]},
-        "API-KEY": REDACTED,
-    }
-
-
-def test_redact_hides_secret_argv_values() -> None:
-    argv = ["usr", "import", "--token", "abc123", "--api-key=xyz", "--path", "in.csv", "--webhook-url", "http://h"]
-    assert redact(argv) == [
-        "usr",
-        "import",
-        "--token",
-        REDACTED,
-        f"--api-key={REDACTED}",
-        "--path",
-        "in.csv",
-        "--webhook-url",
-        REDACTED,
-    ]
-
-
-def test_redact_leaves_plain_values_alone() -> None:
-    value = {"source": "lab", "n": 3, "items": ["a", "--verbose", "b"], "none": None}
-    assert redact(value) == value

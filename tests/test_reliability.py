@@ -25,7 +25,7 @@ import pytest
 
 from usr_es import CommitError, CorruptLog, Dataset, IntegrityError, UsrError
 from usr_es.cli import main
-from usr_es.errors import ReadError
+from usr_es.errors import Interrupted, ReadError
 from usr_es.fileio import FileOps, use_fileops
 from usr_es.log import read_lines
 from usr_es.names import LOG_FILE, QUARANTINE_FILE
@@ -392,6 +392,93 @@ def test_reads_and_verify_while_a_writer_replaces_the_files_never_fail(tmp_path:
     assert reader.verify().ok
 
 
+class InterruptAt(FileOps):
+    """Raise KeyboardInterrupt (what Ctrl-C raises) at a named point of a write."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def point(self, name: str) -> None:
+        if name == self.name:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("point", "state"),
+    [
+        ("after_payload", "NOT_COMMITTED"),
+        ("after_write:log", "INDETERMINATE"),
+        ("after_append", "COMMITTED"),
+        ("before_rename:records.parquet", "COMMITTED"),
+    ],
+)
+def test_ctrl_c_during_a_write_says_whether_it_was_committed(tmp_path: Path, point: str, state: str) -> None:
+    _, ds = _make_dataset(tmp_path)
+    ds.add_sequences(_seqs("seed"))
+    with use_fileops(InterruptAt(point)), pytest.raises(Interrupted) as caught:
+        ds.add_sequences(_seqs("interrupted"), command_id="interrupted")
+    assert caught.value.state == state and caught.value.exit_code == 130
+    logged, head, _ = _logged(ds)
+    assert ("interrupted" in logged) is (state != "NOT_COMMITTED")
+    if state == "COMMITTED":
+        assert f"event seq {head} was committed" in str(caught.value)
+    report = ds.verify()  # a lagging projection is behind, not corrupt
+    assert report.ok, report.problems
+    assert ds.info().rows == ROWS_PER_IMPORT * (1 + ("interrupted" in logged))
+    assert ds.verify().behind == []  # the read caught the projections up
+
+
+@pytest.mark.crash
+def test_sigint_to_a_real_import_reports_the_commit_state_it_left(tmp_path: Path) -> None:
+    root = _make_root(tmp_path)
+    rng = random.Random(_seed())
+    rows = "sequence\n" + "\n".join("".join(rng.choice("ACGT") for _ in range(40)) for _ in range(150_000)) + "\n"
+    (tmp_path / "in.csv").write_text(rows)
+
+    def start(name: str) -> tuple[Dataset, subprocess.Popen[str]]:
+        ds = Dataset.open(root, name)  # a new dataset each time: every import costs the same
+        ds.init()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "usr_es", "--root", str(root), "import", name, "--from", "csv",
+             "--path", str(tmp_path / "in.csv"), "--command-id", "sigint"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_writer_env(),
+        )  # fmt: skip
+        return ds, proc
+
+    took = 60.0
+    for warm in range(2):  # the second run is warm, like the interrupted ones
+        began = time.monotonic()
+        _, timing = start(f"demo/timing{warm}")
+        assert timing.communicate(timeout=60) and timing.returncode == 0
+        took = min(took, time.monotonic() - began)  # late fractions land in decide, stage, append, publish
+    outcomes: Counter[str] = Counter()
+    for attempt, fraction in enumerate((0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1)):
+        ds, proc = start(f"demo/sig{attempt}")
+        before = ds.log_path.read_bytes()
+        time.sleep(took * fraction)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        logged, head, _ = _logged(ds)
+        if proc.returncode == 0:
+            outcomes["finished"] += 1
+            assert logged.get("sigint") == 2
+            continue
+        assert proc.returncode == 130 and stderr.startswith("error: "), (proc.returncode, stdout, stderr, logged)
+        state = next((s for s in ("NOT_COMMITTED", "INDETERMINATE", "COMMITTED") if f"[{s}]" in stderr), "?")
+        outcomes[state] += 1
+        assert state != "?", stderr
+        if state == "NOT_COMMITTED":
+            assert ds.log_path.read_bytes() == before
+        if state == "COMMITTED":
+            assert logged["sigint"] == head == 2 and "seq 2 was committed" in stderr
+        report = ds.verify()
+        assert report.ok, report.problems
+        assert ds.info().rows == (150_000 if "sigint" in logged else 0)
+        assert ds.verify().ok and ds.verify().behind == []
+    print(f"sigint outcomes: {dict(outcomes)} (an import took {took:.2f} s)")
+
+
 # == reliability.md §5 A.9 ★ test_fsync_error_is_fatal_and_never_reported_as_success and
 #    A.10 ★ test_io_error_injection_loop (fail the k-th write/fsync through the FileOps seam) ==
 class FaultyFileOps(FileOps):
@@ -631,8 +718,14 @@ def test_linked_event_log_is_refused(tmp_path: Path, link: str) -> None:
     else:
         os.link(outside, ds.log_path)
     digest = hashlib.sha256(outside.read_bytes()).hexdigest()
-    with pytest.raises(IntegrityError, match="symlink" if link == "symlink" else "one link"):
+    refusal = "symlink" if link == "symlink" else "one link"
+    with pytest.raises(IntegrityError, match=refusal):
         ds.add_sequences(_seqs("via-link"))
+    for read in (ds.info, lambda: ds.head(1), ds.log.events):  # readers refuse it too
+        with pytest.raises(IntegrityError, match=refusal):
+            read()
+    report = ds.verify()
+    assert not report.ok and refusal in report.problems[0]
     assert hashlib.sha256(outside.read_bytes()).hexdigest() == digest
 
 

@@ -20,6 +20,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from .errors import InvalidInput, NamespaceError, NotFound, SchemaError
+from .inputs import MAX_JSON_DEPTH, check_json_depth, json_depth, not_utf8, valid_text
 from .names import ESSENTIAL_COLUMNS
 from .registry import format_type
 
@@ -60,6 +61,8 @@ def read_attachment(path: Path) -> pa.Table:
             table = pq.read_table(path)
         else:
             table = _read_jsonl(path)
+    except UnicodeDecodeError as exc:  # a CSV header: pyarrow decodes column names as UTF-8
+        raise not_utf8(path, "its header", exc) from None
     except (pa.ArrowException, OSError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidInput(
@@ -84,7 +87,8 @@ def _read_csv(path: Path) -> pa.Table:
 
 
 def _read_jsonl(path: Path) -> pa.Table:
-    table = pjson.read_json(path)
+    check_json_depth(path)
+    table = valid_text(pjson.read_json(path), path)
     # pyarrow.json turns ISO-8601-looking strings into timestamp[s]; keep them as the text they are.
     schema = pa.schema([field.with_type(_timestamps_as_text(field.type)) for field in table.schema])
     if schema.equals(table.schema):
@@ -359,8 +363,8 @@ def _numeric_lists_fast(column: pa.ChunkedArray, dtype: pa.DataType) -> pa.Chunk
         chunks: list[pa.Array] = []
         for batch in _line_batches(column):
             data = _value_bytes(batch)
-            if not _plain_json_numbers(data):
-                return None
+            if not _plain_json_numbers(data) or _most_opening(batch) > MAX_JSON_DEPTH:
+                return None  # the slow path names the cell
             longest = pc.max(pc.binary_length(batch)).as_py() or 0
             read_options = pjson.ReadOptions(block_size=max(1 << 20, 2 * longest))
             table = pjson.read_json(pa.BufferReader(data), read_options=read_options, parse_options=parse_options)
@@ -409,6 +413,12 @@ def _value_bytes(array: pa.Array) -> pa.Buffer:
     return pa.py_buffer(b"") if data is None else data.slice(start, end - start)
 
 
+def _most_opening(cells: pa.Array) -> int:
+    """The most opening brackets in one cell (a bound on its JSON nesting)."""
+    opening = pc.add(pc.count_substring(cells, "["), pc.count_substring(cells, "{"))
+    return int(pc.max(opening).as_py() or 0)
+
+
 def _plain_json_numbers(data: pa.Buffer) -> bool:
     """False when the text holds a non-finite spelling Arrow reads but JSON (even Python's) does not."""
     view = pa.StringArray.from_buffers(1, pa.array([0, data.size], pa.int32()).buffers()[1], data)
@@ -427,6 +437,8 @@ def _json_cells(column: pa.ChunkedArray, name: str, dtype: pa.DataType) -> pa.Ch
         if text is None:
             values.append(None)
             continue
+        if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text.encode()) > MAX_JSON_DEPTH:
+            raise SchemaError(f"Column '{name}' row {row + 1}: JSON nested deeper than {MAX_JSON_DEPTH} levels.")
         try:
             value = decoder.decode(text)
         except msgspec.DecodeError:

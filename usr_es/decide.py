@@ -55,14 +55,10 @@ from .events import (
 )
 from .names import QC_STATUSES, RESERVED_NAMESPACES, SPLITS, STATE_FIELDS, TOMBSTONE_NS
 from .projectors import PAYLOAD_SCHEMA
+from .redaction import redact
 from .registry import NAMESPACE_RE, Registry, format_type
 
 _SAMPLE = 5
-_SECRET_MARKERS = (
-    "secret", "token", "password", "passwd", "api_key", "apikey", "webhook", "auth",
-    "credential", "bearer", "cookie", "session",
-)  # fmt: skip
-REDACTED = "***REDACTED***"
 
 
 class NoChange(Exception):
@@ -117,7 +113,7 @@ class Emit:
 
     @property
     def redacted_args(self) -> dict[str, Any]:
-        """`args` as written to the log: secret-looking keys redacted."""
+        """`args` as written to the log: secrets redacted (`redaction.redact`)."""
         redacted: dict[str, Any] = redact(self.args)
         return redacted
 
@@ -148,37 +144,6 @@ class Decision:
         if len(self.emits) != 1:
             raise ValueError(f"the decision emits {len(self.emits)} events")
         return self.emits[0]
-
-
-def _is_secret(key: str) -> bool:
-    lowered = key.lower().replace("-", "_")
-    return any(marker in lowered for marker in _SECRET_MARKERS)
-
-
-def redact(value: Any) -> Any:
-    """Redact secret-looking keys (and `--secret-flag value` argv tokens) recursively."""
-    if isinstance(value, dict):
-        return {k: REDACTED if _is_secret(str(k)) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        out: list[Any] = []
-        hide_next = False
-        for item in value:
-            if hide_next:
-                out.append(REDACTED)
-                hide_next = False
-                continue
-            if isinstance(item, str) and item.startswith("--"):
-                flag, eq, _ = item.partition("=")
-                if _is_secret(flag[2:]):
-                    if eq:
-                        out.append(f"{flag}={REDACTED}")
-                    else:
-                        out.append(item)
-                        hide_next = True
-                    continue
-            out.append(redact(item))
-        return out
-    return value
 
 
 def decide(

@@ -122,6 +122,16 @@ class ReadError(UsrError):
     exit_code = EXIT_IO
 
 
+class Interrupted(UsrError):
+    """Ctrl-C during a write; `state` says whether the event is in the log (like `CommitError`)."""
+
+    exit_code = EXIT_ABORT
+
+    def __init__(self, message: str, *, state: str, hint: str | None = None) -> None:
+        super().__init__(f"{message} [{state}]", hint=hint)
+        self.state = state
+
+
 class UserAbort(UsrError):
     """The user declined a confirmation prompt."""
 

@@ -66,6 +66,12 @@ def export_target(out: Path | str, dataset_name: str, fmt: str, *, dataset_dir: 
     out = Path(out)
     if out.is_dir():
         target = out / f"{dataset_name.replace('/', '_')}.{fmt}"
+        limit = _name_max(out)
+        if len(os.fsencode(target.name)) + len(b".export-tmp-") + 20 > limit:  # with the temp file's prefix
+            raise InvalidInput(
+                f"the default export file name for {dataset_name} is too long for {out} ({limit} bytes at most)",
+                hint="pass a file path to --out (e.g. --out export.csv)",
+            )
         if target.is_dir():
             raise InvalidInput(f"export target {target} is a directory", hint="pass a file path to --out")
         _refuse_dataset_file(target, dataset_dir)
@@ -341,3 +347,11 @@ def export_dataset(
     schema, batches, metadata = scan_with_schema(ds, columns=columns, include_deleted=include_deleted)
     metadata["usr:dataset"] = ds.name
     return write_export(prefetched(batches), schema, fmt, target, metadata=metadata, progress=progress, dataset=ds.name)
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name the file system holding `folder` accepts (255 where it cannot be asked)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255

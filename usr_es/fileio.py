@@ -172,10 +172,10 @@ def atomic_file(
             ops.unlink(tmp)
         raise
     ops.close(fd)
-    ops.point(f"before_rename:{point}")
     try:
+        ops.point(f"before_rename:{point}")
         ops.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # an error or Ctrl-C (a crash point's os._exit leaves the temp for clean-up)
         with contextlib.suppress(OSError):
             ops.unlink(tmp)
         raise

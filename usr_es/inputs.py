@@ -8,6 +8,7 @@ the header text is not part of the USR base schema and is not stored (see README
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,94 @@ def read_import_file(path: Path, fmt: str) -> pa.Table:
         if fmt == "csv":
             return _read_csv(path)
         if fmt == "jsonl":
-            table = pjson.read_json(path)
+            check_json_depth(path)
+            table = valid_text(pjson.read_json(path), path)
             return _select(table)
         if fmt == "parquet":
             names = pq.read_schema(path).names
             return _select(pq.read_table(path, columns=[c for c in IMPORT_COLUMNS if c in names]))
         return read_fasta(path)
+    except UnicodeDecodeError as exc:  # a CSV header: pyarrow decodes column names as UTF-8
+        raise not_utf8(path, "its header", exc) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise InvalidInput(f"Cannot read {path} as {fmt}: {exc}") from exc
+
+
+#: The deepest JSON nesting accepted in input files and cells (pyarrow's JSON reader recurses per level:
+#: some 20,000 levels overflow the stack). Real records nest a handful of levels.
+MAX_JSON_DEPTH = 64
+_NOT_OPENING = bytes(b for b in range(256) if b not in b"[{\n")
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]')
+
+
+def json_depth(line: bytes) -> int:
+    """The deepest nesting of brackets in one JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.finditer(line):
+        first = token.group()[:1]
+        if first in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif first in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def too_deep(data: bytes) -> int | None:
+    """The 0-based index of the first line of `data` nested deeper than `MAX_JSON_DEPTH`, else None.
+    Only lines holding more opening brackets than that are looked at closely (a C-speed filter first)."""
+    counts = data.translate(None, _NOT_OPENING).split(b"\n")
+    if max(map(len, counts), default=0) <= MAX_JSON_DEPTH:
+        return None
+    lines = data.split(b"\n")
+    for index, opening in enumerate(counts):
+        if len(opening) > MAX_JSON_DEPTH and json_depth(lines[index]) > MAX_JSON_DEPTH:
+            return index
+    return None
+
+
+def check_json_depth(path: Path, *, chunk: int = 16 << 20) -> None:
+    """Refuse a JSON-lines file with a line nested deeper than `MAX_JSON_DEPTH`, before pyarrow parses it."""
+    lines_before = 0
+    carry = b""
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            data = carry + block
+            cut = data.rfind(b"\n") + 1
+            whole, carry = (data[:cut], data[cut:]) if cut else (b"", data)
+            _refuse_deep(path, whole, lines_before)
+            lines_before += whole.count(b"\n")
+    _refuse_deep(path, carry, lines_before)
+
+
+def _refuse_deep(path: Path, data: bytes, lines_before: int) -> None:
+    line = too_deep(data)
+    if line is not None:
+        raise InvalidInput(
+            f"{path}: line {lines_before + line + 1} nests JSON deeper than {MAX_JSON_DEPTH} levels.",
+            hint="Flatten the value; records nest a few levels at most.",
+        )
+
+
+def not_utf8(path: Path, where: str, exc: UnicodeDecodeError) -> InvalidInput:
+    """The error for input that is not UTF-8 text, naming the file, where, and the first bad byte."""
+    return InvalidInput(
+        f"{path} is not UTF-8 text: {where} holds byte 0x{exc.object[exc.start]:02x}.",
+        hint="Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+    )
+
+
+def valid_text(table: pa.Table, path: Path) -> pa.Table:
+    """`table` as read by pyarrow's JSON reader, which passes invalid UTF-8 through into string columns:
+    refused here, before it reaches a payload."""
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        raise InvalidInput(
+            f"{path} is not UTF-8 text: {str(exc).strip().splitlines()[0]}.",
+            hint="Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+        ) from None
+    return table
 
 
 def _read_csv(path: Path) -> pa.Table:
@@ -70,9 +151,12 @@ def read_fasta(path: Path) -> pa.Table:
     """Read a FASTA file: one row per `>` record, sequence lines joined, header dropped."""
     sequences: list[str] = []
     current: list[str] | None = None
-    with path.open("r", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            text = line.strip()
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise not_utf8(path, f"line {number}", exc) from None
             if text.startswith(">"):
                 if current is not None:
                     sequences.append("".join(current))

@@ -12,17 +12,20 @@ writer restores the newline (quarantining the damaged byte, if any) instead of d
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import xxhash
 
-from .errors import CorruptLog, InvalidInput, UnsupportedEvent
+from .errors import CorruptLog, IntegrityError, InvalidInput, UnsupportedEvent
 from .events import EVENT_VERSION, GENESIS_HASH, LogRecord, record_decoder, record_encoder
 from .fileio import FILE_MODE, fileops
 from .names import QUARANTINE_FILE
@@ -32,6 +35,25 @@ _HASH_KEY = b'"hash":"'
 _SUFFIX = len(_HASH_KEY) + 32 + 2  # "hash":"<32 hex>"}
 _PREV = len(b'"prev":"') + 32 + 2  # "prev":"<32 hex>",
 _CHUNK = 8 << 20
+
+
+def open_log(path: Path) -> BinaryIO:
+    """Open the log for reading -- never through a symlink, and only when it is a regular file with one
+    link (ADR 0006): a linked log could be a file outside the dataset, or change under another name."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntegrityError(f"{path} is a symlink; refusing to read through it") from exc
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise IntegrityError(
+            f"{path} is not a regular file with one link; refusing to read it",
+            hint="Copy the dataset folder instead of linking its log (`cp -a`, not `ln` or `cp -l`).",
+        )
+    return os.fdopen(fd, "rb")
 
 
 def encode_line(record: LogRecord) -> tuple[bytes, str]:
@@ -162,7 +184,7 @@ def iter_lines(
     state.seq, state.hash, state.size = start_seq, start_hash, start_offset
     if not path.exists():
         return
-    with path.open("rb") as fh:
+    with open_log(path) as fh:
         fh.seek(start_offset)
         offset = start_offset
         pending = b""
@@ -230,7 +252,7 @@ def check_prefix(path: Path, *, end_offset: int, lines: int, last_hash: str) -> 
     prev = GENESIS_HASH
     number = 0
     offset = 0
-    with path.open("rb") as fh:
+    with open_log(path) as fh:
         pending = b""
         while offset + len(pending) < end_offset:
             chunk = fh.read(min(_CHUNK, end_offset - offset - len(pending)))
@@ -268,7 +290,7 @@ def raw_lines(path: Path, *, start_offset: int = 0) -> Iterator[tuple[int, bytes
     """Yield (offset, bytes) of every complete line from `start_offset`, unverified (forensics)."""
     if not path.exists():
         return
-    with path.open("rb") as fh:
+    with open_log(path) as fh:
         fh.seek(start_offset)
         offset = start_offset
         for data in fh:
@@ -282,7 +304,7 @@ def read_line_at(path: Path, offset: int) -> bytes | None:
     """Return the raw line starting at `offset` (without newline), or None."""
     if not path.exists():
         return None
-    with path.open("rb") as fh:
+    with open_log(path) as fh:
         fh.seek(offset)
         data = fh.readline(MAX_LINE_BYTES + 1)
     if data.endswith(b"\n"):
@@ -301,7 +323,7 @@ def read_line_before(path: Path, end: int) -> tuple[int, bytes] | None:
     lower = max(0, end - MAX_LINE_BYTES - 1)  # one extra byte: the newline ending the line before
     chunks: list[bytes] = []  # read backwards, newest first; each searched once, joined once
     pos = end
-    with path.open("rb") as fh:
+    with open_log(path) as fh:
         while pos > lower:
             step = min(64 << 10, pos - lower)
             pos -= step
@@ -323,7 +345,7 @@ def find_command(path: Path, command_id: str) -> LogLine | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
     needle = b'"command_id":' + msgspec.json.encode(command_id) + b","
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with open_log(path) as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if mm.find(needle) < 0:
             return None
     found: LogLine | None = None
@@ -364,7 +386,7 @@ def quarantine_tail(path: Path, scan: Scan) -> int:
     if scan.torn_offset is None:
         return 0
     ops = fileops()
-    with path.open("rb") as fh:
+    with open_log(path) as fh:
         fh.seek(scan.torn_offset)
         fragment = fh.read()
     note = {

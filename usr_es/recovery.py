@@ -260,8 +260,12 @@ def fresh(directory: Path) -> tuple[Watermark | None, Scan, int]:
             if any(m.watches(event) and mark is not None and line.seq > mark.seq for m, mark in marks):
                 lagging = True
                 break
-        if not lagging:
-            return next((mark for m, mark in marks if isinstance(m, BaseFile)), None), scan, 0
+        base_mark = next((mark for m, mark in marks if isinstance(m, BaseFile)), None)
+        # A projection that follows others (the id index) lags when its stored stamp is another watermark
+        # (an interrupted publish); a missing one may be legitimately absent and is left to the writers.
+        following = [m.stored_mark(directory) for m in fold.members if not m.anchored]
+        if not lagging and all(stamp is None or stamp == base_mark for stamp in following):
+            return base_mark, scan, 0
     with locked(directory / LOCK_FILE):
         tail = catch_up(directory, quarantine=False)
     base = tail.fold.base

@@ -20,7 +20,7 @@ from .codec import foreign_writer
 from .errors import DatasetExists, InvalidInput, NotFound, UsrError
 from .events import BASE_EVENTS
 from .fileio import fileops, is_temp, locked, write_atomic
-from .log import LogLine, Scan, iter_lines
+from .log import LogLine, Scan, iter_lines, open_log
 from .meta import write_meta
 from .names import DERIVED_DIR, INDEX_DIR, LOCK_FILE, LOG_FILE, META_FILE, PAYLOAD_DIR, REGISTRY_DIR, SNAPSHOT_DIR
 from .projections import Fold, Output
@@ -107,7 +107,7 @@ def replay(directory: Path, seq: int, out: Path) -> ReplayResult:
     done = replayed(directory, until_seq=seq)
     fold, lines = done.fold, done.lines
     fileops().mkdir(out)
-    with (directory / LOG_FILE).open("rb") as fh:
+    with open_log(directory / LOG_FILE) as fh:
         prefix = fh.read(done.scan.size - done.scan.unterminated)
     if done.scan.unterminated:  # the replayed log holds the line whole, with its newline
         prefix += b"\n"

@@ -9,7 +9,8 @@ from pathlib import Path
 from .errors import InvalidInput, NotFound
 from .names import LOG_FILE, REGISTRY_FILE
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SEGMENT_MAX = 128
+_SEGMENT = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{_SEGMENT_MAX - 1}}}$")
 _SKIP = {"archived", "_archive"}
 
 
@@ -20,6 +21,12 @@ def validate_id(dataset_id: str) -> str:
     if dataset_id.startswith("/") or dataset_id.startswith("~"):
         raise InvalidInput(f"Dataset id '{dataset_id}' must be relative (use `name` or `ns/name`).")
     parts = dataset_id.split("/")
+    longest = max(parts, key=len)
+    if len(longest) > _SEGMENT_MAX:
+        raise InvalidInput(
+            f"Dataset id segment '{longest[:24]}...' is {len(longest)} characters; the limit is {_SEGMENT_MAX}.",
+            hint="Use a shorter name (ids become folder names).",
+        )
     if len(parts) > 2 or any(not _SEGMENT.match(p) for p in parts):
         raise InvalidInput(
             f"Invalid dataset id '{dataset_id}'.",

@@ -42,7 +42,7 @@ from .commands import (
     TakeSnapshot,
     TombstoneRecords,
 )
-from .errors import CommitError, ConcurrencyError, DatasetExists, InvalidInput, NotFound
+from .errors import CommitError, ConcurrencyError, DatasetExists, Interrupted, InvalidInput, NotFound
 from .events import Actor, DatasetRef, Fingerprint, LogRecord, Materialized, OverlayCompacted, PayloadRef, SnapshotTaken
 from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
@@ -51,6 +51,7 @@ from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE
 from .projections import PENDING, BaseFile, DerivedFiles, Fold, Step
 from .projectors import Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
+from .redaction import clean_command, escaped
 from .registry import Registry, load_registry, parse_registry, registry_path
 from .results import Receipt
 from .storage import encode_payload, freeze_registry, frozen_registry, payload_ref, write_payload
@@ -78,11 +79,28 @@ def utc_now_text(after: str | None = None) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _interrupted(appending: bool, committed: int) -> Interrupted:
+    """What a Ctrl-C during a write means for the log: committed (seq), maybe, or not at all."""
+    if committed:
+        return Interrupted(
+            f"interrupted after event seq {committed} was committed; its projections were not all written",
+            state="COMMITTED",
+            hint="The next command (or `usr rebuild`) catches them up from the log.",
+        )
+    if appending:
+        return Interrupted(
+            "interrupted while the event was being appended",
+            state="INDETERMINATE",
+            hint="Run `usr verify` or `usr events`; a retry with the same --command-id is safe.",
+        )
+    return Interrupted("interrupted before anything was written to the log", state="NOT_COMMITTED")
+
+
 def default_actor() -> Actor:
     pid = os.getpid()
     return Actor(
-        tool=os.environ.get("USR_ACTOR_TOOL") or "usr",
-        run_id=os.environ.get("USR_ACTOR_RUN_ID") or f"usr-pid-{pid}",
+        tool=escaped(os.environ.get("USR_ACTOR_TOOL") or "usr"),
+        run_id=escaped(os.environ.get("USR_ACTOR_RUN_ID") or f"usr-pid-{pid}"),
         host=socket.gethostname(),
         pid=pid,
     )
@@ -116,64 +134,74 @@ class Writer:
 
         if command_id is not None and not _COMMAND_ID.match(command_id):
             raise InvalidInput(f"Invalid command id '{command_id}'.", hint="Use 1-128 of [A-Za-z0-9._:@/+-].")
+        command = clean_command(command)  # free text checked and redacted before anything is written
         self._prepare_folder(command, command_id)
-        with locked(self.directory / LOCK_FILE):
-            remove_temps(self.directory)
-            try:
-                tail = catch_up(
-                    self.directory, quarantine=True, base_columns=self._base_columns(command), cache=self._bases
-                )
-            except OSError as exc:
-                raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
-            release_memory()  # the Parquet reader's scratch buffers
-            if command_id is not None:
-                prior = find_command(self.directory / LOG_FILE, command_id)
-                if prior is not None:
-                    return receipt(prior.record, replayed=True)
-            if expected_seq is not None and expected_seq != tail.scan.seq:
-                raise ConcurrencyError(
-                    f"Stale write: expected seq {expected_seq} but the log is at seq {tail.scan.seq}.",
-                    hint="Re-read the dataset and retry with the current seq.",
-                )
-            registry = self._registry_for_write(tail.scan.registry_hash)
-            now = utc_now_text(tail.scan.last_timestamp)
-            try:
-                decision = self._decide(tail, command, registry, rows, now)
-            except NoChange as nothing:
-                return Receipt(
-                    dataset=self.name,
-                    action="noop",
-                    seq=tail.scan.seq,
-                    event_id="",
-                    command_id=command_id or "",
-                    hash=tail.scan.hash,
-                    timestamp_utc=now,
-                    metrics={},
-                    noop=True,
-                    message=str(nothing),
-                    warnings=list(tail.warnings),
-                )
-            before = tail.fold.outputs()
-            try:
-                records, marks, data = self._stage(tail, registry, command, decision, command_id, now)
-            except OSError as exc:  # payload or frozen registry: the log is untouched
-                raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
-            append_record(self.directory / LOG_FILE, data, expected_size=tail.scan.size)
-            fileops().point("after_append")
-            try:
-                tail.fold.seal({record.seq: record.hash for record in records})
-                publish_changes(before, tail.fold.outputs(), self.directory)
-                fileops().point("after_publish")
-                self._checkpoint(tail.fold, records, marks[-1])
-                for record in records:
-                    append_meta(self.directory, record)
-            except OSError as exc:
-                raise CommitError(
-                    f"event seq {records[-1].seq} is committed, but a projection could not be written: {exc.strerror}",
-                    state="COMMITTED",
-                    hint="The next command (or `usr rebuild`) catches the projection up from the log.",
-                ) from exc
-            return receipt(records[-1], warnings=list(tail.warnings))
+        appending, committed = False, 0  # where a Ctrl-C would leave the log
+        try:
+            with locked(self.directory / LOCK_FILE):
+                remove_temps(self.directory)
+                try:
+                    tail = catch_up(
+                        self.directory, quarantine=True, base_columns=self._base_columns(command), cache=self._bases
+                    )
+                except OSError as exc:
+                    raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+                release_memory()  # the Parquet reader's scratch buffers
+                if command_id is not None:
+                    prior = find_command(self.directory / LOG_FILE, command_id)
+                    if prior is not None:
+                        return receipt(prior.record, replayed=True)
+                if expected_seq is not None and expected_seq != tail.scan.seq:
+                    raise ConcurrencyError(
+                        f"Stale write: expected seq {expected_seq} but the log is at seq {tail.scan.seq}.",
+                        hint="Re-read the dataset and retry with the current seq.",
+                    )
+                registry = self._registry_for_write(tail.scan.registry_hash)
+                now = utc_now_text(tail.scan.last_timestamp)
+                try:
+                    decision = self._decide(tail, command, registry, rows, now)
+                except NoChange as nothing:
+                    return Receipt(
+                        dataset=self.name,
+                        action="noop",
+                        seq=tail.scan.seq,
+                        event_id="",
+                        command_id=command_id or "",
+                        hash=tail.scan.hash,
+                        timestamp_utc=now,
+                        metrics={},
+                        noop=True,
+                        message=str(nothing),
+                        warnings=list(tail.warnings),
+                    )
+                before = tail.fold.outputs()
+                try:
+                    records, marks, data = self._stage(tail, registry, command, decision, command_id, now)
+                except OSError as exc:  # payload or frozen registry: the log is untouched
+                    raise CommitError(
+                        f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED"
+                    ) from exc
+                appending = True
+                append_record(self.directory / LOG_FILE, data, expected_size=tail.scan.size)
+                appending, committed = False, records[-1].seq
+                fileops().point("after_append")
+                try:
+                    tail.fold.seal({record.seq: record.hash for record in records})
+                    publish_changes(before, tail.fold.outputs(), self.directory)
+                    fileops().point("after_publish")
+                    self._checkpoint(tail.fold, records, marks[-1])
+                    for record in records:
+                        append_meta(self.directory, record)
+                except OSError as exc:
+                    raise CommitError(
+                        f"event seq {records[-1].seq} is committed, but a projection could not be written: "
+                        f"{exc.strerror}",
+                        state="COMMITTED",
+                        hint="The next command (or `usr rebuild`) catches the projection up from the log.",
+                    ) from exc
+                return receipt(records[-1], warnings=list(tail.warnings))
+        except KeyboardInterrupt:
+            raise _interrupted(appending, committed) from None
 
     # -- the steps -------------------------------------------------------------------------------
     def _prepare_folder(self, command: Command, command_id: str | None) -> None:

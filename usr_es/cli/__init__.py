@@ -9,6 +9,8 @@ dataset) are imported inside commands so `usr --help` stays fast. Every `UsrErro
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ..errors import EXIT_INTERNAL, CommitError, UsrError
+from ..errors import EXIT_INTERNAL, EXIT_USAGE, CommitError, UsrError
 from . import log, maintenance, reads, writes
 from .common import options
 
@@ -96,12 +98,27 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning every UsrError into `error:`/`hint:` + exit code."""
     _prefer_jemalloc()
     try:
-        app(args=argv, prog_name="usr")
+        code = _run(argv)
+    finally:
+        if argv is None:  # the process is done: a late Ctrl-C must not turn a reported outcome into a signal death
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> object:
+    try:
+        return app(args=argv, prog_name="usr", standalone_mode=False)
     except UsrError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
+    except typer.TyperException as exc:  # the parser's own errors (bad option, missing argument, ...)
+        _usage_failed(exc, sys.argv[1:] if argv is None else argv)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # `usr head ... | head -1`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except OSError as exc:  # an I/O failure the write path did not classify: nothing was reported as done
         what = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
         _fail(CommitError(f"I/O error: {what}", state="NOT_COMMITTED" if exc.filename else "INDETERMINATE"))
@@ -111,3 +128,24 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: internal error ({type(exc).__name__}): {exc}", err=True)
         typer.echo("hint: this is a bug in usr_es; rerun with USR_DEBUG=1 for the traceback", err=True)
         sys.exit(EXIT_INTERNAL)
+
+
+def _usage_failed(exc: typer.TyperException, args: list[str]) -> NoReturn:
+    """A usage error as one `error:` line and a `hint:` (a group named without a command shows its help)."""
+    show = getattr(exc, "show", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and callable(show):
+        show()
+        sys.exit(EXIT_USAGE)
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "usr"
+    typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+    hint = f"Run `{command} --help` for its usage."
+    option = getattr(exc, "option_name", None) or ""
+    lookalike = next((a for a in args if option and a.startswith(option) and _LOOKS_LIKE_ID.match(a)), None)
+    if lookalike is not None:
+        hint += f" '{lookalike}' is not an option; if it is meant as a dataset id: ids start with a letter or digit."
+    typer.echo(f"hint: {hint}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+_LOOKS_LIKE_ID = re.compile(r"^-[A-Za-z0-9][A-Za-z0-9._/-]+$")

@@ -1,0 +1,71 @@
+"""Reading import files: UTF-8 only, JSON nesting bounded, every refusal an InvalidInput naming where."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from usr_es.errors import InvalidInput
+from usr_es.inputs import MAX_JSON_DEPTH, check_json_depth, json_depth, read_import_file, too_deep
+
+nested = st.recursive(
+    st.integers() | st.text(alphabet='[]{}",:ab\\', max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=30,
+)
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@given(nested)
+def test_json_depth_counts_nesting_and_ignores_brackets_inside_strings(value: object) -> None:
+    assert json_depth(json.dumps(value).encode()) == _depth(value)
+
+
+def _deep_line(depth: int) -> str:
+    return '{"sequence":"ACGT","x":' + "[" * depth + "]" * depth + "}"
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1, 1_000, 20_000])
+def test_a_jsonl_line_nested_too_deep_is_refused_before_parsing(tmp_path: Path, depth: int) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"sequence":"ACGT"}\n' * 3 + _deep_line(depth - 1) + "\n")  # the object adds a level
+    if depth <= MAX_JSON_DEPTH:
+        assert too_deep(path.read_bytes()) is None
+        return
+    with pytest.raises(InvalidInput, match=f"line 4 nests JSON deeper than {MAX_JSON_DEPTH} levels"):
+        read_import_file(path, "jsonl")
+
+
+def test_the_depth_check_finds_a_deep_line_across_read_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"sequence":"ACGT"}\n' * 50 + _deep_line(200) + "\n")
+    with pytest.raises(InvalidInput, match="line 51 "):
+        check_json_depth(path, chunk=64)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data", "where"),
+    [
+        ("fasta", b">seq\xff\xfe1\nACGT\n", "line 1 holds byte 0xff"),
+        ("fasta", b">s1\nACGT\n>s2\nAC\xe9GT\n", "line 4 holds byte 0xe9"),
+        ("csv", b"seq\xff\xfeuence\nACGT\n", "its header holds byte 0xff"),
+        ("jsonl", b'{"sequence":"AC\xffGT"}\n', "Invalid UTF8"),
+    ],
+)
+def test_input_that_is_not_utf8_is_refused_naming_where(tmp_path: Path, fmt: str, data: bytes, where: str) -> None:
+    path = tmp_path / f"in.{fmt}"
+    path.write_bytes(data)
+    with pytest.raises(InvalidInput, match="is not UTF-8 text") as caught:
+        read_import_file(path, fmt)
+    assert where in str(caught.value)
