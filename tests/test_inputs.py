@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from usr_es import inputs
 from usr_es.errors import InvalidInput
-from usr_es.inputs import MAX_JSON_DEPTH, check_json_depth, json_depth, read_import_file, too_deep
+from usr_es.inputs import (
+    MAX_INPUT_COLUMNS,
+    MAX_JSON_DEPTH,
+    check_json_depth,
+    json_depth,
+    read_import_file,
+    too_deep,
+)
 
 nested = st.recursive(
     st.integers() | st.text(alphabet='[]{}",:ab\\', max_size=6),
@@ -69,3 +77,31 @@ def test_input_that_is_not_utf8_is_refused_naming_where(tmp_path: Path, fmt: str
     with pytest.raises(InvalidInput, match="is not UTF-8 text") as caught:
         read_import_file(path, fmt)
     assert where in str(caught.value)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_sequence_longer_than_a_reader_block_is_read_whole(tmp_path: Path, fmt: str) -> None:
+    sequence = "ACGT" * 750_000  # 3 MB: three times pyarrow's default block
+    path = tmp_path / f"long.{fmt}"
+    path.write_text(f"sequence\nACGT\n{sequence}\n" if fmt == "csv" else f'{{"sequence":"{sequence}"}}\n')
+    assert read_import_file(path, fmt).column("sequence").to_pylist()[-1] == sequence
+
+
+def test_a_line_longer_than_the_largest_block_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inputs, "MAX_BLOCK", 4 << 20)
+    path = tmp_path / "long.csv"
+    path.write_text("sequence\n" + "ACGT" * 2_000_000 + "\n")
+    with pytest.raises(InvalidInput, match="holds a line longer than 4 MiB"):
+        read_import_file(path, "csv")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_file_wider_than_the_column_bound_is_refused_before_parsing(tmp_path: Path, fmt: str) -> None:
+    names = ["sequence", *(f"c{i}" for i in range(MAX_INPUT_COLUMNS))]
+    path = tmp_path / f"wide.{fmt}"
+    if fmt == "csv":
+        path.write_text(",".join(names) + "\n" + ",".join(["ACGT"] + ["1"] * MAX_INPUT_COLUMNS) + "\n")
+    else:
+        path.write_text(json.dumps({name: 1 for name in names}) + "\n")
+    with pytest.raises(InvalidInput, match=f"has {MAX_INPUT_COLUMNS + 1:,} columns; the limit is"):
+        read_import_file(path, fmt)

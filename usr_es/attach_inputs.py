@@ -20,7 +20,17 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from .errors import InvalidInput, NamespaceError, NotFound, SchemaError
-from .inputs import MAX_JSON_DEPTH, check_json_depth, json_depth, not_utf8, valid_text
+from .inputs import (
+    MAX_JSON_DEPTH,
+    csv_names,
+    csv_options,
+    json_depth,
+    not_utf8,
+    precheck,
+    read_json_lines,
+    valid_text,
+    with_block_size,
+)
 from .names import ESSENTIAL_COLUMNS
 from .registry import format_type
 
@@ -55,6 +65,7 @@ def read_attachment(path: Path) -> pa.Table:
     if not path.is_file():
         raise NotFound(f"Attachment file not found: {path}")
     try:
+        precheck(path, fmt)
         if fmt == "csv":
             table = _read_csv(path)
         elif fmt == "parquet":
@@ -76,24 +87,24 @@ def read_attachment(path: Path) -> pa.Table:
 
 
 def _read_csv(path: Path) -> pa.Table:
-    with pcsv.open_csv(path) as reader:
-        names = reader.schema.names
+    names = csv_names(path)
     options = pcsv.ConvertOptions(
         column_types={name: pa.string() for name in names},
         strings_can_be_null=True,
         null_values=[""],
     )
-    return pcsv.read_csv(path, convert_options=options)
+    return with_block_size(
+        path, lambda block: pcsv.read_csv(path, read_options=csv_options(block), convert_options=options)
+    )
 
 
 def _read_jsonl(path: Path) -> pa.Table:
-    check_json_depth(path)
-    table = valid_text(pjson.read_json(path), path)
+    table = valid_text(read_json_lines(path), path)
     # pyarrow.json turns ISO-8601-looking strings into timestamp[s]; keep them as the text they are.
     schema = pa.schema([field.with_type(_timestamps_as_text(field.type)) for field in table.schema])
     if schema.equals(table.schema):
         return table
-    return pjson.read_json(path, parse_options=pjson.ParseOptions(explicit_schema=schema))
+    return read_json_lines(path, pjson.ParseOptions(explicit_schema=schema))
 
 
 def _timestamps_as_text(dtype: pa.DataType) -> pa.DataType:

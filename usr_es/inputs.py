@@ -8,11 +8,13 @@ the header text is not part of the USR base schema and is not stored (see README
 
 from __future__ import annotations
 
+import csv
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
@@ -24,6 +26,63 @@ IMPORT_COLUMNS = ("sequence", "bio_type", "alphabet")
 FORMATS = ("csv", "jsonl", "parquet", "fasta")
 
 
+#: The widest input file accepted (columns): more is a mistake (a transposed table), and pyarrow's CSV
+#: reader spends about 12 KB per column even on one short row.
+MAX_INPUT_COLUMNS = 10_000
+#: pyarrow's readers parse in blocks, and a line must fit in one: the block grows (x8) up to this bound
+#: when a line (a long sequence, a wide header) does not fit the default 1 MiB.
+MAX_BLOCK = 1 << 30
+_LONG_LINE = ("straddling object straddles two block boundaries", "Empty CSV file or block")
+T = TypeVar("T")
+
+
+def with_block_size(path: Path, read: Callable[[int | None], T]) -> T:
+    """`read(block_size)` with pyarrow's default block first (None), then larger blocks while a line does
+    not fit; a line longer than `MAX_BLOCK` is a clean InvalidInput."""
+    block: int | None = None
+    while True:
+        try:
+            return read(block)
+        except pa.ArrowInvalid as exc:
+            if not any(text in str(exc) for text in _LONG_LINE):
+                raise
+            block = (1 << 20 if block is None else block) * 8
+            if block > MAX_BLOCK:
+                raise InvalidInput(
+                    f"{path} holds a line longer than {MAX_BLOCK >> 20} MiB, the longest line this reader takes.",
+                    hint="Split the record (FASTA wraps long sequences over many lines) or supply Parquet.",
+                ) from None
+
+
+def precheck(path: Path, fmt: str) -> None:
+    """The bounds checked before pyarrow reads a text file: JSON nesting, then width."""
+    if fmt == "jsonl":
+        check_json_depth(path)
+    if fmt in ("csv", "jsonl"):
+        check_width(path, fmt)
+
+
+def check_width(path: Path, fmt: str) -> None:
+    """Refuse a CSV whose header (or a JSON-lines file whose first object) has more than
+    `MAX_INPUT_COLUMNS` columns, before pyarrow builds a column for each."""
+    with path.open("rb") as fh:
+        first = fh.readline(MAX_BLOCK)
+    if fmt == "csv":
+        text = first.decode("utf-8", "replace")
+        width = len(next(csv.reader([text]), []))
+    else:
+        try:
+            decoded = msgspec.json.decode(first) if first.strip() else {}
+        except msgspec.DecodeError:
+            return  # pyarrow's reader names the error
+        width = len(decoded) if isinstance(decoded, dict) else 0
+    if width > MAX_INPUT_COLUMNS:
+        raise InvalidInput(
+            f"{path} has {width:,} columns; the limit is {MAX_INPUT_COLUMNS:,}.",
+            hint="Is the table transposed? Keep the columns you attach or import, one record per row.",
+        )
+
+
 def read_import_file(path: Path, fmt: str) -> pa.Table:
     """Read the import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta)."""
     if fmt not in FORMATS:
@@ -31,12 +90,11 @@ def read_import_file(path: Path, fmt: str) -> pa.Table:
     if not path.is_file():
         raise NotFound(f"Input file not found: {path}")
     try:
+        precheck(path, fmt)
         if fmt == "csv":
             return _read_csv(path)
         if fmt == "jsonl":
-            check_json_depth(path)
-            table = valid_text(pjson.read_json(path), path)
-            return _select(table)
+            return _select(valid_text(read_json_lines(path), path))
         if fmt == "parquet":
             names = pq.read_schema(path).names
             return _select(pq.read_table(path, columns=[c for c in IMPORT_COLUMNS if c in names]))
@@ -124,9 +182,33 @@ def valid_text(table: pa.Table, path: Path) -> pa.Table:
     return table
 
 
+def csv_options(block: int | None) -> pcsv.ReadOptions:
+    return pcsv.ReadOptions(block_size=block) if block is not None else pcsv.ReadOptions()
+
+
+def json_options(block: int | None) -> pjson.ReadOptions:
+    return pjson.ReadOptions(block_size=block) if block is not None else pjson.ReadOptions()
+
+
+def read_json_lines(path: Path, parse_options: pjson.ParseOptions | None = None) -> pa.Table:
+    """A JSON-lines file read by pyarrow (the block grows for a long line)."""
+    return with_block_size(
+        path, lambda block: pjson.read_json(path, read_options=json_options(block), parse_options=parse_options)
+    )
+
+
+def csv_names(path: Path) -> list[str]:
+    """The header of a CSV file (the block grows for a long header)."""
+
+    def read(block: int | None) -> list[str]:
+        with pcsv.open_csv(path, read_options=csv_options(block)) as reader:
+            return list(reader.schema.names)
+
+    return with_block_size(path, read)
+
+
 def _read_csv(path: Path) -> pa.Table:
-    with pcsv.open_csv(path) as reader:
-        names = reader.schema.names
+    names = csv_names(path)
     wanted = [c for c in IMPORT_COLUMNS if c in names]
     if "sequence" not in wanted:
         raise SchemaError("Missing required column: 'sequence'.", hint=f"Columns found: {', '.join(names)}")
@@ -135,7 +217,9 @@ def _read_csv(path: Path) -> pa.Table:
         column_types={c: pa.string() for c in wanted},
         strings_can_be_null=False,
     )
-    return pcsv.read_csv(path, convert_options=options)
+    return with_block_size(
+        path, lambda block: pcsv.read_csv(path, read_options=csv_options(block), convert_options=options)
+    )
 
 
 def _select(table: pa.Table) -> pa.Table:
