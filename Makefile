@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test check lint typecheck fmt fixtures docs bench clean
+.PHONY: help venv demo test check lint typecheck fmt fixtures docs bench reliability clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ docs: $(STAMP) ## Regenerate docs/cli.md from the help texts
 
 bench: $(STAMP) ## Benchmarks against the physical baseline (N=1,000,000 by default)
 	$(BIN)/python bench/run.py $(if $(N),--n $(N),)
+
+reliability: $(STAMP) ## Attack real datasets (kills, power loss, I/O errors, concurrency, corruption, fuzz, containment); print the table
+	$(BIN)/python -m tools.reliability $(if $(SEED),--seed $(SEED),)
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -622,3 +622,13 @@ def test_a_projection_from_another_version_is_a_stale_cache_not_corruption(
     assert dataset.verify().ok
     if expected is not None:
         assert dataset.records_path.read_bytes() == expected
+
+
+def test_verify_detects_a_frozen_registry_edited_without_changing_what_it_parses_to(
+    dataset: Dataset, demo_csv: Path
+) -> None:
+    dataset.import_file(demo_csv)
+    (frozen,) = (dataset.dir / "_registry").glob("registry.*.yaml")
+    frozen.write_bytes(frozen.read_bytes() + b"\n# a comment\n")
+    report = dataset.verify()
+    assert not report.ok and "does not match its hash" in report.problems[0]

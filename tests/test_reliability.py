@@ -666,6 +666,25 @@ def test_a_lost_final_newline_keeps_the_committed_last_line(ten_imports: Dataset
     assert [q["size_bytes"] for q in _quarantined(ds)] == ([1] if damage == "flipped" else [])
 
 
+@pytest.mark.parametrize("cut", ["at a line boundary", "mid-line"])
+def test_a_log_shorter_than_its_projections_refuses_writes_instead_of_losing_lines(
+    ten_imports: Dataset, cut: str
+) -> None:
+    ds = ten_imports
+    lines, _ = read_lines(ds.log_path)
+    end = lines[-2].end if cut == "at a line boundary" else lines[-1].offset + 40
+    ds.log_path.write_bytes(ds.log_path.read_bytes()[:end])
+    shortened = ds.log_path.read_bytes()
+    with pytest.raises(IntegrityError, match="the log lost committed lines"):
+        ds.add_sequences(_seqs("on-a-short-log"))
+    assert ds.log_path.read_bytes() == shortened  # nothing quarantined, nothing appended
+    report = ds.verify(fix=True)
+    assert not report.ok and not report.log_ok and report.repaired == []
+    assert "the log lost committed lines" in report.problems[0]
+    ds.maintenance.rebuild()  # accepting the shorter log is explicit
+    assert ds.add_sequences(_seqs("after-rebuild")).seq == 10
+
+
 @pytest.mark.parametrize("edit", ["delete", "swap", "duplicate"])
 def test_deleted_swapped_or_duplicated_line_is_detected(ten_imports: Dataset, edit: str) -> None:
     ds = ten_imports

@@ -246,6 +246,7 @@ def append_record(path: Path, data: bytes, *, expected_size: int) -> None:
             if ops.split_appends and len(data) > 1:
                 half = len(data) // 2
                 _write_all(ops, fd, data[:half])
+                ops.point("between_halves:log")  # a crash here leaves a sure torn tail
                 time.sleep(0.002)
                 _write_all(ops, fd, data[half:])
             else:

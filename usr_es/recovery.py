@@ -206,6 +206,7 @@ def catch_up(
     """
     log_path = directory / LOG_FILE
     fold = Fold(LocalSource(directory, cache=cache))
+    stored = {m.label: m.stored_mark(directory) for m in fold.members if m.anchored}
     start = _anchors(directory, fold)
     if start is not None:
         check_prefix(log_path, end_offset=start[0], lines=start[1] - 1, last_hash=start[2])
@@ -222,6 +223,13 @@ def catch_up(
     except Restart:  # the stored projections disagree with each other: fold the whole log
         fold, scan = Fold(LocalSource(directory)), Scan()
         counts = fold_lines(fold, iter_lines(log_path, scan=scan), directory)
+    ahead = next(((label, mark.seq) for label, mark in stored.items() if mark and mark.seq > scan.seq), None)
+    if ahead is not None:  # never fold (or quarantine) over lines a projection proves were committed
+        raise IntegrityError(
+            f"the log ends at seq {scan.seq} but {ahead[0]} reflects seq {ahead[1]}: the log lost committed "
+            "lines (truncated, or restored from an older copy); nothing was written",
+            hint="Restore the full .events.log. To accept the shorter log as the truth instead, run `usr rebuild`.",
+        )
     warnings = []
     # The projections that took events (all of them after a fold from the start), and the ones that follow
     # others (a stale or missing id index is caught up even when nothing else lagged).

@@ -22,8 +22,19 @@ from .events import BASE_EVENTS
 from .fileio import fileops, is_temp, locked, write_atomic
 from .log import LogLine, Scan, iter_lines, open_log
 from .meta import write_meta
-from .names import DERIVED_DIR, INDEX_DIR, LOCK_FILE, LOG_FILE, META_FILE, PAYLOAD_DIR, REGISTRY_DIR, SNAPSHOT_DIR
+from .names import (
+    DERIVED_DIR,
+    INDEX_DIR,
+    LAYOUT_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    META_FILE,
+    PAYLOAD_DIR,
+    REGISTRY_DIR,
+    SNAPSHOT_DIR,
+)
 from .projections import Fold, Output
+from .projectors import Watermark
 from .recovery import (
     LocalSource,
     anchor,
@@ -35,6 +46,7 @@ from .recovery import (
     sync,
 )
 from .results import RebuildResult, ReplayResult, VerifyReport
+from .storage import frozen_registry, read_layout
 
 
 @dataclass
@@ -198,12 +210,16 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
     fold = Fold(LocalSource(directory, trust_files=False))
     payloads = 0
     named: set[str] = set()  # the payload files the log names
+    registries: set[str] = set()  # the frozen registries it names, checked once each
     try:
         for line in iter_lines(directory / LOG_FILE, scan=scan):
             record = line.record
             if record.payload is not None:
                 payloads += 1  # read and digest-checked by the fold below (every payload event is folded)
                 named.add(record.payload.file)
+            if record.registry_hash and record.registry_hash not in registries:
+                registries.add(record.registry_hash)
+                frozen_registry(directory, record.registry_hash)  # present and matching its hash
             fold_lines(fold, [line], directory)
             base = fold.base
             if (
@@ -228,8 +244,9 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
             notes.append(f"the last line (seq {scan.seq}) lost its newline (the next write restores it)")
         elif scan.torn_bytes:
             notes.append(f"torn tail of {scan.torn_bytes} byte(s) after seq {scan.seq} (quarantined by the next write)")
-        found: dict[str, Output] = {}
+        found: dict[str, tuple[Output, Watermark | None]] = {}
         for member in fold.by_size():  # one expected file's bytes in memory at a time
+            reflects = member.stored_mark(directory) if member.anchored else None
             for rel, out in member.outputs().items():
                 release_memory()
                 expected = out.encode()
@@ -237,18 +254,22 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
                     continue
                 files.append(rel)
                 if not _same(directory / rel, expected):
-                    found[rel] = out
+                    found[rel] = (out, reflects)
             member.release()
         files.sort(key=list(fold.outputs()).index)
         for rel in [rel for rel in files if rel in found]:
             differing.append(rel)
-            kind, text = _difference(directory, rel, found[rel], scan, pinned=pinned)
+            out, reflects = found[rel]
+            kind, text = _difference(directory, rel, out, scan, pinned=pinned, reflects=reflects)
             (notes if kind == "behind" else problems).append(text)
+            log_ok &= kind != "ahead"  # a fix must not rebuild over the lost lines
             {"behind": behind, "stale": stale}.get(kind, []).append(rel)
         unexpected, leftovers = _unexpected(directory, set(fold.outputs()), named)
         differing.extend(unexpected)
-        for rel in unexpected:  # a crash's temp files are noted (the next write removes them); others fail
-            (notes if _is_leftover(rel) else problems).append(_unexpected_problem(rel))
+        stored = read_layout(directory / LAYOUT_FILE)
+        lagging = set(stored[0].files()) if stored is not None and pinned else set()
+        for rel in unexpected:  # a crash's temp files and parts a lagging layout names are noted; others fail
+            (notes if _is_leftover(rel) or rel in lagging else problems).append(_unexpected_problem(rel, lagging))
         notes.extend(leftovers)
     return VerifyReport(
         dataset=name,
@@ -268,11 +289,19 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
     )
 
 
-def _difference(directory: Path, rel: str, out: Output, scan: Scan, *, pinned: bool) -> tuple[str, str]:
+def _difference(
+    directory: Path, rel: str, out: Output, scan: Scan, *, pinned: bool, reflects: Watermark | None
+) -> tuple[str, str]:
     """Why the stored file at `rel` is not what the fold of the whole log encodes to: (kind, message),
-    kind one of missing, stale, behind, differs."""
+    kind one of missing, stale, ahead (of the log), behind, differs. `reflects`: the watermark the
+    stored projection owning the file carries (its anchor)."""
     path = directory / rel
     if not path.exists():
+        if pinned and reflects is not None and out.mark.seq > reflects.seq:
+            return "behind", (
+                f"{rel} is not written yet: it belongs to seq {out.mark.seq}, after the seq {reflects.seq} its "
+                "projection reflects (the next command writes it)"
+            )
         return "missing", f"{rel} is missing (run `usr rebuild`)"
     other = foreign_writer(path)
     if other is not None:
@@ -281,6 +310,11 @@ def _difference(directory: Path, rel: str, out: Output, scan: Scan, *, pinned: b
             "the next write (or `usr rebuild`) re-encodes it"
         )
     stored = out.stamp(path)
+    if stored is not None and stored.seq > scan.seq:
+        return "ahead", (
+            f"{rel} reflects seq {stored.seq} but the log ends at seq {scan.seq}: the log lost committed lines "
+            "(truncated, or restored from an older copy)"
+        )
     if pinned and stored is not None and stored.seq < scan.seq and anchor(directory / LOG_FILE, stored) is not None:
         done = replayed(directory, until_seq=stored.seq)
         then = done.fold.outputs().get(rel)
@@ -325,9 +359,11 @@ def _is_leftover(rel: str) -> bool:
     return Path(rel).name.startswith(".tmp-")
 
 
-def _unexpected_problem(rel: str) -> str:
+def _unexpected_problem(rel: str, lagging: set[str]) -> str:
     if _is_leftover(rel):
         return f"{rel} was left by a crashed writer (the next write removes it)"
+    if rel in lagging:
+        return f"{rel} is named by the stored layout, which is behind the log (the next command removes it)"
     if rel.endswith(".parquet") and rel.startswith(DERIVED_DIR):
         return f"{rel} is not produced by the log (stray overlay file)"
     return f"{rel} is not produced by the log (unexpected file)"

@@ -7,6 +7,7 @@ Projection files are published atomically through the I/O seam and carry their w
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import msgspec
@@ -73,10 +74,10 @@ def frozen_registry(dataset_dir: Path, digest: str) -> Registry:
     path = dataset_dir / REGISTRY_DIR / f"registry.{digest}.yaml"
     if not path.is_file():
         raise NotFound(f"frozen registry {path.name} is missing from {dataset_dir}")
-    registry = parse_registry(path.read_bytes(), source=str(path))
-    if registry.hash != digest:
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != digest:  # written as the canonical YAML its hash is taken of
         raise IntegrityError(f"frozen registry {path.name} does not match its hash")
-    return registry
+    return parse_registry(raw, source=str(path))
 
 
 def read_base(dataset_dir: Path, mark: Watermark, *, columns: list[str] | None = None) -> BaseProjection:
