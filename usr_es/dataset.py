@@ -95,7 +95,10 @@ class Dataset:
         """
         root = Path(root).expanduser().resolve()
         text = str(name_or_path)
-        candidate = Path(text).expanduser()
+        try:
+            candidate = Path(text).expanduser()
+        except RuntimeError:  # `~user` naming no user
+            raise InvalidInput(f"Cannot resolve '{text}': no such user's home directory.") from None
         if isinstance(name_or_path, Path) or text.startswith(("/", "./", "../", "~")) or text in (".", ".."):
             return cls.at(candidate if candidate.is_absolute() else Path.cwd() / candidate)
         validate_id(text)

@@ -69,7 +69,10 @@ def check_width(path: Path, fmt: str) -> None:
         first = fh.readline(MAX_BLOCK)
     if fmt == "csv":
         text = first.decode("utf-8", "replace")
-        width = len(next(csv.reader([text]), []))
+        try:
+            width = len(next(csv.reader([text]), []))
+        except csv.Error:
+            return  # pyarrow's reader names the error
     else:
         try:
             decoded = msgspec.json.decode(first) if first.strip() else {}

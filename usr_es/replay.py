@@ -9,6 +9,7 @@ All three fold from the newest usable checkpoint at or before their target (else
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from .checkpoints import list_checkpoints, load_checkpoint
-from .codec import foreign_writer
+from .codec import foreign_writer, read_watermark
 from .errors import DatasetExists, InvalidInput, NotFound, UsrError
 from .events import BASE_EVENTS
 from .fileio import fileops, is_temp, locked, write_atomic
@@ -262,14 +263,15 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
             out, reflects = found[rel]
             kind, text = _difference(directory, rel, out, scan, pinned=pinned, reflects=reflects)
             (notes if kind == "behind" else problems).append(text)
-            log_ok &= kind != "ahead"  # a fix must not rebuild over the lost lines
+            log_ok &= not (pinned and kind == "ahead")  # a fix must not rebuild over lost lines (once confirmed)
             {"behind": behind, "stale": stale}.get(kind, []).append(rel)
         unexpected, leftovers = _unexpected(directory, set(fold.outputs()), named)
         differing.extend(unexpected)
         stored = read_layout(directory / LAYOUT_FILE)
         lagging = set(stored[0].files()) if stored is not None and pinned else set()
-        for rel in unexpected:  # a crash's temp files and parts a lagging layout names are noted; others fail
-            (notes if _is_leftover(rel) or rel in lagging else problems).append(_unexpected_problem(rel, lagging))
+        for rel in unexpected:  # crash leftovers and parts a lagging layout names are noted; others fail
+            harmless = _is_leftover(rel) or rel in lagging or _removed_part(directory, rel)
+            (notes if harmless else problems).append(_unexpected_problem(rel, lagging, directory))
         notes.extend(leftovers)
     return VerifyReport(
         dataset=name,
@@ -359,9 +361,24 @@ def _is_leftover(rel: str) -> bool:
     return Path(rel).name.startswith(".tmp-")
 
 
-def _unexpected_problem(rel: str, lagging: set[str]) -> str:
+def _removed_part(directory: Path, rel: str) -> bool:
+    """An overlay part the log did produce (its name and watermark name a line of the log) that a later
+    event removed: left by a clean-up a crash interrupted (an unlink that was not yet durable)."""
+    found = _PART_SEQ.search(Path(rel).name)
+    if not rel.startswith(DERIVED_DIR) or found is None:
+        return False
+    stamp = read_watermark(directory / rel)
+    return stamp is not None and stamp.seq == int(found.group(1)) and anchor(directory / LOG_FILE, stamp) is not None
+
+
+_PART_SEQ = re.compile(r"^part-0*(\d+)\.parquet$")
+
+
+def _unexpected_problem(rel: str, lagging: set[str], directory: Path) -> str:
     if _is_leftover(rel):
         return f"{rel} was left by a crashed writer (the next write removes it)"
+    if _removed_part(directory, rel):
+        return f"{rel} was removed by a later event; a crash left it behind (`usr verify --fix` removes it)"
     if rel in lagging:
         return f"{rel} is named by the stored layout, which is behind the log (the next command removes it)"
     if rel.endswith(".parquet") and rel.startswith(DERIVED_DIR):

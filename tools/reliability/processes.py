@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from usr_es import Dataset, UsrError
-from usr_es.log import line_digest, read_lines
+from usr_es.log import LogLine, line_digest, read_lines
 from usr_es.names import QUARANTINE_FILE
 from usr_es.registry import register_namespace, split_columns_spec
 
@@ -63,6 +63,18 @@ def quarantined(ds: Dataset) -> list[bytes]:
     if not path.exists():
         return []
     return [base64.b64decode(json.loads(line)["bytes_b64"]) for line in path.read_text().splitlines()]
+
+
+def order_figures(ds: Dataset) -> tuple[list[LogLine], int, int, int, dict[str, int]]:
+    """The log's lines (every hash and prev link verified on the way), duplicate seqs, seq gaps,
+    commands logged more than once, and command id -> seq."""
+    lines, scan = read_lines(ds.log_path)
+    seqs = [line.seq for line in lines]
+    cids = Counter(line.record.command_id for line in lines)
+    duplicate_seq = len(seqs) - len(set(seqs))
+    gaps = len(set(range(1, scan.seq + 1)) - set(seqs))
+    duplicates = sum(n - 1 for n in cids.values())
+    return lines, duplicate_seq, gaps, duplicates, {line.record.command_id: line.seq for line in lines}
 
 
 def whole_line(fragment: bytes) -> bool:
@@ -181,13 +193,7 @@ def concurrency(scale: Scale) -> Row:
             if proc.returncode != 0:
                 row.fail(f"writer exited {proc.returncode}: {stderr[-300:]}")
             acked.update(acks(stdout))
-        lines, scan = read_lines(ds.log_path)  # verifies every hash and prev link
-        seqs = [line.seq for line in lines]
-        cids = Counter(line.record.command_id for line in lines)
-        duplicate_seq = len(seqs) - len(set(seqs))
-        gaps = len(set(range(1, scan.seq + 1)) - set(seqs))
-        duplicates = sum(n - 1 for n in cids.values())
-        by_cid = {line.record.command_id: line.seq for line in lines}
+        lines, duplicate_seq, gaps, duplicates, by_cid = order_figures(ds)
         lost = sum(1 for cid, seq in acked.items() if by_cid.get(cid) != seq)
         for error in errors[:5]:
             row.fail(error)

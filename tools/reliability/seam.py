@@ -114,13 +114,13 @@ def io_faults(scale: Scale) -> Row:
                         faulty = FaultyOps(op, k, err, persistent=persistent)
                         try:
                             with use_fileops(faulty):
-                                COMMANDS[kind](ds, cid, k)
+                                result = COMMANDS[kind](ds, cid, k)
                         except CommitError as exc:
                             outcome = exc.state
                         except UsrError as exc:
                             outcome = f"other:{type(exc).__name__}"
-                        else:
-                            outcome = "success"
+                        else:  # a no-op (nothing to compact) appends nothing, and says so
+                            outcome = "noop" if getattr(result, "noop", False) else "success"
                         outcomes[outcome] += 1
                         in_log = cid in logged(ds)[0]
                         if outcome == "success" and faulty.log_faulted:
@@ -128,6 +128,7 @@ def io_faults(scale: Scale) -> Row:
                             row.fail(f"{kind} {op} k={k}: success after a failed log write/fsync")
                         honest = {
                             "success": in_log,
+                            "noop": not in_log,
                             "COMMITTED": in_log,
                             "INDETERMINATE": True,
                         }.get(outcome, not in_log and ds.log_path.read_bytes()[: len(before)] == before)
