@@ -217,7 +217,7 @@ def iter_lines(
                 raise CorruptLog("log line exceeds 1 MiB", line=state.seq + 1, offset=offset)
         if not pending:
             return
-        whole = _whole_line(pending)
+        whole = whole_line(pending)
         if whole is None:
             state.torn_offset, state.torn_bytes = offset, len(pending)
             return
@@ -233,7 +233,7 @@ def iter_lines(
         yield line
 
 
-def _whole_line(fragment: bytes) -> bytes | None:
+def whole_line(fragment: bytes) -> bytes | None:
     """The line in a final fragment that lost its newline (`fragment`) or had it damaged (all but the last
     byte), when the line's own hash verifies; None for a torn write (never hash-valid)."""
     for raw in (fragment, fragment[:-1]):
@@ -309,7 +309,7 @@ def read_line_at(path: Path, offset: int) -> bytes | None:
         data = fh.readline(MAX_LINE_BYTES + 1)
     if data.endswith(b"\n"):
         return data[:-1]
-    return _whole_line(data) if data else None  # the final line, its newline lost (see `iter_lines`)
+    return whole_line(data) if data else None  # the final line, its newline lost (see `iter_lines`)
 
 
 def read_line_before(path: Path, end: int) -> tuple[int, bytes] | None:

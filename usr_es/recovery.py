@@ -153,15 +153,14 @@ def anchor(log_path: Path, stored: Watermark | None) -> tuple[int, int, str] | N
     return stored.offset, stored.seq, decode_record(raw).prev
 
 
-def _anchors(directory: Path, fold: Fold) -> tuple[int, int, str] | None:
+def _anchors(log_path: Path, stored: dict[str, Watermark | None]) -> tuple[int, int, str] | None:
     """The oldest anchor of the stored anchored projections (None: one of them is missing or disagrees)."""
     found = []
-    for member in fold.members:
-        if member.anchored:
-            point = anchor(directory / LOG_FILE, member.stored_mark(directory))
-            if point is None:
-                return None
-            found.append(point)
+    for mark in stored.values():
+        point = anchor(log_path, mark)
+        if point is None:
+            return None
+        found.append(point)
     return min(found) if found else None
 
 
@@ -206,8 +205,8 @@ def catch_up(
     """
     log_path = directory / LOG_FILE
     fold = Fold(LocalSource(directory, cache=cache))
-    stored = {m.label: m.stored_mark(directory) for m in fold.members if m.anchored}
-    start = _anchors(directory, fold)
+    stored = {m.label: m.stored_mark(directory) for m in fold.members if m.anchored}  # read once each
+    start = _anchors(log_path, stored)
     if start is not None:
         check_prefix(log_path, end_offset=start[0], lines=start[1] - 1, last_hash=start[2])
         for member in fold.members:
@@ -332,27 +331,22 @@ def sync(
     linked from it. Strays a projection owns are removed before its anchor files (`Output.last`) are
     written. Returns the paths of the files the synced projections hold, in fold order."""
     chosen = members if members is not None else fold.members
-    held: dict[int, list[str]] = {}
+    placed: set[str] = set()
     for member in reversed(chosen):  # overlay parts before the base
         outputs = member.outputs()
         ordered = sorted(outputs.items(), key=lambda item: item[1].last)
-        placed = held.setdefault(id(member), [])
         for rel, out in ordered:
             if out.last:
                 for stray in list(member.stray(target)):
                     fileops().unlink(target / stray)
             if _place(target, rel, out, trust_stored=trust_stored, reuse=reuse):
-                placed.append(rel)
+                placed.add(rel)
         if not any(out.last for out in outputs.values()):
             for stray in list(member.stray(target)):
                 fileops().unlink(target / stray)
         member.release()
         release_memory()
-    files = [rel for member in chosen for rel in held[id(member)]]
-    if members is not None:
-        return files
-    rank = {rel: i for i, rel in enumerate(fold.outputs())}
-    return sorted(files, key=rank.__getitem__)
+    return [rel for member in chosen for rel in member.outputs() if rel in placed]
 
 
 def _place(target: Path, rel: str, out: Output, *, trust_stored: bool, reuse: Path | None) -> bool:

@@ -79,21 +79,28 @@ def utc_now_text(after: str | None = None) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _interrupted(appending: bool, committed: int) -> Interrupted:
-    """What a Ctrl-C during a write means for the log: committed (seq), maybe, or not at all."""
-    if committed:
-        return Interrupted(
-            f"interrupted after event seq {committed} was committed; its projections were not all written",
-            state="COMMITTED",
-            hint="The next command (or `usr rebuild`) catches them up from the log.",
-        )
-    if appending:
-        return Interrupted(
-            "interrupted while the event was being appended",
-            state="INDETERMINATE",
-            hint="Run `usr verify` or `usr events`; a retry with the same --command-id is safe.",
-        )
-    return Interrupted("interrupted before anything was written to the log", state="NOT_COMMITTED")
+@dataclass
+class _Progress:
+    """How far a write got: whether its lines were being appended, and the seq it committed."""
+
+    appending: bool = False
+    committed: int = 0
+
+    def interrupted(self) -> Interrupted:
+        """What a Ctrl-C at this point means for the log: committed (seq), maybe, or not at all."""
+        if self.committed:
+            return Interrupted(
+                f"interrupted after event seq {self.committed} was committed; its projections were not all written",
+                state="COMMITTED",
+                hint="The next command (or `usr rebuild`) catches them up from the log.",
+            )
+        if self.appending:
+            return Interrupted(
+                "interrupted while the event was being appended",
+                state="INDETERMINATE",
+                hint="Run `usr verify` or `usr events`; a retry with the same --command-id is safe.",
+            )
+        return Interrupted("interrupted before anything was written to the log", state="NOT_COMMITTED")
 
 
 def default_actor() -> Actor:
@@ -130,78 +137,86 @@ class Writer:
         expected_seq: int | None = None,
     ) -> Receipt:
         """Validate and apply `command`; returns its receipt (a no-op or a replayed retry included)."""
-        from .decide import NoChange  # write-only: kept off the read path's start-up
-
         if command_id is not None and not _COMMAND_ID.match(command_id):
             raise InvalidInput(f"Invalid command id '{command_id}'.", hint="Use 1-128 of [A-Za-z0-9._:@/+-].")
         command = clean_command(command)  # free text checked and redacted before anything is written
         self._prepare_folder(command, command_id)
-        appending, committed = False, 0  # where a Ctrl-C would leave the log
+        progress = _Progress()  # where a Ctrl-C would leave the log
         try:
             with locked(self.directory / LOCK_FILE):
-                remove_temps(self.directory)
-                try:
-                    tail = catch_up(
-                        self.directory, quarantine=True, base_columns=self._base_columns(command), cache=self._bases
-                    )
-                except OSError as exc:
-                    raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
-                release_memory()  # the Parquet reader's scratch buffers
-                if command_id is not None:
-                    prior = find_command(self.directory / LOG_FILE, command_id)
-                    if prior is not None:
-                        return receipt(prior.record, replayed=True)
-                if expected_seq is not None and expected_seq != tail.scan.seq:
-                    raise ConcurrencyError(
-                        f"Stale write: expected seq {expected_seq} but the log is at seq {tail.scan.seq}.",
-                        hint="Re-read the dataset and retry with the current seq.",
-                    )
-                registry = self._registry_for_write(tail.scan.registry_hash)
-                now = utc_now_text(tail.scan.last_timestamp)
-                try:
-                    decision = self._decide(tail, command, registry, rows, now)
-                except NoChange as nothing:
-                    return Receipt(
-                        dataset=self.name,
-                        action="noop",
-                        seq=tail.scan.seq,
-                        event_id="",
-                        command_id=command_id or "",
-                        hash=tail.scan.hash,
-                        timestamp_utc=now,
-                        metrics={},
-                        noop=True,
-                        message=str(nothing),
-                        warnings=list(tail.warnings),
-                    )
-                before = tail.fold.outputs()
-                try:
-                    records, marks, data = self._stage(tail, registry, command, decision, command_id, now)
-                except OSError as exc:  # payload or frozen registry: the log is untouched
-                    raise CommitError(
-                        f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED"
-                    ) from exc
-                appending = True
-                append_record(self.directory / LOG_FILE, data, expected_size=tail.scan.size)
-                appending, committed = False, records[-1].seq
-                fileops().point("after_append")
-                try:
-                    tail.fold.seal({record.seq: record.hash for record in records})
-                    publish_changes(before, tail.fold.outputs(), self.directory)
-                    fileops().point("after_publish")
-                    self._checkpoint(tail.fold, records, marks[-1])
-                    for record in records:
-                        append_meta(self.directory, record)
-                except OSError as exc:
-                    raise CommitError(
-                        f"event seq {records[-1].seq} is committed, but a projection could not be written: "
-                        f"{exc.strerror}",
-                        state="COMMITTED",
-                        hint="The next command (or `usr rebuild`) catches the projection up from the log.",
-                    ) from exc
-                return receipt(records[-1], warnings=list(tail.warnings))
+                return self._execute_locked(command, rows, command_id, expected_seq, progress)
         except KeyboardInterrupt:
-            raise _interrupted(appending, committed) from None
+            raise progress.interrupted() from None
+
+    def _execute_locked(
+        self,
+        command: Command,
+        rows: RowsLoader | None,
+        command_id: str | None,
+        expected_seq: int | None,
+        progress: _Progress,
+    ) -> Receipt:
+        """The steps under the dataset lock (see the module docstring)."""
+        from .decide import NoChange  # write-only: kept off the read path's start-up
+
+        remove_temps(self.directory)
+        try:
+            tail = catch_up(
+                self.directory, quarantine=True, base_columns=self._base_columns(command), cache=self._bases
+            )
+        except OSError as exc:
+            raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        release_memory()  # the Parquet reader's scratch buffers
+        if command_id is not None:
+            prior = find_command(self.directory / LOG_FILE, command_id)
+            if prior is not None:
+                return receipt(prior.record, replayed=True)
+        if expected_seq is not None and expected_seq != tail.scan.seq:
+            raise ConcurrencyError(
+                f"Stale write: expected seq {expected_seq} but the log is at seq {tail.scan.seq}.",
+                hint="Re-read the dataset and retry with the current seq.",
+            )
+        registry = self._registry_for_write(tail.scan.registry_hash)
+        now = utc_now_text(tail.scan.last_timestamp)
+        try:
+            decision = self._decide(tail, command, registry, rows, now)
+        except NoChange as nothing:
+            return Receipt(
+                dataset=self.name,
+                action="noop",
+                seq=tail.scan.seq,
+                event_id="",
+                command_id=command_id or "",
+                hash=tail.scan.hash,
+                timestamp_utc=now,
+                metrics={},
+                noop=True,
+                message=str(nothing),
+                warnings=list(tail.warnings),
+            )
+        before = tail.fold.outputs()
+        try:
+            records, marks, data = self._stage(tail, registry, command, decision, command_id, now)
+        except OSError as exc:  # payload or frozen registry: the log is untouched
+            raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        progress.appending = True
+        append_record(self.directory / LOG_FILE, data, expected_size=tail.scan.size)
+        progress.appending, progress.committed = False, records[-1].seq
+        fileops().point("after_append")
+        try:
+            tail.fold.seal({record.seq: record.hash for record in records})
+            publish_changes(before, tail.fold.outputs(), self.directory)
+            fileops().point("after_publish")
+            self._checkpoint(tail.fold, records, marks[-1])
+            for record in records:
+                append_meta(self.directory, record)
+        except OSError as exc:
+            raise CommitError(
+                f"event seq {records[-1].seq} is committed, but a projection could not be written: {exc.strerror}",
+                state="COMMITTED",
+                hint="The next command (or `usr rebuild`) catches the projection up from the log.",
+            ) from exc
+        return receipt(records[-1], warnings=list(tail.warnings))
 
     # -- the steps -------------------------------------------------------------------------------
     def _prepare_folder(self, command: Command, command_id: str | None) -> None:
