@@ -632,3 +632,13 @@ def test_verify_detects_a_frozen_registry_edited_without_changing_what_it_parses
     frozen.write_bytes(frozen.read_bytes() + b"\n# a comment\n")
     report = dataset.verify()
     assert not report.ok and "does not match its hash" in report.problems[0]
+
+
+def test_verify_reports_a_base_whose_footer_writer_field_no_longer_decodes(dataset: Dataset) -> None:
+    dataset.add_sequences(["ACGTACGT"])
+    data = bytearray(dataset.records_path.read_bytes())
+    at = data.rindex(b"parquet-cpp-arrow version")
+    data[at] = 0xF6  # not UTF-8: pyarrow raises UnicodeDecodeError reading `created_by`
+    dataset.records_path.write_bytes(bytes(data))
+    report = dataset.verify()
+    assert not report.ok and "records.parquet" in report.problems[0]

@@ -176,9 +176,10 @@ def read_watermark(path: object) -> Watermark | None:
     or written by another pyarrow or projector version (see `foreign_writer`)."""
     try:
         meta = pq.read_metadata(path)
-    except (OSError, pa.ArrowInvalid):
+        ours = meta.created_by == PARQUET_WRITER
+    except (OSError, pa.ArrowInvalid, UnicodeDecodeError):  # a damaged footer: `created_by` may not decode
         return None
-    return watermark_of(meta.metadata) if meta.created_by == PARQUET_WRITER else None
+    return watermark_of(meta.metadata) if ours else None
 
 
 def foreign_writer(path: Path) -> str | None:
@@ -192,7 +193,7 @@ def foreign_writer(path: Path) -> str | None:
             with pa.memory_map(str(path)) as source:
                 kv = pa.ipc.open_file(source).schema.metadata or {}
             created_by = PARQUET_WRITER
-    except (OSError, pa.ArrowInvalid):
+    except (OSError, pa.ArrowInvalid, UnicodeDecodeError):
         return None
     projector = kv.get(b"usr_es:projector", b"").decode(errors="replace")
     if projector == PROJECTOR_VERSION and created_by == PARQUET_WRITER:
