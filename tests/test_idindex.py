@@ -23,7 +23,7 @@ OTHERS = ["GGGGCCCCAAAT", "TTTTAAAACCCG", "CATCATCATGGA", "GACGTACGATTA", "AAAAA
 @pytest.fixture(autouse=True)
 def searched(monkeypatch: pytest.MonkeyPatch) -> None:
     """Row groups of two rows, and every file searched (as at scale, where the index is used)."""
-    monkeypatch.setattr("usr_es.codec._ROW_GROUP_ROWS", 2)
+    monkeypatch.setattr("usr_es.codec.ROW_GROUP_ROWS", 2)
     monkeypatch.setattr("usr_es.codec.PART_ROW_GROUP_ROWS", 2)
     monkeypatch.setattr("usr_es.reads._SMALL_ROWS", 0)
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from usr_es.codec import encode_base, patch_watermark_hash
 from usr_es.events import DatasetInitialized, Materialized, OverlayWritten, SequencesImported
@@ -192,3 +194,48 @@ def test_materialize_keeping_overlays_marks_their_parts_folded_for_bases_from_th
     assert [p.mark.seq for p in later.unfolded("usr", 7)] == [5]  # tombstones are never folded
     dropped = apply_layout(later, _materialized(("mock",), drop=True), registry_hash=None, mark=mark(8), has_rows=False)
     assert "mock" not in dropped.live and dropped.folded == {}
+
+
+# -- appending row groups (docs/adr/0013) -----------------------------------------------------------
+_NUMBERED = pa.schema([("id", pa.string()), ("source", pa.string()), ("n", pa.int64())])
+
+
+def _numbered(n: int, start: int = 0) -> pa.Table:
+    numbers = range(start, start + n)
+    return pa.table([[f"{i:040x}" for i in numbers], ["s"] * n, list(numbers)], schema=_NUMBERED)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=70), min_size=1, max_size=5), st.integers(1, 3))
+def test_appended_row_groups_read_back_as_the_whole_table_and_keep_every_earlier_file(
+    batches: list[int], group_rows: int
+) -> None:
+    from usr_es import codec
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "ROW_GROUP_ROWS", 16 * group_rows)
+        first = _numbered(batches[0])
+        data = raw(codec.encode_parquet(first, {"v": "0"}, "0" * 32))
+        versions = [(data, first, "0")]
+        table = first
+        for k, n in enumerate(batches[1:], start=1):
+            added = _numbered(n, table.num_rows)
+            footer = pq.read_metadata(pa.BufferReader(data))
+            chunk = codec.append_parquet(footer, len(data), added, {"v": str(k)}, f"{k:032d}")
+            assert chunk is not None
+            assert chunk == codec.append_parquet(footer, len(data), added, {"v": str(k)}, f"{k:032d}")  # deterministic
+            data, table = data + bytes(chunk), pa.concat_tables([table, added])
+            versions.append((data, table, str(k)))
+    for then, expected, version in versions:  # every earlier size of the file is still that version
+        assert data.startswith(then)
+        back = pq.read_table(pa.BufferReader(data[: len(then)]))
+        assert back.replace_schema_metadata(None).equals(expected)
+        assert pq.read_metadata(pa.BufferReader(data[: len(then)])).metadata[b"v"] == version.encode()
+
+
+def test_an_append_of_rows_with_other_columns_is_refused() -> None:
+    from usr_es import codec
+
+    data = raw(codec.encode_parquet(_numbered(3), {}, "0" * 32))
+    footer = pq.read_metadata(pa.BufferReader(data))
+    assert codec.append_parquet(footer, len(data), pa.table({"other": [1]}), {}, "0" * 32) is None

@@ -133,7 +133,7 @@ HISTORIES: dict[str, Callable[[Dataset, list[str]], None]] = {
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """`search`: files of two-row row groups, every file searched row group by row group (as at scale)."""
     if request.param == "search":
-        monkeypatch.setattr("usr_es.codec._ROW_GROUP_ROWS", 2)
+        monkeypatch.setattr("usr_es.codec.ROW_GROUP_ROWS", 2)
         monkeypatch.setattr("usr_es.codec.PART_ROW_GROUP_ROWS", 2)
         monkeypatch.setattr("usr_es.reads._SMALL_ROWS", 0)
     return str(request.param)
@@ -395,7 +395,7 @@ def test_reads_agree_with_the_view_after_any_history(
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         if search:
-            patch.setattr("usr_es.codec._ROW_GROUP_ROWS", 2)
+            patch.setattr("usr_es.codec.ROW_GROUP_ROWS", 2)
             patch.setattr("usr_es.codec.PART_ROW_GROUP_ROWS", 2)
             patch.setattr("usr_es.reads._SMALL_ROWS", 0)
         ds, ids = make_dataset(tmp_path_factory.mktemp("prop") / "root")

@@ -201,7 +201,8 @@ CRASH_POINTS = {
     "after_write:log": True,
     "after_fsync:log": True,
     "after_append": True,
-    "before_rename:records.parquet": True,
+    "before_append:records.parquet": True,
+    "before_fsync:records.parquet": True,
     "after_publish": True,
 }
 
@@ -227,6 +228,9 @@ def test_crash_at_named_point_recovers_on_next_command(tmp_path: Path, point: st
     # Verify tells a projection that lags the log (the crash hit between append and publish) from one that
     # differs, and a crash's temp file from a file nobody expects: none of them is a failure.
     lagging = present and point != "after_publish"
+    # records.parquet grown but not yet fsync'd is whole (a process crash keeps the page cache): only the id
+    # index, which follows it and carries no event count of its own, is behind.
+    events_behind = int(lagging and point != "before_fsync:records.parquet")
     report = ds.verify()
     assert report.ok, report.problems
     assert bool(report.behind) is lagging and all("behind the log" in n for n in report.notes if "seq" in n)
@@ -237,7 +241,7 @@ def test_crash_at_named_point_recovers_on_next_command(tmp_path: Path, point: st
     info = ds.info()
     assert info.head_seq == head
     assert info.rows == rows_before + ROWS_PER_IMPORT * present
-    assert info.projection_lag == int(lagging)
+    assert info.projection_lag == events_behind
     assert ds.info().projection_lag == 0
 
     # The next command succeeds (a retry of the crashed command is applied exactly once) and verify passes.
@@ -406,7 +410,7 @@ class InterruptAt(FileOps):
         ("after_payload", "NOT_COMMITTED"),
         ("after_write:log", "INDETERMINATE"),
         ("after_append", "COMMITTED"),
-        ("before_rename:records.parquet", "COMMITTED"),
+        ("before_append:records.parquet", "COMMITTED"),
     ],
 )
 def test_ctrl_c_during_a_write_says_whether_it_was_committed(tmp_path: Path, point: str, state: str) -> None:

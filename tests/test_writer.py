@@ -162,3 +162,71 @@ def test_a_part_left_behind_by_a_failed_unlink_is_removed_by_the_next_write(thre
     assert not faulty.failed[0].exists()
     report = ds.verify()
     assert report.ok, report.problems
+
+
+# -- records.parquet grows in place (docs/adr/0013) ------------------------------------------------
+def _dna(tag: str, n: int) -> list[str]:
+    import random
+
+    rng = random.Random(tag)
+    return ["".join(rng.choice("ACGT") for _ in range(30)) for _ in range(n)]
+
+
+def test_an_import_leaves_a_reader_of_the_earlier_file_reading_the_earlier_rows(dataset: Dataset) -> None:
+    import pyarrow.parquet as pq
+
+    dataset.add_sequences(_dna("first", 50))
+    before = pq.ParquetFile(dataset.dir / "records.parquet")  # opened (footer read) before the next import
+    dataset.add_sequences(_dna("second", 20))
+    assert before.read().num_rows == 50
+    assert pq.read_table(dataset.dir / "records.parquet").num_rows == 70
+    assert dataset.verify().ok
+
+
+def test_rebuild_after_imports_gives_the_bytes_they_published(dataset: Dataset) -> None:
+    for k in range(4):
+        dataset.add_sequences(_dna(f"batch-{k}", 40))
+    published = (dataset.dir / "records.parquet").read_bytes()
+    (dataset.dir / "records.parquet").unlink()
+    dataset.maintenance.rebuild()
+    assert (dataset.dir / "records.parquet").read_bytes() == published
+
+
+def test_an_append_cut_short_is_cut_back_and_caught_up_by_the_next_command(dataset: Dataset) -> None:
+    dataset.add_sequences(_dna("first", 60))
+    committed = (dataset.dir / "records.parquet").stat().st_size
+    dataset.add_sequences(_dna("second", 60))
+    path = dataset.dir / "records.parquet"
+    whole = path.stat().st_size
+    with path.open("r+b") as fh:  # a crash while the second import's rows were being appended
+        fh.truncate(committed + (whole - committed) // 2)
+    receipt = dataset.add_sequences(_dna("third", 10))
+    assert any("interrupted append" in w for w in receipt.warnings), receipt.warnings
+    assert dataset.info().rows == 130
+    assert dataset.verify().ok
+
+
+def test_a_snapshot_keeps_its_rows_while_the_dataset_grows(dataset: Dataset) -> None:
+    import pyarrow.parquet as pq
+
+    dataset.add_sequences(_dna("first", 30))
+    dataset.maintenance.snapshot()
+    dataset.add_sequences(_dna("second", 30))
+    copies = sorted((dataset.dir / "_snapshots").glob("*.parquet"))
+    assert [pq.read_table(p).num_rows for p in copies] == [30]
+    assert dataset.info().rows == 60 and dataset.verify().ok
+
+
+def test_many_small_imports_keep_records_parquet_within_twice_what_its_rows_need(dataset: Dataset) -> None:
+    import pyarrow.parquet as pq
+
+    for k in range(40):
+        dataset.add_sequences(_dna(f"small-{k}", 5))
+    path = dataset.dir / "records.parquet"
+    whole = pq.read_table(path)
+    compact = Path(dataset.dir / "compact.parquet")
+    pq.write_table(whole, compact, compression="zstd")
+    assert whole.num_rows == 200
+    assert path.stat().st_size <= 2 * compact.stat().st_size + 64 * 1024
+    compact.unlink()
+    assert dataset.verify().ok

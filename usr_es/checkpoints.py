@@ -1,8 +1,9 @@
 """Checkpoints: the projections' files as of one event, kept under `_snapshots/checkpoint-<seq>/` so replay
 and rebuild fold only the events after them.
 
-A checkpoint hard-links every output of the fold (projection files are never changed in place: a new
-version is a new file renamed over the old) and records their digests in a manifest. Loading one checks
+A checkpoint hard-links every output of the fold (a new version of a projection file is a new file renamed
+over the old) except records.parquet, which an import grows in place and is therefore copied (ADR 0013),
+and records their digests in a manifest. Loading one checks
 the manifest against the log and every file against its digest; a checkpoint that fails either is
 skipped with a note.
 """

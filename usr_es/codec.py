@@ -19,7 +19,7 @@ HASH_PLACEHOLDER = "~usr_es~watermark~hash~pending~~"  # same length as an xxh3-
 
 
 # Fixed writer options: part of the determinism contract (changing them bumps PROJECTOR_VERSION).
-_ROW_GROUP_ROWS = 1 << 15
+ROW_GROUP_ROWS = 1 << 15
 
 
 _DICTIONARY_COLUMNS = ["bio_type", "alphabet", "source"]
@@ -58,6 +58,29 @@ def canonical_table(table: pa.Table) -> pa.Table:
     return table if str(schema) == str(table.schema) else table.cast(schema)
 
 
+def _open_writer(sink: pa.NativeFile, table: pa.Table, metadata: dict[str, str]) -> pq.ParquetWriter:
+    """A Parquet writer with the fixed options (the determinism contract) for `table`'s columns."""
+    return pq.ParquetWriter(
+        sink,
+        table.schema.with_metadata(metadata),
+        compression="zstd",
+        compression_level=1,
+        use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
+        write_statistics=True,
+        version="2.6",
+        data_page_version="1.0",
+    )
+
+
+def _write_groups(
+    writer: pq.ParquetWriter, table: pa.Table, metadata: dict[str, str], watermark_hash: str, rows_per_group: int
+) -> None:
+    for start in range(0, table.num_rows, rows_per_group):
+        piece = table.slice(start, rows_per_group).combine_chunks().replace_schema_metadata(metadata)
+        writer.write_table(piece, row_group_size=rows_per_group)
+    writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
+
+
 def encode_parquet(
     table: pa.Table, metadata: dict[str, str], watermark_hash: str, *, row_group_rows: int = 0
 ) -> memoryview:
@@ -71,31 +94,81 @@ def encode_parquet(
     schema), so a file written with `HASH_PLACEHOLDER` differs from the final one only in
     those 32 bytes: `patch_watermark_hash` swaps them once the log line's hash is known.
 
-    `row_group_rows` (default `_ROW_GROUP_ROWS`): overlay parts use small groups, which their id
+    `row_group_rows` (default `ROW_GROUP_ROWS`): overlay parts use small groups, which their id
     statistics let a lookup skip.
     """
-    rows_per_group = row_group_rows or _ROW_GROUP_ROWS
     table = canonical_table(table.replace_schema_metadata(None))
-    schema = table.schema.with_metadata(metadata)
     sink = pa.BufferOutputStream()
-    writer = pq.ParquetWriter(
-        sink,
-        schema,
-        compression="zstd",
-        compression_level=1,
-        use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in table.column_names],
-        write_statistics=True,
-        version="2.6",
-        data_page_version="1.0",
-    )
+    writer = _open_writer(sink, table, metadata)
     try:
-        for start in range(0, table.num_rows, rows_per_group):
-            piece = table.slice(start, rows_per_group).combine_chunks().replace_schema_metadata(metadata)
-            writer.write_table(piece, row_group_size=rows_per_group)
-        writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
+        _write_groups(writer, table, metadata, watermark_hash, row_group_rows or ROW_GROUP_ROWS)
     finally:
         writer.close()
     return memoryview(sink.getvalue()).cast("B")  # Arrow buffers export signed bytes ('b')
+
+
+def _chunk_start(group: pq.RowGroupMetaData) -> int:
+    """The file offset of a row group's first byte."""
+    first = group.column(0)
+    offsets = [first.data_page_offset]
+    if first.has_dictionary_page and first.dictionary_page_offset is not None:
+        offsets.append(first.dictionary_page_offset)
+    return int(min(offsets))
+
+
+def append_parquet(
+    old: pq.FileMetaData, at: int, table: pa.Table, metadata: dict[str, str], watermark_hash: str
+) -> memoryview | None:
+    """The bytes that, written after a Parquet file of ours (`at` bytes long, with footer `old`), make a
+    Parquet file holding its row groups and then `table`'s rows in new row groups, with `metadata` and
+    `watermark_hash` (docs/adr/0013). Nothing of the file changes: its footer stays behind, unreferenced,
+    so every earlier size of the file is still a valid file. None when this pyarrow cannot write row
+    groups at an offset (the caller re-encodes the whole table instead).
+
+    pyarrow's writer only starts a file at offset 0 and records each column chunk at its stream's
+    position. It writes its magic on opening; the scratch file is then extended (sparsely) to the size of
+    the file, so the row groups it writes next carry the offsets they will have after it. Their
+    metadata is appended to `old`'s, under a footer with `metadata`, by pyarrow's own serializer.
+    """
+    import os
+    import tempfile
+
+    table = canonical_table(table.replace_schema_metadata(None))
+    empty = encode_parquet(table.schema.empty_table(), metadata, watermark_hash)
+    combined = pq.read_metadata(pa.BufferReader(pa.py_buffer(empty)))
+    try:
+        combined.append_row_groups(old)
+    except RuntimeError:  # another schema: not an append
+        return None
+    groups = b""
+    if table.num_rows:
+        with tempfile.TemporaryDirectory(prefix="usr_es-append-") as scratch:
+            path = os.path.join(scratch, "rows.parquet")
+            open(path, "wb").close()
+            sink = pa.OSFile(path, "a")
+            writer = _open_writer(sink, table, metadata)
+            try:
+                if os.path.getsize(path) != 4:
+                    return None  # the writer did not write its magic on opening
+                os.ftruncate(sink.fileno(), at)
+                os.lseek(sink.fileno(), 0, os.SEEK_END)
+                _write_groups(writer, table, metadata, watermark_hash, ROW_GROUP_ROWS)
+            finally:
+                writer.close()
+                sink.close()
+            added = pq.read_metadata(path)
+            if added.num_row_groups == 0 or _chunk_start(added.row_group(0)) != at:
+                return None
+            with open(path, "rb") as fh:
+                fh.seek(-8, os.SEEK_END)
+                end = fh.tell() - int.from_bytes(fh.read(4), "little")
+                fh.seek(at)
+                groups = fh.read(end - at)
+            combined.append_row_groups(added)
+    sink = pa.BufferOutputStream()
+    combined.write_metadata_file(sink)
+    footer = sink.getvalue()
+    return memoryview(groups + footer.to_pybytes()[4:]).cast("B")
 
 
 def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> memoryview:

@@ -271,6 +271,26 @@ def append_record(path: Path, data: bytes, *, expected_size: int) -> None:
         ops.close(fd)
 
 
+def append_at(path: Path, size: int, parts: list[bytes | memoryview], *, point: str) -> None:
+    """Grow the file at `path` in place: cut it back to `size` bytes (a torn tail an interrupted append
+    left), append `parts` and fsync (docs/adr/0013). The first `size` bytes are never written."""
+    ops = fileops()
+    fd = ops.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size < size:
+            raise IntegrityError(f"{path.name} changed under the lock; refusing to append to it")
+        if info.st_size != size:
+            ops.truncate(fd, size)
+        ops.point(f"before_append:{point}")
+        for part in parts:
+            _write_all(ops, fd, part)
+        ops.point(f"before_fsync:{point}")
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+
+
 @contextlib.contextmanager
 def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
     """Hold an `flock` on the lock file `path` (created 0600, never followed through a symlink)."""

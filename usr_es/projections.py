@@ -21,13 +21,32 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import idindex
-from .codec import HASH_PLACEHOLDER, encode_base, encode_part, patch_watermark_hash, read_watermark
+from .codec import (
+    HASH_PLACEHOLDER,
+    ROW_GROUP_ROWS,
+    append_parquet,
+    base_metadata,
+    encode_base,
+    encode_part,
+    patch_watermark_hash,
+    read_watermark,
+)
 from .errors import IntegrityError
-from .events import BASE_EVENTS, LAYOUT_EVENTS, Event, Materialized, OverlayCompacted
+from .events import (
+    BASE_EVENTS,
+    LAYOUT_EVENTS,
+    Event,
+    Materialized,
+    OverlayCompacted,
+    RegistryFrozen,
+    SequencesImported,
+)
 from .names import INDEX_FILE, LAYOUT_FILE, RECORDS_FILE, TOMBSTONE_NS
 from .projectors import (
+    BASE_SCHEMA,
     EMPTY_LAYOUT,
     BaseProjection,
     DerivedLayout,
@@ -35,6 +54,7 @@ from .projectors import (
     Watermark,
     apply_event,
     apply_layout,
+    imported_rows,
     materialize_table,
     part_table,
     sorted_part,
@@ -58,6 +78,16 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Growth:
+    """How a file grows in place instead of being replaced: the stored file stamped `after`, `size` bytes
+    long, gets `tail` appended (docs/adr/0013)."""
+
+    size: int
+    after: Watermark
+    tail: list[bytes | memoryview]
+
+
+@dataclass(frozen=True)
 class Output:
     """One file a projection publishes: the watermark it carries and how to make its bytes."""
 
@@ -70,6 +100,8 @@ class Output:
     #: The file readers anchor on (layout.json): published after the projection's other files and removals,
     #: so a crash before it leaves the projection lagging, and the next catch-up redoes the whole step.
     last: bool = False
+    #: Set when the new file is the stored one with bytes appended (records.parquet after an import).
+    grow: Growth | None = None
 
 
 class Restart(Exception):
@@ -85,10 +117,6 @@ class PartSource(Protocol):
 
     def base(self, directory: Path, mark: Watermark, columns: list[str] | None) -> BaseProjection:
         """The stored base in `directory` (stamped `mark`), with only `columns` when given."""
-        ...
-
-    def full_base(self, directory: Path, base: BaseProjection, columns: list[str] | None = None) -> BaseProjection:
-        """`base`, loaded from `directory` with only some columns, with every column (or with `columns`)."""
         ...
 
 
@@ -149,8 +177,111 @@ def _sealed(mark: Watermark, digests: dict[int, str]) -> Watermark:
 
 
 # -- records.parquet -------------------------------------------------------------------------------
+#: An append that would leave more row groups than a whole encode has by this many, or more unreferenced
+#: bytes than referenced ones, re-encodes the whole base instead (docs/adr/0013).
+MAX_EXTRA_GROUPS = 256
+
+
+def _mapped(path: Path, size: int) -> pa.Buffer:
+    """The first `size` bytes of the file at `path`, memory-mapped (no copy)."""
+    with pa.memory_map(str(path)) as source:
+        return source.read_buffer(size)
+
+
+@dataclass(frozen=True)
+class BaseBytes:
+    """The bytes of records.parquet after the events folded so far (docs/adr/0013): the first `size` bytes
+    of the file at `path` (None: no such file) and then the chunks appended since, each with the seq of the
+    event that appended it (its footer carries that event's hash: pending until its line is written)."""
+
+    path: Path | None = None
+    size: int = 0
+    chunks: tuple[tuple[int, tuple[bytes | memoryview, ...]], ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.size + sum(len(part) for _, parts in self.chunks for part in parts)
+
+    def parts(self) -> list[bytes | memoryview]:
+        """The file's bytes, in order (the stored prefix is mapped, not read)."""
+        out: list[bytes | memoryview] = []
+        if self.path is not None and self.size:
+            out.append(memoryview(_mapped(self.path, self.size)).cast("B"))
+        out.extend(part for _, parts in self.chunks for part in parts)
+        return out
+
+    def tail(self) -> list[bytes | memoryview]:
+        """The bytes appended after the stored prefix."""
+        return [part for _, parts in self.chunks for part in parts]
+
+    def footer(self) -> pq.FileMetaData:
+        """The file's footer (the last chunk ends with it; else the stored file does)."""
+        if self.chunks:
+            source = pa.py_buffer(b"".join(self.chunks[-1][1]))
+        else:
+            assert self.path is not None
+            source = _mapped(self.path, self.size)
+        return pq.read_metadata(pa.BufferReader(source))
+
+    def read(self, columns: list[str] | None) -> pa.Table:
+        """The base table these bytes hold (only `columns`, when given)."""
+        parts = self.parts()
+        if len(parts) == 1:
+            source = pa.py_buffer(parts[0])
+        else:
+            source = pa.py_buffer(b"".join(parts))
+        table = pq.read_table(pa.BufferReader(source), columns=columns)
+        return table.replace_schema_metadata(None) if table.num_columns else table
+
+    def appended(self, seq: int, chunk: memoryview) -> BaseBytes:
+        return replace(self, chunks=(*self.chunks, (seq, (chunk,))))
+
+    def sealed(self, digests: dict[int, str]) -> BaseBytes:
+        """Each pending chunk's footer patched with the hash its event's line got."""
+        chunks = []
+        for seq, parts in self.chunks:
+            if seq in digests and len(parts) == 1 and HASH_PLACEHOLDER.encode() in bytes(parts[0][-(1 << 20) :]):
+                chunks.append((seq, tuple(patch_watermark_hash(memoryview(parts[0]), digests[seq]))))
+            else:
+                chunks.append((seq, parts))
+        return replace(self, chunks=tuple(chunks))
+
+
+def _appendable(footer: pq.FileMetaData, total: int, new_rows: int) -> bool:
+    """Whether an append of `new_rows` keeps the file within the bounds of docs/adr/0013: at most
+    `MAX_EXTRA_GROUPS` more row groups than a whole encode, and no more unreferenced bytes (earlier
+    footers) than referenced ones (row groups and the current footer)."""
+    groups = footer.num_row_groups + -(-new_rows // ROW_GROUP_ROWS)
+    whole = -(-(footer.num_rows + new_rows) // ROW_GROUP_ROWS)
+    if groups > whole + MAX_EXTRA_GROUPS:
+        return False
+    referenced = (
+        footer.serialized_size
+        + 12
+        + sum(
+            footer.row_group(g).column(c).total_compressed_size
+            for g in range(footer.num_row_groups)
+            for c in range(footer.num_columns)
+        )
+    )
+    return bool(total - referenced <= referenced)
+
+
+def _file_rows(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Imported rows with the stored file's columns (those a materialize added read null)."""
+    return pa.table(
+        [rows.column(f.name) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type) for f in schema],
+        schema=pa.schema([pa.field(f.name, f.type) for f in schema]),
+    )
+
+
 class BaseFile:
-    """`records.parquet`: the base table (imports, materialize, registry freezes)."""
+    """`records.parquet`: the base table (imports, materialize, registry freezes).
+
+    Its state is the table (or some of its columns, `partial`) and the file's bytes (`BaseBytes`): an
+    import appends row groups and a new footer after the stored bytes, which never change; a materialize
+    (or an append past the bounds of docs/adr/0013) re-encodes the whole table.
+    """
 
     label = "records.parquet"
     anchored = True
@@ -158,11 +289,12 @@ class BaseFile:
     def __init__(self, fold: Fold) -> None:
         self._fold = fold
         self.base: BaseProjection | None = None
-        #: Set while `base` holds only some columns of the stored file (same watermark): they are all read
-        #: before an event is folded into it or it is encoded.
+        #: Set while `base` holds only some columns (the file has them all).
         self.partial = False
-        self._loaded_from: Path | None = None
-        self._staged: tuple[Watermark, memoryview] | None = None
+        #: The file's bytes; None while a whole encode of `base` is pending (made by `stage` or on demand).
+        self.bytes: BaseBytes | None = None
+        #: The watermark of the stored file the bytes start with (an append extends only that file).
+        self._stored: Watermark | None = None
         self._read: tuple[Path, Watermark | None] | None = None  # what `stored_mark` read, for `load`
 
     def watches(self, event: Event) -> bool:
@@ -178,16 +310,27 @@ class BaseFile:
 
     def load(self, directory: Path, *, columns: list[str] | None = None) -> None:
         read, self._read = self._read, None  # the anchor just checked (under the same lock), else read now
-        mark = read[1] if read is not None and read[0] == directory else read_watermark(directory / RECORDS_FILE)
+        path = directory / RECORDS_FILE
+        mark = read[1] if read is not None and read[0] == directory else read_watermark(path)
         self.base = self._fold.source.base(directory, mark, columns) if mark is not None else None
         self.partial = columns is not None and self.base is not None
-        self._loaded_from = directory
+        self.bytes = BaseBytes(path, path.stat().st_size) if mark is not None else None
+        self._stored = mark
+
+    def encoded(self) -> BaseBytes:
+        """The file's bytes (a pending whole encode made now)."""
+        if self.bytes is None:
+            base = self.full()
+            assert base is not None
+            pending = base.watermark.hash == PENDING
+            self.bytes = BaseBytes(chunks=((base.watermark.seq, (encode_base(base, pending_hash=pending),)),))
+        return self.bytes
 
     def full(self) -> BaseProjection | None:
         """The base with every column."""
         if self.base is not None and self.partial:
-            assert self._loaded_from is not None
-            self.base = self._fold.source.full_base(self._loaded_from, self.base)
+            assert self.bytes is not None  # a partial base is always a loaded (or appended) file
+            self.base = replace(self.base, table=self.bytes.read(None))
         self.partial = False
         return self.base
 
@@ -198,13 +341,21 @@ class BaseFile:
             return None
         if name in base.table.column_names:
             return base.table.column(name)
-        assert self._loaded_from is not None
-        return self._fold.source.full_base(self._loaded_from, base, [name]).table.column(name)
+        assert self.bytes is not None
+        return self.bytes.read([name]).column(name)
+
+    def column_count(self) -> int:
+        """How many columns the base has."""
+        if self.partial and self.bytes is not None:
+            return int(self.bytes.footer().num_columns)
+        return int(self.base.table.num_columns) if self.base is not None else 0
 
     def fold(self, step: Step) -> None:
+        event = step.event
+        if isinstance(event, (SequencesImported, RegistryFrozen)) and self._append(step):
+            return
         base = self.full()
         materialized = None
-        event = step.event
         if isinstance(event, Materialized):
             derived = self._fold.get(DerivedFiles)
             if derived.layout_mark.seq >= step.mark.seq:  # the stored layout is past this base: start over
@@ -219,45 +370,72 @@ class BaseFile:
         self.base = apply_event(
             base, event, step.payload, registry_hash=step.registry_hash, mark=step.mark, materialized=materialized
         )
-        self._staged = None
+        self.bytes = None  # a whole encode
+
+    def _append(self, step: Step) -> bool:
+        """Fold an import or a registry freeze as an append to the file's bytes; False when it must be a
+        whole encode instead (no file yet, or the append would pass the bounds)."""
+        if self.base is None:
+            return False
+        if self.partial and not self.base.table.num_columns:  # a row count alone cannot take rows
+            self.full()
+        base = self.base
+        assert base is not None
+        current = self.encoded()
+        footer = current.footer()
+        event = step.event
+        rows = (
+            imported_rows(step.payload, event)
+            if isinstance(event, SequencesImported) and step.payload is not None and step.payload.num_rows
+            else None
+        )
+        if not _appendable(footer, current.total, rows.num_rows if rows is not None else 0):
+            return False
+        after = replace(base, registry_hash=step.registry_hash, watermark=step.mark)
+        added = _file_rows(rows if rows is not None else BASE_SCHEMA.empty_table(), footer.schema.to_arrow_schema())
+        pending = step.mark.hash == PENDING
+        chunk = append_parquet(
+            footer, current.total, added, base_metadata(after), HASH_PLACEHOLDER if pending else step.mark.hash
+        )
+        if chunk is None:
+            return False
+        if rows is not None:
+            kept = added.select(base.table.column_names) if self.partial else added
+            after = replace(after, table=pa.concat_tables([base.table, kept]))
+        self.base = after
+        self.bytes = current.appended(step.mark.seq, chunk)
+        return True
 
     def stage(self) -> None:
-        """Encode the base with the pending hash now, when this write changed it: the line's fingerprint
-        needs the file's size (a base this write did not change is left as loaded, maybe partial)."""
+        """Encode the base now (with the pending hash) when this write re-encodes it: the line's fingerprint
+        needs the file's size."""
         base = self.base
-        if base is None or base.watermark.hash != PENDING:
-            return
-        if self._staged is not None and self._staged[0] == base.watermark:
-            return  # encoded already (a later event of the same write did not change it)
-        full = self.full()
-        assert full is not None
-        self._staged = (full.watermark, encode_base(full, pending_hash=True))
+        if base is not None and base.watermark.hash == PENDING:
+            self.encoded()
 
-    def staged_size(self) -> int | None:
-        return len(self._staged[1]) if self._staged is not None else None
+    def size(self) -> int:
+        return self.encoded().total
 
     def seal(self, digests: dict[int, str]) -> None:
         if self.base is not None:
             self.base = replace(self.base, watermark=_sealed(self.base.watermark, digests))
-
-    def _encode(self) -> Encoded:
-        base = self.full()
-        assert base is not None
-        staged = self._staged
-        if staged is not None and staged[0].seq == base.watermark.seq:
-            return patch_watermark_hash(staged[1], base.watermark.hash)
-        return encode_base(base)
+        if self.bytes is not None:
+            self.bytes = self.bytes.sealed(digests)
 
     def outputs(self) -> dict[str, Output]:
         if self.base is None:
             return {}
-        return {RECORDS_FILE: Output(self.base.watermark, self._encode, read_watermark)}
+        grow = None
+        current = self.bytes
+        if current is not None and current.path is not None and current.chunks and self._stored is not None:
+            grow = Growth(current.size, self._stored, current.tail())
+        return {RECORDS_FILE: Output(self.base.watermark, lambda: self.encoded().parts(), read_watermark, grow=grow)}
 
     def stray(self, directory: Path) -> Iterator[str]:
         return iter(())
 
     def release(self) -> None:
-        self._staged = None
+        return None
 
 
 # -- _index/id.arrow -------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from .events import (
 )
 from .names import ARCHIVE_DIR, DERIVED_DIR, PURGED, STATE_NS, TOMBSTONE_NS
 
-PROJECTOR_VERSION = "3"  # 2: parts sorted by id, 16k-row groups; 3: folded namespaces, 32k-row base groups, id index
+PROJECTOR_VERSION = "4"  # 2: parts sorted by id, 16k-row groups; 3: folded namespaces, 32k-row base groups, id index;
+# 4: imports append row groups to records.parquet (docs/adr/0013)
 
 BASE_SCHEMA = pa.schema(
     [

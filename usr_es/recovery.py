@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,8 @@ import pyarrow.parquet as pq
 
 from .codec import read_watermark
 from .errors import IntegrityError, NotFound, ReadError
-from .events import GENESIS_HASH, LogRecord, record_decoder
-from .fileio import fileops, locked, remove_stale_temps
+from .events import BASE_EVENTS, GENESIS_HASH, LogRecord, record_decoder
+from .fileio import append_at, fileops, locked, remove_stale_temps
 from .log import (
     LogLine,
     Scan,
@@ -46,7 +47,7 @@ from .names import (
     REGISTRY_DIR,
     SNAPSHOT_DIR,
 )
-from .projections import BaseFile, DerivedFiles, Fold, Output, PartSource, Projection, Restart, Step, table_key
+from .projections import BaseFile, DerivedFiles, Fold, Growth, Output, PartSource, Projection, Restart, Step, table_key
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark, part_table, sorted_part
 from .storage import publish, read_base, read_payload
 
@@ -104,9 +105,6 @@ class LocalSource(PartSource):
         if columns is not None and self.cache is not None and directory == self.directory:
             return self.cache.load(directory, mark, columns)
         return read_base(directory, mark, columns=columns)
-
-    def full_base(self, directory: Path, base: BaseProjection, columns: list[str] | None = None) -> BaseProjection:
-        return read_base(directory, base.watermark, columns=columns)
 
 
 class BaseCache:
@@ -204,6 +202,7 @@ def catch_up(
     that needs no catching up is loaded with only those columns.
     """
     log_path = directory / LOG_FILE
+    cut = cut_torn_base(directory)
     fold = Fold(LocalSource(directory, cache=cache))
     stored = {m.label: m.stored_mark(directory) for m in fold.members if m.anchored}  # read once each
     start = _anchors(log_path, stored)
@@ -229,7 +228,7 @@ def catch_up(
             "lines (truncated, or restored from an older copy); nothing was written",
             hint="Restore the full .events.log. To accept the shorter log as the truth instead, run `usr rebuild`.",
         )
-    warnings = []
+    warnings = [cut] if cut else []
     # The projections that took events (all of them after a fold from the start), and the ones that follow
     # others (a stale or missing id index is caught up even when nothing else lagged).
     due = [m for m in fold.members if start is None or counts.get(m.label) or not m.anchored]
@@ -248,6 +247,43 @@ def catch_up(
             f"restored the newline the last line (seq {scan.seq}) had lost: its hash verifies, so it is committed"
         )
     return Tail(scan=scan, fold=fold, caught_up=sum(counts.values()), warnings=warnings)
+
+
+def cut_torn_base(directory: Path) -> str | None:
+    """Cut records.parquet back to its last committed size when an append was cut short (a crash in the
+    middle of growing it in place, docs/adr/0013): its end is then no footer. The log records the file's
+    size after every event that changed it; the newest of those sizes at which the file holds a footer
+    stamped with that very line is the committed file (the bytes after it are unreferenced). Under the
+    lock. Returns a note when it cut, None when there was nothing to cut (or no committed size was found:
+    the fold then rebuilds the file from the log)."""
+    path = directory / RECORDS_FILE
+    try:
+        size = os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return None
+    if read_watermark(path) is not None:
+        return None
+    sizes: list[tuple[int, Watermark]] = []
+    try:
+        for line in iter_lines(directory / LOG_FILE):
+            if isinstance(line.record.event, BASE_EVENTS) and line.record.fingerprint.size_bytes <= size:
+                sizes.append((line.record.fingerprint.size_bytes, Watermark(line.seq, line.offset, line.record.hash)))
+    except IntegrityError:
+        return None  # the catch-up that follows reports the log
+    with pa.memory_map(str(path)) as source:
+        for committed, mark in reversed(sizes):
+            if committed and read_watermark(pa.BufferReader(source.read_buffer(committed))) == mark:
+                break
+        else:
+            return None
+    ops = fileops()
+    fd = ops.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        ops.truncate(fd, committed)
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+    return f"cut {size - committed} byte(s) an interrupted append left after records.parquet's seq {mark.seq}"
 
 
 def fresh(directory: Path) -> tuple[Watermark | None, Scan, int]:
@@ -280,6 +316,33 @@ def fresh(directory: Path) -> tuple[Watermark | None, Scan, int]:
 
 
 # -- publishing a fold's outputs -------------------------------------------------------------------
+def _write_output(path: Path, out: Output) -> bool:
+    """Write one output's file: grown in place when it extends the stored file (docs/adr/0013), else
+    published whole. Returns whether the projection holds a file there."""
+    grow = out.grow
+    if grow is not None and _extends(path, grow):
+        append_at(path, grow.size, grow.tail, point=path.name)
+        return True
+    data = out.encode()
+    _write(path, data)
+    return data is not None
+
+
+def _extends(path: Path, grow: Growth) -> bool:
+    """Whether the stored file is the one `grow` extends (one link only: a checkpoint or a replay copy
+    linked to it must not change), maybe with a torn tail of an interrupted append after it."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size < grow.size:
+        return False
+    if st.st_size == grow.size:
+        return read_watermark(path) == grow.after
+    with pa.memory_map(str(path)) as source:
+        return read_watermark(pa.BufferReader(source.read_buffer(grow.size))) == grow.after
+
+
 def _write(path: Path, data: bytes | memoryview | list[bytes | memoryview] | None) -> None:
     if data is None:
         if path.exists():
@@ -308,7 +371,7 @@ def publish_changes(before: dict[str, Output], after: dict[str, Output], target:
             fileops().mkdir((target / rel).parent)
             fileops().replace(target / str(out.moved_from), target / rel)
         else:
-            _write(target / rel, out.encode())
+            _write_output(target / rel, out)
         written.append(rel)
     for gone in [r for r in before if r not in after]:
         if (target / gone).exists():
@@ -364,19 +427,21 @@ def _place(target: Path, rel: str, out: Output, *, trust_stored: bool, reuse: Pa
         fileops().mkdir(path.parent)
         copy_file(kept, path)
         return True
-    data = out.encode()
-    _write(path, data)
-    return data is not None
+    return _write_output(path, out)
 
 
 def copy_file(src: Path, dst: Path) -> None:
-    """A hard link where possible (projection files are never changed in place), else a copy."""
+    """A hard link where possible (projection files are replaced, not changed, by a write), else a copy;
+    always a copy of records.parquet, which an import grows in place (docs/adr/0013)."""
     if dst.exists():
         return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    if src.name != RECORDS_FILE:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
 
 
 def live_parts(directory: Path) -> tuple[pa.Table, dict[str, pa.Table], DerivedLayout]:

@@ -35,6 +35,7 @@ from .commands import (
     ClearState,
     Command,
     CompactOverlay,
+    ImportSequences,
     InitDataset,
     Materialize,
     RestoreRecords,
@@ -60,6 +61,7 @@ _COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
 #: Commands whose decision needs at most these base columns (and that do not change the base):
 #: their writes read only these columns of records.parquet. Every other command reads it whole.
 _BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
+    ImportSequences: ["id"],
     TombstoneRecords: ["id"],
     RestoreRecords: ["id"],
     SetState: ["id"],
@@ -313,19 +315,17 @@ class Writer:
         return records, marks, b"".join(lines)
 
     def _fingerprint(self, fold: Fold) -> Fingerprint:
-        """The base's rows, columns and file size after the event (the staged encoding's size when this
-        write changed the base, else the stored file's)."""
+        """The base's rows, columns and file size after the event (the encoded size when this write
+        changed the base, else the stored file's)."""
         holder = fold.get(BaseFile)
         base = holder.base
         if base is None:
             return Fingerprint(rows=0, cols=0, size_bytes=0)
-        staged = holder.staged_size()
-        if base.watermark.hash == PENDING and staged is not None:
-            return Fingerprint(rows=base.rows, cols=base.table.num_columns, size_bytes=staged)
+        if base.watermark.hash == PENDING:
+            return Fingerprint(rows=base.rows, cols=holder.column_count(), size_bytes=holder.size())
         path = self.directory / RECORDS_FILE
         size = path.stat().st_size if path.exists() else 0
-        cols = len(pq.read_schema(path).names) if holder.partial else base.table.num_columns
-        return Fingerprint(rows=base.rows, cols=cols, size_bytes=size)
+        return Fingerprint(rows=base.rows, cols=holder.column_count(), size_bytes=size)
 
     def _checkpoint(self, fold: Fold, records: list[LogRecord], mark: Watermark) -> None:
         """A checkpoint for a snapshot event, else when the automatic policy says one is due."""
