@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from usr_es import Dataset, reads
-from usr_es.errors import NotFound
-from usr_es.idindex import encode, key_of, sorted_rows, stamp_of
-from usr_es.names import INDEX_FILE
+from usr_es.errors import InvalidInput, NotFound
+from usr_es.idindex import encode, key_of, merge_policy, read_manifest, run_rows
+from usr_es.names import INDEX_MANIFEST
 from usr_es.registry import register_namespace, split_columns_spec
 
 # Two sequences whose ids (sha1 of "dna|sequence") share their first 8 characters: the same index key.
@@ -36,6 +38,13 @@ def make(root: Path, sequences: list[str]) -> tuple[Dataset, list[str]]:
     return ds, ds.view(columns=["id"]).column("id").to_pylist()
 
 
+def only_run(ds: Dataset) -> Path:
+    """The index's one run file (a dataset made by one import)."""
+    manifest = read_manifest(ds.dir / INDEX_MANIFEST)
+    assert manifest is not None and len(manifest.runs) == 1
+    return ds.dir / manifest.runs[0].file
+
+
 def sequences_of(ds: Dataset, ids: list[str]) -> list[str]:
     return ds.get(ids, columns=["sequence"]).column("sequence").to_pylist()
 
@@ -51,22 +60,27 @@ def test_ids_sharing_an_index_key_are_told_apart(tmp_path: Path) -> None:
 
 def test_get_answers_the_same_with_the_index_missing_stale_or_corrupt(tmp_path: Path) -> None:
     ds, ids = make(tmp_path / "root", OTHERS[:3])
-    index = ds.dir / INDEX_FILE
-    older = index.read_bytes()  # the index of a base that is about to change
+    manifest = ds.dir / INDEX_MANIFEST
+    older = manifest.read_bytes()  # the index of a base that is about to change
     ds.add_sequences([*OTHERS[3:], *COLLIDING], alphabet="dna_4")
     ids = ds.view(columns=["id"]).column("id").to_pylist()
     request = [*reversed(ids), ids[2]]
     expected = ds.get(request)
     assert expected.column("id").to_pylist() == request
-    current = index.read_bytes()
-    for damaged in (older, b"not an arrow file", current[: len(current) // 2], None):
+    run = only_run(ds)
+    current, current_run = manifest.read_bytes(), run.read_bytes()
+    damages = [(manifest, older), (manifest, b"not json"), (manifest, current[: len(current) // 2]), (manifest, None)]
+    damages += [(run, b"not an arrow file"), (run, current_run[: len(current_run) // 2]), (run, None)]
+    for path, damaged in damages:
         if damaged is None:
-            index.unlink()
+            path.unlink()
         else:
-            index.write_bytes(damaged)
+            path.write_bytes(damaged)
         assert ds.get(request).equals(expected)
         with pytest.raises(NotFound):
             ds.get([ids[0], "0" * 40])
+        manifest.write_bytes(current)
+        run.write_bytes(current_run)
 
 
 def test_a_current_index_spares_the_search_of_every_base_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,43 +95,44 @@ def test_a_current_index_spares_the_search_of_every_base_id(tmp_path: Path, monk
     monkeypatch.setattr(reads, "_group_ids", counting)
     assert sequences_of(ds, [ids[5]]) == [COLLIDING[0]]
     assert searched == []  # no overlay parts, and the base was read through the index
-    (ds.dir / INDEX_FILE).unlink()
+    only_run(ds).write_bytes(b"damaged")
     assert sequences_of(ds, [ids[5]]) == [COLLIDING[0]]
     assert searched  # without it, the ids are searched row group by row group
 
 
 def test_the_next_write_catches_a_lagging_index_up_and_rebuild_restores_it(tmp_path: Path) -> None:
     ds, ids = make(tmp_path / "root", [*OTHERS, *COLLIDING])
-    index = ds.dir / INDEX_FILE
-    good = index.read_bytes()
+    index, run = ds.dir / INDEX_MANIFEST, only_run(ds)
+    good, good_run = index.read_bytes(), run.read_bytes()
     assert ds.verify().ok
     index.unlink()  # as if a crash came between publishing records.parquet and the index
     report = ds.verify()
-    assert not report.ok and any(INDEX_FILE in problem for problem in report.problems)
+    assert not report.ok and any(INDEX_MANIFEST in problem for problem in report.problems)
     ds.set_state([ids[0]], split="train")  # any write catches the projections up first
     assert index.read_bytes() == good
-    index.write_bytes(good[:-7])
+    run.write_bytes(good_run[:-7])
     assert not ds.verify().ok
     ds.maintenance.rebuild()
-    assert index.read_bytes() == good
+    assert (index.read_bytes(), run.read_bytes()) == (good, good_run)
     assert ds.verify().ok
 
 
 def test_index_rows_are_sorted_by_key_then_row() -> None:
     ids = pa.array(["b" * 8 + "x", "a" * 8 + "y", "b" * 8 + "z", "a" * 8 + "w"])
-    rows = sorted_rows(ids)
+    rows = run_rows(ids, 10)
     assert rows is not None
-    assert rows.column(1).to_pylist() == [1, 3, 0, 2]
+    assert rows.column(1).to_pylist() == [11, 13, 10, 12]
     assert rows.column(0).to_pylist() == [key_of("aaaaaaaa")] * 2 + [key_of("bbbbbbbb")] * 2
-    assert sorted_rows(pa.array(["short", "a" * 9])) is None  # an id too short to key: no index
+    assert run_rows(pa.array(["short", "a" * 9]), 0) is None  # an id too short to key: no index
 
 
 def test_a_damaged_index_with_a_valid_stamp_never_returns_another_record(tmp_path: Path) -> None:
     ds, ids = make(tmp_path / "root", [*OTHERS, *COLLIDING])
-    path = ds.dir / INDEX_FILE
-    mark = stamp_of(ds.dir)
-    rows = sorted_rows(pa.array(ids))
-    assert mark is not None and rows is not None
+    path = only_run(ds)
+    manifest = read_manifest(ds.dir / INDEX_MANIFEST)
+    rows = run_rows(pa.array(ids), 0)
+    assert manifest is not None and rows is not None
+    mark = manifest.runs[0].mark
     keys, positions = rows.column(0), rows.column(1).to_pylist()
     by_row = dict(zip(positions, range(len(positions)), strict=True))  # base row -> index entry
     a, b = 0, 2  # two records with different keys: their entries are swapped
@@ -135,3 +150,60 @@ def test_a_damaged_index_with_a_valid_stamp_never_returns_another_record(tmp_pat
             else:
                 assert ds.get([wanted]).column("id").to_pylist() == [wanted]
         assert not ds.verify().ok
+
+
+def _dna(tag: str, n: int) -> list[str]:
+    import random
+
+    rng = random.Random(tag)
+    return ["".join(rng.choice("ACGT") for _ in range(24)) for _ in range(n)]
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=8))
+def test_imports_keep_a_few_runs_that_answer_like_a_scan(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int]
+) -> None:
+    ds, _ = make(tmp_path_factory.mktemp("runs") / "root", _dna("start", 3))
+    for k, n in enumerate(sizes):
+        ds.add_sequences(_dna(f"batch-{k}", n), alphabet="dna_4")
+    ids = ds.view(columns=["id"]).column("id").to_pylist()
+    manifest = read_manifest(ds.dir / INDEX_MANIFEST)
+    assert manifest is not None and manifest.rows == len(ids)
+    assert [r.start for r in manifest.runs] == [0, *[r.end for r in manifest.runs[:-1]]]  # they tile the base
+    assert manifest.runs[-1].end == len(ids)
+    assert len(manifest.runs) <= 2 + len(ids).bit_length()
+    assert (
+        sequences_of(ds, [ids[-1], ids[0]])
+        == ds.get([ids[-1], ids[0]], columns=["sequence"]).column("sequence").to_pylist()
+    )
+    assert ds.get(list(reversed(ids))).column("id").to_pylist() == list(reversed(ids))
+    assert ds.verify().ok
+
+
+def test_the_merge_policy_keeps_each_run_more_than_twice_the_next() -> None:
+    from usr_es.idindex import Run
+    from usr_es.projectors import Watermark
+
+    runs = [Run(0, 100, Watermark()), Run(100, 140, Watermark()), Run(140, 160, Watermark())]
+    assert merge_policy(runs) == [(1, 2), (0, 1)]  # 40 <= 2*20, then 100 <= 2*60
+    assert merge_policy(runs[:2]) == []
+
+
+def test_a_write_checks_its_ids_without_reading_the_base_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from usr_es.errors import DuplicateIDError
+    from usr_es.projections import BaseBytes
+
+    ds, ids = make(tmp_path / "root", [*OTHERS, *COLLIDING])
+
+    def whole_read(self: BaseBytes, columns: list[str] | None) -> pa.Table:
+        raise AssertionError("the base was read whole")
+
+    monkeypatch.setattr(BaseBytes, "read", whole_read)
+    assert ds.add_sequences(_dna("new", 4), alphabet="dna_4").metrics["rows_written"] == 4
+    with pytest.raises(DuplicateIDError):
+        ds.add_sequences([COLLIDING[1]], alphabet="dna_4")
+    assert ds.add_sequences([COLLIDING[1], "ACGTTTTTGGGGCCCCA"], on_conflict="skip").metrics["rows_written"] == 1
+    assert ds.delete([ids[4]]).metrics["rows_written"] == 1
+    with pytest.raises(InvalidInput):
+        ds.delete(["0" * 40])

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from usr_es import Dataset
 from usr_es.alphabet import compute_id
 from usr_es.errors import NamespaceError, NotFound
-from usr_es.names import INDEX_FILE
+from usr_es.names import INDEX_DIR
 from usr_es.registry import register_namespace, split_columns_spec
 
 SETTINGS = settings(
@@ -259,7 +259,7 @@ def tree(directory: Path) -> dict[str, bytes]:
 
 def projections(directory: Path) -> dict[str, bytes]:
     files = tree(directory)
-    return {k: v for k, v in files.items() if k in ("records.parquet", INDEX_FILE) or k.startswith("_derived/")}
+    return {k: v for k, v in files.items() if k == "records.parquet" or k.startswith(("_derived/", INDEX_DIR))}
 
 
 @SETTINGS

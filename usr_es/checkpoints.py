@@ -21,7 +21,7 @@ import xxhash
 from .fileio import fileops, write_atomic
 from .log import LogLine, raw_lines
 from .names import CHECKPOINT_MANIFEST, RECORDS_FILE, SNAPSHOT_DIR
-from .projections import DerivedFiles, Fold, table_key
+from .projections import BaseFile, DerivedFiles, Fold, IdIndex, table_key
 from .projectors import PROJECTOR_VERSION, Watermark
 from .recovery import LocalSource, copy_file
 
@@ -94,6 +94,8 @@ def load_checkpoint(path: Path, lines: list[LogLine], directory: Path) -> tuple[
     fold = Fold(source)
     for member in fold.members:
         member.load(path, columns=[])  # the base's row count for now; its rows when they are needed
+    if fold.get(IdIndex).mark() != fold.get(BaseFile).mark():
+        return f"checkpoint {path.name} holds no id index of its base"
     layout = fold.get(DerivedFiles).layout
     source.trusted = {table_key(info): path / info.file for info in layout.files().values()}
     return fold, seq

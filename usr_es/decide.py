@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -79,6 +79,33 @@ class Rows:
         return table
 
 
+class KnownIds(Protocol):
+    """The ids of the base, asked about a few at a time (the writer answers from the id index, ADR 0013)."""
+
+    def __len__(self) -> int: ...
+
+    def isin(self, wanted: pa.Array) -> pa.Array:
+        """For each of `wanted`, whether the base holds it (a boolean array aligned with `wanted`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArrayIds:
+    """`KnownIds` over the base's id column in hand."""
+
+    ids: pa.ChunkedArray | pa.Array
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def isin(self, wanted: pa.Array) -> pa.Array:
+        return _present(wanted, self.ids)
+
+
+def known_ids(ids: KnownIds | pa.ChunkedArray | pa.Array) -> KnownIds:
+    return ArrayIds(ids) if isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
+
+
 @dataclass(frozen=True)
 class DatasetState:
     """What decisions need to know about a dataset at the tail of its log.
@@ -90,7 +117,7 @@ class DatasetState:
     name: str
     initialized: bool = False
     seq: int = 0
-    ids: pa.ChunkedArray | pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    ids: KnownIds | pa.ChunkedArray | pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     base: pa.Table | None = None
     live_parts: dict[str, int] = field(default_factory=dict)
     overlays: dict[str, pa.Table] = field(default_factory=dict)
@@ -269,7 +296,7 @@ def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table
             pa.table({"id": ids, "i": pa.array(range(n_input), pa.int64())}).group_by("id").aggregate([("i", "min")])
         )
         keep = pc.is_in(pa.array(range(n_input), pa.int64()), value_set=first_rows.column("i_min"))
-    existing = pc.is_in(ids, value_set=pa.chunked_array(state.ids).combine_chunks()) if len(state.ids) else None
+    existing = known_ids(state.ids).isin(ids) if len(state.ids) else None
     if existing is not None and pc.any(existing).as_py():
         if command.on_conflict == "error":
             clash = _rows(existing)
@@ -540,7 +567,7 @@ def _ids_from(command: TombstoneRecords | RestoreRecords | SetState | ClearState
 
 
 def _present(wanted: pa.Array, ids: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """For each of `wanted` (distinct, non-null), whether it is one of `ids` (`is_in`), without hashing
+    """For each of `wanted` (non-null), whether it is one of `ids` (`is_in`), without hashing
     every id when only a few are wanted: the ids are scanned against the small set instead."""
     if len(ids) == 0:
         return pa.array([False] * len(wanted), pa.bool_())
@@ -560,7 +587,7 @@ def _decide_ids(
 ) -> Decision:
     requested = _ids_from(command, rows)
     wanted = pa.array(requested, pa.string())
-    present = _present(wanted, state.ids)
+    present = known_ids(state.ids).isin(wanted)
     missing = len(wanted) - pc.sum(present.cast(pa.int64())).as_py()
     if missing and not command.allow_missing:
         absent = pc.filter(wanted, pc.invert(present)).to_pylist()

@@ -271,9 +271,12 @@ def append_record(path: Path, data: bytes, *, expected_size: int) -> None:
         ops.close(fd)
 
 
-def append_at(path: Path, size: int, parts: list[bytes | memoryview], *, point: str) -> None:
+def append_at(path: Path, size: int, body: list[bytes | memoryview], footer: bytes, *, point: str) -> None:
     """Grow the file at `path` in place: cut it back to `size` bytes (a torn tail an interrupted append
-    left), append `parts` and fsync (docs/adr/0013). The first `size` bytes are never written."""
+    left), append `body` and fsync, then append `footer` and fsync (docs/adr/0013). The first `size`
+    bytes are never written, and the footer that makes the new bytes part of the file is written only
+    once they are durable: a power loss leaves either no new footer (the next command cuts the tail) or
+    a durable body under it."""
     ops = fileops()
     fd = ops.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
     try:
@@ -283,8 +286,11 @@ def append_at(path: Path, size: int, parts: list[bytes | memoryview], *, point: 
         if info.st_size != size:
             ops.truncate(fd, size)
         ops.point(f"before_append:{point}")
-        for part in parts:
+        for part in body:
             _write_all(ops, fd, part)
+        ops.fsync(fd)
+        ops.point(f"before_footer:{point}")
+        _write_all(ops, fd, footer)
         ops.point(f"before_fsync:{point}")
         ops.fsync(fd)
     finally:

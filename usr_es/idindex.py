@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import pyarrow as pa
 
 from .codec import watermark_metadata, watermark_of
-from .names import INDEX_FILE
+from .names import INDEX_DIR, INDEX_MANIFEST
 from .projectors import Watermark
 
 KEY_BYTES = 8
@@ -51,31 +52,129 @@ def usable() -> bool:
     return sys.byteorder == "little"
 
 
-def sorted_rows(ids: pa.Array | pa.ChunkedArray) -> pa.RecordBatch | None:
-    """The index rows for a base `id` column (None: it cannot be indexed)."""
+def run_rows(ids: pa.Array | pa.ChunkedArray, start: int) -> pa.RecordBatch | None:
+    """The index rows of ids that sit at base rows `start`, `start + 1`, ... (None: they cannot be keyed)."""
     import pyarrow.compute as pc
 
-    if not usable() or len(ids) > _MAX_ROWS:
+    if not usable() or start + len(ids) > _MAX_ROWS:
         return None
     keys = _keys(ids)
     if keys is None:
         return None
     order = pc.sort_indices(keys)  # stable: equal keys keep row order
-    return pa.record_batch([keys.take(order), order.cast(pa.uint32())], schema=_SCHEMA)
+    rows = pc.add(order, pa.scalar(start, pa.uint64())).cast(pa.uint32())
+    return pa.record_batch([keys.take(order), rows], schema=_SCHEMA)
+
+
+def merged_rows(first: pa.RecordBatch, second: pa.RecordBatch) -> pa.RecordBatch:
+    """One run of two: `second`'s rows all follow `first`'s, so a stable sort by key keeps (key, row) order."""
+    import pyarrow.compute as pc
+
+    both = pa.Table.from_batches([first, second], schema=_SCHEMA).combine_chunks()
+    order = pc.sort_indices(both.column("key"))
+    return both.take(order).to_batches()[0] if both.num_rows else _SCHEMA.empty_table().to_batches()[0]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One sorted run of the index: the keys of base rows `start`..`end` (exclusive), written by the base
+    event at `mark` (docs/adr/0013)."""
+
+    start: int
+    end: int
+    mark: Watermark
+
+    @property
+    def file(self) -> str:
+        return f"{INDEX_DIR}/id-{self.start:010d}-{self.end:010d}.arrow"
+
+    @property
+    def rows(self) -> int:
+        return self.end - self.start
+
+
+def merge_policy(runs: list[Run]) -> list[tuple[int, int]]:
+    """Which trailing runs to merge after one was added, as (first, last) index pairs in order: the last
+    two while the one before the last holds at most twice the last's rows, so there are O(log n) runs
+    and each key is merged O(log n) times."""
+    sizes = [r.rows for r in runs]
+    merges = []
+    while len(sizes) >= 2 and sizes[-2] <= 2 * sizes[-1]:
+        merges.append((len(sizes) - 2, len(sizes) - 1))
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    return merges
+
+
+class _ManifestDoc(msgspec.Struct, frozen=True):
+    seq: int
+    offset: int
+    hash: str
+    rows: int
+    keyed: bool
+    runs: list[tuple[int, int, int, int, str]]  # start, end, and the watermark of the event that wrote it
+
+
+_manifest_decoder = msgspec.json.Decoder(_ManifestDoc)
+
+
+def encode_manifest(mark: Watermark, rows: int, keyed: bool, runs: list[Run]) -> bytes:
+    """`_index/id.json`: the runs that make the index of the base at `mark` (`rows` rows)."""
+    doc = _ManifestDoc(
+        seq=mark.seq,
+        offset=mark.offset,
+        hash=mark.hash,
+        rows=rows,
+        keyed=keyed,
+        runs=[(r.start, r.end, r.mark.seq, r.mark.offset, r.mark.hash) for r in runs],
+    )
+    return msgspec.json.encode(doc) + b"\n"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    mark: Watermark
+    rows: int
+    keyed: bool
+    runs: list[Run]
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    """The stored manifest (None: absent or unreadable)."""
+    try:
+        doc = _manifest_decoder.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+    runs = [Run(start, end, Watermark(seq, offset, digest)) for start, end, seq, offset, digest in doc.runs]
+    return Manifest(Watermark(doc.seq, doc.offset, doc.hash), doc.rows, doc.keyed, runs)
+
+
+def manifest_stamp(path: Path) -> Watermark | None:
+    found = read_manifest(path)
+    return found.mark if found is not None else None
+
+
+def read_run(dataset_dir: Path, run: Run) -> pa.RecordBatch | None:
+    """A stored run's rows, memory-mapped (None: missing, unreadable or not the run the manifest names)."""
+    opened = _read_file(dataset_dir / run.file)
+    if opened is None or opened[0] != run.mark:
+        return None
+    reader = opened[1]
+    try:
+        if reader.num_record_batches != 1 or not reader.schema.remove_metadata().equals(_SCHEMA):
+            return None
+        batch = reader.get_batch(0)
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return batch if batch.num_rows == run.rows else None
 
 
 def encode(rows: pa.RecordBatch, mark: Watermark) -> bytes:
-    """The bytes of `_index/id.arrow` for `rows` (from `sorted_rows`), stamped with the base watermark."""
+    """The bytes of one run file for `rows` (from `run_rows`/`merged_rows`), stamped with the event that wrote it."""
     schema = _SCHEMA.with_metadata(watermark_metadata(mark))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, schema) as writer:
         writer.write_batch(pa.record_batch(rows.columns, schema=schema))
     return bytes(sink.getvalue())
-
-
-def _read(dataset_dir: Path) -> tuple[Watermark, pa.ipc.RecordBatchFileReader] | None:
-    """The stored index's stamp and a reader over its memory map (None: missing or unreadable)."""
-    return _read_file(dataset_dir / INDEX_FILE)
 
 
 def _read_file(path: Path) -> tuple[Watermark, pa.ipc.RecordBatchFileReader] | None:
@@ -88,41 +187,34 @@ def _read_file(path: Path) -> tuple[Watermark, pa.ipc.RecordBatchFileReader] | N
 
 
 def stamp_at(path: Path) -> Watermark | None:
-    """The base watermark an index file was built for (None: missing or unreadable)."""
+    """The watermark a run file was written at (None: missing or unreadable)."""
     opened = _read_file(path)
-    return opened[0] if opened is not None else None
-
-
-def stamp_of(dataset_dir: Path) -> Watermark | None:
-    """The base watermark the stored index was built for (None: missing or unreadable)."""
-    opened = _read(dataset_dir)
     return opened[0] if opened is not None else None
 
 
 @dataclass
 class IdIndex:
-    """An opened index: candidate base rows per id (memory-mapped; one binary search per id)."""
+    """An opened index: candidate base rows per id (memory-mapped runs; one binary search per id and run)."""
 
-    keys: memoryview  # uint64, sorted
-    rows: memoryview  # uint32, aligned with keys
+    runs: list[tuple[memoryview, memoryview]]  # (uint64 keys sorted, uint32 rows aligned), one per run
     num_rows: int  # of the base
 
     @classmethod
     def open(cls, dataset_dir: Path, mark: Watermark, num_rows: int) -> IdIndex | None:
         """The index of the base stamped `mark` with `num_rows` rows (None: absent, unreadable or another base's)."""
-        opened = _read(dataset_dir) if usable() else None
-        if opened is None or opened[0] != mark:
+        if not usable():
             return None
-        reader = opened[1]
-        try:
-            if reader.num_record_batches != 1 or not reader.schema.remove_metadata().equals(_SCHEMA):
-                return None
-            batch = reader.get_batch(0)
-        except (OSError, pa.ArrowInvalid):
+        manifest = read_manifest(dataset_dir / INDEX_MANIFEST)
+        if manifest is None or manifest.mark != mark or manifest.rows != num_rows or not manifest.keyed:
             return None
-        if batch.num_rows != num_rows:
+        return cls.of([read_run(dataset_dir, run) for run in manifest.runs], num_rows)
+
+    @classmethod
+    def of(cls, batches: list[pa.RecordBatch | None], num_rows: int) -> IdIndex | None:
+        if any(b is None for b in batches):
             return None
-        return cls(keys=_values(batch.column(0), "Q"), rows=_values(batch.column(1), "I"), num_rows=num_rows)
+        runs = [(_values(b.column(0), "Q"), _values(b.column(1), "I")) for b in batches if b is not None]
+        return cls(runs=runs, num_rows=num_rows)
 
     def candidates(self, record_id: str) -> list[int]:
         """Base rows whose id may be `record_id` (every row that holds it is among them; a row number past
@@ -131,12 +223,28 @@ class IdIndex:
         if key is None:
             return []
         out = []
-        at = bisect_left(self.keys, key)
-        while at < len(self.keys) and self.keys[at] == key:
-            if self.rows[at] < self.num_rows:
-                out.append(self.rows[at])
-            at += 1
-        return out
+        for keys, rows in self.runs:
+            at = bisect_left(keys, key)
+            while at < len(keys) and keys[at] == key:
+                if rows[at] < self.num_rows:
+                    out.append(rows[at])
+                at += 1
+        return sorted(out)
+
+    def may_hold(self, ids: pa.Array) -> pa.Array:
+        """For each id, whether some base row's key equals its key (vectorized; False for ids that cannot
+        be keyed, which no base row holds when the index is keyed)."""
+        import pyarrow.compute as pc
+
+        raw = ids.cast(pa.binary())
+        long_enough = pc.greater_equal(pc.binary_length(raw), KEY_BYTES)
+        padded = pc.if_else(long_enough, raw, pa.scalar(b"\0" * KEY_BYTES))
+        keys = pc.binary_slice(padded, 0, KEY_BYTES).cast(pa.binary(KEY_BYTES)).view(pa.uint64())
+        found = pa.array([False] * len(ids), pa.bool_())
+        for stored, _ in self.runs:
+            values = pa.Array.from_buffers(pa.uint64(), len(stored), [None, pa.py_buffer(stored)])
+            found = pc.or_(found, pc.is_in(keys, value_set=values))
+        return pc.and_(found, long_enough)
 
 
 def _values(array: pa.Array, fmt: Literal["Q", "I"]) -> memoryview:

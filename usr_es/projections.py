@@ -14,6 +14,7 @@ in hand (an overlay part's table, a stored base's other columns) come through `P
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -38,13 +39,14 @@ from .errors import IntegrityError
 from .events import (
     BASE_EVENTS,
     LAYOUT_EVENTS,
+    DatasetInitialized,
     Event,
     Materialized,
     OverlayCompacted,
     RegistryFrozen,
     SequencesImported,
 )
-from .names import INDEX_FILE, LAYOUT_FILE, RECORDS_FILE, TOMBSTONE_NS
+from .names import INDEX_MANIFEST, LAYOUT_FILE, RECORDS_FILE, TOMBSTONE_NS
 from .projectors import (
     BASE_SCHEMA,
     EMPTY_LAYOUT,
@@ -233,6 +235,26 @@ class BaseBytes:
         table = pq.read_table(pa.BufferReader(source), columns=columns)
         return table.replace_schema_metadata(None) if table.num_columns else table
 
+    def ids_at(self, rows: list[int]) -> pa.Array:
+        """The ids at base rows `rows` (sorted), reading only the row groups that hold them."""
+        import pyarrow.compute as pc
+
+        parts = self.parts()
+        source = pa.py_buffer(parts[0]) if len(parts) == 1 else pa.py_buffer(b"".join(parts))
+        reader = pq.ParquetFile(pa.BufferReader(source))
+        starts = [0]
+        for g in range(reader.metadata.num_row_groups):
+            starts.append(starts[-1] + reader.metadata.row_group(g).num_rows)
+        by_group: dict[int, list[int]] = {}
+        for row in rows:
+            group = bisect_right(starts, row) - 1
+            by_group.setdefault(group, []).append(row - starts[group])
+        pieces = [
+            pc.take(reader.read_row_group(g, columns=["id"]).column("id"), pa.array(at, pa.int64()))
+            for g, at in sorted(by_group.items())
+        ]
+        return pa.chunked_array(pieces, pa.string()).combine_chunks()
+
     def appended(self, seq: int, chunk: memoryview) -> BaseBytes:
         return replace(self, chunks=(*self.chunks, (seq, (chunk,))))
 
@@ -377,8 +399,6 @@ class BaseFile:
         whole encode instead (no file yet, or the append would pass the bounds)."""
         if self.base is None:
             return False
-        if self.partial and not self.base.table.num_columns:  # a row count alone cannot take rows
-            self.full()
         base = self.base
         assert base is not None
         current = self.encoded()
@@ -400,8 +420,12 @@ class BaseFile:
         if chunk is None:
             return False
         if rows is not None:
-            kept = added.select(base.table.column_names) if self.partial else added
-            after = replace(after, table=pa.concat_tables([base.table, kept]))
+            if not base.table.num_columns:  # a partial base of no columns holds only its row count
+                table = pa.table({"_": pa.nulls(base.rows + rows.num_rows)}).select([])
+            else:
+                kept = added.select(base.table.column_names) if self.partial else added
+                table = pa.concat_tables([base.table, kept])
+            after = replace(after, table=table)
         self.base = after
         self.bytes = current.appended(step.mark.seq, chunk)
         return True
@@ -438,71 +462,175 @@ class BaseFile:
         return None
 
 
-# -- _index/id.arrow -------------------------------------------------------------------------------
+# -- _index/ ---------------------------------------------------------------------------------------
 class IdIndex:
-    """`_index/id.arrow`: the base's ids sorted by key, so a lookup reads only the row groups holding them.
+    """`_index/`: the base's ids as sorted runs of (key, row), so a lookup reads only the row groups
+    holding them and a write checks its ids without reading the base's (ADR 0009, ADR 0013).
 
-    It follows the base (its stamp is the base's watermark); no index is written when the ids cannot be
-    keyed (see `idindex.sorted_rows`), and a stored one is then removed.
+    An import adds a run of its own ids (the rows it appended), merged with the runs before it by
+    `idindex.merge_policy`; a materialize that drops rows re-derives one run from the base. The manifest
+    `_index/id.json` names the runs and carries the watermark of the last base event folded.
     """
 
     label = "_index/"
-    anchored = False
+    anchored = True
 
     def __init__(self, fold: Fold) -> None:
         self._fold = fold
-        self._rows: tuple[Watermark, pa.RecordBatch | None] | None = None
+        self._mark: Watermark | None = None
+        self.rows = 0
+        self.keyed = True
+        self.runs: list[idindex.Run] = []
+        self._batches: dict[str, pa.RecordBatch] = {}
+        self._dir: Path | None = None
 
     def watches(self, event: Event) -> bool:
-        return False  # it has no state of its own to fold: it is re-derived when the base's watermark moves
+        return isinstance(event, BASE_EVENTS)
 
     def mark(self) -> Watermark | None:
-        return self._fold.get(BaseFile).mark()
+        return self._mark
 
     def stored_mark(self, directory: Path) -> Watermark | None:
-        return idindex.stamp_of(directory)
+        return idindex.manifest_stamp(directory / INDEX_MANIFEST)
 
     def load(self, directory: Path, *, columns: list[str] | None = None) -> None:
-        self._rows = None
+        found = idindex.read_manifest(directory / INDEX_MANIFEST)
+        self._batches.clear()
+        self._dir = directory
+        if found is None:
+            self._mark, self.rows, self.keyed, self.runs = None, 0, True, []
+            return
+        self._mark, self.rows, self.keyed, self.runs = found.mark, found.rows, found.keyed, list(found.runs)
+
+    def batch(self, run: idindex.Run) -> pa.RecordBatch:
+        """A run's rows (in hand, else from its stored file, else from the base's ids: a damaged run file)."""
+        found = self._batches.get(run.file)
+        if found is None:
+            found = idindex.read_run(self._dir, run) if self._dir is not None else None
+        if found is None:
+            ids = self._fold.get(BaseFile).column("id")
+            found = idindex.run_rows(ids.slice(run.start, run.rows), run.start) if ids is not None else None
+            if found is None:
+                raise IntegrityError(f"the id index names rows {run.start}..{run.end} the base cannot key")
+        self._batches[run.file] = found
+        return found
 
     def fold(self, step: Step) -> None:
-        self._rows = None
+        event = step.event
+        if isinstance(event, DatasetInitialized):
+            self.rows, self.keyed, self.runs = 0, True, []
+            self._batches.clear()
+        elif isinstance(event, SequencesImported) and step.payload is not None and step.payload.num_rows:
+            self._add(step.payload.column("id"), step.mark)
+        elif isinstance(event, Materialized) and event.rows_dropped:
+            base = self._fold.get(BaseFile)
+            if (base.mark() or Watermark()).seq != step.mark.seq:  # the stored base is past this event
+                raise Restart
+            ids = base.column("id")
+            self.rows, self.keyed, self.runs = 0, True, []
+            self._batches.clear()
+            if ids is not None and len(ids):
+                self._add(ids, step.mark)
+        self._mark = step.mark
 
-    def rows(self) -> pa.RecordBatch | None:
-        """The index rows of the base (computed once per base watermark)."""
-        holder = self._fold.get(BaseFile)
-        base = holder.base
-        if base is None:
+    def _add(self, ids: pa.ChunkedArray, mark: Watermark) -> None:
+        start, self.rows = self.rows, self.rows + len(ids)
+        rows = idindex.run_rows(ids, start) if self.keyed else None
+        if rows is None:
+            self.keyed, self.runs = False, []
+            self._batches.clear()
+            return
+        run = idindex.Run(start, self.rows, mark)
+        self.runs.append(run)
+        self._batches[run.file] = rows
+        for first, last in idindex.merge_policy(self.runs):
+            a, b = self.runs[first], self.runs[last]
+            merged = idindex.Run(a.start, b.end, mark)
+            self._batches[merged.file] = idindex.merged_rows(self.batch(a), self.batch(b))
+            self.runs[first:] = [merged]
+
+    def known(self) -> IndexedIds | None:
+        """The base's ids, answered from the runs (None: the ids cannot be keyed, or no base yet)."""
+        base = self._fold.get(BaseFile)
+        if not self.keyed or base.base is None or base.bytes is None or self.rows != base.base.rows:
             return None
-        if self._rows is None or self._rows[0].seq != base.watermark.seq:
-            ids = holder.column("id")
-            self._rows = (base.watermark, idindex.sorted_rows(ids) if ids is not None else None)
-        return self._rows[1]
+        index = idindex.IdIndex.of([self.batch(run) for run in self.runs], self.rows)
+        return IndexedIds(index, base.bytes) if index is not None else None
 
     def stage(self) -> None:
-        mark = self.mark()
-        if mark is not None and mark.hash == PENDING:  # the base changes in this write: sort its keys now
-            self.rows()
-
-    def seal(self, digests: dict[int, str]) -> None:
         return None
 
+    def seal(self, digests: dict[int, str]) -> None:
+        if self._mark is not None:
+            self._mark = _sealed(self._mark, digests)
+        sealed = []
+        for run in self.runs:
+            fixed = replace(run, mark=_sealed(run.mark, digests))
+            if fixed != run and run.file in self._batches:
+                self._batches[fixed.file] = self._batches[run.file]
+            sealed.append(fixed)
+        self.runs = sealed
+
     def outputs(self) -> dict[str, Output]:
-        mark = self.mark()
-        if mark is None or not idindex.usable():
+        mark = self._mark
+        if mark is None:
             return {}
-
-        def encode() -> bytes | None:
-            rows, current = self.rows(), self.mark()
-            return idindex.encode(rows, current) if rows is not None and current is not None else None
-
-        return {INDEX_FILE: Output(mark, encode, idindex.stamp_at)}
+        out: dict[str, Output] = {}
+        for run in self.runs if self.keyed else []:
+            out[run.file] = Output(run.mark, _run_encoder(self, run), idindex.stamp_at)
+        rows, keyed, runs = self.rows, self.keyed, list(self.runs)
+        out[INDEX_MANIFEST] = Output(
+            mark, lambda: idindex.encode_manifest(mark, rows, keyed, runs), idindex.manifest_stamp, last=True
+        )
+        return out
 
     def stray(self, directory: Path) -> Iterator[str]:
-        return iter(())
+        folder = directory / INDEX_MANIFEST
+        if not folder.parent.is_dir():
+            return
+        expected = self.outputs()
+        for path in sorted(folder.parent.iterdir()):
+            rel = str(path.relative_to(directory))
+            if rel not in expected and path.is_file() and not path.name.startswith(".tmp-"):
+                yield rel
 
     def release(self) -> None:
-        self._rows = None
+        self._batches.clear()
+
+
+#: Beyond this many ids asked at once, one hashed pass over each run's keys beats a binary search per id.
+_SEARCHED_IDS = 20_000
+#: Beyond this many candidate rows, the base's ids are read whole instead of row group by row group.
+_CANDIDATE_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class IndexedIds:
+    """`decide.KnownIds` answered from the id index: the keys find candidate rows, and only the row groups
+    holding them are read to compare full ids (no id of the base is read when no key matches)."""
+
+    index: idindex.IdIndex
+    bytes: BaseBytes
+
+    def __len__(self) -> int:
+        return self.index.num_rows
+
+    def isin(self, wanted: pa.Array) -> pa.Array:
+        import pyarrow.compute as pc
+
+        if len(wanted) > _SEARCHED_IDS:
+            maybe = pc.filter(wanted, self.index.may_hold(wanted)).to_pylist()
+        else:
+            maybe = wanted.to_pylist()
+        rows = sorted({row for value in maybe for row in self.index.candidates(value)})
+        if not rows:
+            return pa.array([False] * len(wanted), pa.bool_())
+        found = self.bytes.ids_at(rows) if len(rows) <= _CANDIDATE_ROWS else self.bytes.read(["id"]).column("id")
+        return pc.is_in(wanted, value_set=pa.chunked_array(found).combine_chunks())
+
+
+def _run_encoder(index: IdIndex, run: idindex.Run) -> Callable[[], Encoded]:
+    return lambda: idindex.encode(index.batch(run), run.mark)
 
 
 # -- _derived/ -------------------------------------------------------------------------------------

@@ -168,15 +168,21 @@ def step_of(line: LogLine, directory: Path) -> Step:
     return Step(Watermark(line.seq, line.offset, record.hash), record.event, record.registry_hash, payload)
 
 
+#: The key of `fold_lines`' counts under which it counts the events folded (into any projection).
+EVENTS = ""
+
+
 def fold_lines(fold: Fold, lines: Iterable[LogLine], directory: Path) -> dict[str, int]:
     """Fold log lines into `fold` (only the events some projection lacks; their payloads are read then).
-    Returns how many events each projection took, by label. Raises `Restart`."""
-    counts: dict[str, int] = {}
+    Returns how many events each projection took, by label, and under `EVENTS` how many events were
+    folded in all. Raises `Restart`."""
+    counts: dict[str, int] = {EVENTS: 0}
     for line in lines:
         probe = Step(Watermark(line.seq, line.offset, line.record.hash), line.record.event, None, None)
         if not fold.due(probe):
             continue
         release_memory()  # what folding the previous event freed
+        counts[EVENTS] += 1
         for member in fold.apply(step_of(line, directory)):
             counts[member.label] = counts.get(member.label, 0) + 1
     return counts
@@ -229,8 +235,8 @@ def catch_up(
             hint="Restore the full .events.log. To accept the shorter log as the truth instead, run `usr rebuild`.",
         )
     warnings = [cut] if cut else []
-    # The projections that took events (all of them after a fold from the start), and the ones that follow
-    # others (a stale or missing id index is caught up even when nothing else lagged).
+    # The projections that took events (all of them after a fold from the start), and any that follows
+    # another projection instead of carrying a watermark of its own.
     due = [m for m in fold.members if start is None or counts.get(m.label) or not m.anchored]
     sync(fold, directory, trust_stored=True, members=due)
     for member in fold.members:
@@ -246,16 +252,15 @@ def catch_up(
         warnings.append(
             f"restored the newline the last line (seq {scan.seq}) had lost: its hash verifies, so it is committed"
         )
-    return Tail(scan=scan, fold=fold, caught_up=sum(counts.values()), warnings=warnings)
+    return Tail(scan=scan, fold=fold, caught_up=counts[EVENTS], warnings=warnings)
 
 
-def cut_torn_base(directory: Path) -> str | None:
-    """Cut records.parquet back to its last committed size when an append was cut short (a crash in the
-    middle of growing it in place, docs/adr/0013): its end is then no footer. The log records the file's
+def committed_base(directory: Path) -> tuple[int, Watermark] | None:
+    """When records.parquet's end is no footer because an append was cut short (a crash in the middle of
+    growing it in place, docs/adr/0013): its committed size and watermark. The log records the file's
     size after every event that changed it; the newest of those sizes at which the file holds a footer
-    stamped with that very line is the committed file (the bytes after it are unreferenced). Under the
-    lock. Returns a note when it cut, None when there was nothing to cut (or no committed size was found:
-    the fold then rebuilds the file from the log)."""
+    stamped with that very line is the committed file (the bytes after it are unreferenced). None when
+    the file reads as it is, or no committed size is found (the fold then rebuilds it from the log)."""
     path = directory / RECORDS_FILE
     try:
         size = os.stat(path, follow_symlinks=False).st_size
@@ -266,16 +271,25 @@ def cut_torn_base(directory: Path) -> str | None:
     sizes: list[tuple[int, Watermark]] = []
     try:
         for line in iter_lines(directory / LOG_FILE):
-            if isinstance(line.record.event, BASE_EVENTS) and line.record.fingerprint.size_bytes <= size:
+            if isinstance(line.record.event, BASE_EVENTS) and 0 < line.record.fingerprint.size_bytes <= size:
                 sizes.append((line.record.fingerprint.size_bytes, Watermark(line.seq, line.offset, line.record.hash)))
     except IntegrityError:
-        return None  # the catch-up that follows reports the log
+        return None  # catch-up or verify reports the log
     with pa.memory_map(str(path)) as source:
         for committed, mark in reversed(sizes):
-            if committed and read_watermark(pa.BufferReader(source.read_buffer(committed))) == mark:
-                break
-        else:
-            return None
+            if read_watermark(pa.BufferReader(source.read_buffer(committed))) == mark:
+                return committed, mark
+    return None
+
+
+def cut_torn_base(directory: Path) -> str | None:
+    """Cut records.parquet back to its committed size (`committed_base`), under the lock; a note when it cut."""
+    found = committed_base(directory)
+    if found is None:
+        return None
+    committed, mark = found
+    path = directory / RECORDS_FILE
+    size = path.stat().st_size
     ops = fileops()
     fd = ops.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     try:
@@ -321,7 +335,9 @@ def _write_output(path: Path, out: Output) -> bool:
     published whole. Returns whether the projection holds a file there."""
     grow = out.grow
     if grow is not None and _extends(path, grow):
-        append_at(path, grow.size, grow.tail, point=path.name)
+        last = memoryview(grow.tail[-1]).cast("B")  # ends with the new footer, its length and the magic
+        cut = len(last) - 8 - int.from_bytes(last[-8:-4], "little")
+        append_at(path, grow.size, [*grow.tail[:-1], last[:cut]], bytes(last[cut:]), point=path.name)
         return True
     data = out.encode()
     _write(path, data)

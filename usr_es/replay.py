@@ -21,16 +21,19 @@ from .codec import foreign_writer, read_watermark
 from .errors import DatasetExists, InvalidInput, NotFound, UsrError
 from .events import BASE_EVENTS
 from .fileio import fileops, is_temp, locked, write_atomic
+from .idindex import read_manifest, stamp_at
 from .log import LogLine, Scan, iter_lines, open_log
 from .meta import write_meta
 from .names import (
     DERIVED_DIR,
     INDEX_DIR,
+    INDEX_MANIFEST,
     LAYOUT_FILE,
     LOCK_FILE,
     LOG_FILE,
     META_FILE,
     PAYLOAD_DIR,
+    RECORDS_FILE,
     REGISTRY_DIR,
     SNAPSHOT_DIR,
 )
@@ -39,6 +42,7 @@ from .projectors import Watermark
 from .recovery import (
     LocalSource,
     anchor,
+    committed_base,
     copy_file,
     fold_lines,
     release_memory,
@@ -267,8 +271,7 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
             {"behind": behind, "stale": stale}.get(kind, []).append(rel)
         unexpected, leftovers = _unexpected(directory, set(fold.outputs()), named)
         differing.extend(unexpected)
-        stored = read_layout(directory / LAYOUT_FILE)
-        lagging = set(stored[0].files()) if stored is not None and pinned else set()
+        lagging = _named_by_stored_anchors(directory) if pinned else set()
         for rel in unexpected:  # crash leftovers and parts a lagging layout names are noted; others fail
             harmless = _is_leftover(rel) or rel in lagging or _removed_part(directory, rel)
             (notes if harmless else problems).append(_unexpected_problem(rel, lagging, directory))
@@ -312,6 +315,16 @@ def _difference(
             "the next write (or `usr rebuild`) re-encodes it"
         )
     stored = out.stamp(path)
+    torn = committed_base(directory) if stored is None and rel == RECORDS_FILE and pinned else None
+    if torn is not None:
+        size, mark = torn
+        then = replayed(directory, until_seq=mark.seq).fold.outputs().get(rel)
+        encoded = then.encode() if then is not None and then.mark == mark else None
+        if encoded is not None and same_bytes(path, encoded, prefix=size):
+            return "behind", (
+                f"{rel} is behind the log: an append after seq {mark.seq} was cut short (a crash); its first {size} "
+                f"bytes equal the replay of seq 1..{mark.seq} (the next command cuts the rest and catches it up)"
+            )
     if stored is not None and stored.seq > scan.seq:
         return "ahead", (
             f"{rel} reflects seq {stored.seq} but the log ends at seq {scan.seq}: the log lost committed lines "
@@ -357,6 +370,18 @@ def _unexpected(directory: Path, outputs: set[str], named: set[str]) -> tuple[li
     return found, notes
 
 
+def _named_by_stored_anchors(directory: Path) -> set[str]:
+    """The files the stored anchors (the overlay layout, the id index manifest) name."""
+    named: set[str] = set()
+    stored = read_layout(directory / LAYOUT_FILE)
+    if stored is not None:
+        named.update(stored[0].files())
+    manifest = read_manifest(directory / INDEX_MANIFEST)
+    if manifest is not None:
+        named.update(run.file for run in manifest.runs)
+    return named
+
+
 def _is_leftover(rel: str) -> bool:
     return Path(rel).name.startswith(".tmp-")
 
@@ -364,6 +389,9 @@ def _is_leftover(rel: str) -> bool:
 def _removed_part(directory: Path, rel: str) -> bool:
     """An overlay part the log did produce (its name and watermark name a line of the log) that a later
     event removed: left by a clean-up a crash interrupted (an unlink that was not yet durable)."""
+    if rel.startswith(INDEX_DIR) and _RUN.match(Path(rel).name):  # an index run a later import merged away
+        stamp = stamp_at(directory / rel)
+        return stamp is not None and anchor(directory / LOG_FILE, stamp) is not None
     found = _PART_SEQ.search(Path(rel).name)
     if not rel.startswith(DERIVED_DIR) or found is None:
         return False
@@ -372,6 +400,7 @@ def _removed_part(directory: Path, rel: str) -> bool:
 
 
 _PART_SEQ = re.compile(r"^part-0*(\d+)\.parquet$")
+_RUN = re.compile(r"^id-\d{10}-\d{10}\.arrow$")
 
 
 def _unexpected_problem(rel: str, lagging: set[str], directory: Path) -> str:
@@ -380,7 +409,9 @@ def _unexpected_problem(rel: str, lagging: set[str], directory: Path) -> str:
     if _removed_part(directory, rel):
         return f"{rel} was removed by a later event; a crash left it behind (`usr verify --fix` removes it)"
     if rel in lagging:
-        return f"{rel} is named by the stored layout, which is behind the log (the next command removes it)"
+        return (
+            f"{rel} is named by a stored layout or index manifest that is behind the log (the next command removes it)"
+        )
     if rel.endswith(".parquet") and rel.startswith(DERIVED_DIR):
         return f"{rel} is not produced by the log (stray overlay file)"
     return f"{rel} is not produced by the log (unexpected file)"
@@ -390,15 +421,18 @@ def _same(path: Path, expected: bytes | memoryview | list[bytes | memoryview]) -
     return path.exists() and same_bytes(path, expected)
 
 
-def same_bytes(path: Path, data: bytes | memoryview | list[bytes | memoryview]) -> bool:
-    """Whether the file holds exactly `data` (compared a block at a time)."""
+def same_bytes(path: Path, data: bytes | memoryview | list[bytes | memoryview], *, prefix: int | None = None) -> bool:
+    """Whether the file holds exactly `data` (compared a block at a time); with `prefix`, whether its first
+    `prefix` bytes are exactly `data`."""
     view = memoryview(b"".join(data)) if isinstance(data, list) else memoryview(data)
-    if path.stat().st_size != view.nbytes:
+    size = path.stat().st_size
+    if (size if prefix is None else min(size, prefix)) != view.nbytes:
         return False
     block = bytearray(1 << 20)
     offset = 0
     with path.open("rb", buffering=0) as fh:
-        while size := fh.readinto(block):
+        while offset < view.nbytes and (size := fh.readinto(block)):
+            size = min(size, view.nbytes - offset)
             if block[:size] != view[offset : offset + size].tobytes():
                 return False
             offset += size

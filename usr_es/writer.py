@@ -49,7 +49,7 @@ from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE
-from .projections import PENDING, BaseFile, DerivedFiles, Fold, Step
+from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, Step
 from .projectors import Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
 from .redaction import clean_command, escaped
@@ -61,12 +61,12 @@ _COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
 #: Commands whose decision needs at most these base columns (and that do not change the base):
 #: their writes read only these columns of records.parquet. Every other command reads it whole.
 _BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
-    ImportSequences: ["id"],
-    TombstoneRecords: ["id"],
-    RestoreRecords: ["id"],
-    SetState: ["id"],
-    ClearState: ["id"],
-    TakeSnapshot: ["id"],
+    ImportSequences: [],  # ids are checked through the id index (`IdIndex.known`)
+    TombstoneRecords: [],
+    RestoreRecords: [],
+    SetState: [],
+    ClearState: [],
+    TakeSnapshot: [],
     CompactOverlay: ["id"],
 }
 RowsLoader = Callable[[], pa.Table | None]
@@ -251,7 +251,7 @@ class Writer:
             name=self.name,
             initialized=tail.scan.seq > 0,
             seq=tail.scan.seq,
-            ids=base.table.column("id") if base is not None else pa.array([], pa.string()),
+            ids=_known_ids(fold),
             base=base.table if base is not None else None,
             live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
             overlays={ns: derived.merged(ns) for ns in _overlays_needed(command) if ns in derived.layout.live}
@@ -364,6 +364,15 @@ class Writer:
                 self._registry = (data, parse_registry(data, source=str(path)))
             return self._registry[1]
         return frozen_registry(self.directory, last_hash)
+
+
+def _known_ids(fold: Fold) -> Any:
+    """The base's ids for `decide`: through the id index, else the id column (read when not in hand)."""
+    known = fold.get(IdIndex).known()
+    if known is not None:
+        return known
+    ids = fold.get(BaseFile).column("id")
+    return ids if ids is not None else pa.array([], pa.string())
 
 
 def _overlays_needed(command: Command) -> list[str]:
