@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test check lint typecheck fmt fixtures docs bench reliability clean
+.PHONY: help venv demo test check lint typecheck fmt fixtures docs bench bench-scale reliability clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ docs: $(STAMP) ## Regenerate docs/cli.md from the help texts
 
 bench: $(STAMP) ## Benchmarks against the physical baseline (N=1,000,000 by default)
 	$(BIN)/python bench/run.py $(if $(N),--n $(N),)
+
+bench-scale: $(STAMP) ## Issue 11: small writes, bulk steps, reads and memory at N=1M and 10M, plus a 30M-row streaming import
+	$(BIN)/python bench/scale.py $(if $(SIZES),--sizes $(SIZES),) $(if $(STREAM),--stream-rows $(STREAM),)
 
 reliability: $(STAMP) ## Attack real datasets (kills, power loss, I/O errors, concurrency, corruption, fuzz, containment); print the table
 	$(BIN)/python -m tools.reliability $(if $(SEED),--seed $(SEED),)
