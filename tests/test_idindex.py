@@ -207,3 +207,10 @@ def test_a_write_checks_its_ids_without_reading_the_base_ids(tmp_path: Path, mon
     assert ds.delete([ids[4]]).metrics["rows_written"] == 1
     with pytest.raises(InvalidInput):
         ds.delete(["0" * 40])
+    by_id = ds.write_overlay("mock", {"id": [ids[0], ids[1]], "score": [1.0, 2.0]})
+    by_sequence = ds.write_overlay("mock", {"sequence": [OTHERS[2]], "score": [3.0]}, key="sequence")
+    assert (by_id.metrics["rows_written"], by_sequence.metrics["rows_written"]) == (2, 1)
+    with pytest.raises(InvalidInput):  # a key that names no record
+        ds.write_overlay("mock", {"sequence": ["ACGTACGTACGTACGTACGT"], "score": [4.0]}, key="sequence")
+    monkeypatch.undo()
+    assert ds.get([ids[0], ids[2]], columns=["mock__score"]).column("mock__score").to_pylist() == [1.0, 3.0]

@@ -118,6 +118,8 @@ class DatasetState:
     initialized: bool = False
     seq: int = 0
     ids: KnownIds | pa.ChunkedArray | pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    #: The base's distinct bio_types when known without reading the column (None: read `base`).
+    bio_types: tuple[str, ...] | None = None
     base: pa.Table | None = None
     live_parts: dict[str, int] = field(default_factory=dict)
     overlays: dict[str, pa.Table] = field(default_factory=dict)
@@ -374,28 +376,34 @@ def compute_ids(
 # -- overlays, tombstones, state, maintenance ---------------------------------------------------
 
 
-def _key_ids(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.ChunkedArray | None:
-    """The id a record with each key as its sequence has, when keys are matched by exact sequence in a
-    dataset of one bio_type (ids are sha1(bio_type|sequence)); else None."""
-    base = state.base
-    if key not in ("sequence", "sequence_norm") or base is None or base.num_rows == 0:
-        return None
-    bio_types = pc.unique(base.column("bio_type"))
-    if len(bio_types) != 1:
-        return None
-    return compute_ids(keys, keys, single=bio_types[0].as_py())
-
-
-def _match_keys(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Array | None:
-    """`_resolve_keys`, where it cannot raise (an id key, or an exact-sequence key in a dataset of one
-    bio_type); else None."""
+def _bio_types(state: DatasetState) -> list[str]:
+    """The base's distinct bio_types (from `state.bio_types`, else from its column)."""
+    if state.bio_types is not None:
+        return list(state.bio_types)
     base = state.base
     if base is None or base.num_rows == 0:
-        return None
+        return []
+    return [str(v) for v in pc.unique(base.column("bio_type")).to_pylist()]
+
+
+def _match_ids(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Array | None:
+    """The id of the record each key names (null: no such record), where matching cannot raise: an id
+    key, or an exact-sequence key in a dataset of one bio_type (ids are sha1(bio_type|sequence), so a key
+    equals a record's sequence exactly when its id is the record's id). Asked of the base's known ids
+    (the id index on the write path, ADR 0013): no base column is read. Else None."""
+    if not len(state.ids):
+        return pa.nulls(len(keys), pa.string())
     if key == "id":
-        return _resolve_keys(state, keys, key)
-    key_ids = _key_ids(state, keys, key)
-    return None if key_ids is None else _resolve_keys(state, keys, key, key_ids=key_ids)
+        ids = keys.combine_chunks()
+    elif key in ("sequence", "sequence_norm"):
+        bio_types = _bio_types(state)
+        if len(bio_types) != 1:
+            return None
+        ids = compute_ids(keys, keys, single=bio_types[0]).combine_chunks()
+    else:
+        return None
+    present = known_ids(state.ids).isin(ids)
+    return pc.if_else(present, ids, pa.scalar(None, pa.string()))
 
 
 def _distinct_by_match(keys: pa.ChunkedArray, index: pa.Array) -> bool:
@@ -409,39 +417,25 @@ def _distinct_by_match(keys: pa.ChunkedArray, index: pa.Array) -> bool:
     return bool(pc.count_distinct(unmatched, mode="all").as_py() == len(unmatched))
 
 
-def _resolve_keys(
-    state: DatasetState, keys: pa.ChunkedArray, key: str, *, key_ids: pa.ChunkedArray | None = None
-) -> pa.Array:
-    """Index into the base table of each normalized key (null where the key is not in the dataset).
-    `key_ids`: the keys' `_key_ids`, when already computed."""
+def _resolve_keys(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Array:
+    """The id of the record each normalized key names (null: not in the dataset), reading the base:
+    the keys `_match_ids` leaves (case-insensitive sequences; a dataset of several bio_types refused)."""
     base = state.base
     if base is None or base.num_rows == 0:
-        return pa.nulls(len(keys), pa.int32())
-    if key == "id":
-        return pc.index_in(keys, value_set=base.column("id").combine_chunks())
-    bio_types = pc.unique(base.column("bio_type"))
-    if len(bio_types) > 1:
+        return pa.nulls(len(keys), pa.string())
+    if len(_bio_types(state)) > 1:
         raise SchemaError(
             "Attach by sequence requires a dataset with a single bio_type.", hint="Attach by --key id instead."
         )
-    if key != "sequence_ci":
-        # Every record's id is sha1(bio_type|sequence): a key equals a record's sequence exactly when the
-        # key's id is the record's id, so match on ids (no hash table of every base sequence, and the
-        # sequence column need not be read).
-        if key_ids is None:
-            key_ids = compute_ids(keys, keys, single=bio_types[0].as_py())
-        return pc.index_in(key_ids, value_set=base.column("id").combine_chunks())
-    sequences = base.column("sequence").combine_chunks()
-    if key == "sequence_ci":
-        if pc.any(pc.not_equal(base.column("alphabet"), "dna_4")).as_py():
-            raise SchemaError("sequence_ci is only valid for dna_4 datasets.", hint="Use --key sequence.")
-        sequences = pc.utf8_upper(sequences)
-        if len(pc.unique(sequences)) != len(sequences):
-            raise SchemaError(
-                "sequence_ci: duplicate base keys detected (sequences equal up to case).",
-                hint="Use --key sequence or --key id.",
-            )
-    return pc.index_in(keys, value_set=sequences)
+    if pc.any(pc.not_equal(base.column("alphabet"), "dna_4")).as_py():
+        raise SchemaError("sequence_ci is only valid for dna_4 datasets.", hint="Use --key sequence.")
+    sequences = pc.utf8_upper(base.column("sequence").combine_chunks())
+    if len(pc.unique(sequences)) != len(sequences):
+        raise SchemaError(
+            "sequence_ci: duplicate base keys detected (sequences equal up to case).",
+            hint="Use --key sequence or --key id.",
+        )
+    return pc.take(base.column("id"), pc.index_in(keys, value_set=sequences)).combine_chunks()
 
 
 def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, now: str) -> Decision:
@@ -467,15 +461,15 @@ def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, no
                 hint=f"Registered: {', '.join(registered)}. Pick columns with --columns, or re-register the namespace.",
             )
     keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
-    index = _match_keys(state, keys, command.key)  # None where matching can fail: it then runs after the casts
-    require_unique_keys(keys, command.key, known_distinct=index is not None and _distinct_by_match(keys, index))
+    matched = _match_ids(state, keys, command.key)  # None where matching can fail: it then runs after the casts
+    require_unique_keys(keys, command.key, known_distinct=matched is not None and _distinct_by_match(keys, matched))
     raw = selection.columns
     del selection  # from here each raw column is freed once it is cast
     cast = {name: cast_column(raw.pop(name), name, registered[name], parse_json=command.parse_json)
             for name in list(raw)}  # fmt: skip
-    if index is None:
-        index = _resolve_keys(state, keys, command.key)
-    found = pc.is_valid(index)
+    if matched is None:
+        matched = _resolve_keys(state, keys, command.key)
+    found = pc.is_valid(matched)
     n_in = len(keys)
     missing = n_in - pc.sum(found.cast(pa.int64())).as_py() if n_in else 0
     if missing and not command.allow_missing:
@@ -486,15 +480,14 @@ def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, no
             hint="Pass --allow-missing to skip them (they are counted in the event).",
         )
     del keys  # matched: the key column is no longer needed
-    assert state.base is not None
     # The payload holds the part's rows sorted by id (as part files do): the kept input rows are ordered
     # by their ids first, then each column is taken once in that order, one column at a time.
     kept = pc.indices_nonzero(found) if missing else None
-    matched = pc.take(index, kept) if kept is not None else index
-    order = pc.sort_indices(pc.take(state.base.column("id"), matched))
+    hit = pc.take(matched, kept) if kept is not None else matched
+    order = pc.sort_indices(hit)
     picked = kept.take(order) if kept is not None else order
-    ids = pc.take(state.base.column("id"), matched.take(order))
-    del kept, matched, order
+    ids = hit.take(order)
+    del kept, matched, hit, order
     types = {name: format_type(registered[name]) for name in cast}
     columns = {}
     for name in list(cast):
@@ -540,7 +533,10 @@ def _check_overwrite(state: DatasetState, ns: str, incoming: pa.Table, allow: bo
     in_base = [c for c in names if c in state.base.column_names]
     if merged is None and not in_base:
         return
-    subset = state.base.filter(pc.is_in(state.base.column("id"), value_set=incoming.column("id")))
+    if in_base:  # materialized columns of the namespace: the base's values of these records count too
+        subset = state.base.filter(pc.is_in(state.base.column("id"), value_set=incoming.column("id")))
+    else:
+        subset = incoming.select(["id"])
     view = live_view(subset, {ns: merged} if merged is not None else {}, include_deleted=True)
     taken = [c for c in names if c in view.column_names and view.column(c).null_count < view.num_rows]
     if taken:

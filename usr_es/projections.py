@@ -366,6 +366,24 @@ class BaseFile:
         assert self.bytes is not None
         return self.bytes.read([name]).column(name)
 
+    def bio_types(self) -> tuple[str, ...] | None:
+        """The base's distinct bio_types, or at least two of them when there are several: from its row
+        groups' statistics (min and max), else from the column (None: no base)."""
+        import pyarrow.compute as pc
+
+        if self.bytes is None:
+            return None
+        footer = self.bytes.footer()
+        column = footer.schema.to_arrow_schema().names.index("bio_type")
+        found: set[str] = set()
+        for g in range(footer.num_row_groups):
+            stats = footer.row_group(g).column(column).statistics
+            if stats is None or not stats.has_min_max:
+                values = self.column("bio_type")
+                return tuple(sorted(str(v) for v in pc.unique(values).to_pylist())) if values is not None else None
+            found.update({str(stats.min), str(stats.max)})
+        return tuple(sorted(found))
+
     def column_count(self) -> int:
         """How many columns the base has."""
         if self.partial and self.bytes is not None:

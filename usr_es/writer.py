@@ -252,6 +252,7 @@ class Writer:
             initialized=tail.scan.seq > 0,
             seq=tail.scan.seq,
             ids=_known_ids(fold),
+            bio_types=fold.get(BaseFile).bio_types(),
             base=base.table if base is not None else None,
             live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
             overlays={ns: derived.merged(ns) for ns in _overlays_needed(command) if ns in derived.layout.live}
@@ -346,10 +347,12 @@ class Writer:
             names = pq.read_schema(self.directory / RECORDS_FILE).names
         except (OSError, pa.ArrowInvalid):
             return None
-        # Keys resolve through ids (sequence_ci through upper-cased sequences); materialized columns of
-        # the namespace are needed for the overwrite check.
-        keyed = {"id", "bio_type", "alphabet", *(["sequence"] if command.key == "sequence_ci" else [])}
-        return [n for n in names if n in keyed or n.startswith(f"{command.namespace}__")]
+        # Keys resolve through the id index (sequence_ci through upper-cased sequences); materialized columns
+        # of the namespace (and the ids they belong to) are needed for the overwrite check.
+        materialized = [n for n in names if n.startswith(f"{command.namespace}__")]
+        if command.key == "sequence_ci":
+            return ["id", "bio_type", "alphabet", "sequence", *materialized]
+        return ["id", *materialized] if materialized else []
 
     def _registry_for_write(self, last_hash: str | None) -> Registry:
         """The live registry; for a dataset outside any root (e.g. a replayed copy), the frozen
