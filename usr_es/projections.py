@@ -217,9 +217,12 @@ class BaseBytes:
         return [part for _, parts in self.chunks for part in parts]
 
     def footer(self) -> pq.FileMetaData:
-        """The file's footer (the last chunk ends with it; else the stored file does)."""
+        """The file's footer (the last chunk's last part ends with it; else the stored file does). Only the
+        footer's bytes are handed to the reader (no copy of the chunk)."""
         if self.chunks:
-            source = pa.py_buffer(b"".join(self.chunks[-1][1]))
+            last = memoryview(self.chunks[-1][1][-1]).cast("B")
+            length = int.from_bytes(last[-8:-4], "little") + 8
+            source = pa.py_buffer(last[-length:])
         else:
             assert self.path is not None
             source = _mapped(self.path, self.size)
@@ -438,11 +441,11 @@ class BaseFile:
         if chunk is None:
             return False
         if rows is not None:
-            if not base.table.num_columns:  # a partial base of no columns holds only its row count
+            if self.partial and base.table.num_columns:  # the columns a write's decision reads
+                table = pa.concat_tables([base.table, added.select(base.table.column_names)])
+            else:  # the row count alone: the rows are in the bytes, read again when an event needs them
                 table = pa.table({"_": pa.nulls(base.rows + rows.num_rows)}).select([])
-            else:
-                kept = added.select(base.table.column_names) if self.partial else added
-                table = pa.concat_tables([base.table, kept])
+                self.partial = True
             after = replace(after, table=table)
         self.base = after
         self.bytes = current.appended(step.mark.seq, chunk)

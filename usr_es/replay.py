@@ -37,7 +37,7 @@ from .names import (
     REGISTRY_DIR,
     SNAPSHOT_DIR,
 )
-from .projections import Fold, Output
+from .projections import BaseFile, Fold, Output
 from .projectors import Watermark
 from .recovery import (
     LocalSource,
@@ -230,7 +230,9 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
             if (
                 isinstance(record.event, BASE_EVENTS)
                 and base is not None
-                and (record.fingerprint.rows != base.rows or record.fingerprint.cols != base.table.num_columns)
+                and (
+                    record.fingerprint.rows != base.rows or record.fingerprint.cols != fold.get(BaseFile).column_count()
+                )
             ):
                 problems.append(
                     f"line {line.seq} (byte offset {line.offset}): fingerprint rows/cols differ from replay"
