@@ -81,9 +81,11 @@ class Step:
 
 @dataclass(frozen=True)
 class Growth:
-    """How a file grows in place instead of being replaced: the stored file stamped `after`, `size` bytes
-    long, gets `tail` appended (docs/adr/0013)."""
+    """How a file grows in place instead of being replaced: the stored file at `path`, stamped `after` and
+    `size` bytes long, gets `tail` appended (docs/adr/0013). Only that very file grows: a fold loaded from
+    elsewhere (a checkpoint) writes its output whole."""
 
+    path: Path
     size: int
     after: Watermark
     tail: list[bytes | memoryview]
@@ -230,21 +232,14 @@ class BaseBytes:
 
     def read(self, columns: list[str] | None) -> pa.Table:
         """The base table these bytes hold (only `columns`, when given)."""
-        parts = self.parts()
-        if len(parts) == 1:
-            source = pa.py_buffer(parts[0])
-        else:
-            source = pa.py_buffer(b"".join(parts))
-        table = pq.read_table(pa.BufferReader(source), columns=columns)
+        table = pq.read_table(pa.BufferReader(self._buffer()), columns=columns)
         return table.replace_schema_metadata(None) if table.num_columns else table
 
     def ids_at(self, rows: list[int]) -> pa.Array:
         """The ids at base rows `rows` (sorted), reading only the row groups that hold them."""
         import pyarrow.compute as pc
 
-        parts = self.parts()
-        source = pa.py_buffer(parts[0]) if len(parts) == 1 else pa.py_buffer(b"".join(parts))
-        reader = pq.ParquetFile(pa.BufferReader(source))
+        reader = pq.ParquetFile(pa.BufferReader(self._buffer()))
         starts = [0]
         for g in range(reader.metadata.num_row_groups):
             starts.append(starts[-1] + reader.metadata.row_group(g).num_rows)
@@ -258,14 +253,20 @@ class BaseBytes:
         ]
         return pa.chunked_array(pieces, pa.string()).combine_chunks()
 
+    def _buffer(self) -> pa.Buffer:
+        """The whole file as one buffer (the stored prefix mapped; copied only when chunks follow it)."""
+        parts = self.parts()
+        return pa.py_buffer(parts[0]) if len(parts) == 1 else pa.py_buffer(b"".join(parts))
+
     def appended(self, seq: int, chunk: memoryview) -> BaseBytes:
         return replace(self, chunks=(*self.chunks, (seq, (chunk,))))
 
     def sealed(self, digests: dict[int, str]) -> BaseBytes:
-        """Each pending chunk's footer patched with the hash its event's line got."""
+        """Each pending chunk's footer patched with the hash its event's line got (the chunks of this write's
+        events were encoded with the placeholder; a patched chunk is two parts, so it is patched once)."""
         chunks = []
         for seq, parts in self.chunks:
-            if seq in digests and len(parts) == 1 and HASH_PLACEHOLDER.encode() in bytes(parts[0][-(1 << 20) :]):
+            if seq in digests and len(parts) == 1:
                 chunks.append((seq, tuple(patch_watermark_hash(memoryview(parts[0]), digests[seq]))))
             else:
                 chunks.append((seq, parts))
@@ -418,10 +419,9 @@ class BaseFile:
     def _append(self, step: Step) -> bool:
         """Fold an import or a registry freeze as an append to the file's bytes; False when it must be a
         whole encode instead (no file yet, or the append would pass the bounds)."""
-        if self.base is None:
-            return False
         base = self.base
-        assert base is not None
+        if base is None:
+            return False
         current = self.encoded()
         footer = current.footer()
         event = step.event
@@ -473,7 +473,7 @@ class BaseFile:
         grow = None
         current = self.bytes
         if current is not None and current.path is not None and current.chunks and self._stored is not None:
-            grow = Growth(current.size, self._stored, current.tail())
+            grow = Growth(current.path, current.size, self._stored, current.tail())
         return {RECORDS_FILE: Output(self.base.watermark, lambda: self.encoded().parts(), read_watermark, grow=grow)}
 
     def stray(self, directory: Path) -> Iterator[str]:
@@ -584,13 +584,7 @@ class IdIndex:
     def seal(self, digests: dict[int, str]) -> None:
         if self._mark is not None:
             self._mark = _sealed(self._mark, digests)
-        sealed = []
-        for run in self.runs:
-            fixed = replace(run, mark=_sealed(run.mark, digests))
-            if fixed != run and run.file in self._batches:
-                self._batches[fixed.file] = self._batches[run.file]
-            sealed.append(fixed)
-        self.runs = sealed
+        self.runs = [replace(run, mark=_sealed(run.mark, digests)) for run in self.runs]  # same files: named by rows
 
     def outputs(self) -> dict[str, Output]:
         mark = self._mark

@@ -208,9 +208,11 @@ def catch_up(
     that needs no catching up is loaded with only those columns.
     """
     log_path = directory / LOG_FILE
-    cut = cut_torn_base(directory)
     fold = Fold(LocalSource(directory, cache=cache))
     stored = {m.label: m.stored_mark(directory) for m in fold.members if m.anchored}  # read once each
+    cut = cut_torn_base(directory) if stored[BaseFile.label] is None else None
+    if cut is not None:  # records.parquet was cut back to a committed size: read its stamp again
+        stored[BaseFile.label] = fold.get(BaseFile).stored_mark(directory)
     start = _anchors(log_path, stored)
     if start is not None:
         check_prefix(log_path, end_offset=start[0], lines=start[1] - 1, last_hash=start[2])
@@ -345,16 +347,18 @@ def _write_output(path: Path, out: Output) -> bool:
 
 
 def _extends(path: Path, grow: Growth) -> bool:
-    """Whether the stored file is the one `grow` extends (one link only: a checkpoint or a replay copy
+    """Whether the file at `path` is the one `grow` extends (one link only: a checkpoint or a replay copy
     linked to it must not change), maybe with a torn tail of an interrupted append after it."""
+    if path != grow.path:
+        return False
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError:
         return False
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size < grow.size:
         return False
-    if st.st_size == grow.size:
-        return read_watermark(path) == grow.after
+    if st.st_size == grow.size:  # the file the fold loaded under this lock (its stamp was read then)
+        return True
     with pa.memory_map(str(path)) as source:
         return read_watermark(pa.BufferReader(source.read_buffer(grow.size))) == grow.after
 
