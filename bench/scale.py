@@ -199,7 +199,7 @@ def _at_large(large: list[int], holds: Callable[[int], bool]) -> bool | None:
     return all(holds(n) for n in large) if large else None
 
 
-def render(steps: dict[str, Step], sizes: list[int], stream: tuple[int, float, float, int] | None) -> str:
+def render(steps: dict[str, Step], sizes: list[int], stream: tuple[int, float, float, int, int] | None) -> str:
     head = " | ".join(f"{n:,}: wall / RSS / × baseline" for n in sizes)
     lines = [f"| step | {head} | growth | target | verdict |", "|---" * (len(sizes) + 4) + "|"]
     for record in steps.values():
@@ -213,11 +213,12 @@ def render(steps: dict[str, Step], sizes: list[int], stream: tuple[int, float, f
         verdict = "n/a (no 10M run)" if ok is None else bench.verdict(ok)
         lines.append(f"| {record.label} | {' | '.join(cells)} | {growth} | {target} | {verdict} |")
     if stream is not None:
-        rows, made, seconds, rss = stream
+        rows, made, seconds, rss, code = stream
+        outcome = bench.verdict(rss <= STREAM_RSS) if code == 0 else f"FAIL (exit {code})"
         lines.append("")
         lines.append(
             f"Streaming import of a {rows:,}-row CSV (generated in {made:.0f} s): {seconds:.1f} s, peak RSS "
-            f"{bench.mb(rss)} (target ≤ {bench.mb(STREAM_RSS)}): {bench.verdict(rss <= STREAM_RSS)}"
+            f"{bench.mb(rss)} (target ≤ {bench.mb(STREAM_RSS)}): {outcome}"
         )
     return "\n".join(lines) + "\n"
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if done.code != 0:
             sys.stderr.write(f"bench-scale: the streaming import failed (exit {done.code}): {done.stderr[-500:]}\n")
-        stream = (args.stream_rows, made, done.seconds, done.peak_rss)
+        stream = (args.stream_rows, made, done.seconds, done.peak_rss, done.code)
         shutil.rmtree(scratch, ignore_errors=True)
     table = render(steps, sizes, stream)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -230,3 +230,56 @@ def test_many_small_imports_keep_records_parquet_within_twice_what_its_rows_need
     assert path.stat().st_size <= 2 * compact.stat().st_size + 64 * 1024
     compact.unlink()
     assert dataset.verify().ok
+
+
+class _Truncations(FileOps):
+    """Records every size records.parquet is cut to (a cut below its size would rewrite its bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: dict[int, Path] = {}
+        self.cuts: list[tuple[int, int]] = []  # (size before, size after)
+
+    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+        fd = super().open(path, flags, mode)
+        self.paths[fd] = path
+        return fd
+
+    def truncate(self, fd: int, size: int) -> None:
+        if self.paths.get(fd, Path()).name == "records.parquet":
+            self.cuts.append((os.fstat(fd).st_size, size))
+        super().truncate(fd, size)
+
+
+class _InterruptAfterAppend(FileOps):
+    def point(self, name: str) -> None:
+        if name == "after_append":
+            raise KeyboardInterrupt
+
+
+def test_a_write_after_a_catch_up_never_cuts_back_the_file_the_catch_up_grew(dataset: Dataset) -> None:
+    from usr_es.errors import Interrupted
+
+    dataset.add_sequences(_dna("first", 40))
+    with use_fileops(_InterruptAfterAppend()), pytest.raises(Interrupted):
+        dataset.add_sequences(_dna("lagging", 40))  # committed; records.parquet lags it
+    recorder = _Truncations()
+    with use_fileops(recorder):
+        dataset.add_sequences(_dna("next", 40))  # catches the lagging import up, then appends its own rows
+    assert recorder.cuts == []
+    assert dataset.info().rows == 120 and dataset.verify().ok
+
+
+def test_an_import_of_many_rows_into_a_dataset_checks_them_all_against_the_index(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usr_es import projections
+    from usr_es.errors import DuplicateIDError
+
+    monkeypatch.setattr(projections, "_SEARCHED_IDS", 0)  # the hashed pass that large imports take
+    first = _dna("first", 30)
+    dataset.add_sequences(first)
+    assert dataset.add_sequences(_dna("second", 30)).metrics["rows_written"] == 30
+    with pytest.raises(DuplicateIDError):
+        dataset.add_sequences([*_dna("third", 5), first[7]])
+    assert dataset.add_sequences([*_dna("third", 5), first[7]], on_conflict="skip").metrics["rows_written"] == 5

@@ -231,12 +231,12 @@ class IdIndex:
                 at += 1
         return sorted(out)
 
-    def may_hold(self, ids: pa.Array) -> pa.Array:
+    def may_hold(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array:
         """For each id, whether some base row's key equals its key (vectorized; False for ids that cannot
         be keyed, which no base row holds when the index is keyed)."""
         import pyarrow.compute as pc
 
-        raw = ids.cast(pa.binary())
+        raw = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).cast(pa.binary())
         long_enough = pc.greater_equal(pc.binary_length(raw), KEY_BYTES)
         padded = pc.if_else(long_enough, raw, pa.scalar(b"\0" * KEY_BYTES))
         keys = pc.binary_slice(padded, 0, KEY_BYTES).cast(pa.binary(KEY_BYTES)).view(pa.uint64())

@@ -480,7 +480,17 @@ class BaseFile:
         return iter(())
 
     def release(self) -> None:
-        return None
+        """After its file was written: when that grew the stored file in place, the file now holds every
+        chunk, so it becomes the prefix the next append extends (never cut back and written again)."""
+        current, base = self.bytes, self.base
+        if current is None or current.path is None or not current.chunks or base is None:
+            return
+        try:
+            grown = current.path.stat().st_size == current.total and read_watermark(current.path) == base.watermark
+        except OSError:
+            return
+        if grown:
+            self.bytes, self._stored = BaseBytes(current.path, current.total), base.watermark
 
 
 # -- _index/ ---------------------------------------------------------------------------------------

@@ -17,7 +17,19 @@ import pyarrow.parquet as pq
 
 from .codec import watermark_of
 from .errors import IntegrityError, InvalidInput, NotFound
-from .names import DELETED, FLAGS, HIDDEN_PREFIX, ID, LAYOUT_FILE, PURGED, TOMBSTONE_NS, WRITTEN
+from .fileio import locked
+from .names import (
+    DELETED,
+    FLAGS,
+    HIDDEN_PREFIX,
+    ID,
+    LAYOUT_FILE,
+    LOCK_FILE,
+    PURGED,
+    RECORDS_FILE,
+    TOMBSTONE_NS,
+    WRITTEN,
+)
 from .projectors import EMPTY_LAYOUT, Watermark
 from .results import ColumnInfo, ColumnProfile
 from .storage import read_layout
@@ -158,8 +170,12 @@ def _plan(ds: ReadHead) -> _Plan:
         again = read_layout(ds.dir / LAYOUT_FILE)
         if (again[1] if again else None) == (doc[1] if doc else None):
             return plan
-    if plan is None:  # records.parquet kept changing: read whatever is there now
-        plan = _open_parts(ds, read_layout(ds.dir / LAYOUT_FILE), _open_file(ds.records_path, None))
+    if plan is None:  # records.parquet kept changing: read it with no writer at work (a shared lock)
+        with locked(ds.dir / LOCK_FILE, shared=True):
+            base = _open_file(ds.records_path, None)
+            if base is None and ds.records_path.exists():  # never read a file that does not open as empty
+                raise OSError(f"{RECORDS_FILE} does not open as a Parquet file")
+            plan = _open_parts(ds, read_layout(ds.dir / LAYOUT_FILE), base)
     return plan
 
 

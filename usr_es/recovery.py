@@ -108,8 +108,9 @@ class LocalSource(PartSource):
 
 
 class BaseCache:
-    """The base columns a writer read last, kept while records.parquet is the same file (projection
-    files are replaced by rename, never changed in place): a loop of small writes reads them once."""
+    """The base columns a writer read last, kept while records.parquet is the same file (its inode, size
+    and mtime: an import grows it in place, anything else replaces it): a loop of small writes reads them
+    once."""
 
     def __init__(self) -> None:
         self._held: tuple[tuple[int, ...], tuple[str, ...], BaseProjection] | None = None
@@ -273,10 +274,15 @@ def committed_base(directory: Path) -> tuple[int, Watermark] | None:
     sizes: list[tuple[int, Watermark]] = []
     try:
         for line in iter_lines(directory / LOG_FILE):
-            if isinstance(line.record.event, BASE_EVENTS) and 0 < line.record.fingerprint.size_bytes <= size:
+            if isinstance(line.record.event, BASE_EVENTS) and line.record.fingerprint.size_bytes > 0:
                 sizes.append((line.record.fingerprint.size_bytes, Watermark(line.seq, line.offset, line.record.hash)))
     except IntegrityError:
         return None  # catch-up or verify reports the log
+    if not sizes or size >= sizes[-1][0]:
+        # An append cut short leaves the file shorter than the log's last base event says; a longer one
+        # holds more than the log (restored from an older copy?): not cut, catch-up or verify reports it.
+        return None
+    sizes = [(committed, mark) for committed, mark in sizes if committed <= size]
     with pa.memory_map(str(path)) as source:
         for committed, mark in reversed(sizes):
             if read_watermark(pa.BufferReader(source.read_buffer(committed))) == mark:
@@ -359,6 +365,8 @@ def _extends(path: Path, grow: Growth) -> bool:
         return False
     if st.st_size == grow.size:  # the file the fold loaded under this lock (its stamp was read then)
         return True
+    if read_watermark(path) is not None:  # a whole file, not a torn tail: never cut a readable file back
+        return False
     with pa.memory_map(str(path)) as source:
         return read_watermark(pa.BufferReader(source.read_buffer(grow.size))) == grow.after
 
