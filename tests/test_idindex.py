@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from usr_es import Dataset, reads
 from usr_es.errors import InvalidInput, NotFound
-from usr_es.idindex import encode, key_of, merge_policy, read_manifest, run_rows
+from usr_es.idindex import encode, key_of, merge_due, read_manifest, run_rows
 from usr_es.names import INDEX_MANIFEST
 from usr_es.registry import register_namespace, split_columns_spec
 
@@ -186,8 +186,10 @@ def test_the_merge_policy_keeps_each_run_more_than_twice_the_next() -> None:
     from usr_es.projectors import Watermark
 
     runs = [Run(0, 100, Watermark()), Run(100, 140, Watermark()), Run(140, 160, Watermark())]
-    assert merge_policy(runs) == [(1, 2), (0, 1)]  # 40 <= 2*20, then 100 <= 2*60
-    assert merge_policy(runs[:2]) == []
+    assert merge_due(runs)  # 40 <= 2*20
+    assert merge_due([runs[0], Run(100, 160, Watermark())])  # then 100 <= 2*60
+    assert not merge_due(runs[:2])  # 100 > 2*40
+    assert not merge_due(runs[:1])
 
 
 def test_a_write_checks_its_ids_without_reading_the_base_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

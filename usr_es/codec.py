@@ -177,6 +177,11 @@ def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> memoryvi
     return encode_parquet(base.table, base_metadata(base), mark_hash)
 
 
+def footer_start(data: memoryview) -> int:
+    """Where the Parquet footer that ends `data` starts (its length and the magic follow it)."""
+    return len(data) - 8 - int.from_bytes(bytes(data[-8:-4]), "little")
+
+
 def patch_watermark_hash(data: memoryview, real_hash: str) -> list[bytes | memoryview]:
     """Swap the placeholder hash in the Parquet footer for `real_hash` (same length).
 
@@ -184,8 +189,7 @@ def patch_watermark_hash(data: memoryview, real_hash: str) -> list[bytes | memor
     body is not copied. Parquet has no footer checksum, so the result is byte-identical to
     `encode_parquet(..., real_hash)`; a test proves it.
     """
-    footer_len = int.from_bytes(bytes(data[-8:-4]), "little")
-    start = len(data) - 8 - footer_len
+    start = footer_start(data)
     footer = bytes(data[start:])
     token = HASH_PLACEHOLDER.encode()
     if footer.count(token) != 1 or len(real_hash) != len(HASH_PLACEHOLDER):

@@ -93,16 +93,11 @@ class Run:
         return self.end - self.start
 
 
-def merge_policy(runs: list[Run]) -> list[tuple[int, int]]:
-    """Which trailing runs to merge after one was added, as (first, last) index pairs in order: the last
-    two while the one before the last holds at most twice the last's rows, so there are O(log n) runs
-    and each key is merged O(log n) times."""
-    sizes = [r.rows for r in runs]
-    merges = []
-    while len(sizes) >= 2 and sizes[-2] <= 2 * sizes[-1]:
-        merges.append((len(sizes) - 2, len(sizes) - 1))
-        sizes[-2:] = [sizes[-2] + sizes[-1]]
-    return merges
+def merge_due(runs: list[Run]) -> bool:
+    """Whether the last two runs merge (after a run was added, while this holds): the one before the
+    last holds at most twice the last's rows, so there are O(log n) runs and each key is merged O(log n)
+    times."""
+    return len(runs) >= 2 and runs[-2].rows <= 2 * runs[-1].rows
 
 
 class _ManifestDoc(msgspec.Struct, frozen=True):

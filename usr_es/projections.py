@@ -32,6 +32,7 @@ from .codec import (
     base_metadata,
     encode_base,
     encode_part,
+    footer_start,
     patch_watermark_hash,
     read_watermark,
 )
@@ -208,11 +209,8 @@ class BaseBytes:
 
     def parts(self) -> list[bytes | memoryview]:
         """The file's bytes, in order (the stored prefix is mapped, not read)."""
-        out: list[bytes | memoryview] = []
-        if self.path is not None and self.size:
-            out.append(memoryview(_mapped(self.path, self.size)).cast("B"))
-        out.extend(part for _, parts in self.chunks for part in parts)
-        return out
+        prefix = [memoryview(_mapped(self.path, self.size)).cast("B")] if self.path is not None and self.size else []
+        return [*prefix, *self.tail()]
 
     def tail(self) -> list[bytes | memoryview]:
         """The bytes appended after the stored prefix."""
@@ -223,8 +221,7 @@ class BaseBytes:
         footer's bytes are handed to the reader (no copy of the chunk)."""
         if self.chunks:
             last = memoryview(self.chunks[-1][1][-1]).cast("B")
-            length = int.from_bytes(last[-8:-4], "little") + 8
-            source = pa.py_buffer(last[-length:])
+            source = pa.py_buffer(last[footer_start(last) :])
         else:
             assert self.path is not None
             source = _mapped(self.path, self.size)
@@ -499,7 +496,7 @@ class IdIndex:
     holding them and a write checks its ids without reading the base's (ADR 0009, ADR 0013).
 
     An import adds a run of its own ids (the rows it appended), merged with the runs before it by
-    `idindex.merge_policy`; a materialize that drops rows re-derives one run from the base. The manifest
+    `idindex.merge_due`; a materialize that drops rows re-derives one run from the base. The manifest
     `_index/id.json` names the runs and carries the watermark of the last base event folded.
     """
 
@@ -574,11 +571,11 @@ class IdIndex:
         run = idindex.Run(start, self.rows, mark)
         self.runs.append(run)
         self._batches[run.file] = rows
-        for first, last in idindex.merge_policy(self.runs):
-            a, b = self.runs[first], self.runs[last]
+        while idindex.merge_due(self.runs):
+            a, b = self.runs[-2:]
             merged = idindex.Run(a.start, b.end, mark)
             self._batches[merged.file] = idindex.merged_rows(self.batch(a), self.batch(b))
-            self.runs[first:] = [merged]
+            self.runs[-2:] = [merged]
 
     def known(self) -> IndexedIds | None:
         """The base's ids, answered from the runs (None: the ids cannot be keyed, or no base yet)."""

@@ -22,7 +22,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .codec import read_watermark
+from .codec import footer_start, read_watermark
 from .errors import IntegrityError, NotFound, ReadError
 from .events import BASE_EVENTS, GENESIS_HASH, LogRecord, record_decoder
 from .fileio import append_at, fileops, locked, remove_stale_temps
@@ -344,7 +344,7 @@ def _write_output(path: Path, out: Output) -> bool:
     grow = out.grow
     if grow is not None and _extends(path, grow):
         last = memoryview(grow.tail[-1]).cast("B")  # ends with the new footer, its length and the magic
-        cut = len(last) - 8 - int.from_bytes(last[-8:-4], "little")
+        cut = footer_start(last)
         append_at(path, grow.size, [*grow.tail[:-1], last[:cut]], bytes(last[cut:]), point=path.name)
         return True
     data = out.encode()

@@ -252,7 +252,7 @@ class Writer:
             initialized=tail.scan.seq > 0,
             seq=tail.scan.seq,
             ids=_known_ids(fold),
-            bio_types=fold.get(BaseFile).bio_types(),
+            bio_types=fold.get(BaseFile).bio_types() if isinstance(command, AttachColumns) else None,
             base=base.table if base is not None else None,
             live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
             overlays={ns: derived.merged(ns) for ns in _overlays_needed(command) if ns in derived.layout.live}
@@ -322,10 +322,11 @@ class Writer:
         base = holder.base
         if base is None:
             return Fingerprint(rows=0, cols=0, size_bytes=0)
-        if base.watermark.hash == PENDING:
-            return Fingerprint(rows=base.rows, cols=holder.column_count(), size_bytes=holder.size())
         path = self.directory / RECORDS_FILE
-        size = path.stat().st_size if path.exists() else 0
+        if base.watermark.hash == PENDING:
+            size = holder.size()
+        else:
+            size = path.stat().st_size if path.exists() else 0
         return Fingerprint(rows=base.rows, cols=holder.column_count(), size_bytes=size)
 
     def _checkpoint(self, fold: Fold, records: list[LogRecord], mark: Watermark) -> None:

@@ -53,10 +53,16 @@ def acks(stdout: str) -> dict[str, int]:
     return found
 
 
-def logged(ds: Dataset) -> tuple[dict[str, int], int, int]:
-    """command_id -> seq of every line (the chain verified on the way), the head seq, torn tail bytes."""
+def logged(ds: Dataset) -> tuple[dict[str, int], int, tuple[int, bytes] | None]:
+    """command_id -> seq of every line (the chain verified on the way), the head seq, and the torn tail
+    as (offset, its bytes) (None: the log ends with a whole line)."""
     lines, scan = read_lines(ds.log_path)
-    return {line.record.command_id: line.seq for line in lines}, scan.seq, scan.torn_bytes
+    torn = None
+    if scan.torn_offset is not None and scan.torn_bytes:
+        with ds.log_path.open("rb") as fh:
+            fh.seek(scan.torn_offset)
+            torn = (scan.torn_offset, fh.read(scan.torn_bytes))
+    return {line.record.command_id: line.seq for line in lines}, scan.seq, torn
 
 
 def quarantined(ds: Dataset) -> list[bytes]:
@@ -87,7 +93,8 @@ def sigkill(scale: Scale) -> Row:
         root, ds = make_dataset(tmp)
         acked: dict[str, int] = {}
         kinds: Counter[str] = Counter()
-        lost = torn_seen = verify_failures = 0
+        lost = verify_failures = 0
+        torn_tails: set[tuple[int, bytes]] = set()  # a tail no write came to quarantine is seen after two kills
         for kill in range(scale.kills):
             via = rng.choice(["api", "cli"])
             torn = kill % 4 == 3
@@ -104,8 +111,9 @@ def sigkill(scale: Scale) -> Row:
             stdout, _ = proc.communicate(timeout=120)
             kinds.update(line.split()[2] for line in stdout.splitlines() if line.startswith("REFUSED"))
             acked.update(acks(stdout))
-            in_log, _, torn_bytes = logged(ds)
-            torn_seen += torn_bytes > 0
+            in_log, _, torn_tail = logged(ds)
+            if torn_tail is not None:
+                torn_tails.add(torn_tail)
             missing = [cid for cid, seq in acked.items() if in_log.get(cid) != seq]
             lost += len(missing)
             if missing:
@@ -124,6 +132,7 @@ def sigkill(scale: Scale) -> Row:
         row.note("kills", scale.kills)
         row.require("acked_events", len(acked), len(acked) > 0)
         row.require("acked_events_lost", lost, lost == 0)
+        torn_seen = len(torn_tails)
         row.require("torn_tails_seen", torn_seen, torn_seen > 0 or scale.kills < 4)  # every 4th kill tears
         row.require("torn_tails_quarantined", len(fragments), len(fragments) == torn_seen)
         row.require("valid_lines_wrongly_quarantined", wrongly, wrongly == 0)
