@@ -7,7 +7,10 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import usr_es.decide as decide_module
 from usr_es.alphabet import ALPHABETS
 from usr_es.commands import ImportSequences, InitDataset
 from usr_es.decide import DatasetState, Decision, Rows, decide
@@ -225,3 +228,48 @@ def test_decide_import_event_carries_source_and_time() -> None:
     decision = import_rows(["ACGT"], path="/in/a.csv", fmt="csv", source="lab")
     assert isinstance(decision.only.event, SequencesImported) and decision.only.event.source == "lab"
     assert decision.only.action == "import_rows"
+
+
+# -- imports decided a batch at a time (docs/adr/0014) --------------------------------------------
+_FEW = st.sampled_from(["ACGT", "acgt", "GGCC", "TTAA", "CAGT", "AAAA", "CCCC"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_FEW, min_size=1, max_size=14), st.integers(1, 5), st.sampled_from(["skip", "error"]))
+def test_an_import_decided_in_batches_matches_a_model_of_the_whole_input(
+    sequences: list[str], batch: int, on_conflict: str
+) -> None:
+    """Whatever the batch size, skip keeps the first row of each sequence in input order, and error refuses
+    an input that repeats a sequence, naming rows that really hold the same one (counted over the input)."""
+    ids = [sha1_id("dna", s) for s in sequences]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decide_module, "IMPORT_BATCH_ROWS", batch)
+        if on_conflict == "error" and len(set(ids)) < len(ids):
+            with pytest.raises(DuplicateIDError) as caught:
+                import_rows(sequences, on_conflict="error")
+            for group in caught.value.groups:
+                rows = [int(r) for r in group.split(" rows ")[1].split(" ")[0].split(",")]
+                assert len(rows) > 1 and len({ids[r - 1] for r in rows}) == 1, group
+            return
+        decision = import_rows(sequences, on_conflict=on_conflict)
+    first = list(dict.fromkeys(ids))
+    assert payload_column(decision, "id") == first
+    assert decision.only.event.rows == len(first)
+    assert decision.only.event.skipped == len(sequences) - len(first)
+
+
+def test_an_invalid_row_in_a_later_batch_is_named_by_its_row_in_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decide_module, "IMPORT_BATCH_ROWS", 3)
+    with pytest.raises(AlphabetError, match=r"rows: 8\)"):
+        import_rows(["ACGT", "GGCC", "TTAA", "CAGT", "AAAA", "CCCC", "GATC", "ACXT"])
+    with pytest.raises(SchemaError, match=r"rows: 5, 6\)"):
+        import_rows(["ACGT", "GGCC", "TTAA", "CAGT", " ", ""])
+
+
+def test_a_sequence_already_in_the_dataset_is_named_by_its_row_in_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decide_module, "IMPORT_BATCH_ROWS", 2)
+    state = DatasetState(name="demo/ds", initialized=True, seq=2, ids=pa.array([sha1_id("dna", "TTAA")]))
+    with pytest.raises(DuplicateIDError, match=r"rows: 3;"):
+        import_rows(["ACGT", "GGCC", "TTAA"], state=state)
+    decision = import_rows(["ACGT", "GGCC", "TTAA", "ACGT"], state=state, on_conflict="skip")
+    assert payload_column(decision, "sequence") == ["ACGT", "GGCC"]

@@ -119,18 +119,18 @@ def test_the_next_write_catches_a_lagging_index_up_and_rebuild_restores_it(tmp_p
 
 def test_index_rows_are_sorted_by_key_then_row() -> None:
     ids = pa.array(["b" * 8 + "x", "a" * 8 + "y", "b" * 8 + "z", "a" * 8 + "w"])
-    rows = run_rows(ids, 10)
+    rows, _ = run_rows([ids], 10)
     assert rows is not None
     assert rows.column(1).to_pylist() == [11, 13, 10, 12]
     assert rows.column(0).to_pylist() == [key_of("aaaaaaaa")] * 2 + [key_of("bbbbbbbb")] * 2
-    assert run_rows(pa.array(["short", "a" * 9]), 0) is None  # an id too short to key: no index
+    assert run_rows([pa.array(["short", "a" * 9])], 0) == (None, 2)  # an id too short to key: no index
 
 
 def test_a_damaged_index_with_a_valid_stamp_never_returns_another_record(tmp_path: Path) -> None:
     ds, ids = make(tmp_path / "root", [*OTHERS, *COLLIDING])
     path = only_run(ds)
     manifest = read_manifest(ds.dir / INDEX_MANIFEST)
-    rows = run_rows(pa.array(ids), 0)
+    rows, _ = run_rows([pa.array(ids)], 0)
     assert manifest is not None and rows is not None
     mark = manifest.runs[0].mark
     keys, positions = rows.column(0), rows.column(1).to_pylist()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from usr_es.inputs import (
     MAX_INPUT_COLUMNS,
     MAX_JSON_DEPTH,
     check_json_depth,
+    import_batches,
     json_depth,
     read_import_file,
     too_deep,
@@ -105,3 +108,37 @@ def test_a_file_wider_than_the_column_bound_is_refused_before_parsing(tmp_path: 
         path.write_text(json.dumps({name: 1 for name in names}) + "\n")
     with pytest.raises(InvalidInput, match=f"has {MAX_INPUT_COLUMNS + 1:,} columns; the limit is"):
         read_import_file(path, fmt)
+
+
+def _write(path: Path, fmt: str, sequences: list[str]) -> None:
+    if fmt == "csv":
+        path.write_text("sequence,other\n" + "".join(f"{s},x\n" for s in sequences))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"sequence": s, "other": 1}) + "\n" for s in sequences))
+    elif fmt == "fasta":
+        path.write_text("".join(f">r{i}\n{s[:3]}\n{s[3:]}\n" for i, s in enumerate(sequences)))
+    else:
+        pq.write_table(pa.table({"sequence": sequences, "other": [1] * len(sequences)}), path, row_group_size=7)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "fasta"])
+def test_an_input_is_read_in_batches_of_the_asked_rows_in_order(tmp_path: Path, fmt: str) -> None:
+    sequences = [f"ACGT{'A' * (i % 5)}{i:04d}".replace("0", "C").replace("1", "G") for i in range(25)]
+    path = tmp_path / f"in.{fmt}"
+    _write(path, fmt, sequences)
+    batches = list(import_batches(path, fmt, batch_rows=10))
+    assert [b.num_rows for b in batches] == [10, 10, 5]
+    assert [s for b in batches for s in b.column("sequence").to_pylist()] == sequences
+    assert {tuple(b.column_names) for b in batches} == {("sequence",)}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_long_line_late_in_a_file_rereads_with_larger_blocks_losing_and_repeating_no_row(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inputs, "STREAM_BLOCK", 1 << 12)
+    sequences = ["ACGT" * 8] * 400 + ["ACGT" * 5_000] + ["GGCC" * 8] * 50
+    path = tmp_path / f"in.{fmt}"
+    _write(path, fmt, sequences)
+    got = [s for b in import_batches(path, fmt, batch_rows=64) for s in b.column("sequence").to_pylist()]
+    assert got == sequences

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 
 from usr_es.codec import encode_base, patch_watermark_hash
 from usr_es.events import DatasetInitialized, Materialized, OverlayWritten, SequencesImported
+from usr_es.fileio import Spill
 from usr_es.projectors import (
     BASE_SCHEMA,
     PAYLOAD_SCHEMA,
@@ -205,11 +208,32 @@ def _numbered(n: int, start: int = 0) -> pa.Table:
     return pa.table([[f"{i:040x}" for i in numbers], ["s"] * n, list(numbers)], schema=_NUMBERED)
 
 
+def _append(
+    footer: pq.FileMetaData, at: int, tables: list[pa.Table], meta: dict[str, str], digest: str
+) -> bytes | None:
+    """`codec.append_parquet`'s bytes (row groups and footer) in one piece."""
+    from usr_es import codec
+
+    schema = tables[0].schema if tables else _NUMBERED
+    appended = codec.append_parquet(footer, at, iter(tables), schema, meta, digest, scratch=Path(tempfile.gettempdir()))
+    if appended is None:
+        return None
+    body, tail = appended
+    return b"".join(part.read() if isinstance(part, Spill) else bytes(part) for part in body) + tail
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=70), min_size=1, max_size=5), st.integers(1, 3))
+@given(
+    st.lists(st.integers(min_value=0, max_value=70), min_size=1, max_size=5),
+    st.integers(1, 3),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=4),
+    st.booleans(),
+)
 def test_appended_row_groups_read_back_as_the_whole_table_and_keep_every_earlier_file(
-    batches: list[int], group_rows: int
+    batches: list[int], group_rows: int, cuts: list[int], spill: bool
 ) -> None:
+    """Whether the appended rows arrive in one table or several, and whether their row groups stay in memory
+    or spill to a scratch file, the bytes are the same."""
     from usr_es import codec
 
     with pytest.MonkeyPatch.context() as patch:
@@ -221,10 +245,18 @@ def test_appended_row_groups_read_back_as_the_whole_table_and_keep_every_earlier
         for k, n in enumerate(batches[1:], start=1):
             added = _numbered(n, table.num_rows)
             footer = pq.read_metadata(pa.BufferReader(data))
-            chunk = codec.append_parquet(footer, len(data), added, {"v": str(k)}, f"{k:032d}")
+            chunk = _append(footer, len(data), [added], {"v": str(k)}, f"{k:032d}")
             assert chunk is not None
-            assert chunk == codec.append_parquet(footer, len(data), added, {"v": str(k)}, f"{k:032d}")  # deterministic
-            data, table = data + bytes(chunk), pa.concat_tables([table, added])
+            pieces, at = [], 0
+            for cut in cuts:
+                pieces.append(added.slice(at, cut))
+                at += cut
+            pieces.append(added.slice(at))
+            if spill:
+                patch.setattr(codec, "SPILL_BYTES", 0)
+            assert chunk == _append(footer, len(data), pieces, {"v": str(k)}, f"{k:032d}")  # deterministic
+            patch.setattr(codec, "SPILL_BYTES", 32 << 20)
+            data, table = data + chunk, pa.concat_tables([table, added])
             versions.append((data, table, str(k)))
     for then, expected, version in versions:  # every earlier size of the file is still that version
         assert data.startswith(then)
@@ -238,4 +270,4 @@ def test_an_append_of_rows_with_other_columns_is_refused() -> None:
 
     data = raw(codec.encode_parquet(_numbered(3), {}, "0" * 32))
     footer = pq.read_metadata(pa.BufferReader(data))
-    assert codec.append_parquet(footer, len(data), pa.table({"other": [1]}), {}, "0" * 32) is None
+    assert _append(footer, len(data), [pa.table({"other": [1]})], {}, "0" * 32) is None

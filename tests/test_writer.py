@@ -15,6 +15,7 @@ import pytest
 import usr_es.decide as decide_module
 from usr_es import CommitError, Dataset
 from usr_es.decide import Decision, Emit
+from usr_es.errors import AlphabetError, DuplicateIDError
 from usr_es.events import RecordsTombstoned, StateSet
 from usr_es.fileio import FileOps, use_fileops
 from usr_es.names import LOG_FILE
@@ -283,3 +284,80 @@ def test_an_import_of_many_rows_into_a_dataset_checks_them_all_against_the_index
     with pytest.raises(DuplicateIDError):
         dataset.add_sequences([*_dna("third", 5), first[7]])
     assert dataset.add_sequences([*_dna("third", 5), first[7]], on_conflict="skip").metrics["rows_written"] == 5
+
+
+# -- imports larger than memory: decided a batch at a time, spooled, appended from a scratch file -----------
+def _small_batches(patch: pytest.MonkeyPatch, rows: int = 4) -> None:
+    """Batches of `rows` input rows, and every appended row group spilled to a scratch file."""
+    patch.setattr(decide_module, "IMPORT_BATCH_ROWS", rows)
+    patch.setattr("usr_es.codec.SPILL_BYTES", 0)
+
+
+def _temps(ds: Dataset) -> list[str]:
+    return sorted(str(p.relative_to(ds.dir)) for p in ds.dir.rglob(".tmp-*"))
+
+
+def test_an_import_of_many_batches_keeps_the_first_of_each_sequence_and_rebuilds_byte_identical(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _small_batches(monkeypatch)
+    dataset.add_sequences(["ACGTAC", "GGGGCC"])
+    sequences = ["TTTTAA", "ACGTAC", "CCCCAA", "TTTTAA", "GATTACA", "CCCCAA", "AAAAAC", "GATTACA", "TGCATG"]
+    path = tmp_path / "in.csv"
+    path.write_text("sequence\n" + "\n".join(sequences) + "\n")
+    receipt = dataset.import_file(path, on_conflict="skip")
+    assert receipt.metrics == {"rows_written": 5, "rows_skipped": 4}
+    stored = dataset.view(columns=["sequence"]).column("sequence").to_pylist()
+    assert stored == ["ACGTAC", "GGGGCC", "TTTTAA", "CCCCAA", "GATTACA", "AAAAAC", "TGCATG"]
+    assert _temps(dataset) == []
+    files = {p: p.read_bytes() for p in dataset.dir.rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow")}
+    report = dataset.verify()
+    assert report.ok and not report.behind, report.problems
+    dataset.maintenance.rebuild()
+    assert {p: p.read_bytes() for p in files} == files
+
+
+def test_an_import_repeating_a_sequence_across_batches_is_refused_and_leaves_nothing(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _small_batches(monkeypatch, rows=2)
+    dataset.add_sequences(["ACGTAC"])
+    log = (dataset.dir / LOG_FILE).read_bytes()
+    with pytest.raises(DuplicateIDError, match=r"rows 2,5 'CCCCAA'"):
+        dataset.add_sequences(["TTTTAA", "CCCCAA", "GATTACA", "AAAAAC", "CCCCAA"])
+    with pytest.raises(AlphabetError, match=r"rows: 5\)"):
+        dataset.add_sequences(["TTTTAA", "CCCCAA", "GATTACA", "AAAAAC", "CCXCAA"])
+    assert (dataset.dir / LOG_FILE).read_bytes() == log
+    assert _temps(dataset) == []
+    assert dataset.verify().ok
+
+
+def test_a_failed_write_while_a_spilled_append_is_published_is_repaired_by_the_next_command(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _small_batches(monkeypatch)
+    dataset.add_sequences(["ACGTAC", "GGGGCC"])
+
+    class FailingRecordsWrite(FileOps):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records_fds: set[int] = set()
+
+        def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+            fd = super().open(path, flags, mode)
+            if path.name == "records.parquet":
+                self.records_fds.add(fd)
+            return fd
+
+        def write(self, fd: int, data: bytes | memoryview) -> int:
+            if fd in self.records_fds:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().write(fd, data)
+
+    with use_fileops(FailingRecordsWrite()), pytest.raises(CommitError) as caught:
+        dataset.add_sequences(["TTTTAA", "CCCCAA", "GATTACA", "AAAAAC", "TGCATG"])
+    assert caught.value.state == "COMMITTED"
+    dataset.add_sequences(["CAGTCA"])
+    assert dataset.info().rows == 8
+    report = dataset.verify()
+    assert report.ok and not report.behind, report.problems

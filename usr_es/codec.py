@@ -6,13 +6,14 @@ bytes for one pyarrow version; changing an option here bumps `PROJECTOR_VERSION`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .alphabet import ID_HASH_SPEC, SCHEMA_VERSION
+from .fileio import Part, Spill, spill_file
 from .projectors import PROJECTOR_VERSION, BaseProjection, PartInfo, Watermark
 
 HASH_PLACEHOLDER = "~usr_es~watermark~hash~pending~~"  # same length as an xxh3-128 hex digest
@@ -116,59 +117,97 @@ def _chunk_start(group: pq.RowGroupMetaData) -> int:
     return int(min(offsets))
 
 
+#: Appended row groups up to this size are kept in memory; larger ones stay in a scratch file until published.
+SPILL_BYTES = 32 << 20
+
+
+def regrouped(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The rows of `tables` in order, as contiguous tables of `rows` rows (the last may be shorter): how the
+    rows arrive in batches does not change the row groups they are written in."""
+    held: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        at = 0
+        while at < table.num_rows:
+            take = min(rows - count, table.num_rows - at)
+            held.append(table.slice(at, take))
+            count, at = count + take, at + take
+            if count == rows:
+                yield pa.concat_tables(held).combine_chunks()
+                held, count = [], 0
+    if count:
+        yield pa.concat_tables(held).combine_chunks()
+
+
 def append_parquet(
-    old: pq.FileMetaData, at: int, table: pa.Table, metadata: dict[str, str], watermark_hash: str
-) -> memoryview | None:
+    old: pq.FileMetaData,
+    at: int,
+    tables: Iterable[pa.Table],
+    schema: pa.Schema,
+    metadata: dict[str, str],
+    watermark_hash: str,
+    *,
+    scratch: Path,
+) -> tuple[list[Part], bytes] | None:
     """The bytes that, written after a Parquet file of ours (`at` bytes long, with footer `old`), make a
-    Parquet file holding its row groups and then `table`'s rows in new row groups, with `metadata` and
-    `watermark_hash` (docs/adr/0013). Nothing of the file changes: its footer stays behind, unreferenced,
-    so every earlier size of the file is still a valid file. None when this pyarrow cannot write row
-    groups at an offset (the caller re-encodes the whole table instead).
+    Parquet file holding its row groups and then the rows of `tables` (with `schema`) in new row groups,
+    with `metadata` and `watermark_hash` (docs/adr/0013): the new row groups, then the new footer (with its
+    length and the magic). Nothing of the file changes: its footer stays behind, unreferenced, so every
+    earlier size of the file is still a valid file. None when this pyarrow cannot write row groups at an
+    offset (the caller re-encodes the whole table instead).
 
     pyarrow's writer only starts a file at offset 0 and records each column chunk at its stream's
-    position. It writes its magic on opening; the scratch file is then extended (sparsely) to the size of
-    the file, so the row groups it writes next carry the offsets they will have after it. Their
-    metadata is appended to `old`'s, under a footer with `metadata`, by pyarrow's own serializer.
+    position. It writes its magic on opening; a scratch file in `scratch` is then extended (sparsely) to the
+    size of the file, so the row groups it writes next carry the offsets they will have after it. Row
+    groups larger than `SPILL_BYTES` stay in that (unlinked) file, as a `Spill`, so an import of any size
+    holds one row group in memory. Their metadata is appended to `old`'s, under a footer with `metadata`,
+    by pyarrow's own serializer.
     """
     import os
-    import tempfile
 
-    table = canonical_table(table.replace_schema_metadata(None))
-    empty = encode_parquet(table.schema.empty_table(), metadata, watermark_hash)
+    schema = canonical_table(schema.empty_table()).schema
+    empty = encode_parquet(schema.empty_table(), metadata, watermark_hash)
     combined = pq.read_metadata(pa.BufferReader(pa.py_buffer(empty)))
     try:
         combined.append_row_groups(old)
     except RuntimeError:  # another schema: not an append
         return None
-    groups = b""
-    if table.num_rows:
-        with tempfile.TemporaryDirectory(prefix="usr_es-append-") as scratch:
-            path = os.path.join(scratch, "rows.parquet")
-            open(path, "wb").close()
-            sink = pa.OSFile(path, "a")
-            writer = _open_writer(sink, table, metadata)
-            try:
-                if os.path.getsize(path) != 4:
-                    return None  # the writer did not write its magic on opening
-                os.ftruncate(sink.fileno(), at)
-                os.lseek(sink.fileno(), 0, os.SEEK_END)
-                _write_groups(writer, table, metadata, watermark_hash, ROW_GROUP_ROWS)
-            finally:
-                writer.close()
-                sink.close()
-            added = pq.read_metadata(path)
-            if added.num_row_groups == 0 or _chunk_start(added.row_group(0)) != at:
+    body: list[Part] = []
+    fd, path = spill_file(scratch)
+    try:
+        sink = pa.OSFile(str(path), "a")
+        os.unlink(path)  # the descriptors keep it: a crash leaves nothing behind
+        writer = _open_writer(sink, schema.empty_table(), metadata)
+        try:
+            if os.fstat(fd).st_size != 4:
+                return None  # the writer did not write its magic on opening
+            os.ftruncate(sink.fileno(), at)
+            os.lseek(sink.fileno(), 0, os.SEEK_END)
+            for group in regrouped(tables, ROW_GROUP_ROWS):
+                piece = canonical_table(group.replace_schema_metadata(None)).replace_schema_metadata(metadata)
+                writer.write_table(piece, row_group_size=ROW_GROUP_ROWS)
+            writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
+        finally:
+            writer.close()
+            sink.close()
+        size = os.fstat(fd).st_size
+        trailer = os.pread(fd, 8, size - 8)
+        end = size - 8 - int.from_bytes(trailer[:4], "little")
+        added = pq.read_metadata(pa.BufferReader(pa.py_buffer(os.pread(fd, size - end, end))))
+        if added.num_row_groups:
+            if _chunk_start(added.row_group(0)) != at:
                 return None
-            with open(path, "rb") as fh:
-                fh.seek(-8, os.SEEK_END)
-                end = fh.tell() - int.from_bytes(fh.read(4), "little")
-                fh.seek(at)
-                groups = fh.read(end - at)
             combined.append_row_groups(added)
+            if end - at > SPILL_BYTES:
+                body, fd = [Spill(fd, at, end - at)], -1  # the Spill closes it
+            else:
+                body = [os.pread(fd, end - at, at)]
+    finally:
+        if fd >= 0:
+            os.close(fd)
     sink = pa.BufferOutputStream()
     combined.write_metadata_file(sink)
-    footer = sink.getvalue()
-    return memoryview(groups + footer.to_pybytes()[4:]).cast("B")
+    return body, sink.getvalue().to_pybytes()[4:]
 
 
 def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> memoryview:

@@ -181,7 +181,7 @@ class Dataset:
         expected_seq: int | None = None,
     ) -> Receipt:
         """Import sequences from a csv/jsonl/parquet/fasta file (extra columns are ignored)."""
-        from .inputs import read_import_file
+        from .inputs import import_batches
 
         path = Path(path).expanduser().resolve()
         command = ImportSequences(
@@ -194,7 +194,7 @@ class Dataset:
         )
         return self._writer.execute(
             command,
-            rows=lambda: read_import_file(path, fmt),
+            rows=lambda: import_batches(path, fmt),
             command_id=command_id,
             expected_seq=expected_seq,
         )

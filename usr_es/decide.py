@@ -7,12 +7,15 @@ command raises a `UsrError` and produces nothing, so the log stays byte-for-byte
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import idindex
 from .alphabet import ALPHABETS, BIO_TYPES, alphabet_regex, alphabets_for
 from .commands import (
     INLINE_IDS,
@@ -57,6 +60,7 @@ from .names import QC_STATUSES, RESERVED_NAMESPACES, SPLITS, STATE_FIELDS, TOMBS
 from .projectors import PAYLOAD_SCHEMA
 from .redaction import redact
 from .registry import NAMESPACE_RE, Registry, format_type
+from .storage import Payload
 
 _SAMPLE = 5
 
@@ -131,7 +135,7 @@ class Emit:
     """One event an accepted command appends: the event, its payload rows and Notify-facing fields."""
 
     event: Event
-    payload: pa.Table | None
+    payload: Payload | None
     args: dict[str, Any]
     metrics: dict[str, Any]
     maintenance: dict[str, Any] = field(default_factory=dict)
@@ -158,7 +162,7 @@ class Decision:
     def of(
         cls,
         event: Event,
-        payload: pa.Table | None,
+        payload: Payload | None,
         args: dict[str, Any],
         metrics: dict[str, Any],
         *,
@@ -202,7 +206,7 @@ def decide(
         case ImportSequences():
             if inputs is None:
                 raise InvalidInput("import needs input rows")
-            return _decide_import(state, command, inputs.take(), now)
+            return decide_import(state, command, inputs.take(), now)
         case AttachColumns():
             if inputs is None:
                 raise InvalidInput("attach needs input rows")
@@ -222,9 +226,9 @@ def decide(
     raise InvalidInput(f"unsupported command {type(command).__name__}")
 
 
-def _rows(mask: pa.Array | pa.ChunkedArray) -> list[int]:
-    """1-based row numbers where `mask` is true."""
-    return [int(i) + 1 for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()]
+def _rows(mask: pa.Array | pa.ChunkedArray, start: int = 0) -> list[int]:
+    """1-based row numbers where `mask` is true (counted from input row `start`)."""
+    return [int(i) + 1 + start for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()]
 
 
 def _listing(rows: list[int]) -> str:
@@ -232,12 +236,13 @@ def _listing(rows: list[int]) -> str:
     return shown + (f", ... ({len(rows)} in all)" if len(rows) > 10 else "")
 
 
-def _label_column(rows: pa.Table, name: str, default: str) -> pa.ChunkedArray:
+def _label_column(rows: pa.Table, name: str, default: str, start: int = 0) -> pa.ChunkedArray:
     n = rows.num_rows
     if name not in rows.column_names:
         return pa.chunked_array([pa.repeat(pa.scalar(default, pa.string()), n)])
     column = pc.cast(rows.column(name), pa.string())
-    bad = _rows(pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)))
+    blank = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
+    bad = _rows(blank, start)
     if bad:
         raise SchemaError(
             f"{len(bad)} row(s) have missing/empty '{name}' (rows: {_listing(bad)}).",
@@ -246,37 +251,167 @@ def _label_column(rows: pa.Table, name: str, default: str) -> pa.ChunkedArray:
     return column
 
 
-def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table, now: str) -> Decision:
+#: Input rows an import decides at a time (a multiple of the base's row groups): its memory is about one
+#: batch's, whatever the size of the input (docs/adr/0014).
+IMPORT_BATCH_ROWS = 1 << 20
+
+
+def table_batches(table: pa.Table, rows: int | None = None) -> Iterator[pa.Table]:
+    """`table` in slices of `rows` rows (default `IMPORT_BATCH_ROWS`; no copy); an empty table once."""
+    step = rows or IMPORT_BATCH_ROWS
+    yield from (table.slice(at, step) for at in range(0, max(table.num_rows, 1), step))
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """Where one batch's accepted rows sit: the first payload row, the first input row, and the input
+    offsets of the accepted rows within the batch when some rows were left out (None: all were kept)."""
+
+    payload_start: int
+    input_start: int
+    offsets: pa.Array | None
+
+
+class ImportDecider:
+    """An import decided a batch of input rows at a time (docs/adr/0014), so the input need not fit in memory.
+
+    `accept(rows)` validates one batch (row numbers in errors count from the first input row), computes its
+    ids and returns its payload rows: every row (on_conflict=error: a duplicate, in the batch or already in
+    the dataset, raises), or the first row of each sequence the dataset lacks (skip). Of each accepted row
+    only its 8-byte id key is kept. A sequence repeated in two batches is found after the last one:
+    `repeated_keys()` names the keys accepted more than once, the caller hands back the accepted rows that
+    hold them (`confirm`, which raises or names the later rows to leave out), and `decision()` gives the
+    event. Pure: no file, clock or randomness; the caller keeps the payload rows."""
+
+    def __init__(self, state: DatasetState, command: ImportSequences, now: str) -> None:
+        if not state.initialized:
+            raise NotFound(f"Dataset not initialized: {state.name}", hint=f"Run `usr init {state.name}` first.")
+        self._command, self._now = command, now
+        self._known = known_ids(state.ids) if len(state.ids) else None
+        self.inputs = 0  # input rows seen
+        self.accepted = 0  # payload rows returned
+        self._keys: list[pa.Array] = []
+        self._batches: list[_Accepted] = []
+        self._left_out = 0  # later copies of a sequence repeated across batches (skip)
+
+    def accept(self, rows: pa.Table) -> pa.Table:
+        """Validate one batch of input rows and return its payload rows (PAYLOAD_SCHEMA)."""
+        start = self.inputs
+        payload, offsets = _import_batch(self._command, rows, start, self._known)
+        del rows
+        self.inputs += offsets.input_rows
+        keys = idindex.keys_of(payload.column("id"))
+        assert keys is not None  # sha1 hex ids are 40 bytes long
+        self._keys.append(keys)
+        self._batches.append(_Accepted(self.accepted, start, offsets.kept))
+        self.accepted += payload.num_rows
+        return payload
+
+    def repeated_keys(self) -> pa.Array | None:
+        """The id keys accepted in more than one row (None: none; two rows of one batch never share an id,
+        so only an input of several batches can have any)."""
+        if len(self._keys) < 2:
+            return None
+        keys = pa.chunked_array(self._keys, pa.uint64()).combine_chunks()
+        ordered = keys.take(pc.sort_indices(keys))
+        del keys
+        n = len(ordered)
+        repeated = pc.unique(pc.filter(ordered.slice(1), pc.equal(ordered.slice(1), ordered.slice(0, n - 1))))
+        return repeated if len(repeated) else None
+
+    def confirm(self, candidates: pa.Table) -> pa.Array | None:
+        """Given the accepted rows whose keys `repeated_keys` named (columns `id`, `sequence`, and `row`: the
+        payload row), find the sequences accepted more than once: raise (error), or return the payload rows
+        to leave out, every copy after the first (skip; None: keys collided, no sequence repeats)."""
+        grouped = candidates.group_by("id", use_threads=False).aggregate([("row", "list"), ("row", "count")])
+        repeated = grouped.filter(pc.greater(grouped.column("row_count"), 1))
+        if not repeated.num_rows:
+            return None
+        rows = repeated.column("row_list").to_pylist()
+        if self._command.on_conflict == "error":
+            sequences = dict(
+                zip(candidates.column("row").to_pylist(), candidates.column("sequence").to_pylist(), strict=True)
+            )
+            found = sorted(
+                (sorted(self._input_row(r) for r in group), rid, sequences[min(group)])
+                for rid, group in zip(repeated.column("id").to_pylist(), rows, strict=True)
+            )
+            groups = [_group_text(rid, at, seq) for at, rid, seq in found]
+            raise _duplicates_error(groups)
+        later = sorted(r for group in rows for r in sorted(group)[1:])
+        self._left_out = len(later)
+        return pa.array(later, pa.int64())
+
+    def _input_row(self, payload_row: int) -> int:
+        """The 1-based input row of an accepted row."""
+        at = bisect_right([b.payload_start for b in self._batches], payload_row) - 1
+        batch = self._batches[at]
+        offset = payload_row - batch.payload_start
+        return batch.input_start + 1 + (offset if batch.offsets is None else int(batch.offsets[offset].as_py()))
+
+    def decision(self, payload: Payload | None) -> Decision:
+        """The event for the rows accepted (`payload`: them, less the rows `confirm` left out)."""
+        command, n_input = self._command, self.inputs
+        if n_input == 0:
+            raise SchemaError("The input has no rows.")
+        written = self.accepted - self._left_out
+        source = command.source if command.source is not None else (command.path or "")
+        event = SequencesImported(rows=written, skipped=n_input - written, source=source, created_at=self._now)
+        args = {
+            "fmt": command.fmt,
+            "path": command.path,
+            "bio_type": command.bio_type,
+            "alphabet": command.alphabet,
+            "source": source,
+            "on_conflict": command.on_conflict,
+            "n": n_input,
+        }
+        metrics = {"rows_written": written, "rows_skipped": n_input - written}
+        return Decision.of(event, payload if written else None, args, metrics)
+
+
+@dataclass(frozen=True)
+class _BatchRows:
+    input_rows: int
+    kept: pa.Array | None  # offsets of the accepted rows in the batch (None: all)
+
+
+def _import_batch(
+    command: ImportSequences, rows: pa.Table, start: int, known: KnownIds | None
+) -> tuple[pa.Table, _BatchRows]:
+    """One batch of an import validated (input rows counted from `start`): its payload rows, and which of
+    its rows they are."""
     n_input = rows.num_rows
     if "sequence" not in rows.column_names:
         raise SchemaError("Missing required column: 'sequence'.", hint=f"Columns found: {rows.column_names}")
     if n_input == 0:
-        raise SchemaError("The input has no rows.")
+        return pa.table([pa.array([], f.type) for f in PAYLOAD_SCHEMA], schema=PAYLOAD_SCHEMA), _BatchRows(0, None)
     raw = pc.cast(rows.column("sequence"), pa.string())
     padded = pc.match_substring_regex(raw, r"^\s|\s$")
     # Trimming copies the column; most inputs have nothing to trim, so skip the copy then.
     sequence = pc.utf8_trim_whitespace(raw) if pc.any(padded).as_py() else raw
-    empty = _rows(pc.or_kleene(pc.is_null(raw), pc.equal(pc.utf8_length(sequence), 0)))
+    empty = _rows(pc.or_kleene(pc.is_null(raw), pc.equal(pc.utf8_length(sequence), 0)), start)
     if empty:
         raise SchemaError(f"{len(empty)} row(s) have missing/empty 'sequence' (rows: {_listing(empty)}).")
 
-    bio_type = _label_column(rows, "bio_type", command.bio_type)
-    alphabet = _label_column(rows, "alphabet", command.alphabet)
+    bio_type = _label_column(rows, "bio_type", command.bio_type, start)
+    alphabet = _label_column(rows, "alphabet", command.alphabet, start)
+    del rows, raw
     for bt in pc.unique(bio_type).to_pylist():
         if bt not in BIO_TYPES:
-            first = _rows(pc.equal(bio_type, bt))[0]
+            first = _rows(pc.equal(bio_type, bt), start)[0]
             raise SchemaError(f"Row {first}: Unsupported bio_type '{bt}'. Allowed: {', '.join(BIO_TYPES)}.")
     pairs = pa.table({"b": bio_type, "a": alphabet}).group_by(["b", "a"]).aggregate([]).to_pylist()
     for pair in pairs:
         bt, ab = pair["b"], pair["a"]
         if ab not in ALPHABETS or ALPHABETS[ab][0] != bt:
-            first = _rows(pc.and_(pc.equal(bio_type, bt), pc.equal(alphabet, ab)))[0]
+            first = _rows(pc.and_(pc.equal(bio_type, bt), pc.equal(alphabet, ab)), start)[0]
             raise AlphabetError(
                 f"Row {first}: Unsupported alphabet '{ab}' for bio_type '{bt}'. "
                 f"Allowed: {', '.join(alphabets_for(bt))}."
             )
         in_group = pc.and_(pc.equal(bio_type, bt), pc.equal(alphabet, ab))
-        bad = _rows(pc.and_(in_group, pc.invert(pc.match_substring_regex(sequence, alphabet_regex(ab)))))
+        bad = _rows(pc.and_(in_group, pc.invert(pc.match_substring_regex(sequence, alphabet_regex(ab)))), start)
         if bad:
             raise AlphabetError(
                 f"{len(bad)} row(s) contain characters outside {ab} (rows: {_listing(bad)}).",
@@ -286,25 +421,19 @@ def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table
     ids = compute_ids(sequence, bio_type, single=pairs[0]["b"] if len(pairs) == 1 else None)
     keep = None
     if len(pc.unique(ids)) != n_input:
-        groups = _duplicate_groups(ids, sequence)
         if command.on_conflict == "error":
-            raise DuplicateIDError(
-                f"{len(groups)} duplicate sequence group(s) in the input (showing up to {_SAMPLE}): "
-                + "; ".join(groups[:_SAMPLE]),
-                groups=groups,
-                hint="Remove the duplicates, or pass --on-conflict skip to keep the first of each.",
-            )
+            raise _duplicates_error(_duplicate_groups(ids, sequence, start))
         first_rows = (
             pa.table({"id": ids, "i": pa.array(range(n_input), pa.int64())}).group_by("id").aggregate([("i", "min")])
         )
         keep = pc.is_in(pa.array(range(n_input), pa.int64()), value_set=first_rows.column("i_min"))
-    existing = known_ids(state.ids).isin(ids) if len(state.ids) else None
+    existing = known.isin(ids.combine_chunks()) if known is not None else None
     if existing is not None and pc.any(existing).as_py():
         if command.on_conflict == "error":
             clash = _rows(existing)
             clash_ids = pc.take(ids, pa.array([r - 1 for r in clash], pa.int64())).to_pylist()
             raise DuplicateIDError(
-                f"{len(clash)} row(s) are already in the dataset (rows: {_listing(clash)}; "
+                f"{len(clash)} row(s) are already in the dataset (rows: {_listing([r + start for r in clash])}; "
                 f"ids: {', '.join(clash_ids[:_SAMPLE])}).",
                 groups=clash_ids,
                 hint="Pass --on-conflict skip to import only the new sequences.",
@@ -313,26 +442,28 @@ def _decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table
         keep = fresh if keep is None else pc.and_(keep, fresh)
 
     payload = pa.table([ids, bio_type, sequence, alphabet], schema=PAYLOAD_SCHEMA)
-    if keep is not None:
-        payload = payload.filter(keep)
-    written = payload.num_rows
-    source = command.source if command.source is not None else (command.path or "")
-    event = SequencesImported(rows=written, skipped=n_input - written, source=source, created_at=now)
-    args = {
-        "fmt": command.fmt,
-        "path": command.path,
-        "bio_type": command.bio_type,
-        "alphabet": command.alphabet,
-        "source": source,
-        "on_conflict": command.on_conflict,
-        "n": n_input,
-    }
-    metrics = {"rows_written": written, "rows_skipped": n_input - written}
-    return Decision.of(event, payload if written else None, args, metrics)
+    if keep is None:
+        return payload, _BatchRows(n_input, None)
+    return payload.filter(keep), _BatchRows(n_input, pc.indices_nonzero(keep))
 
 
-def _duplicate_groups(ids: pa.ChunkedArray, sequences: pa.ChunkedArray | pa.Array) -> list[str]:
-    """`<id prefix> rows a,b 'SEQ'` for every id that occurs more than once (1-based rows)."""
+def _duplicates_error(groups: list[str]) -> DuplicateIDError:
+    return DuplicateIDError(
+        f"{len(groups)} duplicate sequence group(s) in the input (showing up to {_SAMPLE}): "
+        + "; ".join(groups[:_SAMPLE]),
+        groups=groups,
+        hint="Remove the duplicates, or pass --on-conflict skip to keep the first of each.",
+    )
+
+
+def _group_text(record_id: str, rows: list[int], sequence: str) -> str:
+    """`<id prefix> rows a,b 'SEQ'`: one group of rows holding the same sequence (1-based rows)."""
+    shown = sequence if len(sequence) <= 24 else sequence[:21] + "..."
+    return f"{record_id[:12]} rows {','.join(map(str, rows))} '{shown}'"
+
+
+def _duplicate_groups(ids: pa.ChunkedArray, sequences: pa.ChunkedArray | pa.Array, start: int = 0) -> list[str]:
+    """`<id prefix> rows a,b 'SEQ'` for every id that occurs more than once (1-based rows from `start`)."""
     n = len(ids)
     grouped = (
         pa.table({"id": ids, "row": pa.array(range(1, n + 1), pa.int64())})
@@ -344,12 +475,30 @@ def _duplicate_groups(ids: pa.ChunkedArray, sequences: pa.ChunkedArray | pa.Arra
         (sorted(rows), rid)
         for rid, rows in zip(dups.column("id").to_pylist(), dups.column("row_list").to_pylist(), strict=True)
     )
-    groups = []
-    for rows, rid in found:
-        seq = pc.take(sequences, pa.array([rows[0] - 1], pa.int64()))[0].as_py()
-        shown = seq if len(seq) <= 24 else seq[:21] + "..."
-        groups.append(f"{rid[:12]} rows {','.join(map(str, rows))} '{shown}'")
-    return groups
+    return [
+        _group_text(rid, [r + start for r in rows], pc.take(sequences, pa.array([rows[0] - 1], pa.int64()))[0].as_py())
+        for rows, rid in found
+    ]
+
+
+def decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table, now: str) -> Decision:
+    """An import of rows in memory, decided a batch at a time like any import (its payload in memory)."""
+    decider = ImportDecider(state, command, now)
+    accepted = [decider.accept(batch) for batch in table_batches(rows)]
+    del rows
+    payload = pa.concat_tables(accepted) if accepted else PAYLOAD_SCHEMA.empty_table()
+    repeated = decider.repeated_keys()
+    if repeated is not None:
+        keys = idindex.keys_of(payload.column("id"))
+        held = pc.indices_nonzero(pc.is_in(keys, value_set=repeated)).cast(pa.int64())
+        candidates = pa.table(
+            {"id": payload.column("id").take(held), "sequence": payload.column("sequence").take(held), "row": held}
+        )
+        later = decider.confirm(candidates)
+        if later is not None:
+            n = payload.num_rows
+            payload = payload.filter(pc.invert(pc.is_in(pa.array(range(n), pa.int64()), value_set=later)))
+    return decider.decision(payload)
 
 
 _HASH_CHUNK = 1 << 16

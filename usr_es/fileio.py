@@ -16,9 +16,10 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from .errors import CommitError, IntegrityError
 
@@ -125,6 +126,56 @@ def _write_all(ops: FileOps, fd: int, data: bytes | memoryview) -> None:
         offset += ops.write(fd, view[offset:] if offset else view)
 
 
+#: How much of a spilled part is read into memory at a time when it is written or compared.
+SPILL_PIECE = 8 << 20
+
+
+class Spill:
+    """Bytes kept in an unnamed scratch file instead of memory (the row groups of a large append, docs/adr/0014):
+    `length` bytes at `offset` of the open descriptor `fd`, which closes when the last `Spill` of it goes."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd, self.offset, self.length = fd, offset, length
+        weakref.finalize(self, os.close, fd)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pieces(self, size: int = SPILL_PIECE) -> Iterator[bytes]:
+        """The bytes in order, `size` at a time."""
+        done = 0
+        while done < self.length:
+            piece = os.pread(self.fd, min(size, self.length - done), self.offset + done)
+            if not piece:
+                raise OSError(errno.EIO, "a scratch file ended early")
+            done += len(piece)
+            yield piece
+
+    def read(self) -> bytes:
+        return b"".join(self.pieces())
+
+
+#: One part of a file's bytes: in memory, or spilled to a scratch file.
+Part: TypeAlias = bytes | memoryview | Spill
+
+
+def pieces_of(parts: Sequence[Part]) -> Iterator[bytes | memoryview]:
+    """The bytes of `parts` in order, spilled parts read a piece at a time."""
+    for part in parts:
+        if isinstance(part, Spill):
+            yield from part.pieces()
+        else:
+            yield part
+
+
+def spill_file(directory: Path) -> tuple[int, Path]:
+    """A scratch file in `directory` (its descriptor and its name, to be unlinked once opened by whoever
+    fills it): a `.tmp-` name, so a crash leaves nothing `remove_stale_temps` does not clear."""
+    path = directory / f".tmp-spill-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_MODE)
+    return fd, path
+
+
 class SeamFile(io.RawIOBase):
     """A write-only file object over a descriptor whose writes go through the seam (whole writes)."""
 
@@ -184,12 +235,12 @@ def atomic_file(
 
 
 def write_atomic(
-    path: Path, data: bytes | memoryview | list[bytes | memoryview], *, point: str = "publish", mode: int = FILE_MODE
+    path: Path, data: bytes | memoryview | Sequence[Part], *, point: str = "publish", mode: int = FILE_MODE
 ) -> None:
     """Publish `data` (bytes, or parts written in order) at `path` atomically (see `atomic_file`)."""
     with atomic_file(path, point=point, mode=mode) as sink:
-        for part in data if isinstance(data, list) else [data]:
-            sink.write(part)
+        for piece in pieces_of([data] if isinstance(data, (bytes, memoryview)) else data):
+            sink.write(piece)
 
 
 def write_once(path: Path, data: bytes | memoryview, *, point: str = "payload") -> None:
@@ -271,7 +322,7 @@ def append_record(path: Path, data: bytes, *, expected_size: int) -> None:
         ops.close(fd)
 
 
-def append_at(path: Path, size: int, body: list[bytes | memoryview], footer: bytes, *, point: str) -> None:
+def append_at(path: Path, size: int, body: Sequence[Part], footer: bytes, *, point: str) -> None:
     """Grow the file at `path` in place: cut it back to `size` bytes (a torn tail an interrupted append
     left), append `body` and fsync, then append `footer` and fsync (docs/adr/0013). The first `size`
     bytes are never written, and the footer that makes the new bytes part of the file is written only
@@ -286,8 +337,8 @@ def append_at(path: Path, size: int, body: list[bytes | memoryview], footer: byt
         if info.st_size != size:
             ops.truncate(fd, size)
         ops.point(f"before_append:{point}")
-        for part in body:
-            _write_all(ops, fd, part)
+        for piece in pieces_of(body):
+            _write_all(ops, fd, piece)
         ops.fsync(fd)
         ops.point(f"before_footer:{point}")
         _write_all(ops, fd, footer)

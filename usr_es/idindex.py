@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,7 +36,7 @@ def key_of(record_id: str) -> int | None:
     return int.from_bytes(raw[:KEY_BYTES], "little") if len(raw) >= KEY_BYTES else None
 
 
-def _keys(ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
+def keys_of(ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
     """`key_of` of every id, vectorized (None: some id is null or too short to key)."""
     import pyarrow.compute as pc
 
@@ -52,18 +53,26 @@ def usable() -> bool:
     return sys.byteorder == "little"
 
 
-def run_rows(ids: pa.Array | pa.ChunkedArray, start: int) -> pa.RecordBatch | None:
-    """The index rows of ids that sit at base rows `start`, `start + 1`, ... (None: they cannot be keyed)."""
+def run_rows(id_chunks: Iterable[pa.Array | pa.ChunkedArray], start: int) -> tuple[pa.RecordBatch | None, int]:
+    """The index rows of ids (given a chunk at a time) that sit at base rows `start`, `start + 1`, ..., and
+    how many ids there were (rows None: they cannot be keyed). Only the 8-byte keys of each chunk are kept."""
     import pyarrow.compute as pc
 
-    if not usable() or start + len(ids) > _MAX_ROWS:
-        return None
-    keys = _keys(ids)
-    if keys is None:
-        return None
-    order = pc.sort_indices(keys)  # stable: equal keys keep row order
+    keys: list[pa.Array] = []
+    count = 0
+    keyed = usable()
+    for ids in id_chunks:
+        count += len(ids)
+        found = keys_of(ids) if keyed else None
+        keyed = found is not None
+        keys = [*keys, found] if found is not None else []
+    if not keyed or start + count > _MAX_ROWS:
+        return None, count
+    joined = pa.chunked_array(keys, pa.uint64()).combine_chunks()
+    del keys
+    order = pc.sort_indices(joined)  # stable: equal keys keep row order
     rows = pc.add(order, pa.scalar(start, pa.uint64())).cast(pa.uint32())
-    return pa.record_batch([keys.take(order), rows], schema=_SCHEMA)
+    return pa.record_batch([joined.take(order), rows], schema=_SCHEMA), count
 
 
 def merged_rows(first: pa.RecordBatch, second: pa.RecordBatch) -> pa.RecordBatch:

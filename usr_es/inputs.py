@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
+from .codec import regrouped
 from .errors import InvalidInput, NotFound, SchemaError
 
 IMPORT_COLUMNS = ("sequence", "bio_type", "alphabet")
@@ -32,6 +34,8 @@ MAX_INPUT_COLUMNS = 10_000
 #: pyarrow's readers parse in blocks, and a line must fit in one: the block grows (x8) up to this bound
 #: when a line (a long sequence, a wide header) does not fit the default 1 MiB.
 MAX_BLOCK = 1 << 30
+#: The block a streaming reader starts with (rows are parsed a block at a time).
+STREAM_BLOCK = 16 << 20
 _LONG_LINE = ("straddling object straddles two block boundaries", "Empty CSV file or block")
 T = TypeVar("T")
 
@@ -48,10 +52,7 @@ def with_block_size(path: Path, read: Callable[[int | None], T]) -> T:
                 raise
             block = (1 << 20 if block is None else block) * 8
             if block > MAX_BLOCK:
-                raise InvalidInput(
-                    f"{path} holds a line longer than {MAX_BLOCK >> 20} MiB, the longest line this reader takes.",
-                    hint="Split the record (FASTA wraps long sequences over many lines) or supply Parquet.",
-                ) from None
+                raise _too_long(path) from None
 
 
 def precheck(path: Path, fmt: str) -> None:
@@ -87,25 +88,126 @@ def check_width(path: Path, fmt: str) -> None:
 
 
 def read_import_file(path: Path, fmt: str) -> pa.Table:
-    """Read the import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta)."""
+    """Read the import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta) into memory."""
+    return pa.concat_tables(import_batches(path, fmt))
+
+
+def import_batches(path: Path, fmt: str, *, batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """The import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta), `batch_rows` rows at a time
+    (default `decide.IMPORT_BATCH_ROWS`; the last batch may be shorter): an input of any size is read with
+    about one batch in memory (docs/adr/0014). The file is checked (exists, format, width, nesting) before
+    the first batch; a parse error at any batch is an InvalidInput."""
+    from .decide import IMPORT_BATCH_ROWS
+
     if fmt not in FORMATS:
         raise InvalidInput(f"Unsupported input format '{fmt}'.", hint=f"Use one of: {', '.join(FORMATS)}.")
     if not path.is_file():
         raise NotFound(f"Input file not found: {path}")
-    try:
+    rows = batch_rows or IMPORT_BATCH_ROWS
+    with _read_errors(path, fmt):
         precheck(path, fmt)
         if fmt == "csv":
-            return _read_csv(path)
-        if fmt == "jsonl":
-            return _select(valid_text(read_json_lines(path), path))
-        if fmt == "parquet":
-            names = pq.read_schema(path).names
-            return _select(pq.read_table(path, columns=[c for c in IMPORT_COLUMNS if c in names]))
-        return read_fasta(path)
+            source = _csv_batches(path)
+        elif fmt == "jsonl":
+            source = _json_batches(path)
+        elif fmt == "parquet":
+            source = _parquet_batches(path, rows)
+        else:
+            source = _fasta_batches(path, rows)
+    return _guarded(path, fmt, regrouped(source, rows))
+
+
+@contextmanager
+def _read_errors(path: Path, fmt: str) -> Iterator[None]:
+    """pyarrow's read errors as InvalidInput naming the file."""
+    try:
+        yield
     except UnicodeDecodeError as exc:  # a CSV header: pyarrow decodes column names as UTF-8
         raise not_utf8(path, "its header", exc) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise InvalidInput(f"Cannot read {path} as {fmt}: {exc}") from exc
+
+
+def _guarded(path: Path, fmt: str, batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    while True:
+        with _read_errors(path, fmt):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def _restarting(path: Path, open_stream: Callable[[int], Iterator[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+    """The batches of `open_stream(block_size)`, blocks of `STREAM_BLOCK` bytes first; when a line does not
+    fit in a block (found at any point of the file), blocks 8x larger from the start of the file, the rows
+    already given skipped (up to `MAX_BLOCK`, like `with_block_size`)."""
+    block = min(STREAM_BLOCK, MAX_BLOCK)
+    given = 0
+    while True:
+        seen = 0
+        try:
+            for batch in open_stream(block):
+                if seen + batch.num_rows > given:
+                    fresh = batch.slice(max(given - seen, 0))
+                    given += fresh.num_rows
+                    yield fresh
+                seen += batch.num_rows
+            return
+        except pa.ArrowInvalid as exc:
+            if not any(text in str(exc) for text in _LONG_LINE):
+                raise
+            block *= 8
+            if block > MAX_BLOCK:
+                raise _too_long(path) from None
+
+
+def _too_long(path: Path) -> InvalidInput:
+    return InvalidInput(
+        f"{path} holds a line longer than {MAX_BLOCK >> 20} MiB, the longest line this reader takes.",
+        hint="Split the record (FASTA wraps long sequences over many lines) or supply Parquet.",
+    )
+
+
+def _csv_batches(path: Path) -> Iterator[pa.Table]:
+    names = csv_names(path)
+    wanted = [c for c in IMPORT_COLUMNS if c in names]
+    if "sequence" not in wanted:
+        raise SchemaError("Missing required column: 'sequence'.", hint=f"Columns found: {', '.join(names)}")
+    options = pcsv.ConvertOptions(
+        include_columns=wanted,
+        column_types={c: pa.string() for c in wanted},
+        strings_can_be_null=False,
+    )
+
+    def stream(block: int) -> Iterator[pa.RecordBatch]:
+        with pcsv.open_csv(path, read_options=csv_options(block), convert_options=options) as reader:
+            yield from reader
+
+    return (pa.Table.from_batches([batch]) for batch in _restarting(path, stream))
+
+
+def _json_batches(path: Path) -> Iterator[pa.Table]:
+    """JSON lines a block at a time: the import columns read as strings (`_select` names what is missing)."""
+    schema = pa.schema([(c, pa.string()) for c in IMPORT_COLUMNS])
+    parse = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+
+    def stream(block: int) -> Iterator[pa.RecordBatch]:
+        with pjson.open_json(path, read_options=json_options(block), parse_options=parse) as reader:
+            yield from reader
+
+    for batch in _restarting(path, stream):
+        table = valid_text(pa.Table.from_batches([batch]), path)
+        present = [c for c in IMPORT_COLUMNS if table.column(c).null_count < table.num_rows]
+        yield _select(table.select(present if "sequence" in present else [*present, "sequence"]))
+
+
+def _parquet_batches(path: Path, rows: int) -> Iterator[pa.Table]:
+    reader = pq.ParquetFile(path)
+    names = reader.schema_arrow.names
+    wanted = [c for c in IMPORT_COLUMNS if c in names]
+    if "sequence" not in wanted:
+        raise SchemaError("Missing required column: 'sequence'.", hint=f"Columns found: {', '.join(names)}")
+    return (_select(pa.Table.from_batches([b])) for b in reader.iter_batches(batch_size=rows, columns=wanted))
 
 
 #: The deepest JSON nesting accepted in input files and cells (pyarrow's JSON reader recurses per level:
@@ -210,21 +312,6 @@ def csv_names(path: Path) -> list[str]:
     return with_block_size(path, read)
 
 
-def _read_csv(path: Path) -> pa.Table:
-    names = csv_names(path)
-    wanted = [c for c in IMPORT_COLUMNS if c in names]
-    if "sequence" not in wanted:
-        raise SchemaError("Missing required column: 'sequence'.", hint=f"Columns found: {', '.join(names)}")
-    options = pcsv.ConvertOptions(
-        include_columns=wanted,
-        column_types={c: pa.string() for c in wanted},
-        strings_can_be_null=False,
-    )
-    return with_block_size(
-        path, lambda block: pcsv.read_csv(path, read_options=csv_options(block), convert_options=options)
-    )
-
-
 def _select(table: pa.Table) -> pa.Table:
     wanted = [c for c in IMPORT_COLUMNS if c in table.column_names]
     if "sequence" not in wanted:
@@ -236,6 +323,11 @@ def _select(table: pa.Table) -> pa.Table:
 
 def read_fasta(path: Path) -> pa.Table:
     """Read a FASTA file: one row per `>` record, sequence lines joined, header dropped."""
+    return pa.concat_tables(_fasta_batches(path, 1 << 62))
+
+
+def _fasta_batches(path: Path, rows: int) -> Iterator[pa.Table]:
+    """A FASTA file `rows` records at a time: one row per `>` record, sequence lines joined, header dropped."""
     sequences: list[str] = []
     current: list[str] | None = None
     with path.open("rb") as fh:
@@ -247,6 +339,9 @@ def read_fasta(path: Path) -> pa.Table:
             if text.startswith(">"):
                 if current is not None:
                     sequences.append("".join(current))
+                    if len(sequences) == rows:
+                        yield pa.table({"sequence": pa.array(sequences, pa.string())})
+                        sequences = []
                 current = []
             elif text.startswith(";") or not text:
                 continue
@@ -256,7 +351,7 @@ def read_fasta(path: Path) -> pa.Table:
                 current.append(text)
     if current is not None:
         sequences.append("".join(current))
-    return pa.table({"sequence": pa.array(sequences, pa.string())})
+    yield pa.table({"sequence": pa.array(sequences, pa.string())})
 
 
 def rows_to_table(rows: Any) -> pa.Table:

@@ -14,8 +14,9 @@ in hand (an overlay part's table, a stored base's other columns) come through `P
 
 from __future__ import annotations
 
+import tempfile
 from bisect import bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,9 +48,9 @@ from .events import (
     RegistryFrozen,
     SequencesImported,
 )
+from .fileio import Part, Spill
 from .names import INDEX_MANIFEST, LAYOUT_FILE, RECORDS_FILE, TOMBSTONE_NS
 from .projectors import (
-    BASE_SCHEMA,
     EMPTY_LAYOUT,
     BaseProjection,
     DerivedLayout,
@@ -62,10 +63,10 @@ from .projectors import (
     part_table,
     sorted_part,
 )
-from .storage import encode_layout, read_layout
+from .storage import Payload, encode_layout, payload_batches, payload_table, read_layout
 
 #: A file's bytes (None: the projection writes no such file now; a stored one is removed).
-Encoded = bytes | memoryview | list[bytes | memoryview] | None
+Encoded = bytes | memoryview | list[Part] | None
 #: The hash of a watermark whose log line is not written yet (the live write folds before it appends).
 PENDING = HASH_PLACEHOLDER
 
@@ -77,19 +78,21 @@ class Step:
     mark: Watermark
     event: Event
     registry_hash: str | None
-    payload: pa.Table | None
+    payload: Payload | None
 
 
 @dataclass(frozen=True)
 class Growth:
     """How a file grows in place instead of being replaced: the stored file at `path`, stamped `after` and
-    `size` bytes long, gets `tail` appended (docs/adr/0013). Only that very file grows: a fold loaded from
-    elsewhere (a checkpoint) writes its output whole."""
+    `size` bytes long, gets `body` and then the new `footer` (with its length and the magic) appended
+    (docs/adr/0013). Only that very file grows: a fold loaded from elsewhere (a checkpoint) writes its output
+    whole."""
 
     path: Path
     size: int
     after: Watermark
-    tail: list[bytes | memoryview]
+    body: list[Part]
+    footer: bytes
 
 
 @dataclass(frozen=True)
@@ -194,34 +197,56 @@ def _mapped(path: Path, size: int) -> pa.Buffer:
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """Bytes appended to records.parquet by one event (seq): row groups (maybe spilled to a scratch file),
+    then the footer that makes them part of the file, with its length and the magic. `pending`: the footer
+    carries the placeholder hash, patched when the event's line is written."""
+
+    seq: int
+    body: tuple[Part, ...]
+    footer: bytes
+    pending: bool
+
+    @classmethod
+    def whole(cls, seq: int, data: memoryview, *, pending: bool) -> Chunk:
+        """A whole file's bytes as a chunk (body and footer apart, so the footer can be patched alone)."""
+        start = footer_start(data)
+        return cls(seq, (data[:start],), bytes(data[start:]), pending)
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.body) + len(self.footer)
+
+    def sealed(self, digest: str) -> Chunk:
+        return replace(self, footer=bytes(patch_watermark_hash(memoryview(self.footer), digest)[1]), pending=False)
+
+
+@dataclass(frozen=True)
 class BaseBytes:
     """The bytes of records.parquet after the events folded so far (docs/adr/0013): the first `size` bytes
-    of the file at `path` (None: no such file) and then the chunks appended since, each with the seq of the
-    event that appended it (its footer carries that event's hash: pending until its line is written)."""
+    of the file at `path` (None: no such file) and then the chunks appended since (each footer carries its
+    event's hash: pending until its line is written)."""
 
     path: Path | None = None
     size: int = 0
-    chunks: tuple[tuple[int, tuple[bytes | memoryview, ...]], ...] = ()
+    chunks: tuple[Chunk, ...] = ()
 
     @property
     def total(self) -> int:
-        return self.size + sum(len(part) for _, parts in self.chunks for part in parts)
+        return self.size + sum(len(chunk) for chunk in self.chunks)
 
-    def parts(self) -> list[bytes | memoryview]:
+    def parts(self) -> list[Part]:
         """The file's bytes, in order (the stored prefix is mapped, not read)."""
         prefix = [memoryview(_mapped(self.path, self.size)).cast("B")] if self.path is not None and self.size else []
         return [*prefix, *self.tail()]
 
-    def tail(self) -> list[bytes | memoryview]:
-        """The bytes appended after the stored prefix."""
-        return [part for _, parts in self.chunks for part in parts]
+    def tail(self) -> list[Part]:
+        """The bytes appended after the stored prefix (the last part is the last footer)."""
+        return [part for chunk in self.chunks for part in (*chunk.body, chunk.footer)]
 
     def footer(self) -> pq.FileMetaData:
-        """The file's footer (the last chunk's last part ends with it; else the stored file does). Only the
-        footer's bytes are handed to the reader (no copy of the chunk)."""
+        """The file's footer (the last chunk's, else the stored file's)."""
         if self.chunks:
-            last = memoryview(self.chunks[-1][1][-1]).cast("B")
-            source = pa.py_buffer(last[footer_start(last) :])
+            source = pa.py_buffer(self.chunks[-1].footer)
         else:
             assert self.path is not None
             source = _mapped(self.path, self.size)
@@ -253,21 +278,17 @@ class BaseBytes:
     def _buffer(self) -> pa.Buffer:
         """The whole file as one buffer (the stored prefix mapped; copied only when chunks follow it)."""
         parts = self.parts()
-        return pa.py_buffer(parts[0]) if len(parts) == 1 else pa.py_buffer(b"".join(parts))
+        if len(parts) == 1 and not isinstance(parts[0], Spill):
+            return pa.py_buffer(parts[0])
+        return pa.py_buffer(b"".join(part.read() if isinstance(part, Spill) else part for part in parts))
 
-    def appended(self, seq: int, chunk: memoryview) -> BaseBytes:
-        return replace(self, chunks=(*self.chunks, (seq, (chunk,))))
+    def appended(self, chunk: Chunk) -> BaseBytes:
+        return replace(self, chunks=(*self.chunks, chunk))
 
     def sealed(self, digests: dict[int, str]) -> BaseBytes:
-        """Each pending chunk's footer patched with the hash its event's line got (the chunks of this write's
-        events were encoded with the placeholder; a patched chunk is two parts, so it is patched once)."""
-        chunks = []
-        for seq, parts in self.chunks:
-            if seq in digests and len(parts) == 1:
-                chunks.append((seq, tuple(patch_watermark_hash(memoryview(parts[0]), digests[seq]))))
-            else:
-                chunks.append((seq, parts))
-        return replace(self, chunks=tuple(chunks))
+        """Each pending chunk's footer patched with the hash its event's line got."""
+        chunks = tuple(c.sealed(digests[c.seq]) if c.pending and c.seq in digests else c for c in self.chunks)
+        return replace(self, chunks=chunks)
 
 
 def _appendable(footer: pq.FileMetaData, total: int, new_rows: int) -> bool:
@@ -346,7 +367,8 @@ class BaseFile:
             base = self.full()
             assert base is not None
             pending = base.watermark.hash == PENDING
-            self.bytes = BaseBytes(chunks=((base.watermark.seq, (encode_base(base, pending_hash=pending),)),))
+            data = encode_base(base, pending_hash=pending)
+            self.bytes = BaseBytes(chunks=(Chunk.whole(base.watermark.seq, data, pending=pending),))
         return self.bytes
 
     def full(self) -> BaseProjection | None:
@@ -408,8 +430,9 @@ class BaseFile:
             materialized = materialize_table(base.table, merged, tombs, drop_deleted=event.drop_deleted)
             if base.rows - materialized.num_rows != event.rows_dropped:
                 raise IntegrityError(f"event seq {step.mark.seq}: materialize drops a different number of rows")
+        payload = payload_table(step.payload) if step.payload is not None else None
         self.base = apply_event(
-            base, event, step.payload, registry_hash=step.registry_hash, mark=step.mark, materialized=materialized
+            base, event, payload, registry_hash=step.registry_hash, mark=step.mark, materialized=materialized
         )
         self.bytes = None  # a whole encode
 
@@ -422,30 +445,46 @@ class BaseFile:
         current = self.encoded()
         footer = current.footer()
         event = step.event
-        rows = (
-            imported_rows(step.payload, event)
-            if isinstance(event, SequencesImported) and step.payload is not None and step.payload.num_rows
-            else None
-        )
-        if not _appendable(footer, current.total, rows.num_rows if rows is not None else 0):
+        imported = event if isinstance(event, SequencesImported) else None
+        payload = step.payload if imported is not None else None
+        new_rows = payload.num_rows if payload is not None else 0
+        if not _appendable(footer, current.total, new_rows):
             return False
         after = replace(base, registry_hash=step.registry_hash, watermark=step.mark)
-        added = _file_rows(rows if rows is not None else BASE_SCHEMA.empty_table(), footer.schema.to_arrow_schema())
+        schema = footer.schema.to_arrow_schema()
+        keep = base.table.column_names if self.partial and base.table.num_columns else []
+        kept: list[pa.Table] = []  # the columns a write's decision reads, of the rows appended
+
+        def added() -> Iterator[pa.Table]:
+            if payload is None or imported is None:
+                return
+            for batch in payload_batches(payload):
+                rows = _file_rows(imported_rows(batch, imported), schema)
+                if keep:
+                    kept.append(rows.select(keep))
+                yield rows
+
         pending = step.mark.hash == PENDING
-        chunk = append_parquet(
-            footer, current.total, added, base_metadata(after), HASH_PLACEHOLDER if pending else step.mark.hash
+        appended = append_parquet(
+            footer,
+            current.total,
+            added(),
+            schema,
+            base_metadata(after),
+            HASH_PLACEHOLDER if pending else step.mark.hash,
+            scratch=current.path.parent if current.path is not None else Path(tempfile.gettempdir()),
         )
-        if chunk is None:
+        if appended is None:
             return False
-        if rows is not None:
-            if self.partial and base.table.num_columns:  # the columns a write's decision reads
-                table = pa.concat_tables([base.table, added.select(base.table.column_names)])
+        if new_rows:
+            if keep:
+                table = pa.concat_tables([base.table, *kept])
             else:  # the row count alone: the rows are in the bytes, read again when an event needs them
-                table = pa.table({"_": pa.nulls(base.rows + rows.num_rows)}).select([])
+                table = pa.table({"_": pa.nulls(base.rows + new_rows)}).select([])
                 self.partial = True
             after = replace(after, table=table)
         self.base = after
-        self.bytes = current.appended(step.mark.seq, chunk)
+        self.bytes = current.appended(Chunk(step.mark.seq, tuple(appended[0]), appended[1], pending))
         return True
 
     def stage(self) -> None:
@@ -470,7 +509,9 @@ class BaseFile:
         grow = None
         current = self.bytes
         if current is not None and current.path is not None and current.chunks and self._stored is not None:
-            grow = Growth(current.path, current.size, self._stored, current.tail())
+            tail = current.tail()
+            footer = current.chunks[-1].footer
+            grow = Growth(current.path, current.size, self._stored, tail[:-1], footer)
         return {RECORDS_FILE: Output(self.base.watermark, lambda: self.encoded().parts(), read_watermark, grow=grow)}
 
     def stray(self, directory: Path) -> Iterator[str]:
@@ -537,7 +578,7 @@ class IdIndex:
             found = idindex.read_run(self._dir, run) if self._dir is not None else None
         if found is None:
             ids = self._fold.get(BaseFile).column("id")
-            found = idindex.run_rows(ids.slice(run.start, run.rows), run.start) if ids is not None else None
+            found = idindex.run_rows([ids.slice(run.start, run.rows)], run.start)[0] if ids is not None else None
             if found is None:
                 raise IntegrityError(f"the id index names rows {run.start}..{run.end} the base cannot key")
         self._batches[run.file] = found
@@ -549,7 +590,7 @@ class IdIndex:
             self.rows, self.keyed, self.runs = 0, True, []
             self._batches.clear()
         elif isinstance(event, SequencesImported) and step.payload is not None and step.payload.num_rows:
-            self._add(step.payload.column("id"), step.mark)
+            self._add((batch.column("id") for batch in payload_batches(step.payload)), step.mark)
         elif isinstance(event, Materialized) and event.rows_dropped:
             base = self._fold.get(BaseFile)
             if (base.mark() or Watermark()).seq != step.mark.seq:  # the stored base is past this event
@@ -558,12 +599,17 @@ class IdIndex:
             self.rows, self.keyed, self.runs = 0, True, []
             self._batches.clear()
             if ids is not None and len(ids):
-                self._add(ids, step.mark)
+                self._add([ids], step.mark)
         self._mark = step.mark
 
-    def _add(self, ids: pa.ChunkedArray, mark: Watermark) -> None:
-        start, self.rows = self.rows, self.rows + len(ids)
-        rows = idindex.run_rows(ids, start) if self.keyed else None
+    def _add(self, id_chunks: Iterable[pa.Array | pa.ChunkedArray], mark: Watermark) -> None:
+        """A run of the ids appended at the base's end (given a chunk at a time), merged as `merge_due` says."""
+        start = self.rows
+        if self.keyed:
+            rows, count = idindex.run_rows(id_chunks, start)
+        else:
+            rows, count = None, sum(len(ids) for ids in id_chunks)
+        self.rows = start + count
         if rows is None:
             self.keyed, self.runs = False, []
             self._batches.clear()
@@ -714,7 +760,7 @@ class DerivedFiles:
 
     def fold(self, step: Step) -> None:
         event = step.event
-        table = part_table(event, step.payload)
+        table = part_table(event, payload_table(step.payload) if step.payload is not None else None)
         if isinstance(event, OverlayCompacted):
             table = sorted_part(self.merged(event.namespace))
         layout = apply_layout(

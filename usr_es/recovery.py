@@ -22,9 +22,9 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .codec import footer_start, read_watermark
+from .codec import read_watermark
 from .errors import IntegrityError, NotFound, ReadError
-from .events import BASE_EVENTS, GENESIS_HASH, LogRecord, record_decoder
+from .events import BASE_EVENTS, GENESIS_HASH, LogRecord, SequencesImported, record_decoder
 from .fileio import append_at, fileops, locked, remove_stale_temps
 from .log import (
     LogLine,
@@ -47,9 +47,21 @@ from .names import (
     REGISTRY_DIR,
     SNAPSHOT_DIR,
 )
-from .projections import BaseFile, DerivedFiles, Fold, Growth, Output, PartSource, Projection, Restart, Step, table_key
+from .projections import (
+    BaseFile,
+    DerivedFiles,
+    Encoded,
+    Fold,
+    Growth,
+    Output,
+    PartSource,
+    Projection,
+    Restart,
+    Step,
+    table_key,
+)
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark, part_table, sorted_part
-from .storage import publish, read_base, read_payload
+from .storage import Payload, open_payload, publish, read_base, read_payload
 
 
 def decode_record(raw: bytes) -> LogRecord:
@@ -164,8 +176,12 @@ def _anchors(log_path: Path, stored: dict[str, Watermark | None]) -> tuple[int, 
 
 
 def step_of(line: LogLine, directory: Path) -> Step:
+    """The step of one log line, its payload read (an import's a batch at a time, when the fold takes it)."""
     record = line.record
-    payload = read_payload(directory, record.payload) if record.payload is not None else None
+    payload: Payload | None = None
+    if record.payload is not None:
+        imports = isinstance(record.event, SequencesImported)
+        payload = open_payload(directory, record.payload) if imports else read_payload(directory, record.payload)
     return Step(Watermark(line.seq, line.offset, record.hash), record.event, record.registry_hash, payload)
 
 
@@ -343,9 +359,7 @@ def _write_output(path: Path, out: Output) -> bool:
     published whole. Returns whether the projection holds a file there."""
     grow = out.grow
     if grow is not None and _extends(path, grow):
-        last = memoryview(grow.tail[-1]).cast("B")  # ends with the new footer, its length and the magic
-        cut = footer_start(last)
-        append_at(path, grow.size, [*grow.tail[:-1], last[:cut]], bytes(last[cut:]), point=path.name)
+        append_at(path, grow.size, grow.body, grow.footer, point=path.name)
         return True
     data = out.encode()
     _write(path, data)
@@ -371,7 +385,7 @@ def _extends(path: Path, grow: Growth) -> bool:
         return read_watermark(pa.BufferReader(source.read_buffer(grow.size))) == grow.after
 
 
-def _write(path: Path, data: bytes | memoryview | list[bytes | memoryview] | None) -> None:
+def _write(path: Path, data: Encoded) -> None:
     if data is None:
         if path.exists():
             fileops().unlink(path)

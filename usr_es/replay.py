@@ -10,6 +10,7 @@ All three fold from the newest usable checkpoint at or before their target (else
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from .checkpoints import list_checkpoints, load_checkpoint
 from .codec import foreign_writer, read_watermark
 from .errors import DatasetExists, InvalidInput, NotFound, UsrError
 from .events import BASE_EVENTS
-from .fileio import fileops, is_temp, locked, write_atomic
+from .fileio import Part, Spill, fileops, is_temp, locked, pieces_of, write_atomic
 from .idindex import read_manifest, stamp_at
 from .log import LogLine, Scan, iter_lines, open_log
 from .meta import write_meta
@@ -419,23 +420,24 @@ def _unexpected_problem(rel: str, lagging: set[str], directory: Path) -> str:
     return f"{rel} is not produced by the log (unexpected file)"
 
 
-def _same(path: Path, expected: bytes | memoryview | list[bytes | memoryview]) -> bool:
+def _same(path: Path, expected: bytes | memoryview | Sequence[Part]) -> bool:
     return path.exists() and same_bytes(path, expected)
 
 
-def same_bytes(path: Path, data: bytes | memoryview | list[bytes | memoryview], *, prefix: int | None = None) -> bool:
-    """Whether the file holds exactly `data` (compared a block at a time); with `prefix`, whether its first
-    `prefix` bytes are exactly `data`."""
-    view = memoryview(b"".join(data)) if isinstance(data, list) else memoryview(data)
+def same_bytes(path: Path, data: bytes | memoryview | Sequence[Part], *, prefix: int | None = None) -> bool:
+    """Whether the file holds exactly `data` (compared a block at a time, spilled parts read a piece at a
+    time); with `prefix`, whether its first `prefix` bytes are exactly `data`."""
+    parts = [data] if isinstance(data, (bytes, memoryview)) else list(data)
+    total = sum(len(p) if isinstance(p, Spill) else memoryview(p).nbytes for p in parts)
     size = path.stat().st_size
-    if (size if prefix is None else min(size, prefix)) != view.nbytes:
+    if (size if prefix is None else min(size, prefix)) != total:
         return False
-    block = bytearray(1 << 20)
-    offset = 0
-    with path.open("rb", buffering=0) as fh:
-        while offset < view.nbytes and (size := fh.readinto(block)):
-            size = min(size, view.nbytes - offset)
-            if block[:size] != view[offset : offset + size].tobytes():
-                return False
-            offset += size
-    return offset == view.nbytes
+    block = 1 << 20
+    with path.open("rb") as fh:
+        for piece in pieces_of(parts):
+            view = memoryview(piece).cast("B")
+            for at in range(0, view.nbytes, block):
+                want = view[at : at + block]
+                if fh.read(want.nbytes) != want:
+                    return False
+    return True

@@ -7,8 +7,14 @@ Projection files are published atomically through the I/O seam and carry their w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import msgspec
 import pyarrow as pa
@@ -17,7 +23,7 @@ import xxhash
 
 from .errors import IntegrityError, NotFound
 from .events import PayloadRef
-from .fileio import fileops, write_atomic, write_once
+from .fileio import Part, SeamFile, fileops, write_atomic, write_once
 from .names import PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark
 from .registry import Registry, parse_registry
@@ -58,6 +64,146 @@ def read_payload(dataset_dir: Path, ref: PayloadRef) -> pa.Table:
     if table.num_rows != ref.rows:
         raise IntegrityError(f"payload artifact {ref.file} holds {table.num_rows} rows, expected {ref.rows}")
     return table
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """A payload's rows as stored, read one record batch at a time (an import's payload may be larger than
+    memory, docs/adr/0014). Opened by `open_payload`, which checked the file's size and digest."""
+
+    path: Path
+    num_rows: int
+
+    def batches(self) -> Iterator[pa.Table]:
+        seen = 0
+        with pa.OSFile(str(self.path)) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                seen += batch.num_rows
+                yield pa.Table.from_batches([batch])
+        if seen != self.num_rows:
+            raise IntegrityError(f"payload artifact {self.path.name} holds {seen} rows, expected {self.num_rows}")
+
+
+#: Rows the fold takes: a payload table in memory, or an import's payload read a batch at a time.
+Payload: TypeAlias = pa.Table | StoredRows
+
+
+def payload_batches(payload: Payload) -> Iterator[pa.Table]:
+    """The rows of `payload`, a batch at a time."""
+    if isinstance(payload, StoredRows):
+        yield from payload.batches()
+    else:
+        yield payload
+
+
+def payload_table(payload: Payload) -> pa.Table:
+    """The rows of `payload` in memory."""
+    if isinstance(payload, StoredRows):
+        return pa.concat_tables(payload.batches())
+    return payload
+
+
+def _digest_of(path: Path) -> tuple[int, str]:
+    """A file's size and xxh3-128 digest, read a block at a time."""
+    hasher = xxhash.xxh3_128()
+    size = 0
+    with path.open("rb", buffering=0) as fh:
+        while block := fh.read(8 << 20):
+            hasher.update(block)
+            size += len(block)
+    return size, hasher.hexdigest()
+
+
+def open_payload(dataset_dir: Path, ref: PayloadRef) -> StoredRows:
+    """A payload artifact to read a batch at a time, its size and digest checked first."""
+    path = dataset_dir / ref.file
+    try:
+        size, digest = _digest_of(path)
+    except FileNotFoundError:
+        raise IntegrityError(f"payload artifact missing: {ref.file}") from None
+    if size != ref.size_bytes or digest != ref.digest:
+        raise IntegrityError(f"payload artifact {ref.file} does not match its digest")
+    return StoredRows(path, ref.rows)
+
+
+class PayloadSpool:
+    """An import's payload written a batch at a time as the decision accepts them (docs/adr/0014): a `.tmp-`
+    file in `_payloads/` (cleared after a crash like every temp) until `publish` names it by its digest.
+    Writes go through the I/O seam. Use as a context manager: a spool not published is removed."""
+
+    def __init__(self, dataset_dir: Path, schema: pa.Schema) -> None:
+        self._dir = dataset_dir
+        self._schema = schema
+        folder = dataset_dir / PAYLOAD_DIR
+        fileops().mkdir(folder)
+        self.path = folder / f".tmp-spool-{os.getpid()}-{secrets.token_hex(4)}"
+        self._fd: int | None = None
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+        self.rows = 0
+
+    def __enter__(self) -> PayloadSpool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def write(self, table: pa.Table) -> None:
+        """Append `table`'s rows (a record batch per chunk)."""
+        if not table.num_rows:
+            return
+        if self._writer is None:
+            ops = fileops()
+            self._fd = ops.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            sink = pa.PythonFile(SeamFile(ops, self._fd), mode="w")
+            self._writer = pa.ipc.new_file(sink, self._schema, options=_IPC_OPTIONS)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def stored(self) -> StoredRows | None:
+        """The rows written so far, to read back (None: no rows)."""
+        self._close()
+        return StoredRows(self.path, self.rows) if self.rows else None
+
+    def publish(self) -> tuple[PayloadRef, StoredRows] | None:
+        """Make the payload durable under its digest (fsync, rename, fsync of the folder); None: no rows."""
+        self._close()
+        if self._fd is None:
+            return None
+        ops = fileops()
+        ops.fsync(self._fd)
+        ops.close(self._fd)
+        self._fd = None
+        size, digest = _digest_of(self.path)
+        ref = PayloadRef(file=f"{PAYLOAD_DIR}/{digest}.arrow", digest=digest, rows=self.rows, size_bytes=size)
+        final = self._dir / ref.file
+        if final.exists():  # the same rows were written before: content-addressed, so the same bytes
+            ops.unlink(self.path)
+        else:
+            ops.point("before_rename:payload")
+            ops.replace(self.path, final)
+            ops.fsync_dir(final.parent)
+        ops.point("after_payload")
+        return ref, StoredRows(final, self.rows)
+
+    def discard(self) -> None:
+        """Remove the spool (after a rejection, an error or a Ctrl-C; a published spool is gone already). The
+        file is unlinked first, so an interrupt while the writer closes leaves nothing behind."""
+        with contextlib.suppress(OSError):
+            if self.path.exists():
+                fileops().unlink(self.path)
+        with contextlib.suppress(Exception):
+            self._close()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fileops().close(self._fd)
+            self._fd = None
 
 
 def freeze_registry(dataset_dir: Path, registry: Registry) -> str:
@@ -136,5 +282,5 @@ def read_layout(path: Path) -> tuple[DerivedLayout, Watermark] | None:
     return layout, Watermark(seq=doc.seq, offset=doc.offset, hash=doc.hash)
 
 
-def publish(path: Path, data: bytes | memoryview | list[bytes | memoryview]) -> None:
+def publish(path: Path, data: bytes | memoryview | Sequence[Part]) -> None:
     write_atomic(path, data, point=path.name)

@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,16 +46,26 @@ from .commands import (
 from .errors import CommitError, ConcurrencyError, DatasetExists, Interrupted, InvalidInput, NotFound
 from .events import Actor, DatasetRef, Fingerprint, LogRecord, Materialized, OverlayCompacted, PayloadRef, SnapshotTaken
 from .fileio import append_record, fileops, locked
+from .idindex import keys_of
 from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE
 from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, Step
-from .projectors import Watermark
+from .projectors import PAYLOAD_SCHEMA, Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
 from .redaction import clean_command, escaped
 from .registry import Registry, load_registry, parse_registry, registry_path
 from .results import Receipt
-from .storage import encode_payload, freeze_registry, frozen_registry, payload_ref, write_payload
+from .storage import (
+    Payload,
+    PayloadSpool,
+    StoredRows,
+    encode_payload,
+    freeze_registry,
+    frozen_registry,
+    payload_ref,
+    write_payload,
+)
 
 _COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
 #: Commands whose decision needs at most these base columns (and that do not change the base):
@@ -69,7 +79,9 @@ _BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
     TakeSnapshot: [],
     CompactOverlay: ["id"],
 }
-RowsLoader = Callable[[], pa.Table | None]
+#: The input rows of a command, read when the command is decided (under the lock): a table, or (an import)
+#: tables a batch at a time.
+RowsLoader = Callable[[], pa.Table | Iterable[pa.Table] | None]
 
 
 def utc_now_text(after: str | None = None) -> str:
@@ -129,6 +141,7 @@ class Writer:
     def __post_init__(self) -> None:
         self._bases = BaseCache()
         self._registry: tuple[bytes, Registry] | None = None
+        self._spool: PayloadSpool | None = None  # an import's payload, from its decision to its stage
 
     def execute(
         self,
@@ -146,7 +159,12 @@ class Writer:
         progress = _Progress()  # where a Ctrl-C would leave the log
         try:
             with locked(self.directory / LOCK_FILE):
-                return self._execute_locked(command, rows, command_id, expected_seq, progress)
+                try:
+                    return self._execute_locked(command, rows, command_id, expected_seq, progress)
+                finally:
+                    if self._spool is not None:  # decided but not staged (a no-op or an error)
+                        self._spool.discard()
+                        self._spool = None
         except KeyboardInterrupt:
             raise progress.interrupted() from None
 
@@ -237,10 +255,14 @@ class Writer:
 
     def _decide(self, tail: Tail, command: Command, registry: Registry, rows: RowsLoader | None, now: str) -> Any:
         """The decision on `command` at the tail (NoChange and rejections propagate)."""
-        from .decide import DatasetState, Rows, decide
+        from .decide import DatasetState, Rows, decide, table_batches
 
         # Handed over: `decide` holds the only reference to the input table and frees what it has parsed.
         loaded = rows() if rows is not None else None
+        if isinstance(command, ImportSequences):  # read and decided a batch at a time (docs/adr/0014)
+            batches = table_batches(loaded) if isinstance(loaded, pa.Table) else loaded
+            del loaded
+            return self._decide_import(tail, command, batches or (), now)
         inputs = Rows(loaded) if loaded is not None else None
         del loaded
         release_memory()  # the input reader's scratch buffers
@@ -266,6 +288,40 @@ class Writer:
         _keep_for_fold(fold, decision)
         return decision
 
+    def _decide_import(self, tail: Tail, command: ImportSequences, batches: Iterable[pa.Table], now: str) -> Any:
+        """The decision on an import, its input read a batch at a time: each batch's accepted rows go to a
+        payload spool as they are decided (`_stage` publishes it), so memory holds about one batch whatever
+        the input's size (docs/adr/0014). A rejection removes the spool: nothing is left behind."""
+        from .decide import DatasetState, ImportDecider
+
+        state = DatasetState(
+            name=self.name, initialized=tail.scan.seq > 0, seq=tail.scan.seq, ids=_known_ids(tail.fold)
+        )
+        decider = ImportDecider(state, command, now)
+        try:
+            spool = PayloadSpool(self.directory, PAYLOAD_SCHEMA)
+        except OSError as exc:
+            raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        try:
+            for batch in batches:
+                spool.write(decider.accept(batch))
+                del batch
+            repeated = decider.repeated_keys()
+            if repeated is not None:
+                later = decider.confirm(_rows_keyed(spool.stored(), repeated))
+                if later is not None:
+                    spool = _without(spool, later)
+            decision = decider.decision(spool.stored())
+        except OSError as exc:  # the spool (input read errors are InvalidInput): the log is untouched
+            spool.discard()
+            raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        except BaseException:
+            spool.discard()
+            raise
+        self._spool = spool
+        release_memory()
+        return decision
+
     def _stage(
         self, tail: Tail, registry: Registry, command: Command, decision: Any, command_id: str | None, now: str
     ) -> tuple[list[LogRecord], list[Watermark], bytes]:
@@ -278,14 +334,10 @@ class Writer:
         marks: list[Watermark] = []
         lines: list[bytes] = []
         for emit in decision.emits:
-            ref: PayloadRef | None = None
-            if emit.payload is not None:
-                data = encode_payload(emit.payload)
-                ref = payload_ref(data, emit.payload.num_rows)
-                write_payload(self.directory, ref, data)
-                del data
+            ref, payload = self._write_payload(emit.payload)
             seq += 1
-            fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, emit.payload))
+            fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, payload))
+            del payload
             _before_encoding(fold)
             fold.stage()
             record = LogRecord(
@@ -314,6 +366,21 @@ class Writer:
             lines.append(line)
             offset += len(line)
         return records, marks, b"".join(lines)
+
+    def _write_payload(self, rows: Payload | None) -> tuple[PayloadRef | None, Payload | None]:
+        """Write an event's payload durably: the spool an import was decided into, else its table."""
+        if rows is None:
+            return None, None
+        if isinstance(rows, StoredRows):
+            spool = self._spool  # discarded by `execute` unless published here
+            published = spool.publish() if spool is not None and spool.path == rows.path else None
+            if published is None:
+                raise RuntimeError("an import's payload spool is gone")
+            return published
+        data = encode_payload(rows)
+        ref = payload_ref(data, rows.num_rows)
+        write_payload(self.directory, ref, data)
+        return ref, rows
 
     def _fingerprint(self, fold: Fold) -> Fingerprint:
         """The base's rows, columns and file size after the event (the encoded size when this write
@@ -377,6 +444,44 @@ def _known_ids(fold: Fold) -> Any:
         return known
     ids = fold.get(BaseFile).column("id")
     return ids if ids is not None else pa.array([], pa.string())
+
+
+def _rows_keyed(stored: StoredRows | None, keys: pa.Array) -> pa.Table:
+    """The spooled rows whose id keys are among `keys`: their `id`, `sequence` and payload `row`."""
+    import pyarrow.compute as pc
+
+    found: list[pa.Table] = []
+    start = 0
+    for batch in stored.batches() if stored is not None else ():
+        ids = batch.column("id")
+        held = pc.indices_nonzero(pc.is_in(keys_of(ids), value_set=keys)).cast(pa.int64())
+        found.append(
+            pa.table(
+                {"id": ids.take(held), "sequence": batch.column("sequence").take(held), "row": pc.add(held, start)}
+            )
+        )
+        start += batch.num_rows
+    return pa.concat_tables(found)
+
+
+def _without(spool: PayloadSpool, rows: pa.Array) -> PayloadSpool:
+    """A new spool holding `spool`'s rows but `rows` (payload row numbers); `spool` is removed."""
+    import pyarrow.compute as pc
+
+    out = PayloadSpool(spool.path.parent.parent, PAYLOAD_SCHEMA)
+    try:
+        stored = spool.stored()
+        start = 0
+        for batch in stored.batches() if stored is not None else ():
+            numbers = pa.array(range(start, start + batch.num_rows), pa.int64())
+            out.write(batch.filter(pc.invert(pc.is_in(numbers, value_set=rows))))
+            start += batch.num_rows
+    except BaseException:
+        out.discard()
+        raise
+    finally:
+        spool.discard()
+    return out
 
 
 def _overlays_needed(command: Command) -> list[str]:
