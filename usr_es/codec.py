@@ -133,10 +133,12 @@ def regrouped(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
             held.append(table.slice(at, take))
             count, at = count + take, at + take
             if count == rows:
-                yield pa.concat_tables(held).combine_chunks()
-                held, count = [], 0
+                whole, held, count = pa.concat_tables(held).combine_chunks(), [], 0
+                yield whole  # the pieces are let go first: only the whole is held while it is used
+                del whole
     if count:
-        yield pa.concat_tables(held).combine_chunks()
+        whole, held = pa.concat_tables(held).combine_chunks(), []
+        yield whole
 
 
 def append_parquet(

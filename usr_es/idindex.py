@@ -71,8 +71,12 @@ def run_rows(id_chunks: Iterable[pa.Array | pa.ChunkedArray], start: int) -> tup
     joined = pa.chunked_array(keys, pa.uint64()).combine_chunks()
     del keys
     order = pc.sort_indices(joined)  # stable: equal keys keep row order
-    rows = pc.add(order, pa.scalar(start, pa.uint64())).cast(pa.uint32())
-    return pa.record_batch([joined.take(order), rows], schema=_SCHEMA), count
+    ordered = joined.take(order)
+    del joined
+    offsets = order.cast(pa.uint32())  # rows fit in uint32 (checked above); the uint64 order is let go
+    del order
+    rows = pc.add(offsets, pa.scalar(start, pa.uint32())) if start else offsets
+    return pa.record_batch([ordered, rows], schema=_SCHEMA), count
 
 
 def merged_rows(first: pa.RecordBatch, second: pa.RecordBatch) -> pa.RecordBatch:
@@ -172,13 +176,13 @@ def read_run(dataset_dir: Path, run: Run) -> pa.RecordBatch | None:
     return batch if batch.num_rows == run.rows else None
 
 
-def encode(rows: pa.RecordBatch, mark: Watermark) -> bytes:
+def encode(rows: pa.RecordBatch, mark: Watermark) -> memoryview:
     """The bytes of one run file for `rows` (from `run_rows`/`merged_rows`), stamped with the event that wrote it."""
     schema = _SCHEMA.with_metadata(watermark_metadata(mark))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, schema) as writer:
         writer.write_batch(pa.record_batch(rows.columns, schema=schema))
-    return bytes(sink.getvalue())
+    return memoryview(sink.getvalue()).cast("B")  # Arrow buffers export signed bytes ('b')
 
 
 def _read_file(path: Path) -> tuple[Watermark, pa.ipc.RecordBatchFileReader] | None:

@@ -35,7 +35,7 @@ MAX_INPUT_COLUMNS = 10_000
 #: when a line (a long sequence, a wide header) does not fit the default 1 MiB.
 MAX_BLOCK = 1 << 30
 #: The block a streaming reader starts with (rows are parsed a block at a time).
-STREAM_BLOCK = 16 << 20
+STREAM_BLOCK = 1 << 20
 _LONG_LINE = ("straddling object straddles two block boundaries", "Empty CSV file or block")
 T = TypeVar("T")
 

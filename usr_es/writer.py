@@ -306,6 +306,7 @@ class Writer:
             for batch in batches:
                 spool.write(decider.accept(batch))
                 del batch
+                release_memory()  # the batch's scratch space, before the next batch is read
             repeated = decider.repeated_keys()
             if repeated is not None:
                 later = decider.confirm(_rows_keyed(spool.stored(), repeated))
