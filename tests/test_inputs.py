@@ -19,9 +19,13 @@ from usr_es.inputs import (
     check_json_depth,
     import_batches,
     json_depth,
-    read_import_file,
     too_deep,
 )
+
+
+def read_import_file(path: Path, fmt: str) -> pa.Table:
+    return pa.concat_tables(import_batches(path, fmt, batch_rows=1_000))
+
 
 nested = st.recursive(
     st.integers() | st.text(alphabet='[]{}",:ab\\', max_size=6),

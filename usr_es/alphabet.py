@@ -1,8 +1,12 @@
-"""Bio types, alphabets and the content id: the USR identity contract. Imports nothing internal."""
+"""Bio types, alphabets, the content id and its 8-byte key: the USR identity contract. Imports nothing internal."""
 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 BIO_TYPES: tuple[str, ...] = ("dna", "protein", "rna")
 
@@ -39,3 +43,27 @@ def alphabet_regex(alphabet: str) -> str:
 def alphabets_for(bio_type: str) -> list[str]:
     """Return the alphabets valid for `bio_type`, sorted."""
     return sorted(name for name, (bt, _) in ALPHABETS.items() if bt == bio_type)
+
+
+#: An id's key (the id index, duplicate checks): its first KEY_BYTES UTF-8 bytes read as a little-endian
+#: uint64. Ids are sha1 hex, so keys spread evenly; keys may collide, so a match is confirmed on the full id.
+KEY_BYTES = 8
+
+
+def key_of(record_id: str) -> int | None:
+    """The index key of one id (None: shorter than KEY_BYTES bytes, so never indexed)."""
+    raw = record_id.encode()
+    return int.from_bytes(raw[:KEY_BYTES], "little") if len(raw) >= KEY_BYTES else None
+
+
+def keys_of(ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
+    """`key_of` of every id, vectorized (None: some id is null or too short to key)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    raw = ids.cast(pa.binary())
+    raw = raw.combine_chunks() if isinstance(raw, pa.ChunkedArray) else raw
+    if raw.null_count or (len(raw) and pc.min(pc.binary_length(raw)).as_py() < KEY_BYTES):
+        return None
+    fixed = pc.binary_slice(raw, 0, KEY_BYTES).cast(pa.binary(KEY_BYTES))
+    return fixed.view(pa.uint64())  # the bytes as stored: little-endian (`idindex.usable`)

@@ -181,6 +181,7 @@ class Dataset:
         expected_seq: int | None = None,
     ) -> Receipt:
         """Import sequences from a csv/jsonl/parquet/fasta file (extra columns are ignored)."""
+        from . import decide
         from .inputs import import_batches
 
         path = Path(path).expanduser().resolve()
@@ -194,7 +195,7 @@ class Dataset:
         )
         return self._writer.execute(
             command,
-            rows=lambda: import_batches(path, fmt),
+            rows=lambda: import_batches(path, fmt, batch_rows=decide.IMPORT_BATCH_ROWS),
             command_id=command_id,
             expected_seq=expected_seq,
         )

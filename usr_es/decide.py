@@ -15,8 +15,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import idindex
-from .alphabet import ALPHABETS, BIO_TYPES, alphabet_regex, alphabets_for
+from .alphabet import ALPHABETS, BIO_TYPES, alphabet_regex, alphabets_for, keys_of
 from .commands import (
     INLINE_IDS,
     AttachColumns,
@@ -57,10 +56,9 @@ from .events import (
     StateSet,
 )
 from .names import QC_STATUSES, RESERVED_NAMESPACES, SPLITS, STATE_FIELDS, TOMBSTONE_NS
-from .projectors import PAYLOAD_SCHEMA
+from .projectors import PAYLOAD_SCHEMA, Payload
 from .redaction import redact
 from .registry import NAMESPACE_RE, Registry, format_type
-from .storage import Payload
 
 _SAMPLE = 5
 
@@ -300,7 +298,7 @@ class ImportDecider:
         payload, offsets = _import_batch(self._command, rows, start, self._known)
         del rows
         self.inputs += offsets.input_rows
-        keys = idindex.keys_of(payload.column("id"))
+        keys = keys_of(payload.column("id"))
         assert keys is not None  # sha1 hex ids are 40 bytes long
         self._keys.append(keys)
         self._batches.append(_Accepted(self.accepted, start, offsets.kept))
@@ -489,7 +487,7 @@ def decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table,
     payload = pa.concat_tables(accepted) if accepted else PAYLOAD_SCHEMA.empty_table()
     repeated = decider.repeated_keys()
     if repeated is not None:
-        keys = idindex.keys_of(payload.column("id"))
+        keys = keys_of(payload.column("id"))
         held = pc.indices_nonzero(pc.is_in(keys, value_set=repeated)).cast(pa.int64())
         candidates = pa.table(
             {"id": payload.column("id").take(held), "sequence": payload.column("sequence").take(held), "row": held}

@@ -21,31 +21,13 @@ from typing import Literal
 import msgspec
 import pyarrow as pa
 
+from .alphabet import KEY_BYTES, key_of, keys_of
 from .codec import watermark_metadata, watermark_of
 from .names import INDEX_DIR, INDEX_MANIFEST
 from .projectors import Watermark
 
-KEY_BYTES = 8
 _MAX_ROWS = (1 << 32) - 1  # rows are uint32
 _SCHEMA = pa.schema([pa.field("key", pa.uint64(), nullable=False), pa.field("row", pa.uint32(), nullable=False)])
-
-
-def key_of(record_id: str) -> int | None:
-    """The index key of one id (None: shorter than KEY_BYTES bytes, so never indexed)."""
-    raw = record_id.encode()
-    return int.from_bytes(raw[:KEY_BYTES], "little") if len(raw) >= KEY_BYTES else None
-
-
-def keys_of(ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
-    """`key_of` of every id, vectorized (None: some id is null or too short to key)."""
-    import pyarrow.compute as pc
-
-    raw = ids.cast(pa.binary())
-    raw = raw.combine_chunks() if isinstance(raw, pa.ChunkedArray) else raw
-    if raw.null_count or (len(raw) and pc.min(pc.binary_length(raw)).as_py() < KEY_BYTES):
-        return None
-    fixed = pc.binary_slice(raw, 0, KEY_BYTES).cast(pa.binary(KEY_BYTES))
-    return fixed.view(pa.uint64())  # the bytes as stored: little-endian (see `usable`)
 
 
 def usable() -> bool:

@@ -87,23 +87,15 @@ def check_width(path: Path, fmt: str) -> None:
         )
 
 
-def read_import_file(path: Path, fmt: str) -> pa.Table:
-    """Read the import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta) into memory."""
-    return pa.concat_tables(import_batches(path, fmt))
-
-
-def import_batches(path: Path, fmt: str, *, batch_rows: int | None = None) -> Iterator[pa.Table]:
+def import_batches(path: Path, fmt: str, *, batch_rows: int) -> Iterator[pa.Table]:
     """The import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta), `batch_rows` rows at a time
-    (default `decide.IMPORT_BATCH_ROWS`; the last batch may be shorter): an input of any size is read with
+    (the last batch may be shorter): an input of any size is read with
     about one batch in memory (docs/adr/0014). The file is checked (exists, format, width, nesting) before
     the first batch; a parse error at any batch is an InvalidInput."""
-    from .decide import IMPORT_BATCH_ROWS
-
     if fmt not in FORMATS:
         raise InvalidInput(f"Unsupported input format '{fmt}'.", hint=f"Use one of: {', '.join(FORMATS)}.")
     if not path.is_file():
         raise NotFound(f"Input file not found: {path}")
-    rows = batch_rows or IMPORT_BATCH_ROWS
     with _read_errors(path, fmt):
         precheck(path, fmt)
         if fmt == "csv":
@@ -111,10 +103,10 @@ def import_batches(path: Path, fmt: str, *, batch_rows: int | None = None) -> It
         elif fmt == "jsonl":
             source = _json_batches(path)
         elif fmt == "parquet":
-            source = _parquet_batches(path, rows)
+            source = _parquet_batches(path, batch_rows)
         else:
-            source = _fasta_batches(path, rows)
-    return _guarded(path, fmt, regrouped(source, rows))
+            source = _fasta_batches(path, batch_rows)
+    return _guarded(path, fmt, regrouped(source, batch_rows))
 
 
 @contextmanager
@@ -319,11 +311,6 @@ def _select(table: pa.Table) -> pa.Table:
             "Missing required column: 'sequence'.", hint=f"Columns found: {', '.join(table.column_names)}"
         )
     return pa.table({c: table.column(c).cast(pa.string()) for c in wanted})
-
-
-def read_fasta(path: Path) -> pa.Table:
-    """Read a FASTA file: one row per `>` record, sequence lines joined, header dropped."""
-    return pa.concat_tables(_fasta_batches(path, 1 << 62))
 
 
 def _fasta_batches(path: Path, rows: int) -> Iterator[pa.Table]:

@@ -55,15 +55,18 @@ from .projectors import (
     BaseProjection,
     DerivedLayout,
     PartInfo,
+    Payload,
     Watermark,
     apply_event,
     apply_layout,
     imported_rows,
     materialize_table,
     part_table,
+    payload_batches,
+    payload_table,
     sorted_part,
 )
-from .storage import Payload, encode_layout, payload_batches, payload_table, read_layout
+from .storage import encode_layout, read_layout
 
 #: A file's bytes (None: the projection writes no such file now; a stored one is removed).
 Encoded = bytes | memoryview | list[Part] | None

@@ -7,8 +7,10 @@ pyarrow version; see docs/adr/0004). Row order is log order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol, TypeAlias
 
 import pyarrow as pa
 
@@ -87,6 +89,32 @@ class BaseProjection:
 
 def initial_projection(event: DatasetInitialized, registry_hash: str | None, mark: Watermark) -> BaseProjection:
     return BaseProjection(BASE_SCHEMA.empty_table(), event.created_at, registry_hash, mark)
+
+
+class RowBatches(Protocol):
+    """Payload rows read a batch at a time (`storage.StoredRows`: an import's payload may outgrow memory)."""
+
+    @property
+    def num_rows(self) -> int: ...
+
+    def batches(self) -> Iterator[pa.Table]: ...
+
+
+#: The rows of an event's payload as the fold and `decide` hand them on: a table, or batches read on demand.
+Payload: TypeAlias = pa.Table | RowBatches
+
+
+def payload_batches(payload: Payload) -> Iterator[pa.Table]:
+    """The rows of `payload`, a batch at a time."""
+    if isinstance(payload, pa.Table):
+        yield payload
+    else:
+        yield from payload.batches()
+
+
+def payload_table(payload: Payload) -> pa.Table:
+    """The rows of `payload` in memory."""
+    return payload if isinstance(payload, pa.Table) else pa.concat_tables(payload.batches())
 
 
 def imported_rows(payload: pa.Table, event: SequencesImported) -> pa.Table:

@@ -60,8 +60,8 @@ from .projections import (
     Step,
     table_key,
 )
-from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark, part_table, sorted_part
-from .storage import Payload, open_payload, publish, read_base, read_payload
+from .projectors import BaseProjection, DerivedLayout, PartInfo, Payload, Watermark, part_table, sorted_part
+from .storage import open_payload, publish, read_base, read_payload
 
 
 def decode_record(raw: bytes) -> LogRecord:

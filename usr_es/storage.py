@@ -14,7 +14,6 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
 
 import msgspec
 import pyarrow as pa
@@ -84,25 +83,6 @@ class StoredRows:
                 yield pa.Table.from_batches([batch])
         if seen != self.num_rows:
             raise IntegrityError(f"payload artifact {self.path.name} holds {seen} rows, expected {self.num_rows}")
-
-
-#: Rows the fold takes: a payload table in memory, or an import's payload read a batch at a time.
-Payload: TypeAlias = pa.Table | StoredRows
-
-
-def payload_batches(payload: Payload) -> Iterator[pa.Table]:
-    """The rows of `payload`, a batch at a time."""
-    if isinstance(payload, StoredRows):
-        yield from payload.batches()
-    else:
-        yield payload
-
-
-def payload_table(payload: Payload) -> pa.Table:
-    """The rows of `payload` in memory."""
-    if isinstance(payload, StoredRows):
-        return pa.concat_tables(payload.batches())
-    return payload
 
 
 def _digest_of(path: Path) -> tuple[int, str]:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .alphabet import keys_of
 from .checkpoints import checkpoint_due, write_checkpoint
 from .commands import (
     AttachColumns,
@@ -46,18 +47,16 @@ from .commands import (
 from .errors import CommitError, ConcurrencyError, DatasetExists, Interrupted, InvalidInput, NotFound
 from .events import Actor, DatasetRef, Fingerprint, LogRecord, Materialized, OverlayCompacted, PayloadRef, SnapshotTaken
 from .fileio import append_record, fileops, locked
-from .idindex import keys_of
 from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE
 from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, Step
-from .projectors import PAYLOAD_SCHEMA, Watermark
+from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
 from .redaction import clean_command, escaped
 from .registry import Registry, load_registry, parse_registry, registry_path
 from .results import Receipt
 from .storage import (
-    Payload,
     PayloadSpool,
     StoredRows,
     encode_payload,
