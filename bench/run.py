@@ -84,21 +84,37 @@ class Run:
         return json.loads(self.stdout)["data"]
 
 
+#: Runs argv[2:] as a child of this small process and writes its wall seconds and peak RSS (KB) to argv[1]. A
+#: child forked straight from the benchmark would count the benchmark's own memory in its peak: Linux starts a
+#: forked child's `ru_maxrss` at its parent's resident size (and keeps it across exec).
+_LAUNCHER = """
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as fh:
+    fh.write(f"{time.perf_counter() - start} {usage.ru_maxrss}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run(argv: list[str], *, env: dict[str, str], cwd: Path | None = None) -> Run:
-    """Run `argv` to completion; measure its wall time and its own peak RSS (`ru_maxrss` from wait4).
+    """Run `argv` to completion; measure its wall time and its own peak RSS (`ru_maxrss` from wait4, taken by
+    a small launcher process, see `_LAUNCHER`).
 
     Dirty pages of earlier steps are flushed first (`os.sync`), so a step does not pay for the writeback
     of the previous one (the baseline writes its files without fsync right before `usr import`)."""
     os.sync()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+        figures = Path(tmp) / "figures"
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(figures)]
+        code = subprocess.run([*launcher, *argv], stdout=out, stderr=err, env=env, cwd=cwd, check=False).returncode
+        seconds_text, rss_kb = figures.read_text().split()
         out.seek(0)
         err.seek(0)
-        return Run(seconds, usage.ru_maxrss * 1024, proc.returncode, out.read().decode(), err.read().decode())
+        return Run(float(seconds_text), int(rss_kb) * 1024, code, out.read().decode(), err.read().decode())
 
 
 def checked(argv: list[str], *, env: dict[str, str], what: str) -> Run:
