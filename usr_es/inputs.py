@@ -89,9 +89,9 @@ def check_width(path: Path, fmt: str) -> None:
 
 def import_batches(path: Path, fmt: str, *, batch_rows: int) -> Iterator[pa.Table]:
     """The import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta), `batch_rows` rows at a time
-    (the last batch may be shorter): an input of any size is read with
-    about one batch in memory (docs/adr/0014). The file is checked (exists, format, width, nesting) before
-    the first batch; a parse error at any batch is an InvalidInput."""
+    (the last batch may be shorter): an input of any size is read with about one batch in memory
+    (docs/adr/0014). The file is checked (exists, format, width, nesting) before the first batch; a parse
+    error at any batch is an InvalidInput."""
     if fmt not in FORMATS:
         raise InvalidInput(f"Unsupported input format '{fmt}'.", hint=f"Use one of: {', '.join(FORMATS)}.")
     if not path.is_file():
