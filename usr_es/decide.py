@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -295,13 +295,13 @@ class ImportDecider:
     def accept(self, rows: pa.Table) -> pa.Table:
         """Validate one batch of input rows and return its payload rows (PAYLOAD_SCHEMA)."""
         start = self.inputs
-        payload, offsets = _import_batch(self._command, rows, start, self._known)
+        self.inputs += rows.num_rows
+        payload, kept = _import_batch(self._command, rows, start, self._known)
         del rows
-        self.inputs += offsets.input_rows
         keys = keys_of(payload.column("id"))
         assert keys is not None  # sha1 hex ids are 40 bytes long
         self._keys.append(keys)
-        self._batches.append(_Accepted(self.accepted, start, offsets.kept))
+        self._batches.append(_Accepted(self.accepted, start, kept))
         self.accepted += payload.num_rows
         return payload
 
@@ -317,10 +317,11 @@ class ImportDecider:
         repeated = pc.unique(pc.filter(ordered.slice(1), pc.equal(ordered.slice(1), ordered.slice(0, n - 1))))
         return repeated if len(repeated) else None
 
-    def confirm(self, candidates: pa.Table) -> pa.Array | None:
-        """Given the accepted rows whose keys `repeated_keys` named (columns `id`, `sequence`, and `row`: the
-        payload row), find the sequences accepted more than once: raise (error), or return the payload rows
-        to leave out, every copy after the first (skip; None: keys collided, no sequence repeats)."""
+    def confirm(self, accepted: Iterable[pa.Table], repeated: pa.Array) -> pa.Array | None:
+        """Given the accepted rows (the payload rows `accept` returned, in order) and the keys `repeated_keys`
+        named, find the sequences accepted more than once: raise (error), or return the payload rows to leave
+        out, every copy after the first (skip; None: keys collided, no sequence repeats)."""
+        candidates = _rows_keyed(accepted, repeated)
         grouped = candidates.group_by("id", use_threads=False).aggregate([("row", "list"), ("row", "count")])
         repeated = grouped.filter(pc.greater(grouped.column("row_count"), 1))
         if not repeated.num_rows:
@@ -368,22 +369,16 @@ class ImportDecider:
         return Decision.of(event, payload if written else None, args, metrics)
 
 
-@dataclass(frozen=True)
-class _BatchRows:
-    input_rows: int
-    kept: pa.Array | None  # offsets of the accepted rows in the batch (None: all)
-
-
 def _import_batch(
     command: ImportSequences, rows: pa.Table, start: int, known: KnownIds | None
-) -> tuple[pa.Table, _BatchRows]:
-    """One batch of an import validated (input rows counted from `start`): its payload rows, and which of
-    its rows they are."""
+) -> tuple[pa.Table, pa.Array | None]:
+    """One batch of an import validated (input rows counted from `start`): its payload rows, and the offsets
+    in the batch of the rows they are (None: every row)."""
     n_input = rows.num_rows
     if "sequence" not in rows.column_names:
         raise SchemaError("Missing required column: 'sequence'.", hint=f"Columns found: {rows.column_names}")
     if n_input == 0:
-        return pa.table([pa.array([], f.type) for f in PAYLOAD_SCHEMA], schema=PAYLOAD_SCHEMA), _BatchRows(0, None)
+        return PAYLOAD_SCHEMA.empty_table(), None
     raw = pc.cast(rows.column("sequence"), pa.string())
     padded = pc.match_substring_regex(raw, r"^\s|\s$")
     # Trimming copies the column; most inputs have nothing to trim, so skip the copy then.
@@ -441,8 +436,8 @@ def _import_batch(
 
     payload = pa.table([ids, bio_type, sequence, alphabet], schema=PAYLOAD_SCHEMA)
     if keep is None:
-        return payload, _BatchRows(n_input, None)
-    return payload.filter(keep), _BatchRows(n_input, pc.indices_nonzero(keep))
+        return payload, None
+    return payload.filter(keep), pc.indices_nonzero(keep)
 
 
 def _duplicates_error(groups: list[str]) -> DuplicateIDError:
@@ -484,19 +479,32 @@ def decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table,
     decider = ImportDecider(state, command, now)
     accepted = [decider.accept(batch) for batch in table_batches(rows)]
     del rows
-    payload = pa.concat_tables(accepted) if accepted else PAYLOAD_SCHEMA.empty_table()
     repeated = decider.repeated_keys()
-    if repeated is not None:
-        keys = keys_of(payload.column("id"))
-        held = pc.indices_nonzero(pc.is_in(keys, value_set=repeated)).cast(pa.int64())
-        candidates = pa.table(
-            {"id": payload.column("id").take(held), "sequence": payload.column("sequence").take(held), "row": held}
-        )
-        later = decider.confirm(candidates)
-        if later is not None:
-            n = payload.num_rows
-            payload = payload.filter(pc.invert(pc.is_in(pa.array(range(n), pa.int64()), value_set=later)))
-    return decider.decision(payload)
+    later = decider.confirm(accepted, repeated) if repeated is not None else None
+    kept = list(without_rows(accepted, later)) if later is not None else accepted
+    return decider.decision(pa.concat_tables(kept) if kept else PAYLOAD_SCHEMA.empty_table())
+
+
+def _rows_keyed(batches: Iterable[pa.Table], keys: pa.Array) -> pa.Table:
+    """The payload rows in `batches` whose id keys are among `keys`: their `id`, `sequence` and payload `row`."""
+    found: list[pa.Table] = []
+    start = 0
+    for batch in batches:
+        ids = batch.column("id")
+        held = pc.indices_nonzero(pc.is_in(keys_of(ids), value_set=keys)).cast(pa.int64())
+        sequences = batch.column("sequence").take(held)
+        found.append(pa.table({"id": ids.take(held), "sequence": sequences, "row": pc.add(held, start)}))
+        start += batch.num_rows
+    return pa.concat_tables(found)
+
+
+def without_rows(batches: Iterable[pa.Table], rows: pa.Array) -> Iterator[pa.Table]:
+    """The payload rows in `batches` but those numbered `rows` (0-based over all batches), a batch at a time."""
+    start = 0
+    for batch in batches:
+        numbers = pa.array(range(start, start + batch.num_rows), pa.int64())
+        yield batch.filter(pc.invert(pc.is_in(numbers, value_set=rows)))
+        start += batch.num_rows
 
 
 _HASH_CHUNK = 1 << 16

@@ -46,8 +46,10 @@ def run_rows(id_chunks: Iterable[pa.Array | pa.ChunkedArray], start: int) -> tup
     for ids in id_chunks:
         count += len(ids)
         found = keys_of(ids) if keyed else None
-        keyed = found is not None
-        keys = [*keys, found] if found is not None else []
+        if found is None:  # an id that cannot be keyed: no run (the rest are only counted)
+            keyed, keys = False, []
+        else:
+            keys.append(found)
     if not keyed or start + count > _MAX_ROWS:
         return None, count
     joined = pa.chunked_array(keys, pa.uint64()).combine_chunks()

@@ -512,9 +512,7 @@ class BaseFile:
         grow = None
         current = self.bytes
         if current is not None and current.path is not None and current.chunks and self._stored is not None:
-            tail = current.tail()
-            footer = current.chunks[-1].footer
-            grow = Growth(current.path, current.size, self._stored, tail[:-1], footer)
+            grow = Growth(current.path, current.size, self._stored, current.tail()[:-1], current.chunks[-1].footer)
         return {RECORDS_FILE: Output(self.base.watermark, lambda: self.encoded().parts(), read_watermark, grow=grow)}
 
     def stray(self, directory: Path) -> Iterator[str]:
@@ -593,7 +591,7 @@ class IdIndex:
             self.rows, self.keyed, self.runs = 0, True, []
             self._batches.clear()
         elif isinstance(event, SequencesImported) and step.payload is not None and step.payload.num_rows:
-            self._add((batch.column("id") for batch in payload_batches(step.payload)), step.mark)
+            self._add((batch.column("id") for batch in payload_batches(step.payload, ["id"])), step.mark)
         elif isinstance(event, Materialized) and event.rows_dropped:
             base = self._fold.get(BaseFile)
             if (base.mark() or Watermark()).seq != step.mark.seq:  # the stored base is past this event

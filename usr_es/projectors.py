@@ -97,19 +97,19 @@ class RowBatches(Protocol):
     @property
     def num_rows(self) -> int: ...
 
-    def batches(self) -> Iterator[pa.Table]: ...
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]: ...
 
 
 #: The rows of an event's payload as the fold and `decide` hand them on: a table, or batches read on demand.
 Payload: TypeAlias = pa.Table | RowBatches
 
 
-def payload_batches(payload: Payload) -> Iterator[pa.Table]:
-    """The rows of `payload`, a batch at a time."""
+def payload_batches(payload: Payload, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The rows of `payload` (only `columns`, when given), a batch at a time."""
     if isinstance(payload, pa.Table):
-        yield payload
+        yield payload if columns is None else payload.select(columns)
     else:
-        yield from payload.batches()
+        yield from payload.batches(columns)
 
 
 def payload_table(payload: Payload) -> pa.Table:

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -22,7 +23,7 @@ import xxhash
 
 from .errors import IntegrityError, NotFound
 from .events import PayloadRef
-from .fileio import Part, SeamFile, fileops, write_atomic, write_once
+from .fileio import FileOps, Part, SeamFile, fileops, write_atomic, write_once
 from .names import PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark
 from .registry import Registry, parse_registry
@@ -73,10 +74,15 @@ class StoredRows:
     path: Path
     num_rows: int
 
-    def batches(self) -> Iterator[pa.Table]:
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The rows a record batch at a time (only `columns`, when given: the others are not read)."""
         seen = 0
         with pa.OSFile(str(self.path)) as source:
             reader = pa.ipc.open_file(source)
+            if columns is not None:
+                names = reader.schema.names
+                fields = [names.index(c) for c in columns]
+                reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
             for i in range(reader.num_record_batches):
                 batch = reader.get_batch(i)
                 seen += batch.num_rows
@@ -108,10 +114,24 @@ def open_payload(dataset_dir: Path, ref: PayloadRef) -> StoredRows:
     return StoredRows(path, ref.rows)
 
 
+class _HashingFile(SeamFile):
+    """A seam file that hashes (xxh3-128) what is written through it."""
+
+    def __init__(self, ops: FileOps, fd: int) -> None:
+        super().__init__(ops, fd)
+        self.hasher = xxhash.xxh3_128()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.hasher.update(view)
+        return super().write(view)
+
+
 class PayloadSpool:
     """An import's payload written a batch at a time as the decision accepts them (docs/adr/0014): a `.tmp-`
-    file in `_payloads/` (cleared after a crash like every temp) until `publish` names it by its digest.
-    Writes go through the I/O seam. Use as a context manager: a spool not published is removed."""
+    file in `_payloads/` (cleared after a crash like every temp) until `publish` names it by its digest,
+    which is taken as the bytes are written. Writes go through the I/O seam; `discard` removes a spool
+    that is not published."""
 
     def __init__(self, dataset_dir: Path, schema: pa.Schema) -> None:
         self._dir = dataset_dir
@@ -119,15 +139,9 @@ class PayloadSpool:
         folder = dataset_dir / PAYLOAD_DIR
         fileops().mkdir(folder)
         self.path = folder / f".tmp-spool-{os.getpid()}-{secrets.token_hex(4)}"
-        self._fd: int | None = None
+        self._file: _HashingFile | None = None
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self.rows = 0
-
-    def __enter__(self) -> PayloadSpool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.discard()
 
     def write(self, table: pa.Table) -> None:
         """Append `table`'s rows (a record batch per chunk)."""
@@ -135,9 +149,9 @@ class PayloadSpool:
             return
         if self._writer is None:
             ops = fileops()
-            self._fd = ops.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            sink = pa.PythonFile(SeamFile(ops, self._fd), mode="w")
-            self._writer = pa.ipc.new_file(sink, self._schema, options=_IPC_OPTIONS)
+            fd = ops.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            self._file = _HashingFile(ops, fd)
+            self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), self._schema, options=_IPC_OPTIONS)
         self._writer.write_table(table)
         self.rows += table.num_rows
 
@@ -154,14 +168,14 @@ class PayloadSpool:
     def publish(self) -> tuple[PayloadRef, StoredRows] | None:
         """Make the payload durable under its digest (fsync, rename, fsync of the folder); None: no rows."""
         self._close()
-        if self._fd is None:
+        spooled, self._file = self._file, None
+        if spooled is None:
             return None
         ops = fileops()
-        ops.fsync(self._fd)
-        ops.close(self._fd)
-        self._fd = None
-        size, digest = _digest_of(self.path)
-        ref = PayloadRef(file=f"{PAYLOAD_DIR}/{digest}.arrow", digest=digest, rows=self.rows, size_bytes=size)
+        ops.fsync(spooled.fileno())
+        ops.close(spooled.fileno())
+        digest = spooled.hasher.hexdigest()
+        ref = PayloadRef(file=f"{PAYLOAD_DIR}/{digest}.arrow", digest=digest, rows=self.rows, size_bytes=spooled.tell())
         final = self._dir / ref.file
         if final.exists():  # the same rows were written before: content-addressed, so the same bytes
             ops.unlink(self.path)
@@ -180,10 +194,10 @@ class PayloadSpool:
                 fileops().unlink(self.path)
         with contextlib.suppress(Exception):
             self._close()
-        if self._fd is not None:
+        spooled, self._file = self._file, None
+        if spooled is not None:
             with contextlib.suppress(OSError):
-                fileops().close(self._fd)
-            self._fd = None
+                fileops().close(spooled.fileno())
 
 
 def freeze_registry(dataset_dir: Path, registry: Registry) -> str:

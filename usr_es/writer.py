@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +29,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .alphabet import keys_of
 from .checkpoints import checkpoint_due, write_checkpoint
 from .commands import (
     AttachColumns,
@@ -308,7 +307,7 @@ class Writer:
                 release_memory()  # the batch's scratch space, before the next batch is read
             repeated = decider.repeated_keys()
             if repeated is not None:
-                later = decider.confirm(_rows_keyed(spool.stored(), repeated))
+                later = decider.confirm(_spooled(spool), repeated)
                 if later is not None:
                     spool = _without(spool, later)
             decision = decider.decision(spool.stored())
@@ -446,36 +445,20 @@ def _known_ids(fold: Fold) -> Any:
     return ids if ids is not None else pa.array([], pa.string())
 
 
-def _rows_keyed(stored: StoredRows | None, keys: pa.Array) -> pa.Table:
-    """The spooled rows whose id keys are among `keys`: their `id`, `sequence` and payload `row`."""
-    import pyarrow.compute as pc
-
-    found: list[pa.Table] = []
-    start = 0
-    for batch in stored.batches() if stored is not None else ():
-        ids = batch.column("id")
-        held = pc.indices_nonzero(pc.is_in(keys_of(ids), value_set=keys)).cast(pa.int64())
-        found.append(
-            pa.table(
-                {"id": ids.take(held), "sequence": batch.column("sequence").take(held), "row": pc.add(held, start)}
-            )
-        )
-        start += batch.num_rows
-    return pa.concat_tables(found)
+def _spooled(spool: PayloadSpool) -> Iterator[pa.Table]:
+    """The rows written to `spool` so far, a batch at a time."""
+    stored = spool.stored()
+    return stored.batches() if stored is not None else iter(())
 
 
 def _without(spool: PayloadSpool, rows: pa.Array) -> PayloadSpool:
     """A new spool holding `spool`'s rows but `rows` (payload row numbers); `spool` is removed."""
-    import pyarrow.compute as pc
+    from .decide import without_rows
 
     out = PayloadSpool(spool.path.parent.parent, PAYLOAD_SCHEMA)
     try:
-        stored = spool.stored()
-        start = 0
-        for batch in stored.batches() if stored is not None else ():
-            numbers = pa.array(range(start, start + batch.num_rows), pa.int64())
-            out.write(batch.filter(pc.invert(pc.is_in(numbers, value_set=rows))))
-            start += batch.num_rows
+        for batch in without_rows(_spooled(spool), rows):
+            out.write(batch)
     except BaseException:
         out.discard()
         raise
