@@ -247,6 +247,7 @@ def test_an_import_decided_in_batches_matches_a_model_of_the_whole_input(
         if on_conflict == "error" and len(set(ids)) < len(ids):
             with pytest.raises(DuplicateIDError) as caught:
                 import_rows(sequences, on_conflict="error")
+            assert caught.value.groups
             for group in caught.value.groups:
                 rows = [int(r) for r in group.split(" rows ")[1].split(" ")[0].split(",")]
                 assert len(rows) > 1 and len({ids[r - 1] for r in rows}) == 1, group
