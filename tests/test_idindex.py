@@ -216,3 +216,43 @@ def test_a_write_checks_its_ids_without_reading_the_base_ids(tmp_path: Path, mon
         ds.write_overlay("mock", {"sequence": ["ACGTACGTACGTACGTACGT"], "score": [4.0]}, key="sequence")
     monkeypatch.undo()
     assert ds.get([ids[0], ids[2]], columns=["mock__score"]).column("mock__score").to_pylist() == [1.0, 3.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stored=st.lists(st.sampled_from(["aaaaaaaa", "aaaaaaab", "bbbbbbbb", "cccccccc"]), min_size=1, max_size=30),
+    asked=st.lists(st.sampled_from(["aaaaaaaa", "aaaaaaab", "bbbbbbbb", "dddddddd", "short"]), max_size=20),
+    split=st.integers(min_value=0, max_value=30),
+)
+def test_pairs_of_many_ids_are_the_candidates_of_each(stored: list[str], asked: list[str], split: int) -> None:
+    from usr_es.idindex import IdIndex
+
+    # Ids of a few shared prefixes (colliding keys), stored in two runs; some asked ids cannot be keyed.
+    ids = [f"{prefix}{n:04d}" for n, prefix in enumerate(stored)]
+    cut = min(split, len(ids))
+    runs = [run_rows([pa.array(part, pa.string())], start)[0] for part, start in ((ids[:cut], 0), (ids[cut:], cut))]
+    index = IdIndex.of([r for r in runs if r is not None and r.num_rows], len(ids) - 1)  # the last row is past the base
+    assert index is not None
+    wanted = [f"{prefix}9999" if prefix != "short" else prefix for prefix in asked]
+    positions, rows = index.pairs(pa.array(wanted, pa.string()))
+    expected = sorted((at, row) for at, value in enumerate(wanted) for row in index.candidates(value))
+    assert sorted(zip(positions.to_pylist(), rows.to_pylist(), strict=True)) == expected
+
+
+@pytest.mark.parametrize("candidate_rows", [0, 1_000_000])
+def test_many_ids_at_once_are_checked_like_a_few(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, candidate_rows: int
+) -> None:
+    from usr_es.errors import DuplicateIDError
+
+    monkeypatch.setattr("usr_es.projections._SEARCHED_IDS", 0)  # the vectorized lookup, even for a few ids
+    monkeypatch.setattr("usr_es.projections._CANDIDATE_ROWS", candidate_rows)  # compared pair by pair, or by set
+    ds, ids = make(tmp_path / "root", [*OTHERS, *COLLIDING])
+    with pytest.raises(DuplicateIDError):
+        ds.add_sequences([COLLIDING[1]], alphabet="dna_4")
+    added = ds.add_sequences([COLLIDING[1], "ACGTTTTTGGGGCCCCA", OTHERS[3]], on_conflict="skip")
+    assert added.metrics["rows_written"] == 1
+    ds.write_overlay("mock", {"id": [ids[6], ids[5]], "score": [1.0, 2.0]})
+    with pytest.raises(InvalidInput):  # a key that names no record, sharing a key with one that does
+        ds.write_overlay("mock", {"id": [ids[5][:8] + "0" * 32], "score": [4.0]})
+    assert ds.get([ids[5], ids[6]], columns=["mock__score"]).column("mock__score").to_pylist() == [2.0, 1.0]

@@ -11,6 +11,8 @@ from unittest import mock
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import usr_es.decide as decide_module
 from usr_es import CommitError, Dataset
@@ -290,6 +292,7 @@ def test_an_import_of_many_rows_into_a_dataset_checks_them_all_against_the_index
 def _small_batches(patch: pytest.MonkeyPatch, rows: int = 4) -> None:
     """Batches of `rows` input rows, and every appended row group spilled to a scratch file."""
     patch.setattr(decide_module, "IMPORT_BATCH_ROWS", rows)
+    patch.setattr(decide_module, "ATTACH_BATCH_ROWS", rows)
     patch.setattr("usr_es.codec.SPILL_BYTES", 0)
 
 
@@ -361,3 +364,112 @@ def test_a_failed_write_while_a_spilled_append_is_published_is_repaired_by_the_n
     assert dataset.info().rows == 8
     report = dataset.verify()
     assert report.ok and not report.behind, report.problems
+
+
+# -- attaches larger than memory: decided a batch at a time, sorted in runs, merged into the payload -----------
+BASE = ["ACGTAC", "GGGGCC", "TTTTAA", "CCCCAA", "GATTACA", "AAAAAC"]
+ABSENT = ["CATCAT", "GGGAAA"]
+
+
+def _attach_outcome(rows: list[tuple[str, str]], batch: int, allow_missing: bool) -> tuple[str, Any]:
+    """Attach `rows` (sequence, score text) by sequence to a fresh dataset of BASE in batches of `batch`."""
+    import tempfile
+
+    from usr_es.errors import UsrError
+    from usr_es.registry import register_namespace, split_columns_spec
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        root = Path(tmp) / "root"
+        register_namespace(root, "mock", split_columns_spec("mock__score:float64"))
+        ds = Dataset.open(root, "demo/ds")
+        ds.init(source="test")
+        ds.add_sequences(BASE)
+        _small_batches(patch, rows=batch)
+        path = Path(tmp) / "in.csv"
+        path.write_text("sequence,score\n" + "".join(f"{s},{v}\n" for s, v in rows))
+        log = (ds.dir / LOG_FILE).read_bytes()
+        try:
+            receipt = ds.attach(path, namespace="mock", key="sequence", allow_missing=allow_missing)
+        except UsrError as exc:
+            assert (ds.dir / LOG_FILE).read_bytes() == log and _temps(ds) == []
+            return type(exc).__name__, str(exc)
+        assert _temps(ds) == [] and ds.verify().ok
+        view = ds.view()
+        scores = view.column("mock__score").to_pylist() if "mock__score" in view.column_names else []
+        return "ok", (receipt.metrics, dict(zip(view.column("sequence").to_pylist(), scores, strict=False)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(BASE + ABSENT), st.sampled_from(["1.5", "2", "-3e2", "x"])), min_size=0, max_size=9
+    ),
+    batch=st.integers(1, 4),
+    allow_missing=st.booleans(),
+)
+def test_an_attach_decided_in_batches_matches_the_whole_input_at_once(
+    rows: list[tuple[str, str]], batch: int, allow_missing: bool
+) -> None:
+    """Whatever the batch size, an attach writes what one batch would, or refuses it for the same reason
+    (with several problems, a batch may meet another of them first), leaving the log and no scratch file."""
+    whole = _attach_outcome(rows, 1_000, allow_missing)
+    batched = _attach_outcome(rows, batch, allow_missing)
+    keys = [s for s, _ in rows]
+    repeated = len(set(keys)) < len(keys)
+    missing = any(s in ABSENT for s in keys) and not allow_missing
+    bad = any(v == "x" for s, v in rows if s not in ABSENT)
+    if sum([repeated, missing, bad]) > 1:
+        assert batched[0] == whole[0] or {batched[0], whole[0]} <= {"SchemaError", "InvalidInput"}
+    else:
+        assert batched[0] == whole[0], (batched, whole)
+        if whole[0] == "ok":
+            assert batched == whole
+        elif bad:
+            assert batched == whole  # the same cell, numbered over the whole input
+
+
+def test_an_attach_repeating_a_record_across_batches_names_both_rows(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from usr_es.errors import InvalidInput, SchemaError
+
+    dataset.add_sequences(BASE)
+    _small_batches(monkeypatch, rows=2)
+    path = tmp_path / "in.csv"
+    path.write_text("sequence,score\nACGTAC,1\nGGGGCC,2\nTTTTAA,3\nACGTAC,4\n")
+    with pytest.raises(SchemaError, match=r"1 key\(s\) repeated.*rows 1,4"):
+        dataset.attach(path, namespace="mock", key="sequence")
+    path.write_text("sequence,score\nACGTAC,1\nCATCAT,2\nTTTTAA,3\nGGGAAA,4\nCATCAT,5\n")
+    with pytest.raises(SchemaError, match=r"CATCAT \(rows 2,5\)"):  # a key naming no record, repeated
+        dataset.attach(path, namespace="mock", key="sequence", allow_missing=True)
+    path.write_text("sequence,score\nACGTAC,1\nCATCAT,2\nTTTTAA,3\nGGGAAA,4\n")
+    with pytest.raises(
+        InvalidInput, match=r"2 row\(s\) reference keys not present.*rows: 2, 4; sample: CATCAT, GGGAAA"
+    ):
+        dataset.attach(path, namespace="mock", key="sequence")
+    receipt = dataset.attach(path, namespace="mock", key="sequence", allow_missing=True)
+    assert receipt.metrics == {"rows_incoming": 4, "rows_written": 2, "rows_missing": 2}
+    assert _temps(dataset) == []
+
+
+def test_an_attach_of_many_batches_rebuilds_byte_identical_and_reads_back(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sequences = _dna("attach", 40)
+    dataset.add_sequences(sequences)
+    _small_batches(monkeypatch, rows=3)
+    monkeypatch.setattr("usr_es.codec.PART_ROW_GROUP_ROWS", 4)
+    path = tmp_path / "in.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sequence": sequences[::-1], "score": [float(i) for i in range(40)]}), path)
+    dataset.attach(path, namespace="mock", key="sequence")
+    view = dataset.view(columns=["sequence", "mock__score"])
+    assert dict(zip(view.column("sequence").to_pylist(), view.column("mock__score").to_pylist(), strict=True)) == {
+        s: float(39 - i) for i, s in enumerate(sequences)
+    }
+    files = {p: p.read_bytes() for p in dataset.dir.rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow")}
+    assert dataset.verify().ok
+    dataset.maintenance.rebuild()
+    assert {p: p.read_bytes() for p in files} == files

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
+from .codec import regrouped
 from .errors import InvalidInput, NamespaceError, NotFound, SchemaError
 from .inputs import (
     MAX_JSON_DEPTH,
@@ -28,6 +31,7 @@ from .inputs import (
     not_utf8,
     precheck,
     read_json_lines,
+    restarting,
     valid_text,
     with_block_size,
 )
@@ -43,6 +47,24 @@ _MAX_SAMPLES = 5
 _MAX_ROWS_SHOWN = 10
 # Errors raised by Arrow kernels and by pa.array() when a value does not fit the target type.
 _VALUE_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
+#: The input row number of the first row of the table being checked (a batch of a larger input): the row
+#: numbers in messages count over the whole input.
+_FIRST_ROW: ContextVar[int] = ContextVar("first_row", default=0)
+
+
+@contextmanager
+def rows_from(start: int) -> Iterator[None]:
+    """Within the block, rows named in messages are numbered from `start` (0-based) on."""
+    token = _FIRST_ROW.set(start)
+    try:
+        yield
+    finally:
+        _FIRST_ROW.reset(token)
+
+
+def _row_number(row: int) -> int:
+    """The 1-based input row number of 0-based row `row` of the table being checked."""
+    return row + 1 + _FIRST_ROW.get()
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,52 @@ class Selection:
 # -- reading --------------------------------------------------------------------------------
 def read_attachment(path: Path) -> pa.Table:
     """Read a .csv, .parquet, .jsonl or .json (JSON lines) file; CSV cells are read as text, empty cells as null."""
+    fmt = _format_of(path)
+    with _read_errors(path, fmt):
+        precheck(path, fmt)
+        if fmt == "csv":
+            table = _read_csv(path)
+        elif fmt == "parquet":
+            table = pq.read_table(path)
+        else:
+            table = _read_jsonl(path)
+    return _without_index(table)
+
+
+def attachment_batches(path: Path, *, batch_rows: int) -> Iterator[pa.Table]:
+    """`read_attachment`'s rows, `batch_rows` at a time (the last batch may be shorter): CSV and Parquet are
+    read a block at a time, so memory holds about one batch whatever the file's size (docs/adr/0014); JSON
+    lines, whose column types are inferred over the whole file, are read whole and handed out in batches.
+    The file is checked before the first batch; a read error at any batch is an InvalidInput."""
+    fmt = _format_of(path)
+    with _read_errors(path, fmt):
+        precheck(path, fmt)
+        if fmt == "csv":
+            options = _csv_options(path)
+            schema = pa.schema([(name, pa.string()) for name in options.column_types])
+            source: Iterator[pa.Table] = _csv_batches(path, options)
+        elif fmt == "parquet":
+            reader = pq.ParquetFile(path)
+            schema = reader.schema_arrow
+            source = (pa.Table.from_batches([b], schema) for b in reader.iter_batches(batch_rows))
+        else:
+            whole = _read_jsonl(path)
+            schema, source = whole.schema, iter([whole])
+            del whole
+    batches = regrouped((_without_index(t) for t in source), batch_rows)
+    given = False
+    while True:
+        with _read_errors(path, fmt):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        given = True
+        yield batch
+    if not given:  # no rows: one empty batch, so the columns are still checked
+        yield _without_index(schema.empty_table())
+
+
+def _format_of(path: Path) -> str:
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         raise InvalidInput(
@@ -64,14 +132,14 @@ def read_attachment(path: Path) -> pa.Table:
         )
     if not path.is_file():
         raise NotFound(f"Attachment file not found: {path}")
+    return fmt
+
+
+@contextmanager
+def _read_errors(path: Path, fmt: str) -> Iterator[None]:
+    """pyarrow's read errors as InvalidInput naming the file."""
     try:
-        precheck(path, fmt)
-        if fmt == "csv":
-            table = _read_csv(path)
-        elif fmt == "parquet":
-            table = pq.read_table(path)
-        else:
-            table = _read_jsonl(path)
+        yield
     except UnicodeDecodeError as exc:  # a CSV header: pyarrow decodes column names as UTF-8
         raise not_utf8(path, "its header", exc) from None
     except (pa.ArrowException, OSError) as exc:
@@ -82,17 +150,33 @@ def read_attachment(path: Path) -> pa.Table:
             if fmt == "jsonl"
             else "Check that the file is complete and in the format its suffix says.",
         ) from exc
+
+
+def _without_index(table: pa.Table) -> pa.Table:
+    """`table` without the index columns pandas writes into Parquet."""
     index_columns = [n for n in table.column_names if _PANDAS_INDEX.match(n)]
     return table.drop_columns(index_columns) if index_columns else table
 
 
-def _read_csv(path: Path) -> pa.Table:
+def _csv_options(path: Path) -> pcsv.ConvertOptions:
     names = csv_names(path)
-    options = pcsv.ConvertOptions(
+    return pcsv.ConvertOptions(
         column_types={name: pa.string() for name in names},
         strings_can_be_null=True,
         null_values=[""],
     )
+
+
+def _csv_batches(path: Path, options: pcsv.ConvertOptions) -> Iterator[pa.Table]:
+    def stream(block: int) -> Iterator[pa.RecordBatch]:
+        with pcsv.open_csv(path, read_options=csv_options(block), convert_options=options) as reader:
+            yield from reader
+
+    return (pa.Table.from_batches([batch]) for batch in restarting(path, stream))
+
+
+def _read_csv(path: Path) -> pa.Table:
+    options = _csv_options(path)
     return with_block_size(
         path, lambda block: pcsv.read_csv(path, read_options=csv_options(block), convert_options=options)
     )
@@ -214,7 +298,7 @@ def normalize_keys(keys: pa.ChunkedArray | pa.Array, key: str, *, check_duplicat
     if pc.any(missing).as_py():
         rows = pc.indices_nonzero(_combined(missing)).to_pylist()
         raise SchemaError(
-            f"{len(rows)} row(s) have missing key values (rows: {_rows(rows, ', ')}).",
+            f"{len(rows)} row(s) have missing key values (rows: {rows_text(rows, ', ')}).",
             hint="Every row needs a key; fill in or drop the rows without one.",
         )
     if check_duplicates:
@@ -242,16 +326,25 @@ def _trimmed(text: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _duplicate_keys(keys: pa.ChunkedArray, key: str) -> SchemaError:
-    table = pa.table({"k": keys, "i": pa.array(range(len(keys)), pa.int64())})
+    return duplicate_keys_error(keys, pa.array(range(len(keys)), pa.int64()), key)
+
+
+def duplicate_keys_error(keys: pa.ChunkedArray | pa.Array, rows: pa.Array, key: str) -> SchemaError:
+    """The error for repeated keys: `keys` and their 0-based rows in the table being checked (`rows_from`)."""
+    table = pa.table({"k": keys, "i": rows})
     groups = table.group_by("k").aggregate([("i", "min"), ("i", "count")])
     repeated = groups.filter(pc.greater(groups.column("i_count"), 1)).sort_by("i_min")
     samples = []
     for value in repeated.column("k").to_pylist()[:_MAX_SAMPLES]:
-        rows = pc.indices_nonzero(_combined(pc.equal(keys, value))).to_pylist()
-        samples.append(f"{_short(value)} (rows {_rows(rows, ',')})")
+        at = sorted(pc.filter(rows, pc.equal(table.column("k"), value)).to_pylist())
+        samples.append(f"{_short(value)} (rows {rows_text(at, ',')})")
+    return repeated_keys_error(repeated.num_rows, samples, key)
+
+
+def repeated_keys_error(count: int, samples: Sequence[str], key: str) -> SchemaError:
     how = "trimming and upper-casing" if key == "sequence_ci" else "trimming"
     return SchemaError(
-        f"Duplicate keys in attachment input: {repeated.num_rows} key(s) repeated. Sample: {'; '.join(samples)}.",
+        f"Duplicate keys in attachment input: {count} key(s) repeated. Sample: {'; '.join(samples)}.",
         hint=f"Each key may appear once per attach (compared after {how}); de-duplicate the input, "
         "keeping one row per key.",
     )
@@ -348,7 +441,7 @@ def _cannot_convert(name: str, row: int, value: Any, dtype: pa.DataType, hint: s
         else:
             hint = f"Fix the value, or check the registered type of '{name}'."
     return SchemaError(
-        f"Column '{name}' row {row + 1}: cannot convert {repr(value)[:40]} to {format_type(dtype)}.", hint=hint
+        f"Column '{name}' row {_row_number(row)}: cannot convert {repr(value)[:40]} to {format_type(dtype)}.", hint=hint
     )
 
 
@@ -449,7 +542,9 @@ def _json_cells(column: pa.ChunkedArray, name: str, dtype: pa.DataType) -> pa.Ch
             values.append(None)
             continue
         if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text.encode()) > MAX_JSON_DEPTH:
-            raise SchemaError(f"Column '{name}' row {row + 1}: JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+            raise SchemaError(
+                f"Column '{name}' row {_row_number(row)}: JSON nested deeper than {MAX_JSON_DEPTH} levels."
+            )
         try:
             value = decoder.decode(text)
         except msgspec.DecodeError:
@@ -457,7 +552,7 @@ def _json_cells(column: pa.ChunkedArray, name: str, dtype: pa.DataType) -> pa.Ch
                 value = json.loads(text)
             except ValueError:
                 raise SchemaError(
-                    f"Column '{name}' row {row + 1}: invalid JSON value {text[:40]!r}.",
+                    f"Column '{name}' row {_row_number(row)}: invalid JSON value {text[:40]!r}.",
                     hint=f"Column '{name}' is {format_type(dtype)}: write each cell as JSON text, e.g. "
                     '[1.5, 2] or {"a": 1}, or supply the column typed in parquet/jsonl.',
                 ) from None
@@ -548,8 +643,8 @@ def _listing(names: Sequence[str]) -> str:
     return shown + (f", … ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
 
 
-def _rows(indices: Sequence[int], separator: str) -> str:
-    shown = separator.join(str(i + 1) for i in indices[:_MAX_ROWS_SHOWN])
+def rows_text(indices: Sequence[int], separator: str) -> str:
+    shown = separator.join(str(_row_number(i)) for i in indices[:_MAX_ROWS_SHOWN])
     return shown + (f"{separator}…" if len(indices) > _MAX_ROWS_SHOWN else "")
 
 

@@ -262,6 +262,37 @@ def encode_part(info: PartInfo, table: pa.Table) -> memoryview:
     return encode_parquet(table, part_metadata(info), info.mark.hash, row_group_rows=PART_ROW_GROUP_ROWS)
 
 
+def encode_part_batches(info: PartInfo, tables: Iterable[pa.Table], schema: pa.Schema, *, scratch: Path) -> Part:
+    """`encode_part` of the rows of `tables` (with `schema`), read a batch at a time and written to an unlinked
+    scratch file in `scratch`: the same bytes, with one row group in memory (docs/adr/0014). A file up to
+    `SPILL_BYTES` comes back as bytes, a larger one as a `Spill`."""
+    import os
+
+    schema = canonical_table(schema.remove_metadata().empty_table()).schema
+    metadata = part_metadata(info)
+    fd, path = spill_file(scratch)
+    try:
+        sink = pa.OSFile(str(path), "w")
+        os.unlink(path)  # the descriptors keep it: a crash leaves nothing behind
+        writer = _open_writer(sink, schema.empty_table(), metadata)
+        try:
+            for group in regrouped(tables, PART_ROW_GROUP_ROWS):
+                piece = canonical_table(group.replace_schema_metadata(None)).replace_schema_metadata(metadata)
+                writer.write_table(piece, row_group_size=PART_ROW_GROUP_ROWS)
+            writer.add_key_value_metadata({"usr_es:hash": info.mark.hash})
+        finally:
+            writer.close()
+            sink.close()
+        size = os.fstat(fd).st_size
+        if size > SPILL_BYTES:
+            spilled, fd = Spill(fd, 0, size), -1  # the Spill closes it
+            return spilled
+        return os.pread(fd, size, 0)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 #: The `created_by` of every Parquet file this pyarrow writes: byte identity holds per pyarrow version.
 PARQUET_WRITER = f"parquet-cpp-arrow version {pa.__version__}"
 

@@ -237,7 +237,8 @@ class Dataset:
         expected_seq: int | None = None,
     ) -> Receipt:
         """Attach namespaced columns from a csv/parquet/jsonl file, matched to records by `key`."""
-        from .attach_inputs import read_attachment
+        from .attach_inputs import attachment_batches
+        from .decide import ATTACH_BATCH_ROWS
 
         source = Path(path).expanduser().resolve()
         command = AttachColumns(
@@ -252,7 +253,10 @@ class Dataset:
             path=str(source),
         )
         return self._writer.execute(
-            command, rows=lambda: read_attachment(source), command_id=command_id, expected_seq=expected_seq
+            command,
+            rows=lambda: attachment_batches(source, batch_rows=ATTACH_BATCH_ROWS),
+            command_id=command_id,
+            expected_seq=expected_seq,
         )
 
     def write_overlay(

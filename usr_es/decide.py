@@ -10,7 +10,7 @@ import hashlib
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,6 +59,9 @@ from .names import QC_STATUSES, RESERVED_NAMESPACES, SPLITS, STATE_FIELDS, TOMBS
 from .projectors import PAYLOAD_SCHEMA, Payload
 from .redaction import redact
 from .registry import NAMESPACE_RE, Registry, format_type
+
+if TYPE_CHECKING:
+    from .attach_inputs import Selection
 
 _SAMPLE = 5
 
@@ -252,6 +255,9 @@ def _label_column(rows: pa.Table, name: str, default: str, start: int = 0) -> pa
 #: Input rows an import decides at a time (a multiple of the base's row groups): its memory is about one
 #: batch's, whatever the size of the input (docs/adr/0014).
 IMPORT_BATCH_ROWS = 1 << 20
+#: Input rows an attach decides at a time: half an import's, as an attach of many rows also holds the
+#: base's ids to confirm its keys against (docs/adr/0014).
+ATTACH_BATCH_ROWS = 1 << 19
 
 
 def table_batches(table: pa.Table, rows: int | None = None) -> Iterator[pa.Table]:
@@ -561,13 +567,20 @@ def _match_ids(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Array
     return pc.if_else(present, ids, pa.scalar(None, pa.string()))
 
 
-def _distinct_by_match(keys: pa.ChunkedArray, index: pa.Array) -> bool:
+def _id_order(index: pa.Array) -> pa.Array:
+    """The positions of `index` in id order, the unmatched (null) ones last."""
+    return pc.array_sort_indices(index, null_placement="at_end")
+
+
+def _distinct_by_match(keys: pa.ChunkedArray, index: pa.Array, order: pa.Array) -> bool:
     """True when the keys are certainly distinct: no two matched the same record (equal keys match the
-    same one), and the unmatched keys are distinct. Cheaper than hashing every key again."""
+    same one; in id order such a pair is adjacent, so no hash table is built), and the unmatched keys are
+    distinct."""
     found = pc.is_valid(index)
-    matched = pc.filter(index, found)
-    if pc.count_distinct(matched).as_py() != len(matched):
+    matched = pc.take(index, order.slice(0, len(index) - index.null_count))
+    if len(matched) > 1 and pc.any(pc.equal(matched.slice(1), matched.slice(0, len(matched) - 1))).as_py():
         return False
+    del matched
     unmatched = pc.filter(keys, pc.invert(found))
     return bool(pc.count_distinct(unmatched, mode="all").as_py() == len(unmatched))
 
@@ -593,9 +606,8 @@ def _resolve_keys(state: DatasetState, keys: pa.ChunkedArray, key: str) -> pa.Ar
     return pc.take(base.column("id"), pc.index_in(keys, value_set=sequences)).combine_chunks()
 
 
-def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, now: str) -> Decision:
-    from .attach_inputs import cast_column, normalize_keys, require_unique_keys, select_columns
-
+def _attach_target(state: DatasetState, command: AttachColumns) -> dict[str, pa.DataType]:
+    """The registered columns of the namespace an attach writes (its name checked)."""
     ns = command.namespace
     if not NAMESPACE_RE.match(ns):
         raise NamespaceError(f"Invalid namespace '{ns}': must match {NAMESPACE_RE.pattern}.")
@@ -604,57 +616,50 @@ def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, no
         raise NamespaceError(f"Namespace '{ns}' is reserved.", hint=hint)
     if state.registry is None:
         raise NamespaceError("A registry is required to attach.")
-    spec = state.registry.require(ns)
-    registered = spec.column_types()
-    rows = inputs.take()
-    selection = select_columns(rows, namespace=ns, key=command.key, key_col=command.key_col, columns=command.columns)
-    del rows  # the selection holds the columns it needs; the rest of the input is freed
+    return state.registry.require(ns).column_types()
+
+
+def _selected(rows: pa.Table, command: AttachColumns, registered: dict[str, pa.DataType]) -> Selection:
+    from .attach_inputs import select_columns
+
+    selection = select_columns(
+        rows, namespace=command.namespace, key=command.key, key_col=command.key_col, columns=command.columns
+    )
     for name in selection.columns:
         if name not in registered:
             raise NamespaceError(
-                f"Overlay column '{name}' not registered under namespace '{ns}'.",
+                f"Overlay column '{name}' not registered under namespace '{command.namespace}'.",
                 hint=f"Registered: {', '.join(registered)}. Pick columns with --columns, or re-register the namespace.",
             )
-    keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
-    matched = _match_ids(state, keys, command.key)  # None where matching can fail: it then runs after the casts
-    require_unique_keys(keys, command.key, known_distinct=matched is not None and _distinct_by_match(keys, matched))
-    raw = selection.columns
-    del selection  # from here each raw column is freed once it is cast
-    cast = {name: cast_column(raw.pop(name), name, registered[name], parse_json=command.parse_json)
-            for name in list(raw)}  # fmt: skip
-    if matched is None:
-        matched = _resolve_keys(state, keys, command.key)
-    found = pc.is_valid(matched)
-    n_in = len(keys)
-    missing = n_in - pc.sum(found.cast(pa.int64())).as_py() if n_in else 0
-    if missing and not command.allow_missing:
-        absent = _rows(pc.invert(found))
-        sample = ", ".join(str(keys[r - 1]) for r in absent[:_SAMPLE])
-        raise InvalidInput(
-            f"{missing} row(s) reference keys not present in the dataset (rows: {_listing(absent)}; sample: {sample}).",
-            hint="Pass --allow-missing to skip them (they are counted in the event).",
-        )
-    del keys  # matched: the key column is no longer needed
-    # The payload holds the part's rows sorted by id (as part files do): the kept input rows are ordered
-    # by their ids first, then each column is taken once in that order, one column at a time.
-    kept = pc.indices_nonzero(found) if missing else None
-    hit = pc.take(matched, kept) if kept is not None else matched
-    order = pc.sort_indices(hit)
-    picked = kept.take(order) if kept is not None else order
-    ids = hit.take(order)
-    del kept, matched, hit, order
-    types = {name: format_type(registered[name]) for name in cast}
-    columns = {}
-    for name in list(cast):
-        columns[name] = pc.take(cast.pop(name), picked)
-    payload = pa.table({"id": ids, **columns})
-    del ids, columns, picked
-    _check_overwrite(state, ns, payload, command.allow_overwrite)
+    return selection
+
+
+def _missing_error(missing: int, absent: list[int], sample: list[str]) -> InvalidInput:
+    """`absent`: the 1-based rows of the first (up to 10) keys naming no record; `sample`: the first keys."""
+    listing = ", ".join(str(r) for r in absent[:10]) + (f", ... ({missing} in all)" if missing > 10 else "")
+    return InvalidInput(
+        f"{missing} row(s) reference keys not present in the dataset (rows: {listing}; sample: {', '.join(sample)}).",
+        hint="Pass --allow-missing to skip them (they are counted in the event).",
+    )
+
+
+def _attach_decision(
+    state: DatasetState,
+    command: AttachColumns,
+    types: dict[str, str],
+    payload: Payload | None,
+    counts: tuple[int, int, int],
+    now: str,
+) -> Decision:
+    """The event of an attach: `counts` are (input rows, rows written, rows missing)."""
+    assert state.registry is not None  # checked by `_attach_target`
+    n_in, written, missing = counts
+    ns = command.namespace
     event = OverlayWritten(
         namespace=ns,
         key=command.key,
         columns=types,
-        rows=payload.num_rows,
+        rows=written,
         rows_missing=missing,
         created_at=now,
         contract_hash=state.registry.contract_hash(ns),
@@ -670,11 +675,177 @@ def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, no
         "allow_missing": command.allow_missing,
         "note": command.note,
         "rows_incoming": n_in,
-        "rows_matched": payload.num_rows,
+        "rows_matched": written,
         "rows_missing": missing,
     }
-    metrics = {"rows_incoming": n_in, "rows_written": payload.num_rows, "rows_missing": missing}
-    return Decision.of(event, payload if payload.num_rows else None, args, metrics)
+    metrics = {"rows_incoming": n_in, "rows_written": written, "rows_missing": missing}
+    return Decision.of(event, payload if written else None, args, metrics)
+
+
+#: The input row of each payload row, kept beside an attach's sorted runs for messages (docs/adr/0014).
+INPUT_ROW = "__input_row"
+
+
+class AttachDecider:
+    """An attach decided a batch of input rows at a time (docs/adr/0014), when each key's record can be
+    found without reading the base (`streams`: ids, or exact sequences in a dataset of one bio_type).
+
+    `accept(rows)` checks one batch (keys and casts; row numbers in errors count over the whole input) and
+    returns its matched rows in id order with their input rows (`INPUT_ROW`); the caller keeps them as
+    sorted runs. After the last batch, `finish()` checks the keys that named no record (repeats, and missing
+    keys unless allowed); the caller merges the runs into one id order and hands each merged piece to
+    `ordered`, which refuses a record named by two rows or a value written over (unless allowed) and returns
+    the payload rows. `decision()` gives the event. Pure: no file, clock or randomness. With several
+    problems in one input, a batch may meet a later one first (one batch reports as a single table does)."""
+
+    def __init__(self, state: DatasetState, command: AttachColumns, now: str) -> None:
+        self._registered = _attach_target(state, command)
+        self._state, self._command, self._now = state, command, now
+        self.inputs = 0
+        self.written = 0
+        self.types: dict[str, str] = {}
+        self._unmatched: list[pa.Table] = []  # the keys naming no record, with their input rows
+
+    @staticmethod
+    def streams(state: DatasetState, command: AttachColumns) -> bool:
+        if command.key == "id":
+            return True
+        return command.key in ("sequence", "sequence_norm") and (not len(state.ids) or len(_bio_types(state)) == 1)
+
+    def accept(self, rows: pa.Table) -> pa.Table:
+        from .attach_inputs import cast_column, normalize_keys, require_unique_keys, rows_from
+
+        start = self.inputs
+        self.inputs += rows.num_rows
+        command = self._command
+        with rows_from(start):
+            selection = _selected(rows, command, self._registered)
+            del rows
+            keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
+            matched = _match_ids(self._state, keys, command.key)
+            assert matched is not None  # `streams`
+            order = _id_order(matched)
+            require_unique_keys(keys, command.key, known_distinct=_distinct_by_match(keys, matched, order))
+            raw = selection.columns
+            del selection
+            cast = {name: cast_column(raw.pop(name), name, self._registered[name], parse_json=command.parse_json)
+                    for name in list(raw)}  # fmt: skip
+        if matched.null_count:
+            absent = pc.indices_nonzero(pc.is_null(matched))
+            self._unmatched.append(
+                pa.table({"key": pc.take(keys, absent), "row": pc.add(absent.cast(pa.int64()), start)})
+            )
+        del keys
+        picked = order.slice(0, len(matched) - matched.null_count)
+        columns = {"id": matched.take(picked), **{name: pc.take(values, picked) for name, values in cast.items()}}
+        del cast, matched, order
+        self.types = {name: format_type(self._registered[name]) for name in columns if name != "id"}
+        columns[INPUT_ROW] = pc.add(picked.cast(pa.int64()), start)
+        return pa.table(columns)
+
+    @property
+    def missing(self) -> int:
+        return sum(t.num_rows for t in self._unmatched)
+
+    def finish(self) -> None:
+        """After the last batch: a key naming no record repeated anywhere in the input, or missing keys
+        without allow_missing, raise."""
+        from .attach_inputs import duplicate_keys_error
+
+        unmatched = pa.concat_tables(self._unmatched) if self._unmatched else None
+        if unmatched is None:
+            return
+        if len(self._unmatched) > 1 and pc.count_distinct(unmatched.column("key"), mode="all").as_py() != len(
+            unmatched
+        ):
+            raise duplicate_keys_error(
+                unmatched.column("key"), unmatched.column("row").combine_chunks(), self._command.key
+            )
+        if not self._command.allow_missing:
+            rows = unmatched.column("row").slice(0, 10).to_pylist()
+            sample = [str(k) for k in unmatched.column("key").slice(0, _SAMPLE).to_pylist()]
+            raise _missing_error(unmatched.num_rows, [r + 1 for r in rows], sample)
+
+    def ordered(self, rows: pa.Table) -> pa.Table:
+        """Payload rows from a piece of the merged runs (in id order): two rows naming one record, or a value
+        written over without allow_overwrite, raise."""
+        from .attach_inputs import repeated_keys_error, rows_text
+
+        found = _repeated_records(rows.column("id").combine_chunks(), rows.column(INPUT_ROW).combine_chunks())
+        if found:
+            samples = [f"record {rid} (rows {rows_text(at, ',')})" for at, rid in found[:_SAMPLE]]
+            raise repeated_keys_error(len(found), samples, self._command.key)
+        payload = rows.drop_columns([INPUT_ROW])
+        _check_overwrite(self._state, self._command.namespace, payload, self._command.allow_overwrite)
+        self.written += payload.num_rows
+        return payload
+
+    def decision(self, payload: Payload | None) -> Decision:
+        counts = (self.inputs, self.written, self.missing)
+        return _attach_decision(self._state, self._command, self.types, payload, counts, self._now)
+
+
+def _repeated_records(ids: pa.Array, rows: pa.Array) -> list[tuple[list[int], str]]:
+    """In rows sorted by id, each id held by more than one row: (its 0-based input rows, the id), in the
+    order of their first rows."""
+    n = len(ids)
+    if n < 2:
+        return []
+    same = pc.indices_nonzero(pc.equal(ids.slice(1), ids.slice(0, n - 1)))
+    if not len(same):
+        return []
+    after = pc.add(same, 1)
+    pairs = pa.table(
+        {
+            "id": pa.concat_arrays([pc.take(ids, same), pc.take(ids, after)]),
+            "row": pa.concat_arrays([pc.take(rows, same), pc.take(rows, after)]),
+        }
+    )
+    groups = pairs.group_by("id", use_threads=False).aggregate([("row", "distinct")])
+    held = zip(groups.column("row_distinct").to_pylist(), groups.column("id").to_pylist(), strict=True)
+    return sorted((sorted(at), rid) for at, rid in held)
+
+
+def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, now: str) -> Decision:
+    from .attach_inputs import cast_column, normalize_keys, require_unique_keys
+
+    registered = _attach_target(state, command)
+    rows = inputs.take()
+    selection = _selected(rows, command, registered)
+    del rows  # the selection holds the columns it needs; the rest of the input is freed
+    keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
+    matched = _match_ids(state, keys, command.key)  # None where matching can fail: it then runs after the casts
+    order = _id_order(matched) if matched is not None else None
+    distinct = matched is not None and order is not None and _distinct_by_match(keys, matched, order)
+    require_unique_keys(keys, command.key, known_distinct=distinct)
+    raw = selection.columns
+    del selection  # from here each raw column is freed once it is cast
+    cast = {name: cast_column(raw.pop(name), name, registered[name], parse_json=command.parse_json)
+            for name in list(raw)}  # fmt: skip
+    if matched is None:
+        matched = _resolve_keys(state, keys, command.key)
+    found = pc.is_valid(matched)
+    n_in = len(keys)
+    missing = n_in - pc.sum(found.cast(pa.int64())).as_py() if n_in else 0
+    if missing and not command.allow_missing:
+        absent = _rows(pc.invert(found))
+        raise _missing_error(missing, absent, [str(keys[r - 1]) for r in absent[:_SAMPLE]])
+    del keys  # matched: the key column is no longer needed
+    # The payload holds the part's rows sorted by id (as part files do): the kept input rows are ordered
+    # by their ids first, then each column is taken once in that order, one column at a time.
+    if order is None:
+        order = _id_order(matched)
+    picked = order.slice(0, n_in - missing)  # the matched rows, in id order
+    ids = matched.take(picked)
+    del matched, order
+    types = {name: format_type(registered[name]) for name in cast}
+    columns = {}
+    for name in list(cast):
+        columns[name] = pc.take(cast.pop(name), picked)
+    payload = pa.table({"id": ids, **columns})
+    del ids, columns, picked
+    _check_overwrite(state, command.namespace, payload, command.allow_overwrite)
+    return _attach_decision(state, command, types, payload, (n_in, payload.num_rows, missing), now)
 
 
 def _check_overwrite(state: DatasetState, ns: str, incoming: pa.Table, allow: bool) -> None:

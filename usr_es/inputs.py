@@ -106,7 +106,7 @@ def import_batches(path: Path, fmt: str, *, batch_rows: int) -> Iterator[pa.Tabl
             source = _parquet_batches(path, batch_rows)
         else:
             source = _fasta_batches(path, batch_rows)
-    return _guarded(path, fmt, regrouped(source, batch_rows))
+    return guarded(path, fmt, regrouped(source, batch_rows))
 
 
 @contextmanager
@@ -120,7 +120,7 @@ def _read_errors(path: Path, fmt: str) -> Iterator[None]:
         raise InvalidInput(f"Cannot read {path} as {fmt}: {exc}") from exc
 
 
-def _guarded(path: Path, fmt: str, batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
+def guarded(path: Path, fmt: str, batches: Iterator[pa.Table]) -> Iterator[pa.Table]:
     while True:
         with _read_errors(path, fmt):
             batch = next(batches, None)
@@ -129,7 +129,7 @@ def _guarded(path: Path, fmt: str, batches: Iterator[pa.Table]) -> Iterator[pa.T
         yield batch
 
 
-def _restarting(path: Path, open_stream: Callable[[int], Iterator[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+def restarting(path: Path, open_stream: Callable[[int], Iterator[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
     """The batches of `open_stream(block_size)`, blocks of `STREAM_BLOCK` bytes first; when a line does not
     fit in a block (found at any point of the file), blocks 8x larger from the start of the file, the rows
     already given skipped (up to `MAX_BLOCK`, like `with_block_size`)."""
@@ -175,7 +175,7 @@ def _csv_batches(path: Path) -> Iterator[pa.Table]:
         with pcsv.open_csv(path, read_options=csv_options(block), convert_options=options) as reader:
             yield from reader
 
-    return (pa.Table.from_batches([batch]) for batch in _restarting(path, stream))
+    return (pa.Table.from_batches([batch]) for batch in restarting(path, stream))
 
 
 def _json_batches(path: Path) -> Iterator[pa.Table]:
@@ -187,7 +187,7 @@ def _json_batches(path: Path) -> Iterator[pa.Table]:
         with pjson.open_json(path, read_options=json_options(block), parse_options=parse) as reader:
             yield from reader
 
-    for batch in _restarting(path, stream):
+    for batch in restarting(path, stream):
         table = valid_text(pa.Table.from_batches([batch]), path)
         present = [c for c in IMPORT_COLUMNS if table.column(c).null_count < table.num_rows]
         yield _select(table.select(present if "sequence" in present else [*present, "sequence"]))

@@ -88,7 +88,7 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
             if name != ID and not name.startswith(WRITTEN):
                 writers.setdefault(name, []).append(k)
 
-    every_code = _arange(len(union), codes.type)
+    every_code = arange(len(union), codes.type)
     plans: dict[tuple[int, ...], tuple[pa.Array, bool]] = {}  # newest-first writers -> (take indices, in order)
     out: dict[str, pa.Array | pa.ChunkedArray] = {ID: union}
     for name, ks in writers.items():
@@ -317,7 +317,7 @@ def _distinct_count(codes: pa.Array, *, first: bool) -> int:
     return int(pc.count_distinct(codes).as_py())
 
 
-def _arange(n: int, type: pa.DataType) -> pa.Array:
+def arange(n: int, type: pa.DataType) -> pa.Array:
     """0, 1, ..., n-1 as `type` (an integer type)."""
     if n == 0:
         return pa.array([], type)
@@ -329,7 +329,7 @@ def _is_arange(positions: pa.Array) -> bool:
     """Whether `positions` is exactly 0, 1, ..., len-1 (no nulls)."""
     if positions.null_count:
         return False
-    return bool(pc.all(pc.equal(positions, _arange(len(positions), positions.type))).as_py() is not False)
+    return bool(pc.all(pc.equal(positions, arange(len(positions), positions.type))).as_py() is not False)
 
 
 def _cast(values: pa.ChunkedArray, target: pa.DataType, what: str) -> pa.ChunkedArray:

@@ -33,6 +33,7 @@ from .codec import (
     base_metadata,
     encode_base,
     encode_part,
+    encode_part_batches,
     footer_start,
     patch_watermark_hash,
     read_watermark,
@@ -45,6 +46,7 @@ from .events import (
     Event,
     Materialized,
     OverlayCompacted,
+    OverlayWritten,
     RegistryFrozen,
     SequencesImported,
 )
@@ -66,7 +68,7 @@ from .projectors import (
     payload_table,
     sorted_part,
 )
-from .storage import encode_layout, read_layout
+from .storage import StoredRows, encode_layout, read_layout
 
 #: A file's bytes (None: the projection writes no such file now; a stored one is removed).
 Encoded = bytes | memoryview | list[Part] | None
@@ -671,6 +673,8 @@ class IdIndex:
 _SEARCHED_IDS = 20_000
 #: Beyond this many candidate rows, the base's ids are read whole instead of row group by row group.
 _CANDIDATE_ROWS = 100_000
+#: Candidate pairs compared at once against the base's ids (bounds the copies the comparison takes).
+_COMPARED_AT_ONCE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -680,22 +684,40 @@ class IndexedIds:
 
     index: idindex.IdIndex
     bytes: BaseBytes
+    #: The base's ids once read whole: a write asking of many batches reads them once (docs/adr/0014).
+    _read: list[pa.Array] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.index.num_rows
 
+    def _ids(self) -> pa.Array:
+        """The base's ids, one array (taken from row by row: a chunked array would be joined per take)."""
+        if not self._read:
+            self._read.append(self.bytes.read(["id"]).column("id").combine_chunks())
+        return self._read[0]
+
     def isin(self, wanted: pa.Array) -> pa.Array:
         import pyarrow.compute as pc
 
-        if len(wanted) > _SEARCHED_IDS:
-            maybe = pc.filter(wanted, self.index.may_hold(wanted)).to_pylist()
+        from .overlays import arange
+
+        nothing = pa.repeat(pa.scalar(False, pa.bool_()), len(wanted))
+        if len(wanted) <= _SEARCHED_IDS:
+            rows = sorted({row for value in wanted.to_pylist() for row in self.index.candidates(value)})
         else:
-            maybe = wanted.to_pylist()
-        rows = sorted({row for value in maybe for row in self.index.candidates(value)})
+            positions, pairs = self.index.pairs(wanted)
+            if len(pairs) > _CANDIDATE_ROWS:  # compared pair by pair against the base's ids, read once
+                ids = self._ids()
+                hits = []
+                for start in range(0, len(pairs), _COMPARED_AT_ONCE):
+                    at, row = positions.slice(start, _COMPARED_AT_ONCE), pairs.slice(start, _COMPARED_AT_ONCE)
+                    hits.append(pc.filter(at, pc.equal(pc.take(wanted, at), pc.take(ids, row))))
+                found = pa.chunked_array(hits, pa.int64()).combine_chunks()
+                return pc.is_in(arange(len(wanted), pa.int64()), value_set=found)
+            rows = pc.unique(pairs).sort().to_pylist()
         if not rows:
-            return pa.array([False] * len(wanted), pa.bool_())
-        found = self.bytes.ids_at(rows) if len(rows) <= _CANDIDATE_ROWS else self.bytes.read(["id"]).column("id")
-        return pc.is_in(wanted, value_set=pa.chunked_array(found).combine_chunks())
+            return nothing
+        return pc.is_in(wanted, value_set=self.bytes.ids_at(rows))
 
 
 def _run_encoder(index: IdIndex, run: idindex.Run) -> Callable[[], Encoded]:
@@ -714,8 +736,8 @@ class DerivedFiles:
         self._fold = fold
         self.layout: DerivedLayout = EMPTY_LAYOUT
         self.layout_mark = Watermark()
-        #: Part tables in hand, by `table_key`.
-        self.tables: dict[str, pa.Table] = {}
+        #: Part rows in hand, by `table_key`: tables, or an attach's payload read on demand (docs/adr/0014).
+        self.tables: dict[str, Payload] = {}
         self._merged: dict[str, tuple[tuple[int, ...], pa.Table]] = {}
         self._read: tuple[Path, tuple[DerivedLayout, Watermark] | None] | None = None  # for `load`
 
@@ -743,8 +765,15 @@ class DerivedFiles:
         found = self.tables.get(key)
         if found is None:
             found = self._fold.source.part(info, self.table)
-            self.tables[key] = found
+        elif not isinstance(found, pa.Table):  # an attach's payload, read whole only when a merge needs it
+            found = payload_table(found)
+        self.tables[key] = found
         return found
+
+    def rows(self, info: PartInfo) -> Payload:
+        """A part's rows as held: an attach's payload stays on disk, read a batch at a time when encoded."""
+        found = self.tables.get(table_key(info))
+        return found if found is not None else self.table(info)
 
     def merged(self, namespace: str) -> pa.Table:
         """The last-writer-wins merge of a namespace's live parts (kept until its parts change)."""
@@ -761,7 +790,11 @@ class DerivedFiles:
 
     def fold(self, step: Step) -> None:
         event = step.event
-        table = part_table(event, payload_table(step.payload) if step.payload is not None else None)
+        table: Payload | None
+        if isinstance(event, OverlayWritten):  # its payload is its part: kept as it comes (maybe on disk)
+            table = step.payload
+        else:
+            table = part_table(event, payload_table(step.payload) if step.payload is not None else None)
         if isinstance(event, OverlayCompacted):
             table = sorted_part(self.merged(event.namespace))
         layout = apply_layout(
@@ -832,7 +865,14 @@ class DerivedFiles:
 
 
 def _part_encoder(derived: DerivedFiles, info: PartInfo) -> Callable[[], Encoded]:
-    return lambda: encode_part(info, derived.table(info))
+    def encode() -> Encoded:
+        rows = derived.rows(info)
+        if isinstance(rows, pa.Table):
+            return encode_part(info, rows)
+        scratch = rows.path.parent if isinstance(rows, StoredRows) else Path(tempfile.gettempdir())
+        return [encode_part_batches(info, rows.batches(), rows.schema, scratch=scratch)]
+
+    return encode
 
 
 def table_key(info: PartInfo) -> str:

@@ -97,6 +97,9 @@ class RowBatches(Protocol):
     @property
     def num_rows(self) -> int: ...
 
+    @property
+    def schema(self) -> pa.Schema: ...
+
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]: ...
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from .codec import read_watermark
 from .errors import IntegrityError, NotFound, ReadError
-from .events import BASE_EVENTS, GENESIS_HASH, LogRecord, SequencesImported, record_decoder
+from .events import BASE_EVENTS, GENESIS_HASH, LogRecord, OverlayWritten, SequencesImported, record_decoder
 from .fileio import append_at, fileops, locked, remove_stale_temps
 from .log import (
     LogLine,
@@ -180,8 +180,8 @@ def step_of(line: LogLine, directory: Path) -> Step:
     record = line.record
     payload: Payload | None = None
     if record.payload is not None:
-        imports = isinstance(record.event, SequencesImported)
-        payload = open_payload(directory, record.payload) if imports else read_payload(directory, record.payload)
+        streamed = isinstance(record.event, (SequencesImported, OverlayWritten))  # read a batch at a time
+        payload = open_payload(directory, record.payload) if streamed else read_payload(directory, record.payload)
     return Step(Watermark(line.seq, line.offset, record.hash), record.event, record.registry_hash, payload)
 
 

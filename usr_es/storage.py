@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,11 @@ class StoredRows:
     path: Path
     num_rows: int
 
+    @property
+    def schema(self) -> pa.Schema:
+        with pa.OSFile(str(self.path)) as source:
+            return pa.ipc.open_file(source).schema
+
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
         """The rows a record batch at a time (only `columns`, when given: the others are not read)."""
         seen = 0
@@ -133,7 +139,7 @@ class PayloadSpool:
     which is taken as the bytes are written. Writes go through the I/O seam; `discard` removes a spool
     that is not published."""
 
-    def __init__(self, dataset_dir: Path, schema: pa.Schema) -> None:
+    def __init__(self, dataset_dir: Path, schema: pa.Schema | None = None) -> None:
         self._dir = dataset_dir
         self._schema = schema
         folder = dataset_dir / PAYLOAD_DIR
@@ -151,7 +157,8 @@ class PayloadSpool:
             ops = fileops()
             fd = ops.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             self._file = _HashingFile(ops, fd)
-            self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), self._schema, options=_IPC_OPTIONS)
+            schema = self._schema if self._schema is not None else table.schema  # else: the first rows'
+            self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), schema, options=_IPC_OPTIONS)
         self._writer.write_table(table)
         self.rows += table.num_rows
 
@@ -198,6 +205,77 @@ class PayloadSpool:
         if spooled is not None:
             with contextlib.suppress(OSError):
                 fileops().close(spooled.fileno())
+
+
+class _Sorted:
+    """The ids of a sorted run, as the sequence `bisect` searches."""
+
+    def __init__(self, ids: pa.ChunkedArray) -> None:
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, at: int) -> str:
+        return str(self._ids[at].as_py())
+
+
+class SortedRuns:
+    """Tables sorted by `id`, each kept as a run in a scratch file in `_payloads/` (a `.tmp-` name, cleared
+    after a crash like every temp), merged into one id order a piece at a time (docs/adr/0014): an
+    attach's input sorted without holding it all. Scratch only: not part of the log's truth."""
+
+    def __init__(self, dataset_dir: Path) -> None:
+        self._folder = dataset_dir / PAYLOAD_DIR
+        self._paths: list[Path] = []
+
+    def write(self, table: pa.Table) -> None:
+        """Keep one run (its rows sorted by `id`)."""
+        if not table.num_rows:
+            return
+        self._folder.mkdir(exist_ok=True)
+        path = self._folder / f".tmp-run-{os.getpid()}-{secrets.token_hex(4)}"
+        self._paths.append(path)
+        with pa.OSFile(str(path), "w") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+    def merged(self, rows: int) -> Iterator[pa.Table]:
+        """Every run's rows in id order, in pieces of about `rows` rows (at most twice that): equal ids are
+        always in the same piece. Each piece maps the runs afresh, copies its slices and lets the mappings
+        go, so the pages read stay resident for one piece only."""
+        import pyarrow.compute as pc
+
+        if not self._paths:
+            return
+        # Cut the id space at every `step`-th id of each run: between two cuts each run holds fewer than
+        # `step` rows, so a piece closed once it reaches `rows` holds fewer than `rows + len(runs) * step`.
+        step = max(1, rows // len(self._paths))
+        runs = self._mapped()
+        cuts = sorted({str(run.column("id")[at].as_py()) for run in runs for at in range(step, run.num_rows, step)})
+        ids = [_Sorted(run.column("id")) for run in runs]
+        bounds = [[len(i) if cut is None else bisect_left(i, cut) for i in ids] for cut in [*cuts, None]]
+        del runs, ids
+        starts = [0] * len(self._paths)
+        for at, ends in enumerate(bounds):
+            if at < len(cuts) and sum(ends) - sum(starts) < rows:
+                continue
+            pieces = [run.slice(a, b - a) for run, a, b in zip(self._mapped(), starts, ends, strict=True) if b > a]
+            starts = ends
+            if not pieces:
+                continue
+            piece = pa.concat_tables(pieces).combine_chunks()
+            del pieces
+            yield piece.take(pc.sort_indices(piece.column("id")))
+            del piece
+
+    def _mapped(self) -> list[pa.Table]:
+        return [pa.ipc.open_file(pa.memory_map(str(path))).read_all() for path in self._paths]
+
+    def discard(self) -> None:
+        for path in self._paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self._paths = []
 
 
 def freeze_registry(dataset_dir: Path, registry: Registry) -> str:

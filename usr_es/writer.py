@@ -57,6 +57,7 @@ from .registry import Registry, load_registry, parse_registry, registry_path
 from .results import Receipt
 from .storage import (
     PayloadSpool,
+    SortedRuns,
     StoredRows,
     encode_payload,
     freeze_registry,
@@ -253,7 +254,7 @@ class Writer:
 
     def _decide(self, tail: Tail, command: Command, registry: Registry, rows: RowsLoader | None, now: str) -> Any:
         """The decision on `command` at the tail (NoChange and rejections propagate)."""
-        from .decide import DatasetState, Rows, decide, table_batches
+        from .decide import ATTACH_BATCH_ROWS, AttachDecider, DatasetState, Rows, decide, table_batches
 
         # Handed over: `decide` holds the only reference to the input table and frees what it has parsed.
         loaded = rows() if rows is not None else None
@@ -261,9 +262,6 @@ class Writer:
             batches = table_batches(loaded) if isinstance(loaded, pa.Table) else loaded
             del loaded
             return self._decide_import(tail, command, batches or (), now)
-        inputs = Rows(loaded) if loaded is not None else None
-        del loaded
-        release_memory()  # the input reader's scratch buffers
         fold = tail.fold
         base = fold.base
         derived = fold.get(DerivedFiles)
@@ -281,9 +279,54 @@ class Writer:
             registry=registry,
         )
         release_memory()  # the Parquet readers' and the merges' scratch buffers
+        if isinstance(command, AttachColumns) and loaded is not None:  # read a batch at a time (docs/adr/0014)
+            batches = table_batches(loaded, ATTACH_BATCH_ROWS) if isinstance(loaded, pa.Table) else loaded
+            del loaded
+            if AttachDecider.streams(state, command):
+                decision = self._decide_attach(state, command, batches, now)
+                _keep_for_fold(fold, decision)
+                return decision
+            loaded = pa.concat_tables(list(batches))
+        inputs = Rows(loaded) if loaded is not None else None
+        del loaded
+        release_memory()  # the input reader's scratch buffers
         decision = decide(state, command, now=now, rows=inputs)
         del state, inputs
         _keep_for_fold(fold, decision)
+        return decision
+
+    def _decide_attach(self, state: Any, command: AttachColumns, batches: Iterable[pa.Table], now: str) -> Any:
+        """The decision on an attach, its input read a batch at a time: each batch's matched rows are kept
+        as a run sorted by id, and the runs merged into the payload spool in one id order, so memory holds
+        about one batch whatever the input's size (docs/adr/0014). A rejection removes both."""
+        from .decide import ATTACH_BATCH_ROWS, AttachDecider
+
+        decider = AttachDecider(state, command, now)
+        runs = SortedRuns(self.directory)
+        spool: PayloadSpool | None = None
+        try:
+            for batch in batches:
+                runs.write(decider.accept(batch))
+                del batch
+                release_memory()  # the batch's scratch space, before the next batch is read
+            decider.finish()
+            spool = PayloadSpool(self.directory)
+            for piece in runs.merged(ATTACH_BATCH_ROWS):
+                spool.write(decider.ordered(piece))
+                del piece
+            decision = decider.decision(spool.stored())
+        except OSError as exc:  # the scratch files or the spool: the log is untouched
+            if spool is not None:
+                spool.discard()
+            raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        except BaseException:
+            if spool is not None:
+                spool.discard()
+            raise
+        finally:
+            runs.discard()
+        self._spool = spool
+        release_memory()
         return decision
 
     def _decide_import(self, tail: Tail, command: ImportSequences, batches: Iterable[pa.Table], now: str) -> Any:
