@@ -256,3 +256,13 @@ def test_many_ids_at_once_are_checked_like_a_few(
     with pytest.raises(InvalidInput):  # a key that names no record, sharing a key with one that does
         ds.write_overlay("mock", {"id": [ids[5][:8] + "0" * 32], "score": [4.0]})
     assert ds.get([ids[5], ids[6]], columns=["mock__score"]).column("mock__score").to_pylist() == [2.0, 1.0]
+
+
+def test_a_scan_lines_overlay_rows_up_through_the_index_and_tells_colliding_ids_apart(tmp_path: Path) -> None:
+    ds, ids = make(tmp_path / "root", [OTHERS[0], COLLIDING[0], OTHERS[1], OTHERS[2], COLLIDING[1], OTHERS[3]])
+    ds.write_overlay("mock", {"id": [ids[4], ids[0], ids[5]], "score": [4.0, 0.0, 5.0]})
+    view = ds.view(columns=["id", "mock__score"])
+    assert view.column("id").to_pylist() == ids
+    assert view.column("mock__score").to_pylist() == [0.0, None, None, None, 4.0, 5.0]
+    batches = list(reads.scan(ds._head, columns=["mock__score"], batch_size=2))  # batches cut between pairs
+    assert [v for b in batches for v in b.column(0).to_pylist()] == [0.0, None, None, None, 4.0, 5.0]

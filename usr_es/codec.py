@@ -82,6 +82,16 @@ def _write_groups(
     writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
 
 
+def _write_rows(
+    writer: pq.ParquetWriter, tables: Iterable[pa.Table], metadata: dict[str, str], watermark_hash: str, rows: int
+) -> None:
+    """The rows of `tables` as row groups of `rows` rows, however they arrive in batches, then the hash."""
+    for group in regrouped(tables, rows):
+        piece = canonical_table(group.replace_schema_metadata(None)).replace_schema_metadata(metadata)
+        writer.write_table(piece, row_group_size=rows)
+    writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
+
+
 def encode_parquet(
     table: pa.Table, metadata: dict[str, str], watermark_hash: str, *, row_group_rows: int = 0
 ) -> memoryview:
@@ -141,6 +151,22 @@ def regrouped(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
         yield whole
 
 
+def _scratch(folder: Path) -> tuple[int, pa.NativeFile]:
+    """An unlinked scratch file in `folder`: a descriptor to read it and a sink appending to it (a crash
+    leaves nothing behind)."""
+    import os
+
+    fd, path = spill_file(folder)
+    try:
+        sink = pa.OSFile(str(path), "a")
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        os.unlink(path)
+    return fd, sink
+
+
 def append_parquet(
     old: pq.FileMetaData,
     at: int,
@@ -175,20 +201,15 @@ def append_parquet(
     except RuntimeError:  # another schema: not an append
         return None
     body: list[Part] = []
-    fd, path = spill_file(scratch)
+    fd, sink = _scratch(scratch)
     try:
-        sink = pa.OSFile(str(path), "a")
-        os.unlink(path)  # the descriptors keep it: a crash leaves nothing behind
         writer = _open_writer(sink, schema.empty_table(), metadata)
         try:
             if os.fstat(fd).st_size != 4:
                 return None  # the writer did not write its magic on opening
             os.ftruncate(sink.fileno(), at)
             os.lseek(sink.fileno(), 0, os.SEEK_END)
-            for group in regrouped(tables, ROW_GROUP_ROWS):
-                piece = canonical_table(group.replace_schema_metadata(None)).replace_schema_metadata(metadata)
-                writer.write_table(piece, row_group_size=ROW_GROUP_ROWS)
-            writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
+            _write_rows(writer, tables, metadata, watermark_hash, ROW_GROUP_ROWS)
         finally:
             writer.close()
             sink.close()
@@ -270,16 +291,11 @@ def encode_part_batches(info: PartInfo, tables: Iterable[pa.Table], schema: pa.S
 
     schema = canonical_table(schema.remove_metadata().empty_table()).schema
     metadata = part_metadata(info)
-    fd, path = spill_file(scratch)
+    fd, sink = _scratch(scratch)
     try:
-        sink = pa.OSFile(str(path), "w")
-        os.unlink(path)  # the descriptors keep it: a crash leaves nothing behind
         writer = _open_writer(sink, schema.empty_table(), metadata)
         try:
-            for group in regrouped(tables, PART_ROW_GROUP_ROWS):
-                piece = canonical_table(group.replace_schema_metadata(None)).replace_schema_metadata(metadata)
-                writer.write_table(piece, row_group_size=PART_ROW_GROUP_ROWS)
-            writer.add_key_value_metadata({"usr_es:hash": info.mark.hash})
+            _write_rows(writer, tables, metadata, info.mark.hash, PART_ROW_GROUP_ROWS)
         finally:
             writer.close()
             sink.close()

@@ -27,6 +27,8 @@ from .names import INDEX_DIR, INDEX_MANIFEST
 from .projectors import Watermark
 
 _MAX_ROWS = (1 << 32) - 1  # rows are uint32
+#: Ids `IdIndex.pairs` hashes at once (bounds the copies a join makes).
+_ASKED_AT_ONCE = 1 << 20
 _SCHEMA = pa.schema([pa.field("key", pa.uint64(), nullable=False), pa.field("row", pa.uint32(), nullable=False)])
 
 
@@ -225,28 +227,33 @@ class IdIndex:
 
     def pairs(self, ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
         """Every (position in `ids`, base row) whose keys are equal, vectorized: each run's keys joined with
-        the asked ones (the asked keys hashed once per run, the run read where it is mapped) instead of a
-        binary search per id (what `candidates` gives, for many ids at once). Both int64, in no set order."""
+        the asked ones (the asked keys hashed, `_ASKED_AT_ONCE` at a time; the run read where it is mapped)
+        instead of a binary search per id (what `candidates` gives, for many ids at once). Both int64, in
+        no set order."""
         import pyarrow.compute as pc
 
-        raw = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).cast(pa.binary())
-        long_enough = pc.greater_equal(pc.binary_length(raw), KEY_BYTES)
-        keyed = pc.indices_nonzero(long_enough).cast(pa.int64())
-        keys = pc.binary_slice(pc.take(raw, keyed), 0, KEY_BYTES).cast(pa.binary(KEY_BYTES)).view(pa.uint64())
-        del raw
-        wanted = pa.table({"key": keys, "position": keyed})
-        positions: list[pa.Array] = []
-        rows: list[pa.Array] = []
-        for stored, stored_rows in self.runs:
-            run = pa.table(
+        runs = [
+            pa.table(
                 {
                     "key": pa.Array.from_buffers(pa.uint64(), len(stored), [None, pa.py_buffer(stored)]),
                     "row": pa.Array.from_buffers(pa.uint32(), len(stored_rows), [None, pa.py_buffer(stored_rows)]),
                 }
             )
-            joined = run.join(wanted, "key", join_type="inner")
-            positions.append(joined.column("position").combine_chunks())
-            rows.append(joined.column("row").combine_chunks().cast(pa.int64()))
+            for stored, stored_rows in self.runs
+        ]
+        positions: list[pa.Array] = []
+        rows: list[pa.Array] = []
+        for start in range(0, len(ids), _ASKED_AT_ONCE):
+            raw = ids.slice(start, _ASKED_AT_ONCE)
+            raw = (raw.combine_chunks() if isinstance(raw, pa.ChunkedArray) else raw).cast(pa.binary())
+            keyed = pc.indices_nonzero(pc.greater_equal(pc.binary_length(raw), KEY_BYTES)).cast(pa.int64())
+            keys = pc.binary_slice(pc.take(raw, keyed), 0, KEY_BYTES).cast(pa.binary(KEY_BYTES)).view(pa.uint64())
+            del raw
+            wanted = pa.table({"key": keys, "position": pc.add(keyed, pa.scalar(start, pa.int64()))})
+            for run in runs:
+                joined = run.join(wanted, "key", join_type="inner")
+                positions.append(joined.column("position").combine_chunks())
+                rows.append(joined.column("row").combine_chunks().cast(pa.int64()))
         position = pa.chunked_array(positions, pa.int64()).combine_chunks()
         row = pa.chunked_array(rows, pa.int64()).combine_chunks()
         inside = pc.less(row, pa.scalar(self.num_rows, pa.int64()))  # a damaged run's rows past the base

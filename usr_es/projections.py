@@ -68,7 +68,7 @@ from .projectors import (
     payload_table,
     sorted_part,
 )
-from .storage import StoredRows, encode_layout, read_layout
+from .storage import ParquetRows, StoredRows, encode_layout, read_layout
 
 #: A file's bytes (None: the projection writes no such file now; a stored one is removed).
 Encoded = bytes | memoryview | list[Part] | None
@@ -126,6 +126,10 @@ class PartSource(Protocol):
 
     def part(self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table]) -> pa.Table:
         """The rows of part `info` (`resolve` gives the rows of the parts a compacted part merged)."""
+        ...
+
+    def rows(self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table]) -> Payload:
+        """`part`'s rows, read a batch at a time where they are stored (to encode without holding them)."""
         ...
 
     def base(self, directory: Path, mark: Watermark, columns: list[str] | None) -> BaseProjection:
@@ -771,9 +775,10 @@ class DerivedFiles:
         return found
 
     def rows(self, info: PartInfo) -> Payload:
-        """A part's rows as held: an attach's payload stays on disk, read a batch at a time when encoded."""
+        """A part's rows to encode: as held (an attach's payload stays on disk), else read a batch at a time
+        where the fold's `PartSource` finds them."""
         found = self.tables.get(table_key(info))
-        return found if found is not None else self.table(info)
+        return found if found is not None else self._fold.source.rows(info, self.table)
 
     def merged(self, namespace: str) -> pa.Table:
         """The last-writer-wins merge of a namespace's live parts (kept until its parts change)."""
@@ -869,7 +874,7 @@ def _part_encoder(derived: DerivedFiles, info: PartInfo) -> Callable[[], Encoded
         rows = derived.rows(info)
         if isinstance(rows, pa.Table):
             return encode_part(info, rows)
-        scratch = rows.path.parent if isinstance(rows, StoredRows) else Path(tempfile.gettempdir())
+        scratch = rows.path.parent if isinstance(rows, (StoredRows, ParquetRows)) else Path(tempfile.gettempdir())
         return [encode_part_batches(info, rows.batches(), rows.schema, scratch=scratch)]
 
     return encode

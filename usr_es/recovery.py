@@ -61,7 +61,7 @@ from .projections import (
     table_key,
 )
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Payload, Watermark, part_table, sorted_part
-from .storage import open_payload, publish, read_base, read_payload
+from .storage import ParquetRows, open_payload, publish, read_base, read_payload
 
 
 def decode_record(raw: bytes) -> LogRecord:
@@ -112,6 +112,20 @@ class LocalSource(PartSource):
         if table is None:
             raise IntegrityError(f"event seq {record.seq} does not produce overlay part {info.file}")
         return table
+
+    def rows(self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table]) -> Payload:
+        trusted = self.trusted.get(table_key(info))
+        if trusted is not None:
+            return ParquetRows(trusted)
+        path = self.directory / info.file
+        if self.trust_files and read_watermark(path) == info.mark:
+            return ParquetRows(path)
+        if not info.sources:
+            raw = read_line_at(self.directory / LOG_FILE, info.mark.offset)
+            record = decode_record(raw) if raw is not None else None
+            if record is not None and isinstance(record.event, OverlayWritten) and record.payload is not None:
+                return open_payload(self.directory, record.payload)  # an attach's part is its payload
+        return self.part(info, resolve)
 
     def base(self, directory: Path, mark: Watermark, columns: list[str] | None) -> BaseProjection:
         if columns is not None and self.cache is not None and directory == self.directory:

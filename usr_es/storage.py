@@ -97,6 +97,26 @@ class StoredRows:
             raise IntegrityError(f"payload artifact {self.path.name} holds {seen} rows, expected {self.num_rows}")
 
 
+@dataclass(frozen=True)
+class ParquetRows:
+    """A Parquet file's rows, read a row group at a time (a stored overlay part, docs/adr/0014)."""
+
+    path: Path
+
+    @property
+    def num_rows(self) -> int:
+        return int(pq.read_metadata(self.path).num_rows)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.path).remove_metadata()
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        reader = pq.ParquetFile(self.path)
+        for group in range(reader.metadata.num_row_groups):
+            yield reader.read_row_group(group, columns=columns).replace_schema_metadata(None)
+
+
 def _digest_of(path: Path) -> tuple[int, str]:
     """A file's size and xxh3-128 digest, read a block at a time."""
     hasher = xxhash.xxh3_128()
