@@ -98,6 +98,11 @@ def attachment_batches(path: Path, *, batch_rows: int) -> Iterator[pa.Table]:
     fmt = _format_of(path)
     with _read_errors(path, fmt):
         precheck(path, fmt)
+    return _batches_of(path, fmt, batch_rows)
+
+
+def _batches_of(path: Path, fmt: str, batch_rows: int) -> Iterator[pa.Table]:
+    with _read_errors(path, fmt):
         if fmt == "csv":
             options = _csv_options(path)
             schema = pa.schema([(name, pa.string()) for name in options.column_types])

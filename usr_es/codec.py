@@ -6,6 +6,7 @@ bytes for one pyarrow version; changing an option here bumps `PROJECTOR_VERSION`
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -152,19 +153,34 @@ def regrouped(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
 
 
 def _scratch(folder: Path) -> tuple[int, pa.NativeFile]:
-    """An unlinked scratch file in `folder`: a descriptor to read it and a sink appending to it (a crash
-    leaves nothing behind)."""
+    """An unlinked scratch file in `folder` (in the temp folder when `folder` cannot be written, as a
+    verify of a read-only dataset): a descriptor to read it and a sink appending to it; a crash leaves
+    nothing behind. A name removed by a writer's temp sweep before the sink opened it is tried again."""
+    import errno
     import os
+    import tempfile
 
-    fd, path = spill_file(folder)
-    try:
-        sink = pa.OSFile(str(path), "a")
-    except BaseException:
+    for _ in range(3):
+        try:
+            fd, path = spill_file(folder)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or folder == Path(tempfile.gettempdir()):
+                raise
+            folder = Path(tempfile.gettempdir())
+            fd, path = spill_file(folder)
+        try:
+            sink = pa.OSFile(str(path), "a")
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if os.fstat(sink.fileno()).st_ino == os.fstat(fd).st_ino:
+            return fd, sink
+        sink.close()
         os.close(fd)
-        raise
-    finally:
-        os.unlink(path)
-    return fd, sink
+    raise OSError(errno.EAGAIN, f"scratch files in {folder} were removed as they were opened")
 
 
 def append_parquet(
@@ -283,27 +299,45 @@ def encode_part(info: PartInfo, table: pa.Table) -> memoryview:
     return encode_parquet(table, part_metadata(info), info.mark.hash, row_group_rows=PART_ROW_GROUP_ROWS)
 
 
-def encode_part_batches(info: PartInfo, tables: Iterable[pa.Table], schema: pa.Schema, *, scratch: Path) -> Part:
-    """`encode_part` of the rows of `tables` (with `schema`), read a batch at a time and written to an unlinked
-    scratch file in `scratch`: the same bytes, with one row group in memory (docs/adr/0014). A file up to
-    `SPILL_BYTES` comes back as bytes, a larger one as a `Spill`."""
+def encode_part_batches(info: PartInfo, tables: Iterable[pa.Table], schema: pa.Schema, *, scratch: Path) -> list[Part]:
+    """`encode_part` of the rows of `tables` (with `schema`), read a batch at a time (docs/adr/0014): the
+    same bytes, as `encode_batches` gives them."""
+    body, footer = encode_batches(
+        tables, schema, part_metadata(info), info.mark.hash, rows=PART_ROW_GROUP_ROWS, scratch=scratch
+    )
+    return [body, footer]
+
+
+def encode_batches(
+    tables: Iterable[pa.Table],
+    schema: pa.Schema,
+    metadata: dict[str, str],
+    watermark_hash: str,
+    *,
+    rows: int,
+    scratch: Path,
+) -> tuple[Part, bytes]:
+    """`encode_parquet` of the rows of `tables` (with `schema`), written a row group at a time to an unlinked
+    scratch file in `scratch`: the same bytes with one row group in memory. Returns the file's body (bytes
+    up to `SPILL_BYTES`, else a `Spill` of the scratch file) and its footer (with its length and the magic)."""
     import os
 
     schema = canonical_table(schema.remove_metadata().empty_table()).schema
-    metadata = part_metadata(info)
     fd, sink = _scratch(scratch)
     try:
         writer = _open_writer(sink, schema.empty_table(), metadata)
         try:
-            _write_rows(writer, tables, metadata, info.mark.hash, PART_ROW_GROUP_ROWS)
+            _write_rows(writer, tables, metadata, watermark_hash, rows)
         finally:
             writer.close()
             sink.close()
         size = os.fstat(fd).st_size
-        if size > SPILL_BYTES:
-            spilled, fd = Spill(fd, 0, size), -1  # the Spill closes it
-            return spilled
-        return os.pread(fd, size, 0)
+        start = size - 8 - int.from_bytes(os.pread(fd, 4, size - 8), "little")
+        footer = os.pread(fd, size - start, start)
+        if start > SPILL_BYTES:
+            spilled, fd = Spill(fd, 0, start), -1  # the Spill closes it
+            return spilled, footer
+        return os.pread(fd, start, 0), footer
     finally:
         if fd >= 0:
             os.close(fd)

@@ -126,6 +126,8 @@ class DatasetState:
     #: The base's distinct bio_types when known without reading the column (None: read `base`).
     bio_types: tuple[str, ...] | None = None
     base: pa.Table | None = None
+    #: The base's column names when `base` holds only some of its columns (None: `base` has them all).
+    base_names: tuple[str, ...] | None = None
     live_parts: dict[str, int] = field(default_factory=dict)
     overlays: dict[str, pa.Table] = field(default_factory=dict)
     registry: Registry | None = None
@@ -997,7 +999,8 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
         raise NoChange("No overlays to materialize.")
     assert state.base is not None
     try:  # the columns the fold appends to the base (and the same check: no column in two namespaces)
-        added = appended_columns(state.base.column_names, {ns: state.overlays[ns].column_names for ns in chosen})
+        names = list(state.base_names) if state.base_names is not None else state.base.column_names
+        added = appended_columns(names, {ns: state.overlays[ns].column_names for ns in chosen})
     except ValueError as exc:
         raise SchemaError(f"Cannot materialize: {exc}.") from None
     dropped = len(gone_ids)  # the fold drops exactly the tombstoned ids still in the base

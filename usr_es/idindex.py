@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -265,3 +265,73 @@ def _values(array: pa.Array, fmt: Literal["Q", "I"]) -> memoryview:
     width = array.type.bit_width // 8
     data = memoryview(array.buffers()[1]).cast("B")
     return data[array.offset * width : (array.offset + len(array)) * width].cast(fmt)
+
+
+@dataclass
+class Aligned:
+    """Which rows of a table keyed by `id` (a merged overlay namespace) belong to each run of base rows,
+    found once for the whole base, so a pass over the base in order takes each batch's rows cheaply.
+
+    `pairs`: the candidate (base row, table row) pairs from the id index, sorted by base row (a batch's are
+    confirmed against its own ids: keys may collide), or `at`: each base row's row in `table` (null:
+    none), or neither: the table's rows are the base rows in base order."""
+
+    table: pa.Table
+    pairs: tuple[pa.Array, pa.Array] | None = None
+    at: pa.Array | None = None
+    _next: int = 0  # the first pair not yet given (batches come in base order)
+
+    def rows(self, offset: int, n: int, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
+        """The rows of `table` for base rows `offset` .. `offset + n` (`ids`: theirs), in base order."""
+        import pyarrow.compute as pc
+
+        if self.pairs is not None:
+            base_rows, table_rows = self.pairs
+            end = bisect_left(_Values(base_rows), offset + n, lo=self._next)
+            here, mine = base_rows.slice(self._next, end - self._next), table_rows.slice(self._next, end - self._next)
+            self._next = end
+            local = pc.subtract(here, pa.scalar(offset, pa.int64()))
+            same = pc.equal(pc.take(ids, local), pc.take(self.table.column("id"), mine))
+            return self.table.take(pc.filter(mine, same))
+        if self.at is not None:
+            return self.table.take(self.at.slice(offset, n).drop_null())
+        return self.table.slice(offset, n)
+
+
+class _Values:
+    """An int64 array as the sequence `bisect` searches."""
+
+    def __init__(self, values: pa.Array) -> None:
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, at: int) -> int:
+        return int(self._values[at].as_py())
+
+
+def aligned(
+    tables: dict[str, pa.Table], index: IdIndex | None, base_ids: Callable[[], pa.ChunkedArray | pa.Array]
+) -> dict[str, Aligned]:
+    """How each table's rows line up with the base's (see `Aligned`): through `index` when the base has
+    one (its keys joined with the table's ids: no hash table of every id), else one hash lookup of every
+    base id (`base_ids()`, read once) per table. A table holding the base's ids in base order needs neither."""
+    import pyarrow.compute as pc
+
+    out: dict[str, Aligned] = {}
+    ids: pa.ChunkedArray | pa.Array | None = None
+    for name, chunked in tables.items():
+        table = chunked.combine_chunks()  # taken from batch by batch: a chunked take would join it per take
+        del chunked
+        if index is not None:
+            table_rows, base_rows = index.pairs(table.column("id"))
+            order = pc.sort_indices(base_rows)
+            out[name] = Aligned(table, pairs=(pc.take(base_rows, order), pc.take(table_rows, order)))
+            continue
+        if ids is None:
+            ids = base_ids()
+        own = table.column("id")
+        same = len(own) == len(ids) and own.equals(ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids]))
+        out[name] = Aligned(table) if same else Aligned(table, at=pc.index_in(ids, value_set=own))
+    return out

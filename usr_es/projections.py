@@ -14,6 +14,7 @@ in hand (an overlay part's table, a stored base's other columns) come through `P
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +33,7 @@ from .codec import (
     append_parquet,
     base_metadata,
     encode_base,
+    encode_batches,
     encode_part,
     encode_part_batches,
     footer_start,
@@ -266,6 +268,13 @@ class BaseBytes:
         table = pq.read_table(pa.BufferReader(self._buffer()), columns=columns)
         return table.replace_schema_metadata(None) if table.num_columns else table
 
+    def reader(self) -> pq.ParquetFile:
+        """A reader of the file these bytes make: the stored file read as a file when it is all of them (its
+        pages are not mapped into this process, so reading it whole does not grow the resident set)."""
+        if self.path is not None and not self.chunks and self.path.stat().st_size == self.size:
+            return pq.ParquetFile(str(self.path), pre_buffer=False)
+        return pq.ParquetFile(pa.BufferReader(self._buffer()))
+
     def ids_at(self, rows: list[int]) -> pa.Array:
         """The ids at base rows `rows` (sorted), reading only the row groups that hold them."""
         import pyarrow.compute as pc
@@ -416,6 +425,14 @@ class BaseFile:
             found.update({str(stats.min), str(stats.max)})
         return tuple(sorted(found))
 
+    def column_names(self) -> tuple[str, ...] | None:
+        """The base's column names (from the footer while only some columns are loaded; None: no base)."""
+        if self.base is None:
+            return None
+        if self.partial and self.bytes is not None:
+            return tuple(self.bytes.footer().schema.to_arrow_schema().names)
+        return tuple(self.base.table.column_names)
+
     def column_count(self) -> int:
         """How many columns the base has."""
         if self.partial and self.bytes is not None:
@@ -426,7 +443,7 @@ class BaseFile:
         event = step.event
         if isinstance(event, (SequencesImported, RegistryFrozen)) and self._append(step):
             return
-        base = self.full()
+        base = self.base if isinstance(event, Materialized) else self.full()
         materialized = None
         if isinstance(event, Materialized):
             derived = self._fold.get(DerivedFiles)
@@ -436,6 +453,10 @@ class BaseFile:
                 raise IntegrityError(f"event seq {step.mark.seq} materializes before the dataset was initialized")
             merged = {ns: derived.merged(ns) for ns in event.namespaces if ns in derived.layout.live}
             tombs = derived.merged(TOMBSTONE_NS) if TOMBSTONE_NS in derived.layout.live else None
+            if self._materialize(step, event, merged, tombs):
+                return
+            base = self.full()
+            assert base is not None
             materialized = materialize_table(base.table, merged, tombs, drop_deleted=event.drop_deleted)
             if base.rows - materialized.num_rows != event.rows_dropped:
                 raise IntegrityError(f"event seq {step.mark.seq}: materialize drops a different number of rows")
@@ -444,6 +465,56 @@ class BaseFile:
             base, event, payload, registry_hash=step.registry_hash, mark=step.mark, materialized=materialized
         )
         self.bytes = None  # a whole encode
+
+    def _materialize(
+        self, step: Step, event: Materialized, merged: dict[str, pa.Table], tombs: pa.Table | None
+    ) -> bool:
+        """Fold a materialize a row group at a time (docs/adr/0014): each row group of the file with the
+        overlay rows of its ids (lined up through the id index) folded by `materialize_table`, and written
+        to a scratch file, so the base is never held whole. False when there is no file to stream from (the
+        caller folds the table)."""
+        base, current = self.base, self.bytes
+        if base is None or current is None or not base.rows:
+            return False
+        known = self._fold.get(IdIndex).known()
+        reader = current.reader()
+        tables = {**merged, **({TOMBSTONE_NS: tombs} if tombs is not None else {})}
+        lined = idindex.aligned(
+            tables, known.index if known is not None else None, lambda: current.read(["id"]).column("id")
+        )
+        kept = 0
+
+        def groups() -> Iterator[pa.Table]:
+            nonlocal kept
+            offset = 0
+            for group in range(reader.metadata.num_row_groups):
+                rows = reader.read_row_group(group).replace_schema_metadata(None)
+                n, ids = rows.num_rows, rows.column("id")
+                here = {ns: lined[ns].rows(offset, n, ids) for ns in merged}
+                dead = lined[TOMBSTONE_NS].rows(offset, n, ids) if tombs is not None else None
+                offset += n
+                out = materialize_table(rows, here, dead, drop_deleted=event.drop_deleted)
+                kept += out.num_rows
+                yield out
+
+        every = groups()
+        first = next(every)
+        after = replace(base, registry_hash=step.registry_hash, watermark=step.mark)
+        pending = step.mark.hash == PENDING
+        body, footer = encode_batches(
+            itertools.chain([first], every),
+            first.schema,
+            base_metadata(after),
+            HASH_PLACEHOLDER if pending else step.mark.hash,
+            rows=ROW_GROUP_ROWS,
+            scratch=current.path.parent if current.path is not None else Path(tempfile.gettempdir()),
+        )
+        if base.rows - kept != event.rows_dropped:
+            raise IntegrityError(f"event seq {step.mark.seq}: materialize drops a different number of rows")
+        self.base = replace(after, table=pa.table({"_": pa.nulls(kept)}).select([]))
+        self.partial = True  # the rows are in the bytes, read again when an event needs them
+        self.bytes = BaseBytes(chunks=(Chunk(step.mark.seq, (body,), footer, pending),))
+        return True
 
     def _append(self, step: Step) -> bool:
         """Fold an import or a registry freeze as an append to the file's bytes; False when it must be a
@@ -694,6 +765,10 @@ class IndexedIds:
     def __len__(self) -> int:
         return self.index.num_rows
 
+    def forget(self) -> None:
+        """Let the base's ids read for `isin` go (read again if asked)."""
+        self._read.clear()
+
     def _ids(self) -> pa.Array:
         """The base's ids, one array (taken from row by row: a chunked array would be joined per take)."""
         if not self._read:
@@ -790,6 +865,12 @@ class DerivedFiles:
         if cached is not None and cached[0] == seqs:
             return cached[1]
         merged = merge_parts([Part(p.mark.seq, self.table(p)) for p in parts])
+        own = len(parts) == 1 and not parts[0].purge and merged.schema.equals(self.table(parts[0]).schema)
+        if own:  # the part's own rows: held once, as the merge (one chunk per column)
+            del self.tables[table_key(parts[0])]
+        merged = _one_chunk(merged)
+        if own:
+            self.tables[table_key(parts[0])] = merged
         self._merged[namespace] = (seqs, merged)
         return merged
 
@@ -869,13 +950,25 @@ class DerivedFiles:
                 yield rel
 
 
+def _one_chunk(table: pa.Table) -> pa.Table:
+    """`table` with each column in one chunk (a merged table is taken from batch by batch, and a take from
+    many chunks joins them first), joined a column at a time: each chunked column is let go once joined
+    (when nothing else holds it), so joining copies one column at most."""
+    schema = table.schema
+    columns = []
+    while table.num_columns:
+        columns.append(table.column(0).combine_chunks())
+        table = table.remove_column(0)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def _part_encoder(derived: DerivedFiles, info: PartInfo) -> Callable[[], Encoded]:
     def encode() -> Encoded:
         rows = derived.rows(info)
         if isinstance(rows, pa.Table):
             return encode_part(info, rows)
         scratch = rows.path.parent if isinstance(rows, (StoredRows, ParquetRows)) else Path(tempfile.gettempdir())
-        return [encode_part_batches(info, rows.batches(), rows.schema, scratch=scratch)]
+        return encode_part_batches(info, rows.batches(), rows.schema, scratch=scratch)
 
     return encode
 

@@ -37,6 +37,7 @@ from .storage import read_layout
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from .idindex import Aligned
     from .projectors import PartInfo
     from .recovery import ReadHead
 
@@ -536,77 +537,14 @@ def _scan(plan: _Plan, sel: _Selection, batch_size: int, directory: Path) -> Ite
             yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in view.columns], schema=sel.schema)
 
 
-@dataclass
-class _Aligned:
-    """Which rows of a merged namespace belong to each run of base rows, found once for the whole base.
-
-    `at`: each base row's row in `table` (null: none), or `pairs`: the candidate (base row, table row)
-    pairs from the id index sorted by base row (a batch's are confirmed against its own ids), or neither:
-    the table's rows are the base rows in base order."""
-
-    table: pa.Table
-    at: pa.Array | None = None
-    pairs: tuple[pa.Array, pa.Array] | None = None
-    _next: int = 0  # the first pair not yet given (batches come in base order)
-
-    def rows(self, offset: int, n: int, ids: pa.Array | None) -> pa.Table:
-        """The rows of `table` for base rows `offset` .. `offset + n` (`ids`: theirs), in base order."""
-        import pyarrow.compute as pc
-
-        if self.pairs is not None:
-            if ids is None:
-                raise ValueError("aligning overlay rows through the id index needs the base ids")
-            base_rows, table_rows = self.pairs
-            end = bisect_left(_Values(base_rows), offset + n, lo=self._next)
-            here, mine = base_rows.slice(self._next, end - self._next), table_rows.slice(self._next, end - self._next)
-            self._next = end
-            local = pc.subtract(here, pa.scalar(offset, pa.int64()))
-            same = pc.equal(pc.take(ids, local), pc.take(self.table.column(ID), mine))
-            return self.table.take(pc.filter(mine, same))
-        if self.at is not None:
-            return self.table.take(self.at.slice(offset, n).drop_null())
-        return self.table.slice(offset, n)
-
-
-class _Values:
-    """An int64 array as the sequence `bisect` searches."""
-
-    def __init__(self, values: pa.Array) -> None:
-        self._values = values
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __getitem__(self, at: int) -> int:
-        return int(self._values[at].as_py())
-
-
-def _aligned(plan: _Plan, merged: dict[str, pa.Table], directory: Path) -> dict[str, _Aligned]:
-    """For each merged namespace, how its rows line up with the base's (see `_Aligned`): through the id
-    index when the base has one (its keys joined with the namespace's ids: no hash table of every id),
-    else one hash lookup of every base id per namespace. A namespace holding the base's ids in base order
-    needs neither."""
-    import pyarrow.compute as pc
-
-    from .idindex import IdIndex
+def _aligned(plan: _Plan, merged: dict[str, pa.Table], directory: Path) -> dict[str, Aligned]:
+    """For each merged namespace, how its rows line up with the base's (`idindex.aligned`)."""
+    from .idindex import IdIndex, aligned
 
     assert plan.base is not None
     src = plan.base
     index = IdIndex.open(directory, src.mark, src.num_rows) if src.mark is not None else None
-    out: dict[str, _Aligned] = {}
-    base_ids: pa.ChunkedArray | None = None
-    for ns, table in merged.items():
-        if index is not None:
-            table_rows, base_rows = index.pairs(table.column(ID))
-            order = pc.sort_indices(base_rows)
-            out[ns] = _Aligned(table, pairs=(pc.take(base_rows, order), pc.take(table_rows, order)))
-            continue
-        if base_ids is None:
-            base_ids = src.reader(streaming=False).read(columns=[ID]).column(0)
-        ids = table.column(ID)
-        same = len(ids) == len(base_ids) and ids.equals(base_ids)
-        out[ns] = _Aligned(table) if same else _Aligned(table, at=pc.index_in(base_ids, value_set=ids))
-    return out
+    return aligned(merged, index, lambda: src.reader(streaming=False).read(columns=[ID]).column(0))
 
 
 def head(ds: ReadHead, n: int = 10, *, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:

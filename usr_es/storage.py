@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,19 +226,6 @@ class PayloadSpool:
                 fileops().close(spooled.fileno())
 
 
-class _Sorted:
-    """The ids of a sorted run, as the sequence `bisect` searches."""
-
-    def __init__(self, ids: pa.ChunkedArray) -> None:
-        self._ids = ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __getitem__(self, at: int) -> str:
-        return str(self._ids[at].as_py())
-
-
 class SortedRuns:
     """Tables sorted by `id`, each kept as a run in a scratch file in `_payloads/` (a `.tmp-` name, cleared
     after a crash like every temp), merged into one id order a piece at a time (docs/adr/0014): an
@@ -271,16 +257,30 @@ class SortedRuns:
         # `step` rows, so a piece closed once it reaches `rows` holds fewer than `rows + len(runs) * step`.
         step = max(1, rows // len(self._paths))
         runs = self._mapped()
-        cuts = sorted({str(run.column("id")[at].as_py()) for run in runs for at in range(step, run.num_rows, step)})
-        ids = [_Sorted(run.column("id")) for run in runs]
-        bounds = [[len(i) if cut is None else bisect_left(i, cut) for i in ids] for cut in [*cuts, None]]
-        del runs, ids
+        samples = [pc.take(run.column("id"), pa.array(range(step, run.num_rows, step), pa.int64())) for run in runs]
+        cuts = pc.unique(pa.chunked_array(samples, pa.string()).combine_chunks()).sort()
+        del samples
+        # Where each cut falls in each run (its first id not below the cut), and the rows before it in all.
+        ends = [_positions(run.column("id"), cuts) for run in runs]
+        del runs
+        total = ends[0]
+        for more in ends[1:]:
+            total = pc.add(total, more)
+        before = total.to_pylist()
+        del total
         starts = [0] * len(self._paths)
-        for at, ends in enumerate(bounds):
-            if at < len(cuts) and sum(ends) - sum(starts) < rows:
+        taken = 0
+        for at in [*range(len(cuts)), None]:
+            if at is not None and before[at] - taken < rows:
                 continue
-            pieces = [run.slice(a, b - a) for run, a, b in zip(self._mapped(), starts, ends, strict=True) if b > a]
-            starts = ends
+            stops = [e[at].as_py() if at is not None else None for e in ends]
+            pieces = [
+                run.slice(a, (b if b is not None else run.num_rows) - a)
+                for run, a, b in zip(self._mapped(), starts, stops, strict=True)
+            ]
+            pieces = [piece for piece in pieces if piece.num_rows]
+            starts = [b if b is not None else 0 for b in stops]
+            taken = before[at] if at is not None else taken
             if not pieces:
                 continue
             piece = pa.concat_tables(pieces).combine_chunks()
@@ -296,6 +296,21 @@ class SortedRuns:
             with contextlib.suppress(OSError):
                 path.unlink()
         self._paths = []
+
+
+def _positions(ids: pa.ChunkedArray, cuts: pa.Array) -> pa.Array:
+    """For each of `cuts` (sorted, distinct), how many of `ids` (sorted) are below it (`bisect_left`),
+    vectorized: both sorted together, each cut before the ids equal to it."""
+    import pyarrow.compute as pc
+
+    values = pa.concat_arrays([cuts.cast(pa.string()), ids.combine_chunks().cast(pa.string())])
+    is_id = pa.concat_arrays(
+        [pa.repeat(pa.scalar(0, pa.int8()), len(cuts)), pa.repeat(pa.scalar(1, pa.int8()), len(ids))]
+    )
+    order = pc.sort_indices(pa.table({"v": values, "t": is_id}), sort_keys=[("v", "ascending"), ("t", "ascending")])
+    at = pc.indices_nonzero(pc.less(order, pa.scalar(len(cuts), order.type))).cast(pa.int64())
+    ranks = pa.array(range(len(cuts)), pa.int64())
+    return pc.subtract(at, ranks)
 
 
 def freeze_registry(dataset_dir: Path, registry: Registry) -> str:

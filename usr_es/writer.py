@@ -49,7 +49,7 @@ from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE
-from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, Step
+from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, Step
 from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
 from .redaction import clean_command, escaped
@@ -272,6 +272,7 @@ class Writer:
             ids=_known_ids(fold),
             bio_types=fold.get(BaseFile).bio_types() if isinstance(command, AttachColumns) else None,
             base=base.table if base is not None else None,
+            base_names=fold.get(BaseFile).column_names() if isinstance(command, Materialize) else None,
             live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
             overlays={ns: derived.merged(ns) for ns in _overlays_needed(command) if ns in derived.layout.live}
             if not isinstance(command, Materialize)
@@ -310,6 +311,8 @@ class Writer:
                 del batch
                 release_memory()  # the batch's scratch space, before the next batch is read
             decider.finish()
+            if isinstance(state.ids, IndexedIds):
+                state.ids.forget()  # no key is asked of the base after the last batch
             spool = PayloadSpool(self.directory)
             for piece in runs.merged(ATTACH_BATCH_ROWS):
                 spool.write(decider.ordered(piece))
@@ -325,6 +328,9 @@ class Writer:
             raise
         finally:
             runs.discard()
+            closing = getattr(batches, "close", None)  # the input reader, also after an error or a Ctrl-C
+            if closing is not None:
+                closing()
         self._spool = spool
         release_memory()
         return decision
@@ -450,6 +456,8 @@ class Writer:
 
     def _base_columns(self, command: Command) -> list[str] | None:
         """The base columns `command`'s decision needs (None: all of them)."""
+        if isinstance(command, Materialize):  # the fold reads the base a row group at a time (docs/adr/0014)
+            return ["id"] if command.drop_deleted else []
         needed = _BASE_COLUMNS_NEEDED.get(type(command))
         if needed is not None or not isinstance(command, AttachColumns):
             return needed

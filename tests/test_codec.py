@@ -1,0 +1,68 @@
+"""Projection encodings: an overlay part written from batches is the part written from one table."""
+
+from __future__ import annotations
+
+import errno
+from itertools import pairwise
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from usr_es import codec
+from usr_es.fileio import Spill, pieces_of
+from usr_es.projectors import PartInfo, Watermark
+
+INFO = PartInfo(namespace="mock", mark=Watermark(7, 1234, "ab" * 16), created_at="2026-12-06T00:00:00Z",
+                registry_hash="r" * 64, contract_hash="c" * 64)  # fmt: skip
+
+
+def _rows(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array([f"{i:040x}" for i in range(n)], pa.string()),
+            "mock__score": pa.array([float(i) if i % 3 else None for i in range(n)], pa.float64()),
+            "mock__vec": pa.array([[float(i), -1.0] if i % 4 else None for i in range(n)], pa.list_(pa.float64())),
+            "mock__tag": pa.array([{"k": str(i)} for i in range(n)], pa.struct([("k", pa.string())])),
+        }
+    )
+
+
+def _bytes(parts: list[codec.Part]) -> bytes:
+    return b"".join(bytes(piece) for piece in pieces_of(parts))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 40), cuts=st.lists(st.integers(0, 40), max_size=5), spill=st.booleans())
+def test_a_part_encoded_from_batches_has_the_bytes_of_the_whole_table(
+    tmp_path_factory: pytest.TempPathFactory, n: int, cuts: list[int], spill: bool
+) -> None:
+    table = _rows(n)
+    bounds = sorted({0, n, *(min(c, n) for c in cuts)})
+    batches = [table.slice(a, b - a) for a, b in pairwise(bounds)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "PART_ROW_GROUP_ROWS", 4)
+        patch.setattr(codec, "SPILL_BYTES", 0 if spill else 1 << 30)
+        whole = bytes(codec.encode_part(INFO, table))
+        part = codec.encode_part_batches(INFO, batches, table.schema, scratch=tmp_path_factory.mktemp("scratch"))
+    assert isinstance(part[0], Spill) == spill  # the body holds at least the magic
+    assert _bytes(part) == whole
+
+
+def test_a_scratch_folder_that_cannot_be_written_falls_back_to_the_temp_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = codec.spill_file
+    locked = tmp_path / "read-only"
+
+    def refuse(folder: Path) -> tuple[int, Path]:
+        if folder == locked:
+            raise PermissionError(errno.EACCES, "read-only")
+        return real(folder)
+
+    monkeypatch.setattr(codec, "spill_file", refuse)
+    table = _rows(10)
+    part = codec.encode_part_batches(INFO, [table], table.schema, scratch=locked)
+    assert _bytes(part) == bytes(codec.encode_part(INFO, table))
