@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usr_es.attach_inputs import KEY_KINDS, cast_column, normalize_keys, read_attachment, select_columns
+from usr_es.attach_inputs import KEY_KINDS, attachment_batches, cast_column, normalize_keys, select_columns
 from usr_es.errors import InvalidInput, NamespaceError, NotFound, SchemaError
 from usr_es.registry import parse_type
 
@@ -39,7 +39,12 @@ def _table(**columns: Sequence[Any]) -> pa.Table:
     return pa.table({name: pa.array(values) for name, values in columns.items()})
 
 
-# -- read_attachment ------------------------------------------------------------------------
+# -- reading ----------------------------------------------------------------------------------
+def read_attachment(path: Path) -> pa.Table:
+    """The whole file, read in small batches (so the batches are joined as an attach sees them)."""
+    return pa.concat_tables(attachment_batches(path, batch_rows=2))
+
+
 def test_read_attachment_csv_reads_every_column_as_text(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.csv", 'sequence,score,flag,vec\nACGT,1.5,TRUE,"[1, 2]"\n')
     table = read_attachment(path)

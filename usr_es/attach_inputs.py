@@ -33,7 +33,6 @@ from .inputs import (
     read_json_lines,
     restarting,
     valid_text,
-    with_block_size,
 )
 from .names import ESSENTIAL_COLUMNS
 from .registry import format_type
@@ -76,25 +75,12 @@ class Selection:
 
 
 # -- reading --------------------------------------------------------------------------------
-def read_attachment(path: Path) -> pa.Table:
-    """Read a .csv, .parquet, .jsonl or .json (JSON lines) file; CSV cells are read as text, empty cells as null."""
-    fmt = _format_of(path)
-    with _read_errors(path, fmt):
-        precheck(path, fmt)
-        if fmt == "csv":
-            table = _read_csv(path)
-        elif fmt == "parquet":
-            table = pq.read_table(path)
-        else:
-            table = _read_jsonl(path)
-    return _without_index(table)
-
-
 def attachment_batches(path: Path, *, batch_rows: int) -> Iterator[pa.Table]:
-    """`read_attachment`'s rows, `batch_rows` at a time (the last batch may be shorter): CSV and Parquet are
-    read a block at a time, so memory holds about one batch whatever the file's size (docs/adr/0014); JSON
-    lines, whose column types are inferred over the whole file, are read whole and handed out in batches.
-    The file is checked before the first batch; a read error at any batch is an InvalidInput."""
+    """The rows of a .csv, .parquet, .jsonl or .json (JSON lines) file, `batch_rows` at a time (the last batch
+    may be shorter; CSV cells are read as text, empty cells as null). CSV and Parquet are read a block at a
+    time, so memory holds about one batch whatever the file's size (docs/adr/0014); JSON lines, whose column
+    types are inferred over the whole file, are read whole and handed out in batches. The file is checked
+    before the first batch; a read error at any batch is an InvalidInput."""
     fmt = _format_of(path)
     with _read_errors(path, fmt):
         precheck(path, fmt)
@@ -178,13 +164,6 @@ def _csv_batches(path: Path, options: pcsv.ConvertOptions) -> Iterator[pa.Table]
             yield from reader
 
     return (pa.Table.from_batches([batch]) for batch in restarting(path, stream))
-
-
-def _read_csv(path: Path) -> pa.Table:
-    options = _csv_options(path)
-    return with_block_size(
-        path, lambda block: pcsv.read_csv(path, read_options=csv_options(block), convert_options=options)
-    )
 
 
 def _read_jsonl(path: Path) -> pa.Table:

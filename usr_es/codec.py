@@ -74,15 +74,6 @@ def _open_writer(sink: pa.NativeFile, table: pa.Table, metadata: dict[str, str])
     )
 
 
-def _write_groups(
-    writer: pq.ParquetWriter, table: pa.Table, metadata: dict[str, str], watermark_hash: str, rows_per_group: int
-) -> None:
-    for start in range(0, table.num_rows, rows_per_group):
-        piece = table.slice(start, rows_per_group).combine_chunks().replace_schema_metadata(metadata)
-        writer.write_table(piece, row_group_size=rows_per_group)
-    writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
-
-
 def _write_rows(
     writer: pq.ParquetWriter, tables: Iterable[pa.Table], metadata: dict[str, str], watermark_hash: str, rows: int
 ) -> None:
@@ -113,7 +104,7 @@ def encode_parquet(
     sink = pa.BufferOutputStream()
     writer = _open_writer(sink, table, metadata)
     try:
-        _write_groups(writer, table, metadata, watermark_hash, row_group_rows or ROW_GROUP_ROWS)
+        _write_rows(writer, [table], metadata, watermark_hash, row_group_rows or ROW_GROUP_ROWS)
     finally:
         writer.close()
     return memoryview(sink.getvalue()).cast("B")  # Arrow buffers export signed bytes ('b')

@@ -234,9 +234,12 @@ def _rows(mask: pa.Array | pa.ChunkedArray, start: int = 0) -> list[int]:
     return [int(i) + 1 + start for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()]
 
 
-def _listing(rows: list[int]) -> str:
+def _listing(rows: list[int], total: int | None = None) -> str:
+    """The first ten of `rows` (1-based), and how many there are in all (`total`: when `rows` is only the
+    first of them)."""
+    count = len(rows) if total is None else total
     shown = ", ".join(str(r) for r in rows[:10])
-    return shown + (f", ... ({len(rows)} in all)" if len(rows) > 10 else "")
+    return shown + (f", ... ({count} in all)" if count > 10 else "")
 
 
 def _label_column(rows: pa.Table, name: str, default: str, start: int = 0) -> pa.ChunkedArray:
@@ -639,9 +642,9 @@ def _selected(rows: pa.Table, command: AttachColumns, registered: dict[str, pa.D
 
 def _missing_error(missing: int, absent: list[int], sample: list[str]) -> InvalidInput:
     """`absent`: the 1-based rows of the first (up to 10) keys naming no record; `sample`: the first keys."""
-    listing = ", ".join(str(r) for r in absent[:10]) + (f", ... ({missing} in all)" if missing > 10 else "")
     return InvalidInput(
-        f"{missing} row(s) reference keys not present in the dataset (rows: {listing}; sample: {', '.join(sample)}).",
+        f"{missing} row(s) reference keys not present in the dataset (rows: {_listing(absent, missing)}; "
+        f"sample: {', '.join(sample)}).",
         hint="Pass --allow-missing to skip them (they are counted in the event).",
     )
 
@@ -690,8 +693,7 @@ INPUT_ROW = "__input_row"
 
 
 class AttachDecider:
-    """An attach decided a batch of input rows at a time (docs/adr/0014), when each key's record can be
-    found without reading the base (`streams`: ids, or exact sequences in a dataset of one bio_type).
+    """An attach decided a batch of input rows at a time (docs/adr/0014); a table held whole is one batch.
 
     `accept(rows)` checks one batch (keys and casts; row numbers in errors count over the whole input) and
     returns its matched rows in id order with their input rows (`INPUT_ROW`); the caller keeps them as
@@ -711,6 +713,9 @@ class AttachDecider:
 
     @staticmethod
     def streams(state: DatasetState, command: AttachColumns) -> bool:
+        """Whether batches are decided apart at the cost of one batch: each key's record is found without
+        reading the base (ids, or exact sequences in a dataset of one bio_type). Else each batch reads the
+        base's sequences, and the caller hands the input over as one batch."""
         if command.key == "id":
             return True
         return command.key in ("sequence", "sequence_norm") and (not len(state.ids) or len(_bio_types(state)) == 1)
@@ -723,26 +728,32 @@ class AttachDecider:
         command = self._command
         with rows_from(start):
             selection = _selected(rows, command, self._registered)
-            del rows
+            del rows  # the selection holds the columns it needs; the rest of the input is freed
             keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
-            matched = _match_ids(self._state, keys, command.key)
-            assert matched is not None  # `streams`
-            order = _id_order(matched)
-            require_unique_keys(keys, command.key, known_distinct=_distinct_by_match(keys, matched, order))
+            matched = _match_ids(self._state, keys, command.key)  # None: matching can fail, done after the casts
+            order = _id_order(matched) if matched is not None else None
+            distinct = matched is not None and order is not None and _distinct_by_match(keys, matched, order)
+            require_unique_keys(keys, command.key, known_distinct=distinct)
             raw = selection.columns
-            del selection
+            del selection  # from here each raw column is freed once it is cast
             cast = {name: cast_column(raw.pop(name), name, self._registered[name], parse_json=command.parse_json)
                     for name in list(raw)}  # fmt: skip
+        if matched is None or order is None:
+            matched = _resolve_keys(self._state, keys, command.key)
+            order = _id_order(matched)
         if matched.null_count:
             absent = pc.indices_nonzero(pc.is_null(matched))
             self._unmatched.append(
                 pa.table({"key": pc.take(keys, absent), "row": pc.add(absent.cast(pa.int64()), start)})
             )
         del keys
+        # The rows in id order (as part files are): each column is taken once in that order, one at a time.
         picked = order.slice(0, len(matched) - matched.null_count)
-        columns = {"id": matched.take(picked), **{name: pc.take(values, picked) for name, values in cast.items()}}
-        del cast, matched, order
-        self.types = {name: format_type(self._registered[name]) for name in columns if name != "id"}
+        columns = {"id": matched.take(picked)}
+        del matched, order
+        self.types = {name: format_type(self._registered[name]) for name in cast}
+        for name in list(cast):
+            columns[name] = pc.take(cast.pop(name), picked)
         columns[INPUT_ROW] = pc.add(picked.cast(pa.int64()), start)
         return pa.table(columns)
 
@@ -810,45 +821,12 @@ def _repeated_records(ids: pa.Array, rows: pa.Array) -> list[tuple[list[int], st
 
 
 def _decide_attach(state: DatasetState, command: AttachColumns, inputs: Rows, now: str) -> Decision:
-    from .attach_inputs import cast_column, normalize_keys, require_unique_keys
-
-    registered = _attach_target(state, command)
-    rows = inputs.take()
-    selection = _selected(rows, command, registered)
-    del rows  # the selection holds the columns it needs; the rest of the input is freed
-    keys = normalize_keys(selection.keys, command.key, check_duplicates=False)
-    matched = _match_ids(state, keys, command.key)  # None where matching can fail: it then runs after the casts
-    order = _id_order(matched) if matched is not None else None
-    distinct = matched is not None and order is not None and _distinct_by_match(keys, matched, order)
-    require_unique_keys(keys, command.key, known_distinct=distinct)
-    raw = selection.columns
-    del selection  # from here each raw column is freed once it is cast
-    cast = {name: cast_column(raw.pop(name), name, registered[name], parse_json=command.parse_json)
-            for name in list(raw)}  # fmt: skip
-    if matched is None:
-        matched = _resolve_keys(state, keys, command.key)
-    found = pc.is_valid(matched)
-    n_in = len(keys)
-    missing = n_in - pc.sum(found.cast(pa.int64())).as_py() if n_in else 0
-    if missing and not command.allow_missing:
-        absent = _rows(pc.invert(found))
-        raise _missing_error(missing, absent, [str(keys[r - 1]) for r in absent[:_SAMPLE]])
-    del keys  # matched: the key column is no longer needed
-    # The payload holds the part's rows sorted by id (as part files do): the kept input rows are ordered
-    # by their ids first, then each column is taken once in that order, one column at a time.
-    if order is None:
-        order = _id_order(matched)
-    picked = order.slice(0, n_in - missing)  # the matched rows, in id order
-    ids = matched.take(picked)
-    del matched, order
-    types = {name: format_type(registered[name]) for name in cast}
-    columns = {}
-    for name in list(cast):
-        columns[name] = pc.take(cast.pop(name), picked)
-    payload = pa.table({"id": ids, **columns})
-    del ids, columns, picked
-    _check_overwrite(state, command.namespace, payload, command.allow_overwrite)
-    return _attach_decision(state, command, types, payload, (n_in, payload.num_rows, missing), now)
+    """An attach of a table held whole: one batch of `AttachDecider` (the writer decides files a batch at a
+    time through the same decider)."""
+    decider = AttachDecider(state, command, now)
+    run = decider.accept(inputs.take())
+    decider.finish()
+    return decider.decision(decider.ordered(run))
 
 
 def _check_overwrite(state: DatasetState, ns: str, incoming: pa.Table, allow: bool) -> None:

@@ -312,7 +312,7 @@ class _Values:
 
 
 def aligned(
-    tables: dict[str, pa.Table], index: IdIndex | None, base_ids: Callable[[], pa.ChunkedArray | pa.Array]
+    tables: dict[str, pa.Table], index: IdIndex | None, base_ids: Callable[[], pa.ChunkedArray]
 ) -> dict[str, Aligned]:
     """How each table's rows line up with the base's (see `Aligned`): through `index` when the base has
     one (its keys joined with the table's ids: no hash table of every id), else one hash lookup of every
@@ -320,7 +320,7 @@ def aligned(
     import pyarrow.compute as pc
 
     out: dict[str, Aligned] = {}
-    ids: pa.ChunkedArray | pa.Array | None = None
+    ids: pa.ChunkedArray | None = None
     for name, chunked in tables.items():
         table = chunked.combine_chunks()  # taken from batch by batch: a chunked take would join it per take
         del chunked
@@ -332,6 +332,6 @@ def aligned(
         if ids is None:
             ids = base_ids()
         own = table.column("id")
-        same = len(own) == len(ids) and own.equals(ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids]))
+        same = len(own) == len(ids) and own.equals(ids)
         out[name] = Aligned(table) if same else Aligned(table, at=pc.index_in(ids, value_set=own))
     return out

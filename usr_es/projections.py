@@ -279,7 +279,7 @@ class BaseBytes:
         """The ids at base rows `rows` (sorted), reading only the row groups that hold them."""
         import pyarrow.compute as pc
 
-        reader = pq.ParquetFile(pa.BufferReader(self._buffer()))
+        reader = self.reader()
         starts = [0]
         for g in range(reader.metadata.num_row_groups):
             starts.append(starts[-1] + reader.metadata.row_group(g).num_rows)

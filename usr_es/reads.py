@@ -529,8 +529,7 @@ def _scan(plan: _Plan, sel: _Selection, batch_size: int, directory: Path) -> Ite
     offset = 0
     for batch in reader.iter_batches(batch_size=batch_size, columns=sel.base_columns):
         n = batch.num_rows
-        ids = batch.column(ID) if ID in batch.schema.names else None
-        here = {ns: align.rows(offset, n, ids) for ns, align in aligned.items()}
+        here = {ns: align.rows(offset, n, batch.column(ID)) for ns, align in aligned.items()}
         offset += n
         view = _view_of(plan, sel, pa.Table.from_batches([batch]), here)
         if view.num_rows:

@@ -103,10 +103,7 @@ class LocalSource(PartSource):
             return pq.read_table(path).replace_schema_metadata(None)
         if info.sources:
             return sorted_part(merge_parts([Part(s.mark.seq, resolve(s)) for s in info.sources]))
-        raw = read_line_at(self.directory / LOG_FILE, info.mark.offset)
-        if raw is None:
-            raise IntegrityError(f"log line for overlay part {info.file} is missing")
-        record = decode_record(raw)
+        record = self._record_of(info)
         payload = read_payload(self.directory, record.payload) if record.payload is not None else None
         table = part_table(record.event, payload)
         if table is None:
@@ -121,11 +118,17 @@ class LocalSource(PartSource):
         if self.trust_files and read_watermark(path) == info.mark:
             return ParquetRows(path)
         if not info.sources:
-            raw = read_line_at(self.directory / LOG_FILE, info.mark.offset)
-            record = decode_record(raw) if raw is not None else None
-            if record is not None and isinstance(record.event, OverlayWritten) and record.payload is not None:
+            record = self._record_of(info)
+            if isinstance(record.event, OverlayWritten) and record.payload is not None:
                 return open_payload(self.directory, record.payload)  # an attach's part is its payload
         return self.part(info, resolve)
+
+    def _record_of(self, info: PartInfo) -> LogRecord:
+        """The record of the event that wrote part `info`."""
+        raw = read_line_at(self.directory / LOG_FILE, info.mark.offset)
+        if raw is None:
+            raise IntegrityError(f"log line for overlay part {info.file} is missing")
+        return decode_record(raw)
 
     def base(self, directory: Path, mark: Watermark, columns: list[str] | None) -> BaseProjection:
         if columns is not None and self.cache is not None and directory == self.directory:

@@ -20,6 +20,7 @@ import re
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -283,11 +284,11 @@ class Writer:
         if isinstance(command, AttachColumns) and loaded is not None:  # read a batch at a time (docs/adr/0014)
             batches = table_batches(loaded, ATTACH_BATCH_ROWS) if isinstance(loaded, pa.Table) else loaded
             del loaded
-            if AttachDecider.streams(state, command):
-                decision = self._decide_attach(state, command, batches, now)
-                _keep_for_fold(fold, decision)
-                return decision
-            loaded = pa.concat_tables(list(batches))
+            if not AttachDecider.streams(state, command):
+                batches = [pa.concat_tables(list(batches))]
+            decision = self._decide_attach(state, command, batches, now)
+            _keep_for_fold(fold, decision)
+            return decision
         inputs = Rows(loaded) if loaded is not None else None
         del loaded
         release_memory()  # the input reader's scratch buffers
@@ -306,26 +307,19 @@ class Writer:
         runs = SortedRuns(self.directory)
         spool: PayloadSpool | None = None
         try:
-            for batch in batches:
-                runs.write(decider.accept(batch))
-                del batch
-                release_memory()  # the batch's scratch space, before the next batch is read
-            decider.finish()
-            if isinstance(state.ids, IndexedIds):
-                state.ids.forget()  # no key is asked of the base after the last batch
-            spool = PayloadSpool(self.directory)
-            for piece in runs.merged(ATTACH_BATCH_ROWS):
-                spool.write(decider.ordered(piece))
-                del piece
-            decision = decider.decision(spool.stored())
-        except OSError as exc:  # the scratch files or the spool: the log is untouched
-            if spool is not None:
-                spool.discard()
-            raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
-        except BaseException:
-            if spool is not None:
-                spool.discard()
-            raise
+            with _unwritten(lambda: spool.discard() if spool is not None else None):
+                for batch in batches:
+                    runs.write(decider.accept(batch))
+                    del batch
+                    release_memory()  # the batch's scratch space, before the next batch is read
+                decider.finish()
+                if isinstance(state.ids, IndexedIds):
+                    state.ids.forget()  # no key is asked of the base after the last batch
+                spool = PayloadSpool(self.directory)
+                for piece in runs.merged(ATTACH_BATCH_ROWS):
+                    spool.write(decider.ordered(piece))
+                    del piece
+                decision = decider.decision(spool.stored())
         finally:
             runs.discard()
             closing = getattr(batches, "close", None)  # the input reader, also after an error or a Ctrl-C
@@ -345,11 +339,9 @@ class Writer:
             name=self.name, initialized=tail.scan.seq > 0, seq=tail.scan.seq, ids=_known_ids(tail.fold)
         )
         decider = ImportDecider(state, command, now)
-        try:
+        spool: PayloadSpool | None = None
+        with _unwritten(lambda: spool.discard() if spool is not None else None):
             spool = PayloadSpool(self.directory, PAYLOAD_SCHEMA)
-        except OSError as exc:
-            raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
-        try:
             for batch in batches:
                 spool.write(decider.accept(batch))
                 del batch
@@ -360,12 +352,6 @@ class Writer:
                 if later is not None:
                     spool = _without(spool, later)
             decision = decider.decision(spool.stored())
-        except OSError as exc:  # the spool (input read errors are InvalidInput): the log is untouched
-            spool.discard()
-            raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
-        except BaseException:
-            spool.discard()
-            raise
         self._spool = spool
         release_memory()
         return decision
@@ -485,6 +471,20 @@ class Writer:
                 self._registry = (data, parse_registry(data, source=str(path)))
             return self._registry[1]
         return frozen_registry(self.directory, last_hash)
+
+
+@contextmanager
+def _unwritten(discard: Callable[[], object]) -> Iterator[None]:
+    """A decision that writes a payload spool or scratch files: any error removes them (`discard`), and an
+    OSError (the files; input read errors are InvalidInput) is NOT_COMMITTED: the log is untouched."""
+    try:
+        yield
+    except OSError as exc:
+        discard()
+        raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+    except BaseException:
+        discard()
+        raise
 
 
 def _known_ids(fold: Fold) -> Any:
