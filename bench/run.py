@@ -151,21 +151,27 @@ def workload(n: int, *, env: dict[str, str], regenerate: bool) -> tuple[Path, fl
     return work, made.seconds
 
 
+BASELINE_RUNS = 3  # the baseline's own figures vary by up to 40% from run to run on a shared VM
+
+
 def baseline(work: Path, out: Path, *, env: dict[str, str]) -> tuple[dict[str, float], Run]:
-    out.mkdir(parents=True)
-    result = checked([sys.executable, str(BASELINE), str(work), str(out)], env=env, what="physical baseline")
-    steps = {}
-    for line in result.stdout.splitlines():
-        name, _, value = line.strip().partition(" ")
-        try:
-            steps[name] = float(value)
-        except ValueError:
-            continue
-    for step in ("import", "attach", "materialize"):
-        if step not in steps:
-            sys.stderr.write(f"bench: no `{step} <seconds>` line in the baseline output:\n{result.stdout}")
-            raise SystemExit(1)
-    return steps, result
+    """The physical baseline's seconds per step, each the median of BASELINE_RUNS runs (and the last run)."""
+    runs: dict[str, list[float]] = {}
+    for k in range(BASELINE_RUNS):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        result = checked([sys.executable, str(BASELINE), str(work), str(out)], env=env, what="physical baseline")
+        for line in result.stdout.splitlines():
+            name, _, value = line.strip().partition(" ")
+            try:
+                runs.setdefault(name, []).append(float(value))
+            except ValueError:
+                continue
+        for step in ("import", "attach", "materialize"):
+            if len(runs.get(step, ())) != k + 1:
+                sys.stderr.write(f"bench: no `{step} <seconds>` line in the baseline output:\n{result.stdout}")
+                raise SystemExit(1)
+    return {name: statistics.median(times) for name, times in runs.items()}, result
 
 
 def state_set_probe(root: str, dataset: str, record_id: str) -> int:
@@ -196,13 +202,14 @@ def memory_pool(env: dict[str, str], *, usr_process: bool) -> str:
     return checked([sys.executable, "-c", probe], env=env, what="memory pool").stderr.strip().splitlines()[-1]
 
 
-def export_baseline_probe(records: str, out: str, columns: str) -> int:
-    """Child mode: read `columns` of records.parquet with pyarrow and write them to `out` (timed in-script,
-    imports excluded), the least work `usr export --fmt parquet` must do. Prints the seconds."""
+def export_baseline_probe(source: str, out: str, columns: str) -> int:
+    """Child mode: read `columns` of the Parquet file `source` (records.parquet, or the export itself) with
+    pyarrow and write them to `out` (timed in-script, imports excluded), the least work `usr export --fmt
+    parquet` must do. Prints the seconds."""
     import pyarrow.parquet as pq
 
     start = time.perf_counter()
-    table = pq.read_table(records, columns=columns.split(","))
+    table = pq.read_table(source, columns=columns.split(","))
     pq.write_table(table, out)  # pyarrow defaults (snappy), as `usr export` writes
     print(f"{time.perf_counter() - start:.6f}")
     return 0
@@ -469,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| step | figure | target | result |",
         "|------|--------|--------|--------|",
-        f"| physical baseline import / attach / materialize | {base_steps['import']:.2f} s / "
+        f"| physical baseline import / attach / materialize (median of {BASELINE_RUNS} runs) | "
+        f"{base_steps['import']:.2f} s / "
         f"{base_steps['attach']:.2f} s / {base_steps['materialize']:.2f} s (peak RSS of the whole script "
         f"{mb(base_run.peak_rss)}) | | |",
         f"| `usr import` ({rows:,} rows, wall time of the process) | {imported.seconds:.2f} s = "

@@ -266,3 +266,59 @@ def test_a_scan_lines_overlay_rows_up_through_the_index_and_tells_colliding_ids_
     assert view.column("mock__score").to_pylist() == [0.0, None, None, None, 4.0, 5.0]
     batches = list(reads.scan(ds._head, columns=["mock__score"], batch_size=2))  # batches cut between pairs
     assert [v for b in batches for v in b.column(0).to_pylist()] == [0.0, None, None, None, 4.0, 5.0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prefixes=st.lists(st.sampled_from(["aaaaaaaa", "aaaaaaab", "bbbbbbbb"]), min_size=1, max_size=25),
+    picked=st.sets(st.integers(0, 30), max_size=30),
+    group=st.integers(1, 9),
+    through_index=st.booleans(),
+    data=st.data(),
+)
+def test_overlay_rows_spilled_in_base_order_come_back_per_run_of_base_rows(
+    tmp_path_factory: pytest.TempPathFactory,
+    prefixes: list[str],
+    picked: set[int],
+    group: int,
+    through_index: bool,
+    data: st.DataObject,
+) -> None:
+    from usr_es.idindex import IdIndex, InBaseOrder, looked_up
+    from usr_es.storage import SortedRuns
+
+    base = [f"{prefix}{n:04d}" for n, prefix in enumerate(prefixes)]  # shared prefixes: colliding keys
+    rows = sorted(picked)
+    overlay_ids = [base[r] if r < len(base) else f"aaaaaaaa{r:04d}x" for r in rows]  # some ids not in the base
+    order = data.draw(st.permutations(range(len(rows))))
+    table = pa.table({"score": [float(rows[k]) for k in order], "id": [overlay_ids[k] for k in order]})
+    built = run_rows([pa.array(base, pa.string())], 0)[0]
+    index = IdIndex.of([built] if built is not None else [], len(base))
+    assert index is not None
+    locate = index.pairs if through_index else looked_up(pa.array(base, pa.string()))
+    runs = SortedRuns(tmp_path_factory.mktemp("runs"), key="__base_row")
+    lined = InBaseOrder.spill(table, locate, runs)
+    try:
+        got = []
+        for offset in range(0, len(base), group):
+            ids = pa.chunked_array([pa.array(base[offset : offset + group], pa.string())])
+            piece = lined.rows(offset, len(ids), ids)
+            assert piece.column_names == ["id", "score"]
+            got += piece.to_pylist()
+    finally:
+        runs.discard()
+    assert got == [{"id": base[r], "score": float(r)} for r in rows if r < len(base)]
+
+
+def test_overlay_rows_naming_one_id_twice_are_refused(tmp_path: Path) -> None:
+    from usr_es.errors import IntegrityError
+    from usr_es.idindex import InBaseOrder, looked_up
+    from usr_es.storage import SortedRuns
+
+    base = pa.array(["a1", "b2", "c3"], pa.string())
+    table = pa.table({"id": ["b2", "c3", "b2"], "score": [1.0, 2.0, 3.0]})
+    runs = SortedRuns(tmp_path, key="__base_row")
+    lined = InBaseOrder.spill(table, looked_up(base), runs)
+    with pytest.raises(IntegrityError):
+        lined.rows(0, 3, base)
+    runs.discard()

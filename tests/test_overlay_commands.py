@@ -652,6 +652,25 @@ def test_materialize_appends_columns_after_base_and_keeps_overlays(ds_ids: tuple
     assert ds.verify().ok
 
 
+def test_materialize_orders_columns_by_first_write_across_parts_and_after_a_purge(
+    ds_ids: tuple[Dataset, list[str]],
+) -> None:
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:2], "label": ["a", "b"]})
+    ds.delete([ids[0]])
+    ds.maintenance.materialize(drop_deleted=True)  # leaves a purge part among mock's parts
+    ds.write_overlay(
+        "mock", {"id": ids[1:4], "score": [1.0, 2.0, 3.0], "label": ["x", None, "z"]}, allow_overwrite=True
+    )
+    view = ds.view()
+    ds.maintenance.materialize()
+    base = pq.read_table(ds.records_path)
+    assert base.column_names == [*ESSENTIAL, "mock__label", "mock__score"]
+    assert ds.view().equals(view)
+    assert rows_by_id(base)[ids[2]]["mock__label"] is None  # the explicit null was written
+    assert ds.verify().ok
+
+
 def test_materialize_drop_overlays_removes_the_parts(ds_ids: tuple[Dataset, list[str]]) -> None:
     ds, ids = ds_ids
     overlays_for_materialize(ds, ids)

@@ -487,9 +487,10 @@ def test_an_attach_stopped_while_its_runs_are_merged_leaves_the_log_and_no_scrat
     path = tmp_path / "in.csv"
     path.write_text("sequence,score\nACGTAC,1\nGGGGCC,2\nTTTTAA,3\nCCCCAA,4\nGATTACA,5\n")
     log = (dataset.dir / LOG_FILE).read_bytes()
+    open_files = len(os.listdir("/proc/self/fd"))
 
     def stopped(self: SortedRuns, rows: int) -> Any:
-        assert _temps(dataset)  # the runs are on disk when the merge stops
+        assert len(os.listdir("/proc/self/fd")) > open_files  # the runs are open (unlinked) when the merge stops
         raise failure
 
     monkeypatch.setattr(SortedRuns, "merged", stopped)
@@ -500,6 +501,7 @@ def test_an_attach_stopped_while_its_runs_are_merged_leaves_the_log_and_no_scrat
         assert caught.value.state == "NOT_COMMITTED"
     assert (dataset.dir / LOG_FILE).read_bytes() == log
     assert _temps(dataset) == []
+    assert len(os.listdir("/proc/self/fd")) == open_files  # and closed after it
     monkeypatch.undo()
     assert dataset.attach(path, namespace="mock", key="sequence").metrics["rows_written"] == 5
 
@@ -512,6 +514,8 @@ def test_a_materialize_streamed_row_group_by_row_group_keeps_the_view_and_rebuil
     whose id shares its index key with another's (test_idindex's pair), and tombstones."""
     monkeypatch.setattr("usr_es.codec.ROW_GROUP_ROWS", 3)
     monkeypatch.setattr("usr_es.codec.SPILL_BYTES", 0)
+    monkeypatch.setattr("usr_es.idindex._ASKED_AT_ONCE", 2)  # overlay rows spilled in several runs ...
+    monkeypatch.setattr("usr_es.storage.RUN_BATCH_ROWS", 2)  # ... each read back across record batches
     colliding = ["ACGTACGTTGTGAAGCAAAA", "ACGTACGTTAGATTGTCAAA"]
     dataset.add_sequences([*_dna("materialize", 8), colliding[0]])
     dataset.add_sequences([colliding[1], *_dna("more", 3)])

@@ -130,6 +130,9 @@ class DatasetState:
     base_names: tuple[str, ...] | None = None
     live_parts: dict[str, int] = field(default_factory=dict)
     overlays: dict[str, pa.Table] = field(default_factory=dict)
+    #: The column names of namespaces' merged overlays, where the rows are not needed (a materialize decides
+    #: on the names alone); a namespace not here has its names read from `overlays`.
+    overlay_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     registry: Registry | None = None
 
 
@@ -979,7 +982,8 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
     assert state.base is not None
     try:  # the columns the fold appends to the base (and the same check: no column in two namespaces)
         names = list(state.base_names) if state.base_names is not None else state.base.column_names
-        added = appended_columns(names, {ns: state.overlays[ns].column_names for ns in chosen})
+        columns = {ns: state.overlay_columns.get(ns) or state.overlays[ns].column_names for ns in chosen}
+        added = appended_columns(names, columns)
     except ValueError as exc:
         raise SchemaError(f"Cannot materialize: {exc}.") from None
     dropped = len(gone_ids)  # the fold drops exactly the tombstoned ids still in the base

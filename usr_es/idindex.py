@@ -23,8 +23,10 @@ import pyarrow as pa
 
 from .alphabet import KEY_BYTES, key_of, keys_of
 from .codec import watermark_metadata, watermark_of
-from .names import INDEX_DIR, INDEX_MANIFEST
-from .projectors import Watermark
+from .errors import IntegrityError
+from .names import ID, INDEX_DIR, INDEX_MANIFEST
+from .projectors import Payload, Watermark
+from .storage import SortedRuns
 
 _MAX_ROWS = (1 << 32) - 1  # rows are uint32
 #: Ids `IdIndex.pairs` hashes at once (bounds the copies a join makes).
@@ -267,71 +269,64 @@ def _values(array: pa.Array, fmt: Literal["Q", "I"]) -> memoryview:
     return data[array.offset * width : (array.offset + len(array)) * width].cast(fmt)
 
 
-@dataclass
-class Aligned:
-    """Which rows of a table keyed by `id` (a merged overlay namespace) belong to each run of base rows,
-    found once for the whole base, so a pass over the base in order takes each batch's rows cheaply.
+#: The base row a spilled overlay row belongs to (a scratch column of `InBaseOrder`'s runs).
+BASE_ROW = "__base_row"
 
-    `pairs`: the candidate (base row, table row) pairs from the id index, sorted by base row (a batch's are
-    confirmed against its own ids: keys may collide), or `at`: each base row's row in `table` (null:
-    none), or neither: the table's rows are the base rows in base order."""
+#: Given ids, every candidate (position in the ids, base row) pair: int64 arrays, in no set order.
+Locate = Callable[[pa.Array | pa.ChunkedArray], tuple[pa.Array, pa.Array]]
 
-    table: pa.Table
-    pairs: tuple[pa.Array, pa.Array] | None = None
-    at: pa.Array | None = None
-    _next: int = 0  # the first pair not yet given (batches come in base order)
 
-    def rows(self, offset: int, n: int, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
-        """The rows of `table` for base rows `offset` .. `offset + n` (`ids`: theirs), in base order."""
+class InBaseOrder:
+    """The rows of a table keyed by `id` (a namespace's overlay rows), given for runs of base rows in base
+    order without holding them (docs/adr/0014): each batch of rows is paired with the base rows of its ids
+    (`locate`), sorted by base row and spilled to `SortedRuns`; a pass over the base then takes each run of
+    base rows' own rows back, confirmed against their ids (index keys may collide)."""
+
+    def __init__(self, runs: SortedRuns, schema: pa.Schema) -> None:
+        self._runs = runs
+        self._schema = schema
+
+    @classmethod
+    def spill(cls, rows: Payload, locate: Locate, runs: SortedRuns) -> InBaseOrder:
+        """Spill `rows` (`id` first, then its other columns) in base order, `_ASKED_AT_ONCE` rows at a time."""
         import pyarrow.compute as pc
 
-        if self.pairs is not None:
-            base_rows, table_rows = self.pairs
-            end = bisect_left(_Values(base_rows), offset + n, lo=self._next)
-            here, mine = base_rows.slice(self._next, end - self._next), table_rows.slice(self._next, end - self._next)
-            self._next = end
-            local = pc.subtract(here, pa.scalar(offset, pa.int64()))
-            same = pc.equal(pc.take(ids, local), pc.take(self.table.column("id"), mine))
-            return self.table.take(pc.filter(mine, same))
-        if self.at is not None:
-            return self.table.take(self.at.slice(offset, n).drop_null())
-        return self.table.slice(offset, n)
+        from .codec import regrouped
+        from .projectors import payload_batches
 
-
-class _Values:
-    """An int64 array as the sequence `bisect` searches."""
-
-    def __init__(self, values: pa.Array) -> None:
-        self._values = values
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __getitem__(self, at: int) -> int:
-        return int(self._values[at].as_py())
-
-
-def aligned(
-    tables: dict[str, pa.Table], index: IdIndex | None, base_ids: Callable[[], pa.ChunkedArray]
-) -> dict[str, Aligned]:
-    """How each table's rows line up with the base's (see `Aligned`): through `index` when the base has
-    one (its keys joined with the table's ids: no hash table of every id), else one hash lookup of every
-    base id (`base_ids()`, read once) per table. A table holding the base's ids in base order needs neither."""
-    import pyarrow.compute as pc
-
-    out: dict[str, Aligned] = {}
-    ids: pa.ChunkedArray | None = None
-    for name, chunked in tables.items():
-        table = chunked.combine_chunks()  # taken from batch by batch: a chunked take would join it per take
-        del chunked
-        if index is not None:
-            table_rows, base_rows = index.pairs(table.column("id"))
+        names = [ID, *(name for name in rows.schema.names if name != ID)]
+        for batch in regrouped(payload_batches(rows, names), _ASKED_AT_ONCE):
+            positions, base_rows = locate(batch.column(ID))
             order = pc.sort_indices(base_rows)
-            out[name] = Aligned(table, pairs=(pc.take(base_rows, order), pc.take(table_rows, order)))
-            continue
-        if ids is None:
-            ids = base_ids()
-        own = table.column("id")
-        same = len(own) == len(ids) and own.equals(ids)
-        out[name] = Aligned(table) if same else Aligned(table, at=pc.index_in(ids, value_set=own))
-    return out
+            runs.write(batch.take(pc.take(positions, order)).append_column(BASE_ROW, pc.take(base_rows, order)))
+            del batch, positions, base_rows, order
+        return cls(runs, pa.schema([rows.schema.field(name) for name in names]))
+
+    def rows(self, offset: int, n: int, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
+        """The rows for base rows `offset` .. `offset + n` (`ids`: theirs), in base order; asked in order."""
+        import pyarrow.compute as pc
+
+        piece = self._runs.between(offset, offset + n)
+        if piece is None:
+            return self._schema.empty_table()
+        local = pc.subtract(piece.column(BASE_ROW), pa.scalar(offset, pa.int64()))
+        piece = piece.filter(pc.equal(pc.take(ids, local), piece.column(ID)))
+        at = piece.column(BASE_ROW)
+        if len(at) > 1 and pc.any(pc.equal(at.slice(1), at.slice(0, len(at) - 1))).as_py():
+            raise IntegrityError("overlay rows name one id twice")
+        return piece.drop_columns([BASE_ROW])
+
+
+def looked_up(base_ids: pa.Array | pa.ChunkedArray) -> Locate:
+    """`Locate` by one hash lookup in every base id (the base's ids held: a base without an id index)."""
+
+    def locate(ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+        import pyarrow.compute as pc
+
+        at = pc.index_in(ids, value_set=base_ids)
+        found = pc.is_valid(at)
+        positions = pc.indices_nonzero(found).cast(pa.int64())
+        rows = pc.filter(at, found).cast(pa.int64())
+        return positions, rows.combine_chunks() if isinstance(rows, pa.ChunkedArray) else rows
+
+    return locate

@@ -53,7 +53,7 @@ from .events import (
     SequencesImported,
 )
 from .fileio import Part, Spill
-from .names import INDEX_MANIFEST, LAYOUT_FILE, RECORDS_FILE, TOMBSTONE_NS
+from .names import ID, INDEX_MANIFEST, LAYOUT_FILE, PURGED, RECORDS_FILE, TOMBSTONE_NS, WRITTEN
 from .projectors import (
     EMPTY_LAYOUT,
     BaseProjection,
@@ -70,7 +70,7 @@ from .projectors import (
     payload_table,
     sorted_part,
 )
-from .storage import ParquetRows, StoredRows, encode_layout, read_layout
+from .storage import ParquetRows, SortedRuns, StoredRows, encode_layout, read_layout
 
 #: A file's bytes (None: the projection writes no such file now; a stored one is removed).
 Encoded = bytes | memoryview | list[Part] | None
@@ -451,10 +451,10 @@ class BaseFile:
                 raise Restart
             if base is None:
                 raise IntegrityError(f"event seq {step.mark.seq} materializes before the dataset was initialized")
-            merged = {ns: derived.merged(ns) for ns in event.namespaces if ns in derived.layout.live}
             tombs = derived.merged(TOMBSTONE_NS) if TOMBSTONE_NS in derived.layout.live else None
-            if self._materialize(step, event, merged, tombs):
+            if self._materialize(step, event, derived, tombs):
                 return
+            merged = {ns: derived.merged(ns) for ns in event.namespaces if ns in derived.layout.live}
             base = self.full()
             assert base is not None
             materialized = materialize_table(base.table, merged, tombs, drop_deleted=event.drop_deleted)
@@ -466,22 +466,36 @@ class BaseFile:
         )
         self.bytes = None  # a whole encode
 
-    def _materialize(
-        self, step: Step, event: Materialized, merged: dict[str, pa.Table], tombs: pa.Table | None
-    ) -> bool:
+    def _materialize(self, step: Step, event: Materialized, derived: DerivedFiles, tombs: pa.Table | None) -> bool:
         """Fold a materialize a row group at a time (docs/adr/0014): each row group of the file with the
-        overlay rows of its ids (lined up through the id index) folded by `materialize_table`, and written
-        to a scratch file, so the base is never held whole. False when there is no file to stream from (the
-        caller folds the table)."""
+        overlay rows of its ids folded by `materialize_table` and written to a scratch file, so neither the
+        base nor an overlay is held whole: each namespace's rows are first spilled in base order
+        (`idindex.InBaseOrder`, the base rows found through the id index). False when there is no file to
+        stream from (the caller folds the table)."""
         base, current = self.base, self.bytes
         if base is None or current is None or not base.rows:
             return False
         known = self._fold.get(IdIndex).known()
+        locate = known.index.pairs if known is not None else idindex.looked_up(current.read(["id"]).column("id"))
+        scratch = current.path.parent if current.path is not None else Path(tempfile.gettempdir())
+        sources: dict[str, Payload] = {ns: derived.rows_of(ns) for ns in event.namespaces if ns in derived.layout.live}
+        if tombs is not None:
+            sources[TOMBSTONE_NS] = tombs
+        runs = {ns: SortedRuns(scratch, key=idindex.BASE_ROW) for ns in sources}
+        try:
+            lined = {ns: idindex.InBaseOrder.spill(rows, locate, runs[ns]) for ns, rows in sources.items()}
+            del sources, locate, known
+            return self._materialize_groups(step, event, lined, scratch)
+        finally:
+            for spilled in runs.values():
+                spilled.discard()
+
+    def _materialize_groups(
+        self, step: Step, event: Materialized, lined: dict[str, idindex.InBaseOrder], scratch: Path
+    ) -> bool:
+        base, current = self.base, self.bytes
+        assert base is not None and current is not None
         reader = current.reader()
-        tables = {**merged, **({TOMBSTONE_NS: tombs} if tombs is not None else {})}
-        lined = idindex.aligned(
-            tables, known.index if known is not None else None, lambda: current.read(["id"]).column("id")
-        )
         kept = 0
 
         def groups() -> Iterator[pa.Table]:
@@ -490,8 +504,8 @@ class BaseFile:
             for group in range(reader.metadata.num_row_groups):
                 rows = reader.read_row_group(group).replace_schema_metadata(None)
                 n, ids = rows.num_rows, rows.column("id")
-                here = {ns: lined[ns].rows(offset, n, ids) for ns in merged}
-                dead = lined[TOMBSTONE_NS].rows(offset, n, ids) if tombs is not None else None
+                here = {ns: lined[ns].rows(offset, n, ids) for ns in event.namespaces if ns in lined}
+                dead = lined[TOMBSTONE_NS].rows(offset, n, ids) if TOMBSTONE_NS in lined else None
                 offset += n
                 out = materialize_table(rows, here, dead, drop_deleted=event.drop_deleted)
                 kept += out.num_rows
@@ -507,7 +521,7 @@ class BaseFile:
             base_metadata(after),
             HASH_PLACEHOLDER if pending else step.mark.hash,
             rows=ROW_GROUP_ROWS,
-            scratch=current.path.parent if current.path is not None else Path(tempfile.gettempdir()),
+            scratch=scratch,
         )
         if base.rows - kept != event.rows_dropped:
             raise IntegrityError(f"event seq {step.mark.seq}: materialize drops a different number of rows")
@@ -854,6 +868,32 @@ class DerivedFiles:
         where the fold's `PartSource` finds them."""
         found = self.tables.get(table_key(info))
         return found if found is not None else self._fold.source.rows(info, self.table)
+
+    def columns(self, namespace: str) -> tuple[str, ...]:
+        """The column names of `merged(namespace)` but its `WRITTEN` masks, from the parts' schemas (no part
+        is merged or read whole): `id`, then each column in order of first appearance, parts by seq, purge
+        parts contributing none."""
+        held = self._merged.get(namespace)
+        parts = sorted(self.layout.live.get(namespace, ()), key=lambda p: p.mark.seq)
+        if held is not None and held[0] == tuple(p.mark.seq for p in self.layout.live.get(namespace, ())):
+            return tuple(name for name in held[1].column_names if not name.startswith(WRITTEN))
+        names = [ID]
+        for part in parts:
+            if part.purge:
+                continue
+            schema = self.rows(part).schema
+            names.extend(n for n in schema.names if n not in names and not n.startswith((WRITTEN, PURGED)))
+        return tuple(names)
+
+    def rows_of(self, namespace: str) -> Payload:
+        """`merged(namespace)`'s rows to read a batch at a time: a single part's own rows where they are (an
+        attach's payload or a part file stays on disk), else the merge."""
+        parts = self.layout.live.get(namespace, ())
+        if len(parts) == 1 and not parts[0].purge and namespace not in self._merged:
+            rows = self.rows(parts[0])
+            if not any(name.startswith((WRITTEN, PURGED)) for name in rows.schema.names):
+                return rows
+        return self.merged(namespace)
 
     def merged(self, namespace: str) -> pa.Table:
         """The last-writer-wins merge of a namespace's live parts (kept until its parts change)."""

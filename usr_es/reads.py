@@ -37,8 +37,8 @@ from .storage import read_layout
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from .idindex import Aligned
-    from .projectors import PartInfo
+    from .idindex import Locate
+    from .projectors import PartInfo, Payload
     from .recovery import ReadHead
 
 #: Files with at most this many rows are read whole (and filtered) instead of searched row group by row group.
@@ -521,29 +521,81 @@ def _scan(plan: _Plan, sel: _Selection, batch_size: int, directory: Path) -> Ite
         for batch in reader.iter_batches(batch_size=batch_size, columns=sel.names):
             yield pa.RecordBatch.from_arrays(batch.select(sel.names).columns, schema=sel.schema)
         return
-    reads = sel.part_reads(plan)
-    merged = _merge(reads, [src.whole(cols) for _, src, cols in reads])
-    for _, src, _ in reads:
-        src._whole.clear()  # the merged tables are all that is kept
-    aligned = _aligned(plan, merged, directory) if merged else {}
-    offset = 0
-    for batch in reader.iter_batches(batch_size=batch_size, columns=sel.base_columns):
-        n = batch.num_rows
-        here = {ns: align.rows(offset, n, batch.column(ID)) for ns, align in aligned.items()}
-        offset += n
-        view = _view_of(plan, sel, pa.Table.from_batches([batch]), here)
-        if view.num_rows:
-            yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in view.columns], schema=sel.schema)
+    from .idindex import BASE_ROW, InBaseOrder
+    from .storage import SortedRuns
+
+    sources = _overlay_rows(sel.part_reads(plan))
+    runs = {ns: SortedRuns(directory, key=BASE_ROW) for ns in sources}
+    try:
+        locate = _locate(plan, directory) if sources else None
+        lined = {ns: InBaseOrder.spill(rows, locate, runs[ns]) for ns, rows in sources.items() if locate is not None}
+        del sources, locate
+        offset = 0
+        for batch in reader.iter_batches(batch_size=batch_size, columns=sel.base_columns):
+            n = batch.num_rows
+            here = {ns: spilled.rows(offset, n, batch.column(ID)) for ns, spilled in lined.items()}
+            offset += n
+            view = _view_of(plan, sel, pa.Table.from_batches([batch]), here)
+            if view.num_rows:
+                yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in view.columns], schema=sel.schema)
+    finally:
+        for spilled in runs.values():
+            spilled.discard()
 
 
-def _aligned(plan: _Plan, merged: dict[str, pa.Table], directory: Path) -> dict[str, Aligned]:
-    """For each merged namespace, how its rows line up with the base's (`idindex.aligned`)."""
-    from .idindex import IdIndex, aligned
+@dataclass(frozen=True)
+class _PartRows:
+    """Some columns of an overlay part file, read a row group at a time (`projectors.RowBatches`)."""
+
+    src: _Source
+    columns: list[str]
+
+    @property
+    def num_rows(self) -> int:
+        return self.src.num_rows
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([self.src.schema.field(name) for name in self.columns])
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        reader = self.src.reader(streaming=False)
+        for group in self.src.groups():
+            yield _strip(reader.read_row_group(group, columns=columns or self.columns))
+
+
+def _overlay_rows(reads: list[tuple[str, _Source, list[str]]]) -> dict[str, Payload]:
+    """Each needed namespace's merged rows: a single part file's own rows, read a row group at a time when
+    they are spilled, else the merge of its parts (held)."""
+    by_namespace: dict[str, list[tuple[_Source, list[str]]]] = {}
+    for ns, src, columns in reads:
+        by_namespace.setdefault(ns, []).append((src, columns))
+    out: dict[str, Payload] = {}
+    merging = []
+    for ns, parts in by_namespace.items():
+        src, columns = parts[0]
+        if len(parts) == 1 and src.table is None and not any(c == PURGED or c.startswith(WRITTEN) for c in columns):
+            out[ns] = _PartRows(src, columns)
+        else:
+            merging += [(ns, part, cols) for part, cols in parts]
+    if merging:
+        out.update(_merge(merging, [src.whole(cols) for _, src, cols in merging]))
+        for _, src, _ in merging:
+            src._whole.clear()  # the merged tables are all that is kept
+    return out
+
+
+def _locate(plan: _Plan, directory: Path) -> Locate:
+    """How ids find their base rows: through the id index where it is current, else one hash lookup in
+    the base's ids (read whole)."""
+    from .idindex import IdIndex, looked_up
 
     assert plan.base is not None
     src = plan.base
     index = IdIndex.open(directory, src.mark, src.num_rows) if src.mark is not None else None
-    return aligned(merged, index, lambda: src.reader(streaming=False).read(columns=[ID]).column(0))
+    if index is not None:
+        return index.pairs
+    return looked_up(src.reader(streaming=False).read(columns=[ID]).column(0))
 
 
 def head(ds: ReadHead, n: int = 10, *, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:

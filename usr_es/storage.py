@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import mmap
 import os
 import secrets
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ import xxhash
 
 from .errors import IntegrityError, NotFound
 from .events import PayloadRef
-from .fileio import FileOps, Part, SeamFile, fileops, write_atomic, write_once
+from .fileio import FileOps, Part, SeamFile, fileops, spill_file, write_atomic, write_once
 from .names import PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark
 from .registry import Registry, parse_registry
@@ -226,24 +229,87 @@ class PayloadSpool:
                 fileops().close(spooled.fileno())
 
 
-class SortedRuns:
-    """Tables sorted by `id`, each kept as a run in a scratch file in `_payloads/` (a `.tmp-` name, cleared
-    after a crash like every temp), merged into one id order a piece at a time (docs/adr/0014): an
-    attach's input sorted without holding it all. Scratch only: not part of the log's truth."""
+#: Rows per record batch of a run: what `SortedRuns.between` reads at a time from each run.
+RUN_BATCH_ROWS = 16_384
 
-    def __init__(self, dataset_dir: Path) -> None:
+
+class SortedRuns:
+    """Tables sorted by a key column (`id`, or a base row number), each kept as a run in a scratch file,
+    merged into one key order a piece at a time (docs/adr/0014): an attach's input sorted, or overlay rows
+    put in base order, without holding them all. Scratch only, not part of the log's truth: each run is
+    unlinked as soon as it is created (in `_payloads/`; in the temp folder where the dataset cannot be
+    written, as a verify of a read-only dataset) and read through its descriptor, so neither a crash nor
+    another process's sweep of temp files leaves or takes anything."""
+
+    def __init__(self, dataset_dir: Path, key: str = "id") -> None:
         self._folder = dataset_dir / PAYLOAD_DIR
-        self._paths: list[Path] = []
+        self._fds: list[int] = []
+        self.key = key
+        # `between`'s place in each run: its reader, the next record batch and the rows of the last one read
+        # that later ranges hold.
+        self._readers: list[pa.ipc.RecordBatchFileReader] = []
+        self._cursors: list[int] = []
+        self._held: list[pa.Table | None] = []
 
     def write(self, table: pa.Table) -> None:
-        """Keep one run (its rows sorted by `id`)."""
+        """Keep one run (its rows sorted by the key)."""
         if not table.num_rows:
             return
-        self._folder.mkdir(exist_ok=True)
-        path = self._folder / f".tmp-run-{os.getpid()}-{secrets.token_hex(4)}"
-        self._paths.append(path)
-        with pa.OSFile(str(path), "w") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+        fd = self._scratch()
+        with pa.PythonFile(io.FileIO(fd, "w", closefd=False)) as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=RUN_BATCH_ROWS)
+
+    def _scratch(self) -> int:
+        import errno
+        import tempfile
+
+        try:
+            self._folder.mkdir(exist_ok=True)
+            fd, path = spill_file(self._folder)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            self._folder = Path(tempfile.gettempdir())
+            fd, path = spill_file(self._folder)
+        self._fds.append(fd)
+        with contextlib.suppress(FileNotFoundError):  # swept already: the descriptor still holds it
+            os.unlink(path)
+        return fd
+
+    def between(self, start: int, end: int) -> pa.Table | None:
+        """The rows of every run whose (integer) key is in `start` .. `end` - 1, in key order (None: none).
+        Asked for ranges in increasing order: each run is read once, a record batch at a time, and only the
+        batch each run is in holds rows of later ranges."""
+        import pyarrow.compute as pc
+
+        if not self._readers:
+            self._readers = [pa.ipc.open_file(pa.PythonFile(io.FileIO(fd, "r", closefd=False))) for fd in self._fds]
+            self._held = [None] * len(self._fds)
+            self._cursors = [0] * len(self._fds)
+        pieces = []
+        for k, reader in enumerate(self._readers):
+            while True:
+                held = self._held[k]
+                if held is None:
+                    if self._cursors[k] == reader.num_record_batches:
+                        break
+                    held = pa.Table.from_batches([reader.get_batch(self._cursors[k])])
+                    self._cursors[k] += 1
+                keys = held.column(self.key).chunk(0)
+                values = memoryview(keys.buffers()[1]).cast("B")[keys.offset * 8 : (keys.offset + len(keys)) * 8]
+                lo = bisect_left(values.cast("q"), start)
+                hi = bisect_left(values.cast("q"), end, lo=lo)
+                del values, keys
+                if hi > lo:
+                    pieces.append(held.slice(lo, hi - lo))
+                self._held[k] = held.slice(hi) if hi < held.num_rows else None
+                if hi < held.num_rows:
+                    break  # the rest of this batch is past the range
+        if not pieces:
+            return None
+        piece = pa.concat_tables(pieces).combine_chunks()
+        del pieces
+        return piece.take(pc.sort_indices(piece.column(self.key))) if len(self._fds) > 1 else piece
 
     def merged(self, rows: int) -> Iterator[pa.Table]:
         """Every run's rows in id order, in pieces of about `rows` rows (at most twice that): equal ids are
@@ -251,11 +317,11 @@ class SortedRuns:
         go, so the pages read stay resident for one piece only."""
         import pyarrow.compute as pc
 
-        if not self._paths:
+        if not self._fds:
             return
         # Cut the id space at every `step`-th id of each run: between two cuts each run holds fewer than
         # `step` rows, so a piece closed once it reaches `rows` holds fewer than `rows + len(runs) * step`.
-        step = max(1, rows // len(self._paths))
+        step = max(1, rows // len(self._fds))
         runs = self._mapped()
         samples = [pc.take(run.column("id"), pa.array(range(step, run.num_rows, step), pa.int64())) for run in runs]
         cuts = pc.unique(pa.chunked_array(samples, pa.string()).combine_chunks()).sort()
@@ -268,7 +334,7 @@ class SortedRuns:
             total = pc.add(total, more)
         before = total.to_pylist()
         del total
-        starts = [0] * len(self._paths)
+        starts = [0] * len(self._fds)
         taken = 0
         for at in [*range(len(cuts)), None]:
             if at is not None and before[at] - taken < rows:
@@ -289,13 +355,17 @@ class SortedRuns:
             del piece
 
     def _mapped(self) -> list[pa.Table]:
-        return [pa.ipc.open_file(pa.memory_map(str(path))).read_all() for path in self._paths]
+        """Every run, read where it is mapped (the pages stay resident only while the tables are held)."""
+        return [
+            pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ)))).read_all()
+            for fd in self._fds
+        ]
 
     def discard(self) -> None:
-        for path in self._paths:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        self._paths = []
+        self._readers, self._cursors, self._held = [], [], []
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
 
 def _positions(ids: pa.ChunkedArray, cuts: pa.Array) -> pa.Array:

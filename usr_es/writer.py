@@ -49,7 +49,7 @@ from .events import Actor, DatasetRef, Fingerprint, LogRecord, Materialized, Ove
 from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
-from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE
+from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, TOMBSTONE_NS
 from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, Step
 from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
@@ -275,9 +275,10 @@ class Writer:
             base=base.table if base is not None else None,
             base_names=fold.get(BaseFile).column_names() if isinstance(command, Materialize) else None,
             live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
-            overlays={ns: derived.merged(ns) for ns in _overlays_needed(command) if ns in derived.layout.live}
-            if not isinstance(command, Materialize)
-            else {ns: derived.merged(ns) for ns in derived.layout.live},
+            overlays={ns: derived.merged(ns) for ns in _overlays_needed(command) if ns in derived.layout.live},
+            overlay_columns={ns: derived.columns(ns) for ns in derived.layout.live if ns != TOMBSTONE_NS}
+            if isinstance(command, Materialize)
+            else {},
             registry=registry,
         )
         release_memory()  # the Parquet readers' and the merges' scratch buffers
@@ -522,6 +523,8 @@ def _overlays_needed(command: Command) -> list[str]:
     """The namespaces whose merged overlay `decide` reads for this command."""
     if isinstance(command, (AttachColumns, CompactOverlay)):
         return [command.namespace]
+    if isinstance(command, Materialize):  # the tombstones, for --drop-deleted; the others' names are enough
+        return [TOMBSTONE_NS]
     return []
 
 
