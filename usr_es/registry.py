@@ -295,8 +295,8 @@ def parse_registry(data: bytes, *, source: str = REGISTRY_FILE) -> Registry:
     """Parse and validate registry YAML bytes."""
     import yaml
 
-    try:
-        doc = yaml.safe_load(data) or {}
+    try:  # libyaml's parser where PyYAML was built with it (the same documents, parsed ~10x faster)
+        doc = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except yaml.YAMLError as exc:
         raise RegistryError(f"{source} is not valid YAML: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("namespaces", {}), dict):

@@ -15,6 +15,7 @@ import os
 import secrets
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,18 +84,24 @@ class StoredRows:
             return pa.ipc.open_file(source).schema
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        """The rows a record batch at a time (only `columns`, when given: the others are not read)."""
+        """The rows a record batch at a time (only `columns`, when given: the others are not read), the next
+        batch read and decompressed on a thread of its own while the caller uses this one."""
         seen = 0
-        with pa.OSFile(str(self.path)) as source:
+        with pa.OSFile(str(self.path)) as source, ThreadPoolExecutor(1, thread_name_prefix="usr-read") as ahead:
             reader = pa.ipc.open_file(source)
             if columns is not None:
                 names = reader.schema.names
                 fields = [names.index(c) for c in columns]
                 reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
+            count = reader.num_record_batches
+            coming = ahead.submit(reader.get_batch, 0) if count else None
+            for i in range(count):
+                assert coming is not None
+                batch = coming.result()
+                coming = ahead.submit(reader.get_batch, i + 1) if i + 1 < count else None
                 seen += batch.num_rows
                 yield pa.Table.from_batches([batch])
+                del batch
         if seen != self.num_rows:
             raise IntegrityError(f"payload artifact {self.path.name} holds {seen} rows, expected {self.num_rows}")
 
@@ -169,22 +176,41 @@ class PayloadSpool:
         self.path = folder / f".tmp-spool-{os.getpid()}-{secrets.token_hex(4)}"
         self._file: _HashingFile | None = None
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
-        """Append `table`'s rows (a record batch per chunk)."""
+        """Append `table`'s rows (a record batch per chunk). The rows are compressed and written on a thread
+        of their own while the caller decides the next batch; an error in writing them is raised here (by
+        the next write) or by `stored`/`publish`."""
         if not table.num_rows:
             return
+        self._wait()
         if self._writer is None:
             ops = fileops()
             fd = ops.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             self._file = _HashingFile(ops, fd)
             schema = self._schema if self._schema is not None else table.schema  # else: the first rows'
             self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), schema, options=_IPC_OPTIONS)
-        self._writer.write_table(table)
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="usr-spool")
+        assert self._thread is not None
+        self._pending = self._thread.submit(self._writer.write_table, table)
         self.rows += table.num_rows
 
+    def _wait(self) -> None:
+        """Wait for the rows being written (raising what writing them raised)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def _close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown()
+                self._thread = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
