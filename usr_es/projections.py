@@ -479,7 +479,7 @@ class BaseFile:
         locate = known.index.pairs if known is not None else idindex.looked_up(current.read(["id"]).column("id"))
         scratch = current.path.parent if current.path is not None else Path(tempfile.gettempdir())
         sources: dict[str, Payload] = {ns: derived.rows_of(ns) for ns in event.namespaces if ns in derived.layout.live}
-        if tombs is not None:
+        if tombs is not None and event.drop_deleted:  # else the tombstones change nothing the fold writes
             sources[TOMBSTONE_NS] = tombs
         runs = {ns: SortedRuns(scratch, key=idindex.BASE_ROW) for ns in sources}
         try:
@@ -873,12 +873,12 @@ class DerivedFiles:
         """The column names of `merged(namespace)` but its `WRITTEN` masks, from the parts' schemas (no part
         is merged or read whole): `id`, then each column in order of first appearance, parts by seq, purge
         parts contributing none."""
+        parts = self.layout.live.get(namespace, ())
         held = self._merged.get(namespace)
-        parts = sorted(self.layout.live.get(namespace, ()), key=lambda p: p.mark.seq)
-        if held is not None and held[0] == tuple(p.mark.seq for p in self.layout.live.get(namespace, ())):
+        if held is not None and held[0] == tuple(p.mark.seq for p in parts):
             return tuple(name for name in held[1].column_names if not name.startswith(WRITTEN))
         names = [ID]
-        for part in parts:
+        for part in sorted(parts, key=lambda p: p.mark.seq):
             if part.purge:
                 continue
             schema = self.rows(part).schema
