@@ -344,3 +344,39 @@ def test_export_with_a_default_file_name_too_long_for_the_file_system_asks_for_o
         capsys, "--root", str(cli_root), "export", f"{longest}/{longest}", "--fmt", "csv", "--out", str(tmp_path)
     )
     assert code == 2 and "too long" in err and "--out" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls", "--format", "json"],
+        ["info", "demo/ds", "--format", "json"],
+        ["head", "demo/ds", "-n", "2", "--format", "json"],
+        ["state", "get", "demo/ds", "--id", "nope", "--format", "json"],
+        ["info", "--help"],
+        ["state", "--help"],
+        ["infoo", "demo/ds"],
+    ],
+)
+def test_the_entry_point_parses_like_the_whole_app(
+    cli_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """`main` builds only the named command's parser: what it prints and exits with is the whole app's."""
+    from usr_es import cli
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            cli.main(argv)
+            code = 0
+        except SystemExit as exited:
+            code = int(exited.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    for root_args in (["--root", str(cli_root)], [f"--root={cli_root}"]):
+        slim = run([*root_args, *args])
+        with monkeypatch.context() as whole_app:
+            whole_app.setattr(cli, "_app_for", lambda _: cli.app)
+            assert run([*root_args, *args]) == slim
+        assert slim[0] in (0, 2, 4) and (slim[0] == 0 or slim[2].startswith("error: ") or slim[1].startswith("Usage:"))

@@ -527,9 +527,12 @@ def _scan(plan: _Plan, sel: _Selection, batch_size: int, directory: Path) -> Ite
     sources = _overlay_rows(sel.part_reads(plan))
     runs = {ns: SortedRuns(directory, key=BASE_ROW) for ns in sources}
     try:
-        locate = _locate(plan, directory) if sources else None
-        lined = {ns: InBaseOrder.spill(rows, locate, runs[ns]) for ns, rows in sources.items() if locate is not None}
-        del sources, locate
+        lined: dict[str, InBaseOrder] = {}
+        if sources:
+            locate = _locate(plan, directory)
+            lined = {ns: InBaseOrder.spill(rows, locate, runs[ns]) for ns, rows in sources.items()}
+            del locate
+        del sources
         offset = 0
         for batch in reader.iter_batches(batch_size=batch_size, columns=sel.base_columns):
             n = batch.num_rows
