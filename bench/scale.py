@@ -237,7 +237,12 @@ def render(steps: dict[str, Step], sizes: list[int], stream: tuple[int, float, f
         cells = []
         for n in sizes:
             base = record.baseline.get(n)
-            times = f"{record.seconds[n]:.2f} s / {bench.mb(record.rss[n])}"
+            seconds = record.seconds[n]  # three decimals below a second: the verdict's precision is shown
+            times = (
+                f"{seconds:.3f} s / {bench.mb(record.rss[n])}"
+                if seconds < 1
+                else f"{seconds:.2f} s / {bench.mb(record.rss[n])}"
+            )
             cells.append(times + (f" / {ratio(record.seconds[n], base)}×" if base else ""))
         growth = ratio(record.seconds[sizes[-1]], record.seconds[sizes[0]]) if len(sizes) > 1 else "-"
         target, ok = verdicts(record, sizes)

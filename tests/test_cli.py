@@ -380,3 +380,26 @@ def test_the_entry_point_parses_like_the_whole_app(
             whole_app.setattr(cli, "_app_for", lambda _: cli.app)
             assert run([*root_args, *args]) == slim
         assert slim[0] in (0, 2, 4) and (slim[0] == 0 or slim[2].startswith("error: ") or slim[1].startswith("Usage:"))
+
+
+@pytest.mark.parametrize("when", ["before the write", "while its result is shown"])
+def test_a_ctrl_c_outside_the_write_still_says_what_the_log_holds(
+    cli_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    from usr_es.cli import writes
+
+    def stop(*_: Any, **__: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writes, "existing_dataset" if when == "before the write" else "emit_receipt", stop)
+    ds = Dataset.open(cli_root, "demo/ds")
+    head = ds.info().head_seq
+    some_id = ds.head(1).column("id")[0].as_py()
+    code, out, err = run_main(capsys, "--root", str(cli_root), "delete", "demo/ds", "--id", some_id)
+    assert code == 130 and out == ""
+    if when == "before the write":
+        assert ds.info().head_seq == head
+        assert err.startswith("error: interrupted before anything was written to the log [NOT_COMMITTED]")
+    else:
+        assert ds.info().head_seq == head + 1
+        assert err.startswith(f"error: interrupted after event seq {head + 1} of demo/ds was committed [COMMITTED]")

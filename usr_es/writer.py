@@ -93,6 +93,16 @@ def utc_now_text(after: str | None = None) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: The last event this process committed (dataset, seq): what a Ctrl-C after a write returned (while its result
+#: is shown) has left in the log.
+_LAST_COMMIT: list[tuple[str, int]] = []
+
+
+def last_commit() -> tuple[str, int] | None:
+    """The dataset and seq of the last event this process committed (None: none yet)."""
+    return _LAST_COMMIT[0] if _LAST_COMMIT else None
+
+
 @dataclass
 class _Progress:
     """How far a write got: whether its lines were being appended, and the seq it committed."""
@@ -222,6 +232,7 @@ class Writer:
         progress.appending = True
         append_record(self.directory / LOG_FILE, data, expected_size=tail.scan.size)
         progress.appending, progress.committed = False, records[-1].seq
+        _LAST_COMMIT[:] = [(self.name, records[-1].seq)]
         fileops().point("after_append")
         try:
             tail.fold.seal({record.seq: record.hash for record in records})

@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from ..errors import EXIT_INTERNAL, EXIT_USAGE, CommitError, UsrError
+from ..errors import EXIT_ABORT, EXIT_INTERNAL, EXIT_USAGE, CommitError, Interrupted, UsrError
 from . import log, maintenance, reads, writes
 from .common import options
 
@@ -120,16 +120,19 @@ def _prefer_jemalloc() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning every UsrError into `error:`/`hint:` + exit code."""
     _prefer_jemalloc()
+    before = _last_commit()
     try:
-        code = _run(argv)
+        code = _run(argv, before)
     finally:
         if argv is None:  # the process is done: a late Ctrl-C must not turn a reported outcome into a signal death
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == EXIT_ABORT:  # the parser turned a Ctrl-C the command did not report into this exit code
+        _interrupted(before)
     if isinstance(code, int) and code:
         sys.exit(code)
 
 
-def _run(argv: list[str] | None) -> object:
+def _run(argv: list[str] | None, before: tuple[str, int] | None) -> object:
     try:
         args = sys.argv[1:] if argv is None else argv
         return _app_for(args)(args=args, prog_name="usr", standalone_mode=False)
@@ -138,8 +141,7 @@ def _run(argv: list[str] | None) -> object:
     except typer.TyperException as exc:  # the parser's own errors (bad option, missing argument, ...)
         _usage_failed(exc, sys.argv[1:] if argv is None else argv)
     except (KeyboardInterrupt, typer.Abort):
-        typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+        _interrupted(before)
     except BrokenPipeError:  # `usr head ... | head -1`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
@@ -152,6 +154,22 @@ def _run(argv: list[str] | None) -> object:
         typer.echo(f"error: internal error ({type(exc).__name__}): {exc}", err=True)
         typer.echo("hint: this is a bug in usr_es; rerun with USR_DEBUG=1 for the traceback", err=True)
         sys.exit(EXIT_INTERNAL)
+
+
+def _last_commit() -> tuple[str, int] | None:
+    """The last event this process committed (`writer.last_commit`; None: no write ran yet)."""
+    writer = sys.modules.get("usr_es.writer")  # not imported: no write ran in this process
+    return writer.last_commit() if writer is not None else None
+
+
+def _interrupted(before: tuple[str, int] | None) -> NoReturn:
+    """A Ctrl-C outside a write's own reporting (before it began, or while its result was shown): say what
+    the log holds, as a write does (`before`: the last commit when the command started)."""
+    last = _last_commit()
+    if last is not None and last != before:
+        name, seq = last
+        _fail(Interrupted(f"interrupted after event seq {seq} of {name} was committed", state="COMMITTED"))
+    _fail(Interrupted("interrupted before anything was written to the log", state="NOT_COMMITTED"))
 
 
 def _usage_failed(exc: typer.TyperException, args: list[str]) -> NoReturn:
