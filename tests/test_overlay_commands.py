@@ -758,6 +758,41 @@ def test_attach_after_materialize_and_drop_keeps_other_materialized_values(
     assert rows_by_id(ds.view()) == view
 
 
+def test_a_small_attach_to_a_materialized_namespace_never_reads_its_columns_whole(
+    ds_ids: tuple[Dataset, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overwrite check reads the materialized values of the attached ids only (through the id index),
+    and an attach with --allow-overwrite reads none."""
+    from usr_es import recovery
+    from usr_es.projections import BaseBytes
+
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:3], "score": [1.0, 2.0, 3.0]})
+    ds.maintenance.materialize(drop_overlays=True)
+    whole: list[list[str]] = []
+    read_base, read = recovery.read_base, BaseBytes.read
+
+    def base_read(directory: Path, mark: Any, *, columns: list[str] | None = None) -> Any:
+        whole.append(list(columns) if columns is not None else ["<all>"])
+        return read_base(directory, mark, columns=columns)
+
+    def bytes_read(self: BaseBytes, columns: list[str] | None) -> pa.Table:
+        whole.append(list(columns) if columns is not None else ["<all>"])
+        return read(self, columns)
+
+    monkeypatch.setattr(recovery, "read_base", base_read)
+    monkeypatch.setattr(BaseBytes, "read", bytes_read)
+    ds.write_overlay("mock", {"id": ids[1:3], "score": [20.0, 30.0]}, allow_overwrite=True)
+    with pytest.raises(NamespaceError, match="mock__score"):  # ids[0] holds a materialized value
+        ds.write_overlay("mock", {"id": ids[:1], "score": [10.0]})
+    ds.write_overlay("mock", {"id": ids[3:5], "score": [4.0, 5.0]})  # no value yet: not an overwrite
+    assert not any(name.startswith("mock__") or name == "<all>" for columns in whole for name in columns)
+    monkeypatch.undo()
+    got = ds.get(ids[:5], columns=["mock__score"]).column("mock__score").to_pylist()
+    assert got == [1.0, 20.0, 30.0, 4.0, 5.0]
+    assert ds.verify().ok
+
+
 def test_state_folded_by_materialize_still_reads_after_dropping_overlays(ds_ids: tuple[Dataset, list[str]]) -> None:
     ds, ids = ds_ids
     ds.set_state([ids[0]], qc_status="pass", masked=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -133,6 +133,9 @@ class DatasetState:
     #: The column names of namespaces' merged overlays, where the rows are not needed (a materialize decides
     #: on the names alone); a namespace not here has its names read from `overlays`.
     overlay_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The base's rows of some ids (`id` and the given columns), for columns `base` does not hold: read where
+    #: they are (the writer reads only the row groups holding a few ids). None: `base` holds what is needed.
+    base_values: Callable[[pa.Array, list[str]], pa.Table] | None = None
     registry: Registry | None = None
 
 
@@ -862,10 +865,13 @@ def _check_overwrite(state: DatasetState, ns: str, incoming: pa.Table, allow: bo
         return
     names = [c for c in incoming.column_names if c != "id"]
     merged = state.overlays.get(ns)
-    in_base = [c for c in names if c in state.base.column_names]
+    held = state.base.column_names
+    in_base = [c for c in names if c in (state.base_names if state.base_names is not None else held)]
     if merged is None and not in_base:
         return
-    if in_base:  # materialized columns of the namespace: the base's values of these records count too
+    if in_base and state.base_values is not None and not set(in_base) <= set(held):
+        subset = state.base_values(incoming.column("id").combine_chunks(), in_base)  # read where they are
+    elif in_base:  # materialized columns of the namespace: the base's values of these records count too
         subset = state.base.filter(pc.is_in(state.base.column("id"), value_set=incoming.column("id")))
     else:
         subset = incoming.select(["id"])

@@ -277,6 +277,10 @@ class BaseBytes:
 
     def ids_at(self, rows: list[int]) -> pa.Array:
         """The ids at base rows `rows` (sorted), reading only the row groups that hold them."""
+        return self.rows_at(rows, ["id"]).column("id").combine_chunks()
+
+    def rows_at(self, rows: list[int], columns: list[str]) -> pa.Table:
+        """`columns` at base rows `rows` (sorted), reading only the row groups that hold them."""
         import pyarrow.compute as pc
 
         reader = self.reader()
@@ -287,11 +291,12 @@ class BaseBytes:
         for row in rows:
             group = bisect_right(starts, row) - 1
             by_group.setdefault(group, []).append(row - starts[group])
+        schema = reader.schema_arrow
         pieces = [
-            pc.take(reader.read_row_group(g, columns=["id"]).column("id"), pa.array(at, pa.int64()))
+            pc.take(reader.read_row_group(g, columns=columns), pa.array(at, pa.int64())).replace_schema_metadata(None)
             for g, at in sorted(by_group.items())
         ]
-        return pa.chunked_array(pieces, pa.string()).combine_chunks()
+        return pa.concat_tables(pieces) if pieces else pa.schema([schema.field(c) for c in columns]).empty_table()
 
     def _buffer(self) -> pa.Buffer:
         """The whole file as one buffer (the stored prefix mapped; copied only when chunks follow it)."""
@@ -788,6 +793,17 @@ class IndexedIds:
         if not self._read:
             self._read.append(self.bytes.read(["id"]).column("id").combine_chunks())
         return self._read[0]
+
+    def rows_of(self, wanted: pa.Array, columns: list[str]) -> pa.Table | None:
+        """The base's rows of `wanted` ids (`id` and `columns`), reading only the row groups that hold their
+        candidates (None: too many ids for that to beat reading the columns whole)."""
+        import pyarrow.compute as pc
+
+        if len(wanted) > _SEARCHED_IDS:
+            return None
+        rows = sorted({row for value in wanted.to_pylist() for row in self.index.candidates(value)})
+        found = self.bytes.rows_at(rows, ["id", *columns])
+        return found.filter(pc.is_in(found.column("id"), value_set=wanted))
 
     def isin(self, wanted: pa.Array) -> pa.Array:
         import pyarrow.compute as pc

@@ -284,7 +284,8 @@ class Writer:
             ids=_known_ids(fold),
             bio_types=fold.get(BaseFile).bio_types() if isinstance(command, AttachColumns) else None,
             base=base.table if base is not None else None,
-            base_names=fold.get(BaseFile).column_names() if isinstance(command, Materialize) else None,
+            base_names=fold.get(BaseFile).column_names() if isinstance(command, (Materialize, AttachColumns)) else None,
+            base_values=_base_values(fold) if isinstance(command, AttachColumns) else None,
             live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
             overlays={ns: derived.merged(ns) for ns in _overlays_needed(command) if ns in derived.layout.live},
             overlay_columns={ns: derived.columns(ns) for ns in derived.layout.live if ns != TOMBSTONE_NS}
@@ -459,16 +460,13 @@ class Writer:
         needed = _BASE_COLUMNS_NEEDED.get(type(command))
         if needed is not None or not isinstance(command, AttachColumns):
             return needed
-        try:
-            names = pq.read_schema(self.directory / RECORDS_FILE).names
+        try:  # a missing or unreadable base is loaded whole, and reported, by the catch-up
+            pq.read_schema(self.directory / RECORDS_FILE)
         except (OSError, pa.ArrowInvalid):
             return None
-        # Keys resolve through the id index (sequence_ci through upper-cased sequences); materialized columns
-        # of the namespace (and the ids they belong to) are needed for the overwrite check.
-        materialized = [n for n in names if n.startswith(f"{command.namespace}__")]
-        if command.key == "sequence_ci":
-            return ["id", "bio_type", "alphabet", "sequence", *materialized]
-        return ["id", *materialized] if materialized else []
+        # Keys resolve through the id index (sequence_ci through upper-cased sequences); the overwrite check
+        # reads the values of materialized columns where they are (`_base_values`).
+        return ["id", "bio_type", "alphabet", "sequence"] if command.key == "sequence_ci" else []
 
     def _registry_for_write(self, last_hash: str | None) -> Registry:
         """The live registry; for a dataset outside any root (e.g. a replayed copy), the frozen
@@ -497,6 +495,28 @@ def _unwritten(discard: Callable[[], object]) -> Iterator[None]:
     except BaseException:
         discard()
         raise
+
+
+def _base_values(fold: Fold) -> Callable[[pa.Array, list[str]], pa.Table]:
+    """`DatasetState.base_values`: through the id index, only the row groups holding a few ids' candidates
+    are read; else (many ids, or no index) the columns whole, once per write."""
+    whole: dict[tuple[str, ...], pa.Table] = {}
+
+    def values(ids: pa.Array, columns: list[str]) -> pa.Table:
+        import pyarrow.compute as pc
+
+        known = fold.get(IdIndex).known()
+        found = known.rows_of(ids, columns) if known is not None else None
+        if found is not None:
+            return found
+        key = tuple(columns)
+        if key not in whole:
+            base = fold.get(BaseFile)
+            whole[key] = pa.table({name: base.column(name) for name in ["id", *columns]})
+        table = whole[key]
+        return table.filter(pc.is_in(table.column("id"), value_set=ids))
+
+    return values
 
 
 def _known_ids(fold: Fold) -> Any:
