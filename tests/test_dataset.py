@@ -642,3 +642,33 @@ def test_verify_reports_a_base_whose_footer_writer_field_no_longer_decodes(datas
     dataset.records_path.write_bytes(bytes(data))
     report = dataset.verify()
     assert not report.ok and "records.parquet" in report.problems[0]
+
+
+@pytest.mark.parametrize("name", ["/tmp/a\x00b", "./x\x00", "a\x00b"])
+def test_a_dataset_id_or_path_with_a_nul_byte_is_refused_as_invalid_input(tmp_path: Path, name: str) -> None:
+    from usr_es.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="NUL"):
+        Dataset.open(tmp_path, name).init()
+    with pytest.raises(InvalidInput, match="NUL"):
+        Dataset.at(name)
+
+
+def test_a_dataset_id_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    from usr_es.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="Invalid dataset id"):
+        Dataset.open(tmp_path, "demo/ds\n").init()
+    assert not any(tmp_path.rglob("*"))
+
+
+def test_a_namespace_or_command_id_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    from usr_es.errors import InvalidInput, NamespaceError
+    from usr_es.registry import register_namespace, split_columns_spec
+
+    with pytest.raises(NamespaceError, match="Invalid namespace"):
+        register_namespace(tmp_path, "mock\n", split_columns_spec("score:float64"))
+    register_namespace(tmp_path, "mock", split_columns_spec("mock__score:float64"))
+    ds = Dataset.open(tmp_path, "demo/ds")
+    with pytest.raises(InvalidInput, match="Invalid command id"):
+        ds.init(command_id="job-1\n")

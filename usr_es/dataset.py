@@ -95,6 +95,8 @@ class Dataset:
         """
         root = Path(root).expanduser().resolve()
         text = str(name_or_path)
+        if "\x00" in text:
+            raise InvalidInput("A dataset id or path must not contain NUL bytes.")
         try:
             candidate = Path(text).expanduser()
         except RuntimeError:  # `~user` naming no user
@@ -112,6 +114,8 @@ class Dataset:
     @classmethod
     def at(cls, directory: Path | str) -> Dataset:
         """Open the dataset stored in `directory` (anywhere, e.g. a `usr replay --out` copy)."""
+        if "\x00" in str(directory):
+            raise InvalidInput("A dataset path must not contain NUL bytes.")
         path = Path(directory).expanduser().resolve()
         if path.is_file() and path.name in (RECORDS_FILE, LOG_FILE):
             path = path.parent

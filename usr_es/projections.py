@@ -38,6 +38,7 @@ from .codec import (
     encode_part_batches,
     footer_start,
     patch_watermark_hash,
+    read_parquet,
     read_watermark,
 )
 from .errors import IntegrityError
@@ -265,7 +266,7 @@ class BaseBytes:
 
     def read(self, columns: list[str] | None) -> pa.Table:
         """The base table these bytes hold (only `columns`, when given)."""
-        table = pq.read_table(pa.BufferReader(self._buffer()), columns=columns)
+        table = read_parquet(pa.BufferReader(self._buffer()), columns)
         return table.replace_schema_metadata(None) if table.num_columns else table
 
     def reader(self) -> pq.ParquetFile:

@@ -20,9 +20,8 @@ from typing import TypeVar
 
 import msgspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .codec import read_watermark
+from .codec import read_parquet, read_watermark
 from .errors import IntegrityError, NotFound, ReadError
 from .events import BASE_EVENTS, GENESIS_HASH, LogRecord, OverlayWritten, SequencesImported, record_decoder
 from .fileio import append_at, fileops, locked, remove_stale_temps
@@ -97,10 +96,10 @@ class LocalSource(PartSource):
 
         trusted = self.trusted.pop(table_key(info), None)
         if trusted is not None:
-            return pq.read_table(trusted).replace_schema_metadata(None)
+            return read_parquet(trusted).replace_schema_metadata(None)
         path = self.directory / info.file
         if self.trust_files and read_watermark(path) == info.mark:
-            return pq.read_table(path).replace_schema_metadata(None)
+            return read_parquet(path).replace_schema_metadata(None)
         if info.sources:
             return sorted_part(merge_parts([Part(s.mark.seq, resolve(s)) for s in info.sources]))
         record = self._record_of(info)
@@ -510,7 +509,7 @@ def live_parts(directory: Path) -> tuple[pa.Table, dict[str, pa.Table], DerivedL
     derived = fold.get(DerivedFiles)
     derived.load(directory)
     merged = {ns: derived.merged(ns) for ns in derived.layout.live}
-    base = pq.read_table(directory / RECORDS_FILE).replace_schema_metadata(None)
+    base = read_parquet(directory / RECORDS_FILE).replace_schema_metadata(None)
     return base, merged, derived.layout
 
 

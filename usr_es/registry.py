@@ -19,7 +19,7 @@ from .errors import NamespaceError, NotFound, RegistryError
 from .fileio import fileops, locked, write_atomic
 from .names import ESSENTIAL_COLUMNS, REGISTRY_FILE, RESERVED_NAMESPACES
 
-NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*\Z")  # \Z: a trailing newline is no match
 
 _PRIMITIVES: dict[str, pa.DataType] = {
     "string": pa.string(),

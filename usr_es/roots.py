@@ -10,7 +10,7 @@ from .errors import InvalidInput, NotFound
 from .names import LOG_FILE, REGISTRY_FILE
 
 _SEGMENT_MAX = 128
-_SEGMENT = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{_SEGMENT_MAX - 1}}}$")
+_SEGMENT = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{_SEGMENT_MAX - 1}}}")  # whole segments: `fullmatch`
 _SKIP = {"archived", "_archive"}
 
 
@@ -27,7 +27,7 @@ def validate_id(dataset_id: str) -> str:
             f"Dataset id segment '{longest[:24]}...' is {len(longest)} characters; the limit is {_SEGMENT_MAX}.",
             hint="Use a shorter name (ids become folder names).",
         )
-    if len(parts) > 2 or any(not _SEGMENT.match(p) for p in parts):
+    if len(parts) > 2 or any(not _SEGMENT.fullmatch(p) for p in parts):
         raise InvalidInput(
             f"Invalid dataset id '{dataset_id}'.",
             hint="Ids are `name` or `ns/name`; segments start with a letter or digit and use "

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from .codec import read_parquet
 from .errors import IntegrityError, NotFound
 from .events import PayloadRef
 from .fileio import FileOps, Part, SeamFile, fileops, spill_file, write_atomic, write_once
@@ -435,7 +436,7 @@ def read_base(dataset_dir: Path, mark: Watermark, *, columns: list[str] | None =
     With `columns`, only those columns are read (the row count is kept): a partial projection for
     commands that need no more, which the caller must not encode or fold events into.
     """
-    table = pq.read_table(dataset_dir / RECORDS_FILE, columns=columns)
+    table = read_parquet(dataset_dir / RECORDS_FILE, columns)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     if table.num_columns:  # on a table without columns, replace_schema_metadata would lose the row count
         table = table.replace_schema_metadata(None)

@@ -67,7 +67,7 @@ from .storage import (
     write_payload,
 )
 
-_COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
+_COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}\Z")  # \Z: a trailing newline is no match
 #: Commands whose decision needs at most these base columns (and that do not change the base):
 #: their writes read only these columns of records.parquet. Every other command reads it whole.
 _BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
