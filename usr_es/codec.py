@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .alphabet import ID_HASH_SPEC, SCHEMA_VERSION
-from .fileio import Part, Spill, spill_file
+from .fileio import Part, Spill, scratch_file
 from .projectors import PROJECTOR_VERSION, BaseProjection, PartInfo, Watermark
 
 HASH_PLACEHOLDER = "~usr_es~watermark~hash~pending~~"  # same length as an xxh3-128 hex digest
@@ -166,16 +166,9 @@ def _scratch(folder: Path) -> tuple[int, pa.NativeFile]:
     nothing behind. A name removed by a writer's temp sweep before the sink opened it is tried again."""
     import errno
     import os
-    import tempfile
 
     for _ in range(3):
-        try:
-            fd, path = spill_file(folder)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or folder == Path(tempfile.gettempdir()):
-                raise
-            folder = Path(tempfile.gettempdir())
-            fd, path = spill_file(folder)
+        fd, path = scratch_file(folder)
         try:
             sink = pa.OSFile(str(path), "a")
         except BaseException:
@@ -188,7 +181,7 @@ def _scratch(folder: Path) -> tuple[int, pa.NativeFile]:
             return fd, sink
         sink.close()
         os.close(fd)
-    raise OSError(errno.EAGAIN, f"scratch files in {folder} were removed as they were opened")
+    raise OSError(errno.EAGAIN, f"scratch files in {path.parent} were removed as they were opened")
 
 
 def append_parquet(

@@ -176,6 +176,21 @@ def spill_file(directory: Path) -> tuple[int, Path]:
     return fd, path
 
 
+def scratch_file(folder: Path) -> tuple[int, Path]:
+    """`spill_file` in `folder` (made if missing), or in the temp folder where `folder` cannot be written (a
+    verify of a read-only dataset)."""
+    import tempfile
+
+    try:
+        folder.mkdir(exist_ok=True)
+        return spill_file(folder)
+    except OSError as exc:
+        elsewhere = Path(tempfile.gettempdir())
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or folder == elsewhere:
+            raise
+        return spill_file(elsewhere)
+
+
 class SeamFile(io.RawIOBase):
     """A write-only file object over a descriptor whose writes go through the seam (whole writes)."""
 

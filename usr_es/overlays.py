@@ -67,7 +67,7 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
     ordered = _apply_purges(ordered)
     if not ordered:
         return pa.table({ID: pa.array([], pa.string())})
-    if len(ordered) == 1 and not any(name.startswith(WRITTEN) for name in ordered[0].table.column_names):
+    if len(ordered) == 1 and merges_to_itself(ordered[0].table.column_names):
         return _merge_one(ordered[0])
 
     ids = [_part_ids(part) for part in ordered]
@@ -115,6 +115,12 @@ def merge_parts(parts: Sequence[Part]) -> pa.Table:
         if take.null_count:
             out[WRITTEN + name] = pc.is_valid(take)
     return pa.table(out).combine_chunks()
+
+
+def merges_to_itself(names: Sequence[str]) -> bool:
+    """Whether a namespace's only part, with these columns, is its own merge (rows and columns as stored,
+    `id` first): no part of it is a purge or carries written-cell masks."""
+    return not any(name == PURGED or name.startswith(WRITTEN) for name in names)
 
 
 def _apply_purges(ordered: list[Part]) -> list[Part]:

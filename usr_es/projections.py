@@ -905,10 +905,12 @@ class DerivedFiles:
     def rows_of(self, namespace: str) -> Payload:
         """`merged(namespace)`'s rows to read a batch at a time: a single part's own rows where they are (an
         attach's payload or a part file stays on disk), else the merge."""
+        from .overlays import merges_to_itself
+
         parts = self.layout.live.get(namespace, ())
         if len(parts) == 1 and not parts[0].purge and namespace not in self._merged:
             rows = self.rows(parts[0])
-            if not any(name.startswith((WRITTEN, PURGED)) for name in rows.schema.names):
+            if merges_to_itself(rows.schema.names):
                 return rows
         return self.merged(namespace)
 
@@ -1024,7 +1026,7 @@ def _part_encoder(derived: DerivedFiles, info: PartInfo) -> Callable[[], Encoded
         rows = derived.rows(info)
         if isinstance(rows, pa.Table):
             return encode_part(info, rows)
-        scratch = rows.path.parent if isinstance(rows, (StoredRows, ParquetRows)) else Path(tempfile.gettempdir())
+        scratch = rows.folder if isinstance(rows, (StoredRows, ParquetRows)) else Path(tempfile.gettempdir())
         return encode_part_batches(info, rows.batches(), rows.schema, scratch=scratch)
 
     return encode

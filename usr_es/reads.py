@@ -546,30 +546,12 @@ def _scan(plan: _Plan, sel: _Selection, batch_size: int, directory: Path) -> Ite
             spilled.discard()
 
 
-@dataclass(frozen=True)
-class _PartRows:
-    """Some columns of an overlay part file, read a row group at a time (`projectors.RowBatches`)."""
-
-    src: _Source
-    columns: list[str]
-
-    @property
-    def num_rows(self) -> int:
-        return self.src.num_rows
-
-    @property
-    def schema(self) -> pa.Schema:
-        return pa.schema([self.src.schema.field(name) for name in self.columns])
-
-    def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        reader = self.src.reader(streaming=False)
-        for group in self.src.groups():
-            yield _strip(reader.read_row_group(group, columns=columns or self.columns))
-
-
 def _overlay_rows(reads: list[tuple[str, _Source, list[str]]]) -> dict[str, Payload]:
     """Each needed namespace's merged rows: a single part file's own rows, read a row group at a time when
     they are spilled, else the merge of its parts (held)."""
+    from .overlays import merges_to_itself
+    from .storage import ParquetRows
+
     by_namespace: dict[str, list[tuple[_Source, list[str]]]] = {}
     for ns, src, columns in reads:
         by_namespace.setdefault(ns, []).append((src, columns))
@@ -577,8 +559,8 @@ def _overlay_rows(reads: list[tuple[str, _Source, list[str]]]) -> dict[str, Payl
     merging = []
     for ns, parts in by_namespace.items():
         src, columns = parts[0]
-        if len(parts) == 1 and src.table is None and not any(c == PURGED or c.startswith(WRITTEN) for c in columns):
-            out[ns] = _PartRows(src, columns)
+        if len(parts) == 1 and src.file is not None and src.table is None and merges_to_itself(columns):
+            out[ns] = ParquetRows(src.file, columns)
         else:
             merging += [(ns, part, cols) for part, cols in parts]
     if merging:

@@ -92,35 +92,47 @@ class LocalSource(PartSource):
     cache: BaseCache | None = None
 
     def part(self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table]) -> pa.Table:
+        stored = self._stored(info, keep=False)
+        if stored is not None:
+            return read_parquet(stored).replace_schema_metadata(None)
+        return self._regenerated(info, resolve)
+
+    def rows(self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table]) -> Payload:
+        stored = self._stored(info, keep=True)
+        if stored is not None:
+            return ParquetRows(stored)
+        record = None
+        if not info.sources:
+            record = self._record_of(info)
+            if isinstance(record.event, OverlayWritten) and record.payload is not None:
+                return open_payload(self.directory, record.payload)  # an attach's part is its payload
+        return self._regenerated(info, resolve, record)
+
+    def _stored(self, info: PartInfo, *, keep: bool) -> Path | None:
+        """The file holding part `info` that may be read as it is: a verified checkpoint's (given up once
+        read unless `keep`), or the part file when files are trusted and its watermark matches."""
+        key = table_key(info)
+        trusted = self.trusted.get(key) if keep else self.trusted.pop(key, None)
+        if trusted is not None:
+            return trusted
+        path = self.directory / info.file
+        return path if self.trust_files and read_watermark(path) == info.mark else None
+
+    def _regenerated(
+        self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table], record: LogRecord | None = None
+    ) -> pa.Table:
+        """Part `info` made again from the log: the merge of the parts it compacted, or its event's rows
+        (`record`: its log record, when already read)."""
         from .overlays import Part, merge_parts
 
-        trusted = self.trusted.pop(table_key(info), None)
-        if trusted is not None:
-            return read_parquet(trusted).replace_schema_metadata(None)
-        path = self.directory / info.file
-        if self.trust_files and read_watermark(path) == info.mark:
-            return read_parquet(path).replace_schema_metadata(None)
         if info.sources:
             return sorted_part(merge_parts([Part(s.mark.seq, resolve(s)) for s in info.sources]))
-        record = self._record_of(info)
+        record = record if record is not None else self._record_of(info)
         payload = read_payload(self.directory, record.payload) if record.payload is not None else None
         table = part_table(record.event, payload)
         if table is None:
             raise IntegrityError(f"event seq {record.seq} does not produce overlay part {info.file}")
         return table
-
-    def rows(self, info: PartInfo, resolve: Callable[[PartInfo], pa.Table]) -> Payload:
-        trusted = self.trusted.get(table_key(info))
-        if trusted is not None:
-            return ParquetRows(trusted)
-        path = self.directory / info.file
-        if self.trust_files and read_watermark(path) == info.mark:
-            return ParquetRows(path)
-        if not info.sources:
-            record = self._record_of(info)
-            if isinstance(record.event, OverlayWritten) and record.payload is not None:
-                return open_payload(self.directory, record.payload)  # an attach's part is its payload
-        return self.part(info, resolve)
 
     def _record_of(self, info: PartInfo) -> LogRecord:
         """The record of the event that wrote part `info`."""

@@ -13,6 +13,7 @@ import io
 import mmap
 import os
 import secrets
+import tempfile
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +29,7 @@ import xxhash
 from .codec import read_parquet
 from .errors import IntegrityError, NotFound
 from .events import PayloadRef
-from .fileio import FileOps, Part, SeamFile, fileops, spill_file, write_atomic, write_once
+from .fileio import FileOps, Part, SeamFile, fileops, scratch_file, write_atomic, write_once
 from .names import PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR
 from .projectors import BaseProjection, DerivedLayout, PartInfo, Watermark
 from .registry import Registry, parse_registry
@@ -80,6 +81,11 @@ class StoredRows:
     num_rows: int
 
     @property
+    def folder(self) -> Path:
+        """Where scratch files made from these rows go: beside the payload."""
+        return self.path.parent
+
+    @property
     def schema(self) -> pa.Schema:
         with pa.OSFile(str(self.path)) as source:
             return pa.ipc.open_file(source).schema
@@ -109,22 +115,33 @@ class StoredRows:
 
 @dataclass(frozen=True)
 class ParquetRows:
-    """A Parquet file's rows, read a row group at a time (a stored overlay part, docs/adr/0014)."""
+    """A Parquet file's rows (only `columns`, when given), read a row group at a time: a stored overlay part
+    (docs/adr/0014), by path or as a read plan opened it."""
 
-    path: Path
+    source: Path | pa.NativeFile
+    columns: list[str] | None = None
+
+    def _reader(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.source if isinstance(self.source, pa.NativeFile) else str(self.source))
 
     @property
     def num_rows(self) -> int:
-        return int(pq.read_metadata(self.path).num_rows)
+        return int(self._reader().metadata.num_rows)
 
     @property
     def schema(self) -> pa.Schema:
-        return pq.read_schema(self.path).remove_metadata()
+        schema = self._reader().schema_arrow.remove_metadata()
+        return schema if self.columns is None else pa.schema([schema.field(name) for name in self.columns])
+
+    @property
+    def folder(self) -> Path:
+        """Where scratch files made from these rows go: beside the file, else the temp folder."""
+        return self.source.parent if isinstance(self.source, Path) else Path(tempfile.gettempdir())
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        reader = pq.ParquetFile(self.path)
+        reader = self._reader()
         for group in range(reader.metadata.num_row_groups):
-            yield reader.read_row_group(group, columns=columns).replace_schema_metadata(None)
+            yield reader.read_row_group(group, columns=columns or self.columns).replace_schema_metadata(None)
 
 
 def _digest_of(path: Path) -> tuple[int, str]:
@@ -287,17 +304,7 @@ class SortedRuns:
             writer.write_table(table, max_chunksize=RUN_BATCH_ROWS)
 
     def _scratch(self) -> int:
-        import errno
-        import tempfile
-
-        try:
-            self._folder.mkdir(exist_ok=True)
-            fd, path = spill_file(self._folder)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise
-            self._folder = Path(tempfile.gettempdir())
-            fd, path = spill_file(self._folder)
+        fd, path = scratch_file(self._folder)
         self._fds.append(fd)
         with contextlib.suppress(FileNotFoundError):  # swept already: the descriptor still holds it
             os.unlink(path)

@@ -501,11 +501,11 @@ def _base_values(fold: Fold) -> Callable[[pa.Array, list[str]], pa.Table]:
     """`DatasetState.base_values`: through the id index, only the row groups holding a few ids' candidates
     are read; else (many ids, or no index) the columns whole, once per write."""
     whole: dict[tuple[str, ...], pa.Table] = {}
+    known = fold.get(IdIndex).known()
 
     def values(ids: pa.Array, columns: list[str]) -> pa.Table:
         import pyarrow.compute as pc
 
-        known = fold.get(IdIndex).known()
         found = known.rows_of(ids, columns) if known is not None else None
         if found is not None:
             return found

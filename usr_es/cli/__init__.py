@@ -133,13 +133,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(argv: list[str] | None, before: tuple[str, int] | None) -> object:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        args = sys.argv[1:] if argv is None else argv
         return _app_for(args)(args=args, prog_name="usr", standalone_mode=False)
     except UsrError as exc:
         _fail(exc)
     except typer.TyperException as exc:  # the parser's own errors (bad option, missing argument, ...)
-        _usage_failed(exc, sys.argv[1:] if argv is None else argv)
+        _usage_failed(exc, args)
     except (KeyboardInterrupt, typer.Abort):
         _interrupted(before)
     except BrokenPipeError:  # `usr head ... | head -1`: the reader left; say nothing more
