@@ -463,7 +463,7 @@ def _import_batch(
     return payload.filter(keep), pc.indices_nonzero(keep)
 
 
-def _plainly_valid(raw: pa.Array | pa.ChunkedArray, bio_type: pa.Array, alphabet: pa.Array) -> bool:
+def _plainly_valid(raw: pa.Array | pa.ChunkedArray, bio_type: pa.ChunkedArray, alphabet: pa.ChunkedArray) -> bool:
     """Whether a batch of one known (bio_type, alphabet) has every sequence present and wholly in the
     alphabet, as stored: one scan instead of looking for padding first (the usual input)."""
     if raw.null_count or len(raw) == 0:

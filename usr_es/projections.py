@@ -795,6 +795,10 @@ class IndexedIds:
             self._read.append(self.bytes.read(["id"]).column("id").combine_chunks())
         return self._read[0]
 
+    def _candidates(self, wanted: pa.Array) -> list[int]:
+        """The base rows that may hold one of `wanted` (a binary search per id: for a few of them)."""
+        return sorted({row for value in wanted.to_pylist() for row in self.index.candidates(value)})
+
     def rows_of(self, wanted: pa.Array, columns: list[str]) -> pa.Table | None:
         """The base's rows of `wanted` ids (`id` and `columns`), reading only the row groups that hold their
         candidates (None: too many ids for that to beat reading the columns whole)."""
@@ -802,8 +806,7 @@ class IndexedIds:
 
         if len(wanted) > _SEARCHED_IDS:
             return None
-        rows = sorted({row for value in wanted.to_pylist() for row in self.index.candidates(value)})
-        found = self.bytes.rows_at(rows, ["id", *columns])
+        found = self.bytes.rows_at(self._candidates(wanted), ["id", *columns])
         return found.filter(pc.is_in(found.column("id"), value_set=wanted))
 
     def isin(self, wanted: pa.Array) -> pa.Array:
@@ -813,7 +816,7 @@ class IndexedIds:
 
         nothing = pa.repeat(pa.scalar(False, pa.bool_()), len(wanted))
         if len(wanted) <= _SEARCHED_IDS:
-            rows = sorted({row for value in wanted.to_pylist() for row in self.index.candidates(value)})
+            rows = self._candidates(wanted)
         else:
             positions, pairs = self.index.pairs(wanted)
             if len(pairs) > _CANDIDATE_ROWS:  # compared pair by pair against the base's ids, read once
