@@ -403,3 +403,58 @@ def test_a_ctrl_c_outside_the_write_still_says_what_the_log_holds(
     else:
         assert ds.info().head_seq == head + 1
         assert err.startswith(f"error: interrupted after event seq {head + 1} of demo/ds was committed [COMMITTED]")
+
+
+# -- the process's own end: output flushed before it exits ---------------------------------------
+def _many_rows_root(tmp_path: Path, rows: int) -> Path:
+    import random
+
+    rng = random.Random(7)
+    csv = tmp_path / "many.csv"
+    csv.write_text("sequence\n" + "".join("".join(rng.choice("ACGT") for _ in range(60)) + "\n" for _ in range(rows)))
+    root = tmp_path / "many"
+    steps = (["namespace", "register", "mock", "--columns", "mock__score:float64"], ["init", "big/ds"])
+    for args in (*steps, ["import", "big/ds", "--from", "csv", "--path", str(csv)]):
+        assert usr_process(tmp_path, "--root", str(root), *args).returncode == 0
+    return root
+
+
+def test_a_large_output_reaches_the_reader_whole_before_the_process_ends(tmp_path: Path) -> None:
+    root = _many_rows_root(tmp_path, 3000)
+    proc = usr_process(tmp_path, "--root", str(root), "head", "big/ds", "-n", "3000", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) > 4 * 65536  # several pipe buffers' worth: the tail was written out at exit
+    assert len(json.loads(proc.stdout)["data"]) == 3000
+    failed = usr_process(tmp_path, "--root", str(root), "head", "big/none")
+    assert_user_error(failed, 4)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback_or_late_warning(tmp_path: Path) -> None:
+    root = _many_rows_root(tmp_path, 3000)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("USR_")}
+    with subprocess.Popen(
+        [sys.executable, "-m", "usr_es", "--root", str(root), "head", "big/ds", "-n", "3000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(100)
+        proc.stdout.close()  # `usr head ... | head -c 100`
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert code in (0, 1)
+    assert err == "", err
+
+
+def test_the_process_end_flushes_what_is_still_buffered_and_keeps_the_exit_code() -> None:
+    probe = (
+        "import sys\n"
+        "from usr_es.cli import _leave\n"
+        "sys.stdout.write('out' * 5)\n"  # small writes stay in the buffers until the end
+        "sys.stderr.write('err')\n"
+        "_leave(3)\n"
+    )
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", probe], env=buffered, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out" * 5, "err")

@@ -118,7 +118,24 @@ def _prefer_jemalloc() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning every UsrError into `error:`/`hint:` + exit code."""
+    """Console entry point: run the app, turning every UsrError into `error:`/`hint:` + exit code.
+
+    Called with `argv` (tests, embedding), it returns or raises SystemExit. As the process's entry point
+    (no `argv`), it ends the process itself once the output is flushed (`_leave`)."""
+    if argv is not None:
+        _main(argv)
+        return
+    try:
+        _main(None)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    _leave(code)
+
+
+def _main(argv: list[str] | None) -> None:
     _prefer_jemalloc()
     before = _last_commit()
     try:
@@ -130,6 +147,25 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted(before)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _leave(code: int) -> NoReturn:
+    """End the process with `code` once stdout and stderr are flushed, skipping the interpreter's
+    tear-down (freeing every module, pyarrow's and the allocator's): it cost 15-25 ms of every small
+    command at 10M rows and does nothing a finished command needs. Every write is durable and every
+    scratch file closed before a command returns; the threads it started are joined (mypy ends the
+    same way, `mypy.util.hard_exit`)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left before the last lines: as `_run` reports it
+        code = code or 1
+    except OSError:
+        code = code or 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
 
 
 def _run(argv: list[str] | None, before: tuple[str, int] | None) -> object:
