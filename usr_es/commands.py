@@ -138,6 +138,15 @@ class FreezeRegistry(
     """Freeze the current registry into the dataset and record it."""
 
 
+class AdoptDataset(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="adopt_dataset", forbid_unknown_fields=True
+):
+    """Make a dataset folder the original USR wrote a usr_es dataset, every value kept (docs/adr/0015).
+    The original files go to `_legacy/`; with `keep_originals` those usr_es does not rewrite stay put."""
+
+    keep_originals: bool = False
+
+
 INLINE_IDS = 256
 
 Command = (
@@ -152,6 +161,7 @@ Command = (
     | TakeSnapshot
     | Materialize
     | FreezeRegistry
+    | AdoptDataset
 )
 
 command_decoder = msgspec.json.Decoder(Command)

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from .commands import (
     INLINE_IDS,
+    AdoptDataset,
     AttachColumns,
     ClearState,
     CompactOverlay,
@@ -38,6 +39,7 @@ from .log import LogLine, iter_lines
 from .names import LOG_FILE, RECORDS_FILE, REGISTRY_FILE
 from .recovery import ReadHead, read_consistently
 from .results import (
+    AdoptReport,
     ColumnInfo,
     ColumnProfile,
     DatasetInfo,
@@ -49,7 +51,7 @@ from .results import (
     ValidateReport,
     VerifyReport,
 )
-from .roots import nearest_holding, resolve_existing, validate_id
+from .roots import holds_dataset, nearest_holding, resolve_existing, validate_id
 from .writer import Writer
 
 _IdsCommandType = TombstoneRecords | RestoreRecords | SetState | ClearState
@@ -119,7 +121,7 @@ class Dataset:
         path = Path(directory).expanduser().resolve()
         if path.is_file() and path.name in (RECORDS_FILE, LOG_FILE):
             path = path.parent
-        if not (path / LOG_FILE).is_file():
+        if not holds_dataset(path):
             raise NotFound(f"Not a dataset directory (no {LOG_FILE}): {path}")
         root = nearest_holding(path.parent, REGISTRY_FILE) or path.parent
         return cls(root, ReadHead.at(path).name, path)
@@ -159,6 +161,44 @@ class Dataset:
         return EventLog(self)
 
     # -- mutations ----------------------------------------------------------------------
+    def adopt(
+        self, *, dry_run: bool = True, keep_originals: bool = False, command_id: str | None = None
+    ) -> AdoptReport:
+        """Make this folder, written by the original USR, a usr_es dataset without changing a value
+        (docs/adr/0015): a dry run by default, reporting what it found; with `dry_run=False` the log gets
+        the adoption's events after the original's own lines, and the original files move to `_legacy/`
+        (with `keep_originals`, those usr_es does not rewrite stay where they are too). Adopting an
+        adopted dataset changes nothing; an interrupted adoption is finished."""
+        from .original import LEGACY_DIR, adopt_report, legacy_source, read_original, unadopted
+
+        kept_in = str(self.dir / LEGACY_DIR)
+        if dry_run:
+            fresh = unadopted(self.dir)
+            if not fresh and legacy_source(self.dir) == self.dir:
+                self._require()
+                raise InvalidInput(
+                    f"{self.name} is a usr_es dataset, not one the original USR wrote: nothing to adopt."
+                )
+            found = read_original(self.dir)
+            message = "dry run: nothing was written" if fresh else "already adopted"
+            return adopt_report(self.name, found, dry_run=True, adopted=not fresh, kept_in=kept_in, message=message)
+        receipt = self._writer.execute(AdoptDataset(keep_originals=keep_originals), command_id=command_id)
+        found = self._writer.adopted if self._writer.adopted is not None else read_original(self.dir)
+        message = receipt.message or f"adopted: the log's events 1..{receipt.seq} follow the original's lines"
+        return adopt_report(
+            self.name, found, dry_run=False, adopted=True, kept_in=kept_in, message=message, receipt=receipt
+        )
+
+    @classmethod
+    def adopt_all(cls, root: Path | str, *, dry_run: bool = True, keep_originals: bool = False) -> list[AdoptReport]:
+        """`adopt` every dataset under `root` the original USR wrote (adopted ones are left as they are)."""
+        from .original import unadopted
+        from .roots import list_datasets
+
+        base = Path(root).expanduser().resolve()
+        waiting = [name for name in list_datasets(base) if unadopted(base / name)]
+        return [cls.open(base, name).adopt(dry_run=dry_run, keep_originals=keep_originals) for name in waiting]
+
     def init(
         self,
         *,

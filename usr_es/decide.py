@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from .alphabet import ALPHABETS, BIO_TYPES, alphabet_regex, alphabets_for, keys_of
 from .commands import (
     INLINE_IDS,
+    AdoptDataset,
     AttachColumns,
     ClearState,
     Command,
@@ -42,11 +43,14 @@ from .errors import (
 )
 from .events import (
     ACTIONS,
+    DatasetAdopted,
     DatasetInitialized,
     Event,
     Materialized,
+    OverlayAdopted,
     OverlayCompacted,
     OverlayWritten,
+    RecordsAdopted,
     RecordsRestored,
     RecordsTombstoned,
     RegistryFrozen,
@@ -62,6 +66,7 @@ from .registry import NAMESPACE_RE, Registry, format_type
 
 if TYPE_CHECKING:
     from .attach_inputs import Selection
+    from .original import OriginalDataset
 
 _SAMPLE = 5
 
@@ -508,6 +513,57 @@ def _duplicate_groups(ids: pa.ChunkedArray, sequences: pa.ChunkedArray | pa.Arra
         _group_text(rid, [r + start for r in rows], pc.take(sequences, pa.array([rows[0] - 1], pa.int64()))[0].as_py())
         for rows, rid in found
     ]
+
+
+def decide_adopt(
+    state: DatasetState, command: AdoptDataset, original: OriginalDataset, now: str, *, logged: int = 0
+) -> Decision:
+    """An adoption's events (docs/adr/0015): the dataset, with the digest of the original's log lines it
+    follows; its records as stored; each overlay namespace as the original's reads resolve it. `logged`:
+    how many of them an interrupted adoption already appended (the rest are decided again, the same)."""
+    legacy = original.legacy
+    overlays = original.overlays
+    total = 1 + (1 if original.base.num_rows else 0) + len(overlays)
+    if logged >= total:
+        raise NoChange(f"{state.name} is already adopted.")
+    if state.initialized and not logged:
+        raise NoChange(f"{state.name} is a usr_es dataset already: nothing to adopt.")
+    found = original.summary()
+    head = DatasetAdopted(
+        name=state.name,
+        created_at=original.created_at or now,
+        source=original.source,
+        notes=original.notes,
+        legacy_lines=legacy.lines if legacy is not None else 0,
+        legacy_bytes=legacy.size if legacy is not None else 0,
+        legacy_digest=legacy.digest if legacy is not None else "",
+        events=total,
+        found=found,
+    )
+    args: dict[str, Any] = {"keep_originals": command.keep_originals, "files": len(original.files)}
+    emits = [Emit(head, None, args, {"rows": original.base.num_rows, "overlays": len(overlays)})]
+    if original.base.num_rows:
+        rows = original.base.num_rows
+        records = RecordsAdopted(
+            rows=rows, skipped=0, source="", created_at=now, id_mismatches=len(original.id_mismatches)
+        )
+        emits.append(Emit(records, original.base, {"n": rows}, {"rows_written": rows, "rows_skipped": 0}))
+    for overlay in overlays:
+        table = overlay.table
+        columns = {f.name: format_type(f.type) for f in table.schema if f.name != "id"}
+        event = OverlayAdopted(
+            namespace=overlay.namespace,
+            key=overlay.key,
+            columns=columns,
+            rows=table.num_rows,
+            rows_missing=overlay.rows_missing,
+            created_at=overlay.created_at or now,
+            contract_hash=overlay.contract_hash,
+            files=overlay.files,
+        )
+        named: dict[str, Any] = {"namespace": overlay.namespace, "key": overlay.key, "files": list(overlay.files)}
+        emits.append(Emit(event, table, named, {"rows_written": table.num_rows, "rows_missing": overlay.rows_missing}))
+    return Decision(tuple(emits[logged:]))
 
 
 def decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table, now: str) -> Decision:

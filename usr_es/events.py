@@ -28,6 +28,22 @@ class DatasetInitialized(msgspec.Struct, frozen=True, kw_only=True, tag_field="t
     notes: str = ""
 
 
+class DatasetAdopted(DatasetInitialized, frozen=True, kw_only=True, tag="dataset_adopted"):
+    """A dataset folder written by the original USR became a usr_es dataset (ADR 0015). It starts the chain
+    like an init; the original's log lines stay before it, untouched (`legacy_lines` lines, `legacy_bytes`
+    bytes, xxh3-128 `legacy_digest`; 0/0/"" when the folder had no log). The records and overlays follow
+    as `RecordsAdopted` and `OverlayAdopted` events of the same command."""
+
+    legacy_lines: int
+    legacy_bytes: int
+    legacy_digest: str
+    #: How many events (this one first) the adoption appends: fewer in the log is an interrupted adoption,
+    #: which no command but `usr adopt` (finishing it) reads past.
+    events: int = 1
+    #: What the folder held, as `usr adopt` reported it (for the record; nothing is projected from it).
+    found: dict[str, Any] = {}
+
+
 class SequencesImported(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="sequences_imported"):
     """Rows (in the payload: id, bio_type, sequence, alphabet) were appended to the base table.
 
@@ -38,6 +54,14 @@ class SequencesImported(msgspec.Struct, frozen=True, kw_only=True, tag_field="ty
     skipped: int
     source: str
     created_at: str
+
+
+class RecordsAdopted(SequencesImported, frozen=True, kw_only=True, tag="records_adopted"):
+    """The original's base rows, exactly as stored: the payload holds every column of its records.parquet
+    (`source`, `created_at` and `length` per row, materialized `<ns>__<field>` columns), ids not recomputed.
+    `id_mismatches` rows carry an id other than sha1(bio_type|sequence)."""
+
+    id_mismatches: int = 0
 
 
 class OverlayWritten(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="overlay_written"):
@@ -52,6 +76,14 @@ class OverlayWritten(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     created_at: str
     contract_hash: str
     note: str = ""
+
+
+class OverlayAdopted(OverlayWritten, frozen=True, kw_only=True, tag="overlay_adopted"):
+    """One namespace of the original (its compact file or its parts, merged by the original's rule; `usr`
+    tombstones and `usr_state` included), keyed by id: a part like any attach's. `files` are the original
+    files it was read from, relative to the dataset."""
+
+    files: tuple[str, ...] = ()
 
 
 class _IdsEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -118,8 +150,11 @@ class RegistryFrozen(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
 
 Event = (
     DatasetInitialized
+    | DatasetAdopted
     | SequencesImported
+    | RecordsAdopted
     | OverlayWritten
+    | OverlayAdopted
     | RecordsTombstoned
     | RecordsRestored
     | StateSet
@@ -133,8 +168,11 @@ Event = (
 #: `action` names, reusing the original USR names where the operation is the same.
 ACTIONS: dict[type, str] = {
     DatasetInitialized: "init",
+    DatasetAdopted: "adopt",
     SequencesImported: "import_rows",
+    RecordsAdopted: "adopt_records",
     OverlayWritten: "attach",
+    OverlayAdopted: "adopt_overlay",
     RecordsTombstoned: "tombstone",
     RecordsRestored: "restore",
     StateSet: "state_set",

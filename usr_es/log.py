@@ -7,6 +7,11 @@ a torn tail: readers never interpret them, the next writer quarantines them -- w
 A final line whose own hash verifies and that continues the chain was written whole: only its newline
 was lost (or damaged in place). It is committed and read as such (`Scan.unterminated`); the next
 writer restores the newline (quarantining the damaged byte, if any) instead of discarding the line.
+
+A log adopted from the original USR (ADR 0015) starts with the original's own lines, kept byte for byte:
+JSON events without `seq` or `hash` (`LegacyPrefix`). The chain starts after them, and its first line is
+the `dataset_adopted` event, which records their count, size and digest; a log of such lines alone is a
+dataset the original wrote and nobody adopted yet.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import msgspec
 import xxhash
 
 from .errors import CorruptLog, IntegrityError, InvalidInput, UnsupportedEvent
-from .events import EVENT_VERSION, GENESIS_HASH, LogRecord, record_decoder, record_encoder
+from .events import EVENT_VERSION, GENESIS_HASH, DatasetAdopted, LogRecord, record_decoder, record_encoder
 from .fileio import FILE_MODE, fileops
 from .names import QUARANTINE_FILE
 
@@ -117,6 +122,80 @@ class LogLine:
         return self.record.hash
 
 
+@dataclass(frozen=True)
+class LegacyPrefix:
+    """The original USR's lines at the start of a log: how many, their bytes (newlines included) and the
+    xxh3-128 of those bytes. `size` is where the chain starts."""
+
+    lines: int
+    size: int
+    digest: str
+
+
+def legacy_line(raw: bytes) -> bool:
+    """Whether `raw` (no newline) is a line the original USR wrote: a JSON object with an integer
+    `event_version` and an `action`, and none of the chain's fields."""
+    if line_digest(raw) is not None:
+        return False
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return False
+    return (
+        isinstance(doc, dict)
+        and isinstance(doc.get("event_version"), int)
+        and isinstance(doc.get("action"), str)
+        and "seq" not in doc
+        and "hash" not in doc
+    )
+
+
+def legacy_prefix(path: Path) -> LegacyPrefix | None:
+    """The original USR's lines at the start of the log at `path` (None: it starts with the chain, is empty
+    or missing). Reads only as far as the first line that is not one of them."""
+    if not path.exists():
+        return None
+    digest = xxhash.xxh3_128()
+    lines = size = 0
+    with open_log(path) as fh:
+        for data in iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""):
+            if not data.endswith(b"\n") or not legacy_line(data[:-1]):
+                break
+            digest.update(data)
+            lines += 1
+            size += len(data)
+    return LegacyPrefix(lines, size, digest.hexdigest()) if lines else None
+
+
+def legacy_raw_lines(path: Path) -> Iterator[bytes]:
+    """The original USR's lines at the start of the log, as stored (no newline)."""
+    prefix = legacy_prefix(path)
+    if prefix is None:
+        return
+    for offset, raw in raw_lines(path):
+        if offset >= prefix.size:
+            return
+        yield raw
+
+
+def _adoption_problem(record: LogRecord, prefix: LegacyPrefix | None) -> str | None:
+    """Why line 1 (`record`) does not start the chain after `prefix` (None: it does)."""
+    event = record.event
+    recorded = (
+        LegacyPrefix(event.legacy_lines, event.legacy_bytes, event.legacy_digest)
+        if isinstance(event, DatasetAdopted) and event.legacy_lines
+        else None
+    )
+    if recorded == prefix:
+        return None
+    if prefix is None:
+        lost = recorded.lines if recorded else 0
+        return f"the adoption records {lost} line(s) of the original USR the log no longer starts with"
+    if recorded is None:
+        return f"the log starts with {prefix.lines} line(s) of the original USR that no adoption records"
+    return f"the log's {prefix.lines} original USR line(s) differ from the {recorded.lines} the adoption recorded"
+
+
 @dataclass
 class Scan:
     """Where a scan ended: the head of the verified prefix and any torn tail after it."""
@@ -132,6 +211,8 @@ class Scan:
     #: counts the newline as if it were there; `terminate_last_line` writes it.
     unterminated: bool = False
     lines: list[LogLine] = field(default_factory=list)
+    #: The original USR's lines before the chain (a scan from the start only; ADR 0015).
+    legacy: LegacyPrefix | None = None
 
 
 def _decode(raw: bytes, number: int, offset: int, expect_prev: str) -> LogRecord:
@@ -166,6 +247,17 @@ def _decode(raw: bytes, number: int, offset: int, expect_prev: str) -> LogRecord
     return record
 
 
+def decode_line(raw: bytes, offset: int) -> LogRecord:
+    """The record of a line whose hash was checked (a line this usr_es cannot read raises UnsupportedEvent)."""
+    try:
+        return record_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise UnsupportedEvent(
+            f"log line at byte offset {offset} cannot be read by this usr_es: {exc}",
+            hint="It may have been written by a newer usr_es; upgrade to replay it.",
+        ) from exc
+
+
 def iter_lines(
     path: Path,
     *,
@@ -184,6 +276,11 @@ def iter_lines(
     state.seq, state.hash, state.size = start_seq, start_hash, start_offset
     if not path.exists():
         return
+    prefix = legacy_prefix(path) if start_seq == 0 else None  # line 1 is checked against it
+    if prefix is not None:
+        state.legacy = prefix
+        if start_offset == 0:
+            state.size = start_offset = prefix.size
     with open_log(path) as fh:
         fh.seek(start_offset)
         offset = start_offset
@@ -203,6 +300,8 @@ def iter_lines(
                 if nl + 1 - start > MAX_LINE_BYTES:
                     raise CorruptLog("log line exceeds 1 MiB", line=number, offset=offset)
                 record = _decode(raw, number, offset, state.hash)
+                if number == 1 and (problem := _adoption_problem(record, prefix)) is not None:
+                    raise CorruptLog(problem, line=1, offset=offset)
                 line = LogLine(seq=number, offset=offset, end=offset + len(raw) + 1, raw=raw, record=record)
                 state.seq, state.hash, state.size = number, record.hash, line.end
                 state.last_timestamp = record.timestamp_utc
@@ -223,6 +322,8 @@ def iter_lines(
             return
         number = state.seq + 1
         record = _decode(whole, number, offset, state.hash)  # a whole line that breaks the chain is corruption
+        if number == 1 and (problem := _adoption_problem(record, prefix)) is not None:
+            raise CorruptLog(problem, line=1, offset=offset)
         line = LogLine(seq=number, offset=offset, end=offset + len(whole) + 1, raw=whole, record=record)
         state.seq, state.hash, state.size = number, record.hash, line.end
         state.last_timestamp = record.timestamp_utc
@@ -251,8 +352,10 @@ def check_prefix(path: Path, *, end_offset: int, lines: int, last_hash: str) -> 
     """
     prev = GENESIS_HASH
     number = 0
-    offset = 0
+    prefix = legacy_prefix(path)
+    offset = prefix.size if prefix is not None else 0
     with open_log(path) as fh:
+        fh.seek(offset)
         pending = b""
         while offset + len(pending) < end_offset:
             chunk = fh.read(min(_CHUNK, end_offset - offset - len(pending)))
@@ -271,6 +374,8 @@ def check_prefix(path: Path, *, end_offset: int, lines: int, last_hash: str) -> 
                     raise CorruptLog(
                         "hash chain broken: prev does not match the previous line", line=number, offset=offset
                     )
+                if number == 1 and (problem := _adoption_problem(decode_line(raw, offset), prefix)) is not None:
+                    raise CorruptLog(problem, line=1, offset=offset)
                 prev = framed[0]
                 offset += len(raw) + 1
                 start = nl + 1

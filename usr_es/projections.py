@@ -50,11 +50,13 @@ from .events import (
     Materialized,
     OverlayCompacted,
     OverlayWritten,
+    RecordsAdopted,
     RegistryFrozen,
     SequencesImported,
 )
 from .fileio import Part, Spill
 from .names import ID, INDEX_MANIFEST, LAYOUT_FILE, PURGED, RECORDS_FILE, TOMBSTONE_NS, WRITTEN
+from .original import original_names
 from .projectors import (
     EMPTY_LAYOUT,
     BaseProjection,
@@ -550,6 +552,8 @@ class BaseFile:
         new_rows = payload.num_rows if payload is not None else 0
         if not _appendable(footer, current.total, new_rows):
             return False
+        if isinstance(event, RecordsAdopted) and payload is not None and payload.schema.names != footer.schema.names:
+            return False  # the original's own columns: a whole encode (the file's schema grows)
         after = replace(base, registry_hash=step.registry_hash, watermark=step.mark)
         schema = footer.schema.to_arrow_schema()
         keep = base.table.column_names if self.partial and base.table.num_columns else []
@@ -1008,7 +1012,7 @@ class DerivedFiles:
         expected = self.outputs()
         for path in sorted(derived.parent.rglob("*.parquet")):
             rel = str(path.relative_to(directory))
-            if rel not in expected:
+            if rel not in expected and not original_names(rel):  # an original's files are not ours to remove
                 yield rel
 
 

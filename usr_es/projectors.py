@@ -21,6 +21,7 @@ from .events import (
     Materialized,
     OverlayCompacted,
     OverlayWritten,
+    RecordsAdopted,
     RecordsRestored,
     RecordsTombstoned,
     RegistryFrozen,
@@ -121,9 +122,12 @@ def payload_table(payload: Payload) -> pa.Table:
 
 
 def imported_rows(payload: pa.Table, event: SequencesImported) -> pa.Table:
-    """Base rows for a `SequencesImported` payload: length from the sequence, source/created_at."""
+    """Base rows for a `SequencesImported` payload: length from the sequence, source/created_at. An
+    adoption's payload holds the original's rows with every column as stored (docs/adr/0015)."""
     import pyarrow.compute as pc  # not needed by readers; keeps their start-up short
 
+    if isinstance(event, RecordsAdopted):
+        return payload.replace_schema_metadata(None)
     n = payload.num_rows
     sequence = payload.column("sequence")
     return pa.table(

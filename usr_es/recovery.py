@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -23,13 +23,22 @@ import pyarrow as pa
 
 from .codec import read_parquet, read_watermark
 from .errors import IntegrityError, NotFound, ReadError
-from .events import BASE_EVENTS, GENESIS_HASH, LogRecord, OverlayWritten, SequencesImported, record_decoder
+from .events import (
+    BASE_EVENTS,
+    GENESIS_HASH,
+    DatasetAdopted,
+    LogRecord,
+    OverlayWritten,
+    SequencesImported,
+    record_decoder,
+)
 from .fileio import append_at, fileops, locked, remove_stale_temps
 from .log import (
     LogLine,
     Scan,
     check_prefix,
     iter_lines,
+    legacy_line,
     line_problem,
     quarantine_tail,
     read_line_at,
@@ -46,6 +55,7 @@ from .names import (
     REGISTRY_DIR,
     SNAPSHOT_DIR,
 )
+from .original import interrupted_adoption, not_adopted, original_name, unadopted
 from .projections import (
     BaseFile,
     DerivedFiles,
@@ -241,16 +251,28 @@ class Tail:
     fold: Fold
     caught_up: int
     warnings: list[str]
+    #: (events logged, events in all) of an adoption interrupted mid-append, which only `usr adopt` reads
+    #: (to finish it); its projections were not published.
+    adoption: tuple[int, int] | None = None
 
 
 def catch_up(
-    directory: Path, *, quarantine: bool, base_columns: list[str] | None = None, cache: BaseCache | None = None
+    directory: Path,
+    *,
+    quarantine: bool,
+    base_columns: list[str] | None = None,
+    cache: BaseCache | None = None,
+    adopting: bool = False,
 ) -> Tail:
     """Verify the log, fold the events the stored projections lack, publish them, quarantine a torn tail.
 
     Stored projections are trusted from their anchors on: the lines before are checked from raw bytes,
     the lines after are decoded and folded. Called under the dataset lock. With `base_columns`, a base
     that needs no catching up is loaded with only those columns.
+
+    A folder the original USR wrote and nobody adopted, or whose adoption was interrupted mid-append,
+    raises `NotAdopted` before anything is published (its files are the original's); with `adopting`
+    (`usr adopt`) it is returned unpublished instead (`Tail.adoption`: the interrupted one).
     """
     log_path = directory / LOG_FILE
     fold = Fold(LocalSource(directory, cache=cache))
@@ -265,15 +287,21 @@ def catch_up(
             member.load(directory, columns=base_columns)
     offset, seq, prev = (start[0], start[1] - 1, start[2]) if start is not None else (0, 0, GENESIS_HASH)
     scan = Scan()
+    first: list[LogRecord] = []  # line 1, when the fold starts there
     try:
         counts = fold_lines(
             fold,
-            iter_lines(log_path, scan=scan, start_offset=offset, start_seq=seq, start_hash=prev),
+            _first_kept(iter_lines(log_path, scan=scan, start_offset=offset, start_seq=seq, start_hash=prev), first),
             directory,
         )
     except Restart:  # the stored projections disagree with each other: fold the whole log
-        fold, scan = Fold(LocalSource(directory)), Scan()
-        counts = fold_lines(fold, iter_lines(log_path, scan=scan), directory)
+        fold, scan, first = Fold(LocalSource(directory)), Scan(), []
+        counts = fold_lines(fold, _first_kept(iter_lines(log_path, scan=scan), first), directory)
+    adoption = _interrupted_adoption(first, scan.seq)
+    held = adoption is not None or (scan.seq == 0 and unadopted(directory))
+    if held and not adopting:
+        name = original_name(directory)
+        raise interrupted_adoption(name, *adoption) if adoption is not None else not_adopted(name)
     ahead = next(((label, mark.seq) for label, mark in stored.items() if mark and mark.seq > scan.seq), None)
     if ahead is not None:  # never fold (or quarantine) over lines a projection proves were committed
         raise IntegrityError(
@@ -285,7 +313,8 @@ def catch_up(
     # The projections that took events (all of them after a fold from the start), and any that follows
     # another projection instead of carrying a watermark of its own.
     due = [m for m in fold.members if start is None or counts.get(m.label) or not m.anchored]
-    sync(fold, directory, trust_stored=True, members=due)
+    if not held:  # an original's files (or an unfinished adoption's) are not this fold's to replace
+        sync(fold, directory, trust_stored=True, members=due)
     for member in fold.members:
         n = counts.get(member.label, 0)
         mark = member.mark()
@@ -299,7 +328,23 @@ def catch_up(
         warnings.append(
             f"restored the newline the last line (seq {scan.seq}) had lost: its hash verifies, so it is committed"
         )
-    return Tail(scan=scan, fold=fold, caught_up=counts[EVENTS], warnings=warnings)
+    return Tail(scan=scan, fold=fold, caught_up=counts[EVENTS], warnings=warnings, adoption=adoption)
+
+
+def _first_kept(lines: Iterator[LogLine], first: list[LogRecord]) -> Iterator[LogLine]:
+    """`lines`, keeping line 1's record in `first` when they start there."""
+    for line in lines:
+        if line.seq == 1:
+            first.append(line.record)
+        yield line
+
+
+def _interrupted_adoption(first: list[LogRecord], seq: int) -> tuple[int, int] | None:
+    """(events logged, events in all) when the log is an adoption that stopped before its last event."""
+    event = first[0].event if first else None
+    if isinstance(event, DatasetAdopted) and seq < event.events:
+        return seq, event.events
+    return None
 
 
 def committed_base(directory: Path) -> tuple[int, Watermark] | None:
@@ -540,13 +585,14 @@ class ReadHead:
 
         first = read_line_at(directory / LOG_FILE, 0)
         name = directory.name
-        if first is not None:
-            try:
-                event = decode_record(first).event
-                if isinstance(event, DatasetInitialized):
-                    name = event.name
-            except IntegrityError:
-                pass
+        if first is None or legacy_line(first):  # the original USR's dataset: meta.md names it
+            return cls(original_name(directory), directory)
+        try:
+            event = decode_record(first).event
+            if isinstance(event, DatasetInitialized):
+                name = event.name
+        except IntegrityError:
+            pass
         return cls(name, directory)
 
     @property
@@ -555,6 +601,8 @@ class ReadHead:
 
     def fresh(self) -> tuple[Watermark | None, Scan, int]:
         if not (self.dir / LOG_FILE).is_file():
+            if unadopted(self.dir):
+                raise not_adopted(self.name)
             raise NotFound(f"Dataset not found: {self.name}", hint=f"Create it with `usr init {self.name}`.")
         return fresh(self.dir)
 

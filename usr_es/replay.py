@@ -38,6 +38,7 @@ from .names import (
     REGISTRY_DIR,
     SNAPSHOT_DIR,
 )
+from .original import not_adopted, original_names, require_adopted, unadopted
 from .projections import BaseFile, Fold, Output
 from .projectors import Watermark
 from .recovery import (
@@ -72,6 +73,8 @@ def replayed(directory: Path, *, until_seq: int | None = None) -> Replayed:
     matches the log (a mismatching one is skipped with a note), else from the start."""
     scan = Scan()
     lines = list(iter_lines(directory / LOG_FILE, until_seq=until_seq, scan=scan))
+    if until_seq is None:
+        require_adopted(directory, scan.seq, lines[0].record if lines else None)
     notes: list[str] = []
     fold, start, used = Fold(LocalSource(directory, trust_files=False)), 0, None
     for seq, path in reversed(list_checkpoints(directory)):
@@ -90,6 +93,7 @@ def replayed(directory: Path, *, until_seq: int | None = None) -> Replayed:
 def resolve_until(directory: Path, name: str, until: str | int) -> int:
     """Turn `SEQ`, `EVENT_ID` or an RFC 3339 timestamp into a seq of this log."""
     lines = list(iter_lines(directory / LOG_FILE))
+    require_adopted(directory, len(lines), lines[0].record if lines else None)
     if not lines:
         raise NotFound(f"{name} has no events")
     text = str(until).strip()
@@ -183,6 +187,8 @@ def verify(directory: Path, name: str, *, fix: bool = False) -> VerifyReport:
     differs. Reports only, unless `fix`: then, when the log itself checks out, the projection files are
     rebuilt from the log (and unexpected files removed), checked again, and the report lists what was
     rewritten or removed. A damaged log is never "fixed": it is reported, as without `fix`."""
+    if unadopted(directory):
+        raise not_adopted(name)
     if not fix:
         found = _verify(directory, name, pinned=False)
         if found.ok or not found.log_ok:
@@ -362,7 +368,7 @@ def _unexpected(directory: Path, outputs: set[str], named: set[str]) -> tuple[li
         if (directory / name).is_dir():
             for path in sorted((directory / name).rglob("*")):
                 rel = str(path.relative_to(directory))
-                if path.is_file() and rel not in outputs:
+                if path.is_file() and rel not in outputs and not original_names(rel):
                     found.append(rel)
     notes: list[str] = []
     if (directory / PAYLOAD_DIR).is_dir():

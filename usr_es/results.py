@@ -64,6 +64,8 @@ class DatasetSummary(msgspec.Struct, frozen=True, kw_only=True):
     updated: str | None
     head_seq: int
     error: str | None = None  # set when the dataset cannot be read (e.g. a corrupt log)
+    #: "ok"; "original" (written by the original USR, not adopted: `usr adopt`); "error" (see `error`).
+    status: str = "ok"
 
 
 class ColumnInfo(msgspec.Struct, frozen=True):
@@ -169,3 +171,25 @@ class ColumnProfile(msgspec.Struct, frozen=True, kw_only=True):
     list_len_min: int | None = None
     list_len_max: int | None = None
     list_len_mean: float | None = None
+
+
+class AdoptReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What `usr adopt` found in an original USR dataset folder, and (unless a dry run) the adoption's receipt."""
+
+    dataset: str
+    dry_run: bool
+    adopted: bool  # the log now holds the adoption (written by this call, or already)
+    rows: int
+    columns: list[str]
+    overlays: dict[str, int]  # namespace -> records with values (tombstones in `usr`, state in `usr_state`)
+    tombstoned: int
+    snapshots: int
+    registry_hashes: list[str]
+    legacy_log_lines: int
+    id_mismatches: int
+    id_mismatch_sample: list[str]
+    findings: list[str]
+    files: list[str]  # the original files, kept in `kept_in`
+    kept_in: str
+    receipt: Receipt | None = None
+    message: str = ""

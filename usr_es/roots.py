@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from .errors import InvalidInput, NotFound
-from .names import LOG_FILE, REGISTRY_FILE
+from .names import LOG_FILE, META_FILE, RECORDS_FILE, REGISTRY_FILE
 
 _SEGMENT_MAX = 128
 _SEGMENT = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{_SEGMENT_MAX - 1}}}")  # whole segments: `fullmatch`
@@ -75,20 +75,28 @@ def nearest_holding(start: Path, name: str) -> Path | None:
 
 
 def list_datasets(root: Path) -> list[str]:
-    """Dataset ids under `root`: `<ds>` or `<ns>/<ds>` directories holding `.events.log`."""
+    """Dataset ids under `root`: `<ds>` or `<ns>/<ds>` dataset folders (`holds_dataset`)."""
     found: list[str] = []
     if not root.is_dir():
         return found
     for first in sorted(root.iterdir()):
         if not first.is_dir() or first.name.startswith((".", "_")) or first.name in _SKIP:
             continue
-        if (first / LOG_FILE).is_file():
+        if holds_dataset(first):
             found.append(first.name)
             continue
         for second in sorted(first.iterdir()):
-            if second.is_dir() and not second.name.startswith((".", "_")) and (second / LOG_FILE).is_file():
+            if second.is_dir() and not second.name.startswith((".", "_")) and holds_dataset(second):
                 found.append(f"{first.name}/{second.name}")
     return found
+
+
+def holds_dataset(directory: Path) -> bool:
+    """Whether `directory` is a dataset folder: it holds `.events.log`, or records.parquet and meta.md (a
+    dataset the original USR wrote before it kept a log)."""
+    return (directory / LOG_FILE).is_file() or (
+        (directory / RECORDS_FILE).is_file() and (directory / META_FILE).is_file()
+    )
 
 
 def looks_like_path(text: str) -> bool:
@@ -98,7 +106,7 @@ def looks_like_path(text: str) -> bool:
 def resolve_existing(root: Path, ident: str) -> str:
     """Resolve an existing dataset id: exact `ns/name`, or a unique unqualified `name`."""
     validate_id(ident)
-    if (root / ident / LOG_FILE).is_file():
+    if holds_dataset(root / ident):
         return ident
     if "/" in ident:
         raise NotFound(f"Dataset not found: {ident}", hint=f"`usr --root {root} ls` lists the datasets.")

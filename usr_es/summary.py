@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .checkpoints import list_checkpoints
 from .errors import UsrError
-from .names import ID, LAYOUT_FILE, TOMBSTONE_NS, WRITTEN
+from .names import ID, LAYOUT_FILE, RECORDS_FILE, TOMBSTONE_NS, WRITTEN
 from .recovery import ReadHead, merged_overlay
 from .results import ColumnInfo, DatasetInfo, DatasetSummary
 from .roots import list_datasets
@@ -81,13 +82,27 @@ def _tombstoned_count(directory: Path) -> int:
 
 def list_all(root: Path) -> list[DatasetSummary]:
     """Summaries of every dataset under `root` (a broken one is listed with its error)."""
+    from .original import unadopted
+
     out = []
     for ident in list_datasets(root):
+        if unadopted(root / ident):
+            out.append(_original_summary(ident, root / ident))
+            continue
         try:
             found = info(ReadHead(ident, root / ident))
         except UsrError as exc:  # one broken dataset must not hide the others
             out.append(
-                DatasetSummary(dataset=ident, rows=0, cols=0, size_bytes=0, updated=None, head_seq=0, error=str(exc))
+                DatasetSummary(
+                    dataset=ident,
+                    rows=0,
+                    cols=0,
+                    size_bytes=0,
+                    updated=None,
+                    head_seq=0,
+                    error=str(exc),
+                    status="error",
+                )
             )
             continue
         out.append(
@@ -101,3 +116,23 @@ def list_all(root: Path) -> list[DatasetSummary]:
             )
         )
     return out
+
+
+def _original_summary(ident: str, directory: Path) -> DatasetSummary:
+    """A dataset the original USR wrote, as its records.parquet footer describes it (no row is read)."""
+    path = directory / RECORDS_FILE
+    try:
+        metadata = pq.read_metadata(path)
+        rows, cols, size = metadata.num_rows, metadata.num_columns, path.stat().st_size
+    except (OSError, pa.ArrowInvalid):
+        rows = cols = size = 0
+    return DatasetSummary(
+        dataset=ident,
+        rows=rows,
+        cols=cols,
+        size_bytes=size,
+        updated=None,
+        head_seq=0,
+        error=f"written by the original USR; run `usr adopt {ident}`",
+        status="original",
+    )

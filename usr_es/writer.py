@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .checkpoints import checkpoint_due, write_checkpoint
 from .commands import (
+    AdoptDataset,
     AttachColumns,
     ClearState,
     Command,
@@ -50,6 +51,7 @@ from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, TOMBSTONE_NS
+from .original import OriginalDataset, keep_originals, not_adopted, read_original, retire_originals, unadopted
 from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, Step
 from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
@@ -152,6 +154,8 @@ class Writer:
         self._bases = BaseCache()
         self._registry: tuple[bytes, Registry] | None = None
         self._spool: PayloadSpool | None = None  # an import's payload, from its decision to its stage
+        self._original: OriginalDataset | None = None  # an adoption's input, from its decision to its append
+        self.adopted: OriginalDataset | None = None  # what the last adoption through this writer read
 
     def execute(
         self,
@@ -192,7 +196,11 @@ class Writer:
         remove_temps(self.directory)
         try:
             tail = catch_up(
-                self.directory, quarantine=True, base_columns=self._base_columns(command), cache=self._bases
+                self.directory,
+                quarantine=True,
+                base_columns=self._base_columns(command),
+                cache=self._bases,
+                adopting=isinstance(command, AdoptDataset),
             )
         except OSError as exc:
             raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
@@ -224,9 +232,12 @@ class Writer:
                 message=str(nothing),
                 warnings=list(tail.warnings),
             )
-        before = tail.fold.outputs()
+        # An adoption's catch-up published nothing (the folder holds the original's files): publish it all.
+        before = {} if isinstance(command, AdoptDataset) else tail.fold.outputs()
         try:
             records, marks, data = self._stage(tail, registry, command, decision, command_id, now)
+            if isinstance(command, AdoptDataset) and self._original is not None:
+                keep_originals(self.directory, self._original)  # linked into _legacy/ before the append
         except OSError as exc:  # payload or frozen registry: the log is untouched
             raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
         progress.appending = True
@@ -241,6 +252,8 @@ class Writer:
             self._checkpoint(tail.fold, records, marks[-1])
             for record in records:
                 append_meta(self.directory, record)
+            if isinstance(command, AdoptDataset) and not command.keep_originals:
+                retire_originals(self.directory)
         except OSError as exc:
             raise CommitError(
                 f"event seq {records[-1].seq} is committed, but a projection could not be written: {exc.strerror}",
@@ -252,6 +265,13 @@ class Writer:
     # -- the steps -------------------------------------------------------------------------------
     def _prepare_folder(self, command: Command, command_id: str | None) -> None:
         log = self.directory / LOG_FILE
+        if isinstance(command, AdoptDataset):
+            if not log.is_file() and not (self.directory / RECORDS_FILE).is_file():
+                raise NotFound(f"Dataset not found: {self.name}", hint="Name a folder the original USR wrote.")
+            load_registry(self.root)  # adopting requires a registry, like every mutation
+            return
+        if not log.is_file() and unadopted(self.directory):
+            raise not_adopted(self.name)
         if not isinstance(command, InitDataset):
             if not log.is_file():
                 raise NotFound(f"Dataset not found: {self.name}", hint=f"Create it with `usr init {self.name}`.")
@@ -260,6 +280,8 @@ class Writer:
         # A retried init (same command_id) returns its original receipt, like any command. A log without
         # one complete line (a crash tore the first append) is not initialized yet.
         started = log.is_file() and read_line_at(log, 0) is not None
+        if started and unadopted(self.directory):
+            raise not_adopted(self.name)
         if started and (command_id is None or find_command(log, command_id) is None):
             raise DatasetExists(f"Dataset already initialized: {self.name}")
         fileops().mkdir(self.directory)
@@ -269,6 +291,8 @@ class Writer:
         from .decide import ATTACH_BATCH_ROWS, AttachDecider, DatasetState, Rows, decide, table_batches
 
         # Handed over: `decide` holds the only reference to the input table and frees what it has parsed.
+        if isinstance(command, AdoptDataset):
+            return self._decide_adopt(tail, command, now)
         loaded = rows() if rows is not None else None
         if isinstance(command, ImportSequences):  # read and decided a batch at a time (docs/adr/0014)
             batches = table_batches(loaded) if isinstance(loaded, pa.Table) else loaded
@@ -341,6 +365,26 @@ class Writer:
         self._spool = spool
         release_memory()
         return decision
+
+    def _decide_adopt(self, tail: Tail, command: AdoptDataset, now: str) -> Any:
+        """The decision on an adoption: the original's files read as its views read them (from `_legacy/`
+        when an interrupted adoption already put them there)."""
+        from .decide import DatasetState, NoChange, decide_adopt
+
+        self.adopted = None
+        if tail.scan.seq and tail.adoption is None:
+            removed = [] if command.keep_originals else retire_originals(self.directory)
+            tidied = (
+                f" (removed {len(removed)} original file(s) an interrupted adoption left in place)" if removed else ""
+            )
+            raise NoChange(
+                f"{self.name} is a usr_es dataset already (adopted, or made by usr_es): nothing to adopt{tidied}"
+            )
+        self._original = self.adopted = read_original(self.directory)
+        state = DatasetState(name=self.name, initialized=tail.scan.seq > 0, seq=tail.scan.seq)
+        return decide_adopt(
+            state, command, self._original, now, logged=tail.adoption[0] if tail.adoption is not None else 0
+        )
 
     def _decide_import(self, tail: Tail, command: ImportSequences, batches: Iterable[pa.Table], now: str) -> Any:
         """The decision on an import, its input read a batch at a time: each batch's accepted rows go to a

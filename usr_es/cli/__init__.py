@@ -46,6 +46,7 @@ _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("restore", writes.restore),
     ("materialize", maintenance.materialize),
     ("snapshot", maintenance.snapshot),
+    ("adopt", maintenance.adopt),
 )
 _GROUPS: tuple[tuple[str, typer.Typer], ...] = (
     ("namespace", maintenance.namespace_app),

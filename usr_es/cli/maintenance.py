@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from .common import (
     output_format,
     progress,
 )
+
+if TYPE_CHECKING:
+    from ..dataset import Dataset
 
 namespace_app = typer.Typer(
     help="Register and inspect overlay namespaces in registry.yaml.\n\n"
@@ -145,6 +148,78 @@ def materialize(
         )
     count = receipt.metrics.get("overlays", 0)
     emit_receipt(receipt, receipt.message or f"Materialized {count} overlay(s) into {ds.records_path}", fmt)
+
+
+def adopt(
+    dataset: DatasetArg = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Adopt (without it: a dry run that writes nothing).")
+    ] = False,
+    keep_originals: Annotated[
+        bool,
+        typer.Option(
+            "--keep-originals",
+            help="Leave the original overlay and snapshot files where they are (a copy is in _legacy/ anyway).",
+        ),
+    ] = False,
+    every: Annotated[bool, typer.Option("--all", help="Every dataset under the root the original USR wrote.")] = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Make a dataset the original USR wrote a usr_es dataset, keeping every value and its log lines.
+
+    Without --yes it only reports what it found (rows, overlays, tombstones, snapshots, registry hashes,
+    id mismatches); the original files move to _legacy/ inside the dataset.
+
+    Example: usr adopt densegen/demo --yes
+    """
+    from ..dataset import Dataset
+
+    if every:
+        if dataset is not None:
+            raise InvalidInput("Name a dataset or pass --all, not both.")
+        reports = Dataset.adopt_all(datasets_root(), dry_run=not yes, keep_originals=keep_originals)
+    else:
+        ds = _adoptable(dataset)
+        with progress("Adopting" if yes else "Reading the original"):
+            reports = [ds.adopt(dry_run=not yes, keep_originals=keep_originals)]
+    if output_format(fmt) is Format.json:
+        import msgspec
+
+        emit_json(msgspec.to_builtins(reports if every else reports[0]))
+        return
+    if not reports:
+        typer.echo("(no dataset under the root was written by the original USR)")
+    for report in reports:
+        for warning in report.receipt.warnings if report.receipt is not None else []:
+            typer.echo(f"warning: {warning}", err=True)
+        overlays = ", ".join(f"{ns} ({n})" for ns, n in report.overlays.items()) or "none"
+        typer.echo(f"{report.dataset}: {report.message}")
+        typer.echo(f"  rows: {report.rows}; columns: {len(report.columns)}; overlays: {overlays}")
+        kept = f"log lines kept: {report.legacy_log_lines}"
+        typer.echo(f"  tombstoned: {report.tombstoned}; snapshots: {report.snapshots}; {kept}")
+        typer.echo(f"  registry hashes: {', '.join(h[:12] for h in report.registry_hashes) or 'none'}")
+        sample = f" (e.g. {', '.join(report.id_mismatch_sample)})" if report.id_mismatch_sample else ""
+        typer.echo(f"  ids not sha1(bio_type|sequence): {report.id_mismatches}{sample}")
+        for finding in report.findings:
+            typer.echo(f"  note: {finding}")
+        where = "kept in" if report.adopted else "would be kept in"
+        typer.echo(f"  original files {where} {report.kept_in}: {len(report.files)}")
+        if report.dry_run and not report.adopted:
+            typer.echo(f"  run `usr adopt {report.dataset} --yes` to adopt it")
+
+
+def _adoptable(ident: str | None) -> Dataset:
+    """The dataset to adopt: a folder need not hold a usr_es log yet."""
+    from pathlib import Path
+
+    from ..dataset import Dataset
+    from ..roots import enclosing_dataset, looks_like_path
+
+    if ident is None:
+        return Dataset.at(enclosing_dataset(Path.cwd()))
+    if looks_like_path(ident):
+        return Dataset.at(Path(ident))
+    return existing_dataset(ident)
 
 
 def snapshot(dataset: DatasetArg = None, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:

@@ -41,7 +41,9 @@ def ls(fmt: FormatOpt = Format.auto) -> None:
     if not rows and output_format(fmt) is not Format.json:
         typer.echo(f"(no datasets under {root})")
         return
-    emit_rows(rows, ["dataset", "rows", "cols", "size_bytes", "updated", "head_seq", "error"], fmt, title=str(root))
+    emit_rows(
+        rows, ["dataset", "status", "rows", "cols", "size_bytes", "updated", "head_seq", "error"], fmt, title=str(root)
+    )
 
 
 def info(dataset: DatasetArg = None, fmt: FormatOpt = Format.auto) -> None:
