@@ -456,13 +456,18 @@ class Dataset:
 
     @_read
     def get(
-        self, ids: str | Iterable[str], *, columns: list[str] | None = None, include_deleted: bool = False
+        self,
+        ids: str | Iterable[str],
+        *,
+        columns: list[str] | None = None,
+        include_deleted: bool = False,
+        allow_missing: bool = False,
     ) -> pa.Table:
-        """The live-view rows of `ids` in request order. NotFound for an id not in the dataset, or (unless
-        `include_deleted`) a tombstoned one."""
+        """The live-view rows of `ids` in request order. NotFound for an id not in the dataset (unless
+        `allow_missing`: it is left out), or (unless `include_deleted`) a tombstoned one."""
         from . import reads
 
-        return reads.get(self._head, ids, columns=columns, include_deleted=include_deleted)
+        return reads.get(self._head, ids, columns=columns, include_deleted=include_deleted, allow_missing=allow_missing)
 
     @_read
     def grep(self, pattern: str, *, limit: int | None = 20, include_deleted: bool = False) -> pa.Table:
