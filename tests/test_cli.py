@@ -458,3 +458,35 @@ def test_the_process_end_flushes_what_is_still_buffered_and_keeps_the_exit_code(
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     done = subprocess.run([sys.executable, "-c", probe], env=buffered, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (3, "out" * 5, "err")
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    from usr_es import __version__
+
+    proc = usr_process(tmp_path, "--version")
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (0, f"usr_es {__version__}", "")
+
+
+def test_init_refuses_a_folder_holding_datasets_and_a_folder_inside_one(cli_root: Path, tmp_path: Path) -> None:
+    over = usr_process(tmp_path, "--root", str(cli_root), "init", "demo")  # demo/ holds demo/ds
+    assert_user_error(over, 2)
+    assert "holds dataset(s) demo/ds" in over.stderr
+    assert usr_process(tmp_path, "--root", str(cli_root), "init", "flat").returncode == 0
+    inside = usr_process(tmp_path, "--root", str(cli_root), "init", "flat/inner")
+    assert_user_error(inside, 2)
+    assert "inside dataset flat" in inside.stderr
+    assert not (cli_root / "demo" / ".events.log").exists()
+    assert not (cli_root / "flat" / "inner").exists()
+    assert [d.dataset for d in Dataset.list_all(cli_root)] == ["demo/ds", "flat"]
+
+
+def test_multi_line_notes_keep_the_meta_md_header_readable(cli_root: Path, tmp_path: Path) -> None:
+    import yaml
+
+    notes = "first line\nsecond: line\n# not a comment"
+    proc = usr_process(tmp_path, "--root", str(cli_root), "init", "demo/noted", "--notes", notes, "--source", "a: b")
+    assert proc.returncode == 0, proc.stderr
+    text = (cli_root / "demo" / "noted" / "meta.md").read_text()
+    header = yaml.safe_load(text.split("\n\n", 1)[0])
+    assert header["name"] == "demo/noted"
+    assert (header["notes"], header["source"], header["schema"]) == (notes, "a: b", "USR v1")

@@ -232,3 +232,16 @@ def test_info_lists_checkpoints_and_projection_lag(cli_root: Path) -> None:
     after = usr_json(cli_root, "info", "demo/ds")
     assert after["checkpoints"] == [seq]
     assert after["projection_lag"] >= 1 and after["rows"] == before["rows"]
+
+
+def test_rich_output_shows_stored_values_and_types_as_they_are(cli_root: Path) -> None:
+    ds = Dataset.open(cli_root, "demo/ds")
+    ds.add_sequences([{"sequence": "GATTACAGATTACA"}], source="λ-phage [blue]b")
+    wide = {"COLUMNS": "240"}
+    shown = usr_process(cli_root, "head", "demo/ds", "-n", "10", "--format", "rich", env=wide)
+    assert shown.returncode == 0, shown.stderr
+    assert "┃" in shown.stdout and "λ-phage [blue]b" in shown.stdout
+    types = usr_process(cli_root, "schema", "demo/ds", "--format", "rich", env=wide).stdout
+    assert "timestamp[us, UTC]" in types
+    tree = usr_process(cli_root, "schema", "demo/ds", "--tree", "--format", "rich", env=wide).stdout
+    assert "timestamp[us, UTC]" in tree

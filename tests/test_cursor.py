@@ -52,11 +52,13 @@ def following(
     seconds: float = 30.0,
     cursor: Path | None = None,
     poll: float = 0.01,
+    n: int | None = None,
+    raw: bool = False,
 ) -> Iterator[bytes]:
     """`tail --follow` of `ds`, stopping once `until()` is true or after `seconds` (a broken test cannot hang)."""
     end = time.monotonic() + seconds
     stop = lambda: until() or time.monotonic() > end  # noqa: E731
-    return tail(ds.log_path, ds.name, cursor_path=cursor, follow=True, poll=poll, stop=stop)
+    return tail(ds.log_path, ds.name, cursor_path=cursor, follow=True, poll=poll, stop=stop, n=n, raw=raw)
 
 
 @pytest.fixture
@@ -325,7 +327,7 @@ def test_follow_never_delivers_half_written_lines_of_another_process(dataset: Da
     got: list[bytes] = []
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(dataset.dir)], env=env)
     try:
-        stream = following(dataset, until=lambda: len(got) >= 6, poll=0.001)
+        stream = following(dataset, until=lambda: len(got) >= 6, poll=0.001, cursor=tmp_path / "c")  # from seq 1
         for line in stream:
             digest = line_digest(line[:-1])  # a whole line whose hash verifies: never half an append
             assert line.endswith(b"\n") and digest is not None and digest[0] == digest[1]
@@ -348,7 +350,7 @@ def test_follow_raises_when_the_log_is_truncated_underneath(dataset: Dataset, cu
 def test_follow_raises_when_the_dataset_is_recreated_underneath(root: Path, cursor_file: Path) -> None:
     ds = Dataset.open(root, "demo/ds")
     ds.init(source="first")
-    stream = following(ds, seconds=10)
+    stream = following(ds, seconds=10, n=1)
     assert json.loads(next(stream))["seq"] == 1
     shutil.rmtree(ds.dir)
     again = Dataset.open(root, "demo/ds")
@@ -428,3 +430,20 @@ def test_event_log_doc_annotated_records_decode_and_chain() -> None:
         if seq - 1 in by_seq:
             assert record.prev == by_seq[seq - 1].hash, f"seq {seq} does not chain to seq {seq - 1}"
     assert {record.action for record in records} >= {"init", "import_rows", "attach", "tombstone", "state_set"}
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["verified", "raw"])
+def test_follow_starts_at_the_end_unless_n_asks_for_history(dataset: Dataset, raw: bool) -> None:
+    add(dataset, "ACGT", "GGCC")
+    history = log_lines(dataset)
+    got: list[bytes] = []
+    stream = following(dataset, until=lambda: len(got) >= 1, seconds=10, raw=raw)
+    later = threading.Timer(0.5, lambda: add(Dataset.open(dataset.root, dataset.name), "TTAA"))
+    later.start()
+    try:
+        got.extend(stream)
+    finally:
+        later.join()
+    assert got == log_lines(dataset)[len(history) :]  # only what was written after it started
+    asked = following(dataset, n=2, seconds=0.3, raw=raw)
+    assert list(asked) == log_lines(dataset)[-2:]

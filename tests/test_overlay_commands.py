@@ -730,7 +730,6 @@ def test_materialize_refusals_append_nothing(oroot: Path, ds_ids: tuple[Dataset,
         "at most one of",
         hint=True,
     )
-    assert_cli_rejects(oroot, ds, ["materialize", ds.name], "--yes")
     assert_cli_rejects(oroot, ds, ["materialize", ds.name, "--yes", "--namespaces", "nope"], "nope")
     assert_cli_rejects(oroot, ds, ["materialize", ds.name, "--yes", "--namespaces", "usr"], "Tombstones")
 
@@ -1024,3 +1023,15 @@ def test_archiving_after_a_drop_deleted_moves_each_namespaces_purge_part(ds_ids:
         {"id": ids[2], "mock__score": 3.0, "usr_state__qc_status": None},
     ]
     assert ds.verify().ok
+
+
+def test_materialize_from_a_script_proceeds_without_yes_and_says_how_to_go_back(
+    oroot: Path, ds_ids: tuple[Dataset, list[str]]
+) -> None:
+    ds, ids = ds_ids
+    overlays_for_materialize(ds, ids)
+    before = ds.info().head_seq
+    proc = usr_process(oroot, "materialize", ds.name)  # stdin is not a terminal: no prompt, as in the original
+    assert proc.returncode == 0, proc.stderr
+    assert ds.info().head_seq == before + 1
+    assert f"usr replay {ds.name} --until {before} --out DIR" in proc.stdout

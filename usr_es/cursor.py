@@ -6,11 +6,12 @@ resuming re-checks that line, so a truncated or rewritten log is an error, never
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -18,7 +19,7 @@ import msgspec
 from .errors import IntegrityError, InvalidInput, NotFound
 from .events import GENESIS_HASH
 from .fileio import write_atomic
-from .log import LogLine, Scan, iter_lines, line_problem, raw_lines, read_line_before
+from .log import LogLine, Scan, iter_lines, legacy_raw_lines, line_problem, raw_lines, read_line_before
 
 CURSOR_VERSION = 1
 _HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -187,24 +188,51 @@ def _tail_plain(
     poll: float,
     stop: Callable[[], bool] | None,
 ) -> Iterator[bytes]:
+    """The history (`_history`), then with `follow` the lines written from then on. An adopted log's
+    original USR lines belong to the history, as stored."""
     if raw:
-        offset = 0
-        for start, data in deque(raw_lines(log_path), maxlen=n) if n else raw_lines(log_path):
-            offset = start + len(data) + 1
+        end = 0
+
+        def lines() -> Iterator[bytes]:
+            nonlocal end
+            for start, data in raw_lines(log_path):
+                end = start + len(data) + 1
+                yield data
+
+        for data in _history(lines(), n=n, follow=follow):
             yield data + b"\n"
+        offset = end
         while follow and _wait(log_path, offset, None, None, poll=poll, stop=stop):
             for start, data in raw_lines(log_path, start_offset=offset):
                 offset = start + len(data) + 1
                 yield data + b"\n"
         return
-    begin = Cursor.start(dataset)
+    scan = Scan()
+    chained = (line.raw for line in iter_lines(log_path, scan=scan))
+    for data in _history(itertools.chain(legacy_raw_lines(log_path), chained), n=n, follow=follow):
+        yield data + b"\n"
+    begin = Cursor(dataset=dataset, seq=scan.seq, offset=scan.size, hash=scan.hash) if scan.seq else None
+    yield from _stream(
+        log_path,
+        begin or Cursor.start(dataset),
+        limit=None,
+        cursor_path=None,
+        follow=follow,
+        poll=poll,
+        stop=stop,
+        fresh=False,
+    )
+
+
+def _history(lines: Iterator[bytes], *, n: int | None, follow: bool) -> Iterable[bytes]:
+    """The lines to print before following: the last `n` when `n` is set, else all of them, or none when
+    following (the original's `--follow` starts at the end; `--n` asks for history). All are read either way."""
     if n:
-        scan = Scan()
-        for line in deque(iter_lines(log_path, scan=scan), maxlen=n):
-            yield line.raw + b"\n"
-        if scan.seq:
-            begin = Cursor(dataset=dataset, seq=scan.seq, offset=scan.size, hash=scan.hash)
-    yield from _stream(log_path, begin, limit=None, cursor_path=None, follow=follow, poll=poll, stop=stop, fresh=not n)
+        return deque(lines, maxlen=n)
+    if follow:
+        deque(lines, maxlen=0)
+        return ()
+    return lines
 
 
 def _stream(

@@ -4,6 +4,7 @@ watermark, so catch-up and verify leave it alone."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,10 +21,24 @@ def render_meta(records: list[LogRecord]) -> str:
     header = ""
     if isinstance(first, DatasetInitialized):
         header = (
-            f"name: {first.name}\ncreated_at: {first.created_at}\nsource: {first.source}\n"
-            f"notes: {first.notes}\nschema: USR v1\n\n### Updates\n"
+            f"name: {first.name}\ncreated_at: {first.created_at}\nsource: {_scalar(first.source)}\n"
+            f"notes: {_scalar(first.notes)}\nschema: USR v1\n\n### Updates\n"
         )
     return header + "".join(_bullet(r) for r in records)
+
+
+def _scalar(text: str) -> str:
+    """`text` as one header line: as written when it is a plain one-line value, else a JSON string (which
+    YAML reads back as the same text), so a newline or a leading `#` cannot break the header."""
+    if (
+        text == text.strip()
+        and "\n" not in text
+        and "\r" not in text
+        and not text.startswith(("#", '"', "'", "[", "{"))
+        and ": " not in text
+    ):
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _bullet(record: LogRecord) -> str:

@@ -277,6 +277,7 @@ class Writer:
                 raise NotFound(f"Dataset not found: {self.name}", hint=f"Create it with `usr init {self.name}`.")
             return
         load_registry(self.root)  # init requires a registry, like every mutation
+        self._refuse_nesting()
         # A retried init (same command_id) returns its original receipt, like any command. A log without
         # one complete line (a crash tore the first append) is not initialized yet.
         started = log.is_file() and read_line_at(log, 0) is not None
@@ -285,6 +286,29 @@ class Writer:
         if started and (command_id is None or find_command(log, command_id) is None):
             raise DatasetExists(f"Dataset already initialized: {self.name}")
         fileops().mkdir(self.directory)
+
+    def _refuse_nesting(self) -> None:
+        """A dataset folder holds no dataset, and none is inside another: `ls` and id resolution would see
+        one and not the other (`init t` over `t/a`, or `init a/b` inside dataset `a`)."""
+        from .roots import holds_dataset
+
+        if self.directory.is_dir():
+            shown = [p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+            below = [q for p in shown for q in p.iterdir() if q.is_dir() and not q.name.startswith((".", "_"))]
+            inner = sorted(str(p.relative_to(self.root)) for p in [*shown, *below] if holds_dataset(p))
+            if inner:
+                raise InvalidInput(
+                    f"Cannot init {self.name}: the folder holds dataset(s) {', '.join(inner[:5])}.",
+                    hint="A dataset folder cannot hold other datasets; pick another id.",
+                )
+        for outer in self.directory.parents:
+            if outer == self.root or self.root not in outer.parents:
+                break
+            if holds_dataset(outer):
+                raise InvalidInput(
+                    f"Cannot init {self.name}: it would be inside dataset {outer.relative_to(self.root)}.",
+                    hint="A dataset cannot hold other datasets; pick an id outside it.",
+                )
 
     def _decide(self, tail: Tail, command: Command, registry: Registry, rows: RowsLoader | None, now: str) -> Any:
         """The decision on `command` at the tail (NoChange and rejections propagate)."""

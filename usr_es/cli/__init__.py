@@ -56,11 +56,23 @@ _GROUPS: tuple[tuple[str, typer.Typer], ...] = (
 )
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        from .. import __version__
+
+        typer.echo(f"usr_es {__version__}")
+        raise typer.Exit()
+
+
 def _global(
     root: Annotated[
         Path | None,
         typer.Option("--root", help="Datasets root (default: $USR_ROOT, else nearest ancestor with registry.yaml)."),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the usr_es version and exit.", callback=_version, is_eager=True),
+    ] = False,
 ) -> None:
     options["root"] = root
 

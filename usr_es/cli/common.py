@@ -149,10 +149,11 @@ def emit_object(obj: Any, fmt: Format, *, title: str | None = None) -> None:
     if fmt is Format.rich:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title, show_header=False)
-        for key, value in data.items():
-            table.add_row(str(key), plain_value(value))
+        table = Table(title=Text(title) if title else None, show_header=False)
+        for key, value in data.items():  # Text: a stored value is never read as markup ("[blue]", "[us, UTC]")
+            table.add_row(Text(str(key)), Text(plain_value(value)))
         Console().print(table)
         return
     for key, value in data.items():
@@ -167,12 +168,13 @@ def emit_rows(rows: list[dict[str, Any]], columns: list[str], fmt: Format, *, ti
     if fmt is Format.rich:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title)
+        table = Table(title=Text(title) if title else None)
         for col in columns:
-            table.add_column(col, overflow="fold")
-        for row in rows:
-            table.add_row(*(plain_value(row.get(c)) for c in columns))
+            table.add_column(Text(col), overflow="fold")
+        for row in rows:  # Text: a stored value is never read as markup ("[blue]", "[us, UTC]")
+            table.add_row(*(Text(plain_value(row.get(c))) for c in columns))
         Console().print(table)
         return
     typer.echo("\t".join(columns))

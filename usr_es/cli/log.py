@@ -41,7 +41,13 @@ def events_tail(
         EventsFormat,
         typer.Option("--format", help="json: hash-chain verified lines; raw: the stored bytes, unverified."),
     ] = EventsFormat.json,
-    follow: Annotated[bool, typer.Option("--follow", help="Keep printing new events as they are appended.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Keep printing new events as they are appended; starts at the end (add -n N for the last N first).",
+        ),
+    ] = False,
     cursor: Annotated[
         Path | None,
         typer.Option(

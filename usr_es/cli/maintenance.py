@@ -128,11 +128,7 @@ def materialize(
 
     ds = existing_dataset(dataset)
     chosen = [n.strip() for n in namespaces.split(",") if n.strip()] or None
-    if not yes:
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):
-            raise InvalidInput(
-                "materialize rewrites records.parquet; confirm with --yes.", hint="usr materialize DS --yes"
-            )
+    if not yes and sys.stdin.isatty() and sys.stdout.isatty():  # a script proceeds, as the original did
         info = ds.info()
         typer.echo(f"Materialize {', '.join(chosen or info.namespaces) or '(no overlays)'} into {ds.records_path}")
         if not typer.confirm("Proceed?", default=False):
@@ -147,7 +143,12 @@ def materialize(
             command_id=command_id,
         )
     count = receipt.metrics.get("overlays", 0)
-    emit_receipt(receipt, receipt.message or f"Materialized {count} overlay(s) into {ds.records_path}", fmt)
+    back = (
+        f"; the state before it stays in the log: usr replay {ds.name} --until {receipt.seq - 1} --out DIR"
+        if not receipt.noop and receipt.seq > 1
+        else ""
+    )
+    emit_receipt(receipt, receipt.message or f"Materialized {count} overlay(s) into {ds.records_path}{back}", fmt)
 
 
 def adopt(

@@ -299,13 +299,14 @@ def schema(
         return
     if fmt is Format.rich:
         from rich.console import Console
+        from rich.text import Text
         from rich.tree import Tree
 
-        root = Tree(ds.name)
+        root = Tree(Text(ds.name))
         for group, members in groups.items():
-            branch = root.add(group)
-            for row in members:
-                branch.add(f"{row['name']}: {row['type']}{'' if row['nullable'] else ' (not null)'}")
+            branch = root.add(Text(group))
+            for row in members:  # Text: "timestamp[us, UTC]" is a type, not markup
+                branch.add(Text(f"{row['name']}: {row['type']}{'' if row['nullable'] else ' (not null)'}"))
         Console().print(root)
         return
     typer.echo(ds.name)
