@@ -490,3 +490,41 @@ def test_multi_line_notes_keep_the_meta_md_header_readable(cli_root: Path, tmp_p
     header = yaml.safe_load(text.split("\n\n", 1)[0])
     assert header["name"] == "demo/noted"
     assert (header["notes"], header["source"], header["schema"]) == (notes, "a: b", "USR v1")
+
+
+def test_paths_and_ids_fail_by_one_rule(cli_root: Path, tmp_path: Path) -> None:
+    """A file where a folder is needed or the reverse is a usage error (2); a missing path or record id is
+    not found (4), for every command that names one."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    root = str(cli_root)
+    cases = [
+        (["--root", str(afile), "ls"], 2, "is a file, not a directory"),
+        (["--root", root, "import", "demo/ds", "--from", "csv", "--path", str(tmp_path)], 2, "is a directory"),
+        (["--root", root, "delete", "demo/ds", "--id-file", str(tmp_path)], 2, "is a directory"),
+        (["--root", root, "head", "missing.parquet"], 4, "Path not found: missing.parquet"),
+        (["--root", root, "head", "./missing.parquet"], 4, "Path not found: ./missing.parquet"),
+    ]
+    unknown = "0" * 40
+    for command in (["delete"], ["restore"], ["state", "set"], ["get"], ["state", "get"]):
+        extra = ["--qc-status", "pass"] if command == ["state", "set"] else []
+        cases.append(
+            (["--root", root, *command, "demo/ds", "--id", unknown, *extra], 4, "not found in dataset demo/ds")
+        )
+    for args, code, says in cases:
+        proc = usr_process(tmp_path, *args)
+        assert_user_error(proc, code)
+        assert says in proc.stderr, (args, proc.stderr)
+
+
+def test_namespace_register_starts_a_root_only_where_its_parent_exists_and_says_so(tmp_path: Path) -> None:
+    typo = usr_process(
+        tmp_path, "--root", str(tmp_path / "typo" / "root"), "namespace", "register", "m", "--columns", "m__x:int64"
+    )
+    assert_user_error(typo, 4)
+    assert not (tmp_path / "typo").exists()
+    fresh = usr_process(
+        tmp_path, "--root", str(tmp_path / "root"), "namespace", "register", "m", "--columns", "m__x:int64"
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    assert f"Created datasets root {tmp_path / 'root'}" in fresh.stderr

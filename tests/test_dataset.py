@@ -672,3 +672,14 @@ def test_a_namespace_or_command_id_ending_in_a_newline_is_refused(tmp_path: Path
     ds = Dataset.open(tmp_path, "demo/ds")
     with pytest.raises(InvalidInput, match="Invalid command id"):
         ds.init(command_id="job-1\n")
+
+
+def test_replay_and_info_count_rows_alike_and_info_says_what_lags(dataset: Dataset, tmp_path: Path) -> None:
+    dataset.add_sequences(["ACGT", "GGCC", "TTAA"])
+    ids = dataset.head(3).column("id").to_pylist()
+    receipt = dataset.delete([ids[0]], reason="bad")  # touches an overlay, not records.parquet
+    info = dataset.info()
+    replayed = dataset.log.replay(receipt.seq, tmp_path / "then")
+    assert (info.rows, info.deleted) == (2, 1)
+    assert (replayed.rows, replayed.deleted) == (2, 1)
+    assert (info.head_seq, info.projection_seq, info.projection_lag, info.base_seq) == (3, 3, 0, 2)

@@ -193,7 +193,7 @@ def test_the_merge_policy_keeps_each_run_more_than_twice_the_next() -> None:
 
 
 def test_a_write_checks_its_ids_without_reading_the_base_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from usr_es.errors import DuplicateIDError
+    from usr_es.errors import DuplicateIDError, NotFound
     from usr_es.projections import BaseBytes
 
     ds, ids = make(tmp_path / "root", [*OTHERS, *COLLIDING])
@@ -207,7 +207,7 @@ def test_a_write_checks_its_ids_without_reading_the_base_ids(tmp_path: Path, mon
         ds.add_sequences([COLLIDING[1]], alphabet="dna_4")
     assert ds.add_sequences([COLLIDING[1], "ACGTTTTTGGGGCCCCA"], on_conflict="skip").metrics["rows_written"] == 1
     assert ds.delete([ids[4]]).metrics["rows_written"] == 1
-    with pytest.raises(InvalidInput):
+    with pytest.raises(NotFound):
         ds.delete(["0" * 40])
     by_id = ds.write_overlay("mock", {"id": [ids[0], ids[1]], "score": [1.0, 2.0]})
     by_sequence = ds.write_overlay("mock", {"sequence": [OTHERS[2]], "score": [3.0]}, key="sequence")

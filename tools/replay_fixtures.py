@@ -616,7 +616,7 @@ def _attach_allow_missing(b: _Builder) -> None:
     b.run("delete", [IB, unknown], allow_missing=True, reason="gone", metrics={"rows_written": 1, "rows_missing": 1})
     b.run("set_state", [IA, unknown], qc_status="fail", allow_missing=True, metrics={"rows_missing": 1})
     b.noop("delete", [unknown], allow_missing=True)
-    b.reject("InvalidInput", "restore", [IB, unknown])
+    b.reject("NotFound", "restore", [IB, unknown])
 
 
 def _overlay_compaction(b: _Builder) -> None:
@@ -641,7 +641,7 @@ def _delete_restore_cycles(b: _Builder) -> None:
     b.run("delete", [IC, IA], reason="again")
     b.run("restore", [IB, IC])
     b.run("delete", [ID], reason="new id, sixth event")
-    b.reject("InvalidInput", "delete", [sequence_id("AAAA")])
+    b.reject("NotFound", "delete", [sequence_id("AAAA")])
     b.reject("InvalidInput", "delete", [IE, IE])
 
 
@@ -700,7 +700,7 @@ def _materialize_drop_deleted(b: _Builder) -> None:
     b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n{IC},3.0\n", namespace="feat")
     b.run("delete", [IB, ID], reason="drop me")
     b.run("materialize", drop_deleted=True, same_view=True, metrics={"rows": 3, "rows_dropped": 2})
-    b.reject("InvalidInput", "restore", [IB])
+    b.reject("NotFound", "restore", [IB])
     b.run("delete", [IE])
     b.run("materialize", drop_deleted=True, drop_overlays=True, same_view=True, metrics={"rows_dropped": 1})
     b.noop("materialize", drop_deleted=True)
@@ -967,7 +967,7 @@ def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
             if files != live.files:
                 raise FixtureError(f"{name}: replay of seq {seq} differs from live in {_differing(files, live.files)}")
             report = Dataset.at(out).verify()
-            if not report.ok or report.head_hash != live.hash or result.rows != live.rows:
+            if not report.ok or report.head_hash != live.hash or result.rows + result.deleted != live.rows:
                 raise FixtureError(f"{name}: replay of seq {seq} does not verify: {report.problems}")
             if result.from_checkpoint in builder.tampered or (
                 any(t <= seq for t in builder.tampered) and not result.notes
@@ -977,7 +977,10 @@ def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
             expected = target / "expected" / f"seq-{seq}"
             for rel, text in files.items():
                 _write(expected / rel, text)
-            _write(expected / STATE_FILE, dump_json({"seq": seq, "head_hash": report.head_hash, "rows": result.rows}))
+            _write(
+                expected / STATE_FILE,
+                dump_json({"seq": seq, "head_hash": report.head_hash, "rows": result.rows + result.deleted}),
+            )
         if case.checkpoint != any(r["from_checkpoint"] for r in replays.values()):
             raise FixtureError(f"{name}: replays {replays} do not match checkpoint={case.checkpoint}")
         rebuilt = work / "rebuilt"
@@ -1017,17 +1020,20 @@ def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
     return name
 
 
-def generate(out_dir: Path, cases: tuple[Case, ...] = CASES) -> list[str]:
-    """Regenerate every case into `out_dir`, replacing all `<nnn>-<case>` directories there."""
+def generate(out_dir: Path, cases: tuple[Case, ...] = CASES, *, only: set[int] | None = None) -> list[str]:
+    """Regenerate every case into `out_dir`, replacing all `<nnn>-<case>` directories there; with `only`,
+    just the cases of those numbers (the others keep their committed logs: a case changes only when its
+    expected behaviour does)."""
     out_dir = out_dir.resolve()
     with tempfile.TemporaryDirectory(prefix="usr_es-fixtures-") as tmp:
         scratch = Path(tmp)
         staged = scratch / "staged"
         staged.mkdir()
-        names = [build_case(i, case, staged, scratch) for i, case in enumerate(cases, start=1)]
+        chosen = [(i, case) for i, case in enumerate(cases, start=1) if only is None or i in only]
+        names = [build_case(i, case, staged, scratch) for i, case in chosen]
         out_dir.mkdir(parents=True, exist_ok=True)
         for old in sorted(out_dir.iterdir()):
-            if old.is_dir() and CASE_NAME.match(old.name):
+            if old.is_dir() and CASE_NAME.match(old.name) and (only is None or int(old.name[:3]) in only):
                 shutil.rmtree(old)
         for name in names:
             shutil.copytree(staged / name, out_dir / name)
@@ -1036,11 +1042,15 @@ def generate(out_dir: Path, cases: tuple[Case, ...] = CASES) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    only: set[int] | None = None
+    if len(args) == 3 and args[1] == "--only":
+        only = {int(n) for n in args[2].split(",")}
+        args = args[:1]
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m tools.replay_fixtures OUT_DIR", file=sys.stderr)
+        print("usage: python -m tools.replay_fixtures OUT_DIR [--only N,N,...]", file=sys.stderr)
         return 2
     out_dir = Path(args[0])
-    names = generate(out_dir)
+    names = generate(out_dir, only=only)
     pairs = sum(len(list((out_dir / n / "expected").glob("seq-*"))) for n in names)
     size = sum(p.stat().st_size for n in names for p in (out_dir / n).rglob("*") if p.is_file())
     print(f"wrote {len(names)} replay fixture case(s), {pairs} (case, seq) pair(s), {size} bytes into {out_dir}")

@@ -22,7 +22,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from .codec import regrouped
-from .errors import InvalidInput, NamespaceError, NotFound, SchemaError
+from .errors import InvalidInput, NamespaceError, SchemaError
 from .inputs import (
     MAX_JSON_DEPTH,
     csv_names,
@@ -31,6 +31,7 @@ from .inputs import (
     not_utf8,
     precheck,
     read_json_lines,
+    require_file,
     restarting,
     valid_text,
 )
@@ -121,8 +122,7 @@ def _format_of(path: Path) -> str:
             f"Unsupported attachment file type '{path.suffix or path.name}'.",
             hint="Accepted: .csv, .parquet, .jsonl, .json (JSON lines).",
         )
-    if not path.is_file():
-        raise NotFound(f"Attachment file not found: {path}")
+    require_file(path, "Attachment file")
     return fmt
 
 

@@ -981,8 +981,9 @@ def _decide_ids(
     missing = len(wanted) - pc.sum(present.cast(pa.int64())).as_py()
     if missing and not command.allow_missing:
         absent = pc.filter(wanted, pc.invert(present)).to_pylist()
-        raise InvalidInput(
-            f"{missing} id(s) not found in dataset (sample: {', '.join(absent[:_SAMPLE])}).",
+        raise NotFound(
+            f"{missing} id(s) not found in dataset {state.name}: {', '.join(absent[:_SAMPLE])}"
+            + (", ..." if missing > _SAMPLE else ""),
             hint="Pass --allow-missing to skip unknown ids.",
         )
     ids = pc.filter(wanted, present)

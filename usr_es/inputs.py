@@ -87,6 +87,14 @@ def check_width(path: Path, fmt: str) -> None:
         )
 
 
+def require_file(path: Path, what: str) -> None:
+    """A file the user named must be one: a directory is InvalidInput (exit 2), a missing path NotFound (4)."""
+    if path.is_dir():
+        raise InvalidInput(f"{what} is a directory, not a file: {path}", hint="Name the file inside it.")
+    if not path.is_file():
+        raise NotFound(f"{what} not found: {path}")
+
+
 def import_batches(path: Path, fmt: str, *, batch_rows: int) -> Iterator[pa.Table]:
     """The import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta), `batch_rows` rows at a time
     (the last batch may be shorter): an input of any size is read with about one batch in memory
@@ -94,8 +102,7 @@ def import_batches(path: Path, fmt: str, *, batch_rows: int) -> Iterator[pa.Tabl
     error at any batch is an InvalidInput."""
     if fmt not in FORMATS:
         raise InvalidInput(f"Unsupported input format '{fmt}'.", hint=f"Use one of: {', '.join(FORMATS)}.")
-    if not path.is_file():
-        raise NotFound(f"Input file not found: {path}")
+    require_file(path, "Input file")
     with _read_errors(path, fmt):
         precheck(path, fmt)
         if fmt == "csv":

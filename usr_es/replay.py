@@ -37,9 +37,11 @@ from .names import (
     RECORDS_FILE,
     REGISTRY_DIR,
     SNAPSHOT_DIR,
+    TOMBSTONE_NS,
 )
 from .original import not_adopted, original_names, require_adopted, unadopted
-from .projections import BaseFile, Fold, Output
+from .overlays import tombstoned_ids
+from .projections import BaseFile, DerivedFiles, Fold, Output
 from .projectors import Watermark
 from .recovery import (
     LocalSource,
@@ -148,12 +150,17 @@ def replay(directory: Path, seq: int, out: Path) -> ReplayResult:
     write_meta(out, [line.record for line in lines])
     last = lines[-1].record
     base = fold.base
+    derived = fold.get(DerivedFiles)
+    deleted = (
+        len(tombstoned_ids(derived.merged(TOMBSTONE_NS))) if TOMBSTONE_NS in derived.layout.live else 0
+    )  # counted as `usr info` counts them: the live view's rows
     return ReplayResult(
         out=str(out),
         seq=seq,
         event_id=last.event_id,
         timestamp_utc=last.timestamp_utc,
-        rows=base.rows if base is not None else 0,
+        rows=(base.rows if base is not None else 0) - deleted,
+        deleted=deleted,
         from_checkpoint=done.start or None,
         notes=done.notes,
     )

@@ -45,8 +45,12 @@ class DatasetInfo(msgspec.Struct, frozen=True, kw_only=True):
     columns: list[str]
     namespaces: list[str]
     head_seq: int
+    #: The seq the projection files reflect once this read caught them up: every event, so `head_seq`.
     projection_seq: int
-    projection_lag: int  # base-changing events that were missing from records.parquet (now caught up)
+    #: How many events the projection files lacked before this read folded them in (0: they were current).
+    projection_lag: int
+    #: The last event that changed records.parquet (events that touch only overlays leave it as it is).
+    base_seq: int = 0
     size_bytes: int
     created_at: str | None
     updated: str | None
@@ -79,7 +83,8 @@ class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
     seq: int
     event_id: str
     timestamp_utc: str
-    rows: int
+    rows: int  # the live view's rows at `seq` (tombstoned ones not counted, as `usr info` counts)
+    deleted: int = 0  # tombstoned rows at `seq`
     from_checkpoint: int | None = None  # the checkpoint seq replay started from
     notes: list[str] = []
 

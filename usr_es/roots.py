@@ -42,6 +42,10 @@ def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
     """`--root`, else `$USR_ROOT`, else the nearest ancestor of the cwd holding registry.yaml."""
     if explicit is not None:
         root = explicit.expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise InvalidInput(
+                f"Datasets root is a file, not a directory: {root}", hint="Pass the folder holding registry.yaml."
+            )
         if not root.is_dir():
             raise NotFound(f"Datasets root does not exist: {root}", hint=f"Create it: mkdir -p {root}")
         return root

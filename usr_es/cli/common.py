@@ -63,7 +63,17 @@ def datasets_root(*, create: bool = False) -> Path:
 
     explicit = options["root"]
     if create and explicit is not None:
-        fileops().mkdir(explicit.expanduser().resolve())
+        wanted = explicit.expanduser().resolve()
+        if not wanted.exists():  # the first `namespace register` starts a root: one new folder, said so
+            if not wanted.parent.is_dir():
+                from ..errors import NotFound
+
+                raise NotFound(
+                    f"Datasets root does not exist, nor its parent folder: {wanted}",
+                    hint=f"Check the path; to start a root there: mkdir -p {wanted}",
+                )
+            fileops().mkdir(wanted)
+            typer.echo(f"Created datasets root {wanted}", err=True)
     return find_root(explicit)
 
 

@@ -82,6 +82,10 @@ def _plain_target(ident: str | None) -> Path | None:
         except UsrError:
             return Path.cwd()
     path = Path(ident)
+    if not path.exists() and (looks_like_path(ident) or path.suffix.lower() == ".parquet"):
+        from ..errors import NotFound
+
+        raise NotFound(f"Path not found: {ident}")  # named as a file: never read as a dataset id
     if path.is_file():  # a dataset's own records.parquet / .events.log stands for the dataset
         return None if path.name in ("records.parquet", LOG_FILE) and (path.parent / LOG_FILE).is_file() else path
     if not path.is_dir() or (path / LOG_FILE).is_file() or not (looks_like_path(ident) or options["root"] is None):

@@ -54,10 +54,9 @@ AllowMissingOpt = Annotated[bool, typer.Option("--allow-missing", help="Skip ids
 def _read_ids(ids: list[str] | None, id_file: Path | None) -> list[str]:
     out = split_list(ids)
     if id_file is not None:
-        if not id_file.is_file():
-            from ..errors import NotFound
+        from ..inputs import require_file
 
-            raise NotFound(f"Id file not found: {id_file}")
+        require_file(id_file, "Id file")
         out.extend(line.strip() for line in id_file.read_text().splitlines() if line.strip())
     return out
 
