@@ -420,10 +420,15 @@ def test_replay_into_non_empty_directory_is_rejected(dataset: Dataset, tmp_path:
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_replayed_dataset_accepts_writes_from_its_registry(dataset: Dataset, tmp_path: Path) -> None:
+def test_a_replayed_dataset_takes_writes_once_its_root_has_a_registry(dataset: Dataset, tmp_path: Path) -> None:
+    from usr_es.errors import RegistryError
+
     dataset.add_sequences(["AAAA"])
     past = Dataset.at(dataset.log.replay(1, tmp_path / "past").out)
     assert past.head().num_rows == 0
+    with pytest.raises(RegistryError):  # every mutation needs the root's registry.yaml, as in the original
+        past.add_sequences(["TTTT"])
+    shutil.copy(dataset.root / "registry.yaml", past.root / "registry.yaml")
     past.add_sequences(["TTTT"])
     assert all_rows(past).column("sequence").to_pylist() == ["TTTT"]
     assert past.verify().ok

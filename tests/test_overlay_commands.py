@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from usr_es import Dataset
 from usr_es.cli import app
 from usr_es.errors import InvalidInput, NamespaceError, NotFound, SchemaError, UsrError
-from usr_es.registry import register_namespace, split_columns_spec
+from usr_es.registry import format_type, register_namespace, split_columns_spec
 
 runner = CliRunner()
 
@@ -1035,3 +1035,88 @@ def test_materialize_from_a_script_proceeds_without_yes_and_says_how_to_go_back(
     assert proc.returncode == 0, proc.stderr
     assert ds.info().head_seq == before + 1
     assert f"usr replay {ds.name} --until {before} --out DIR" in proc.stdout
+
+
+# -- the registry governs writes (issue 12, seed README gaps 2 and 3) -----------------------------------
+def test_materialize_refuses_an_unregistered_namespace_and_a_type_the_registry_no_longer_has(
+    oroot: Path, ds_ids: tuple[Dataset, list[str]]
+) -> None:
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:2], "score": [1.0, 2.0]})
+    usr(oroot, "namespace", "register", "mock", "--columns", MOCK_COLUMNS.replace("score:float64", "score:int64"),
+        "--overwrite")  # fmt: skip
+    log = ds.log_path.read_bytes()
+    with pytest.raises(NamespaceError, match="holds float64 values but the registry says int64"):
+        ds.maintenance.materialize()
+    import yaml
+
+    doc = yaml.safe_load((oroot / "registry.yaml").read_text())
+    del doc["namespaces"]["mock"]  # the namespace was unregistered since
+    (oroot / "registry.yaml").write_text(yaml.safe_dump(doc, sort_keys=True))
+    with pytest.raises(NamespaceError, match="'mock' is not registered"):
+        ds.maintenance.materialize()
+    assert ds.log_path.read_bytes() == log
+
+
+def test_after_a_type_change_schema_columns_and_head_agree(oroot: Path, ds_ids: tuple[Dataset, list[str]]) -> None:
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:1], "label": ["a"]})
+    widened = MOCK_COLUMNS.replace("score:float64", "score:int64")
+    usr(oroot, "namespace", "register", "mock", "--columns", widened, "--overwrite")
+    ds.write_overlay("mock", {"id": ids[:1], "score": [3]})
+    usr(oroot, "namespace", "register", "mock", "--columns", MOCK_COLUMNS, "--overwrite")  # back to float64
+    ds.write_overlay("mock", {"id": ids[1:2], "score": [2.5]})
+    head = ds.head(6)
+    types = {c.name: c.type for c in ds.schema()}
+    assert types["mock__score"] == "float64" == format_type(head.schema.field("mock__score").type)
+    assert {c.name: c.type for c in ds.columns()}["mock__score"] == "float64"
+    assert head.column("mock__score").to_pylist()[:2] == [3.0, 2.5]
+    ds.maintenance.materialize()  # the newest type is the registered one
+    assert ds.head(2).column("mock__score").to_pylist() == [3.0, 2.5]
+
+
+def test_a_type_change_the_old_values_cannot_take_is_a_clear_error_on_read(
+    oroot: Path, ds_ids: tuple[Dataset, list[str]]
+) -> None:
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:1], "score": [1.5]})
+    usr(oroot, "namespace", "register", "mock", "--columns", MOCK_COLUMNS.replace("score:float64", "score:int64"),
+        "--overwrite")  # fmt: skip
+    ds.write_overlay("mock", {"id": ids[1:2], "score": [7]})
+    proc = usr_process(oroot, "head", ds.name)
+    assert proc.returncode == 6, proc.stderr
+    assert "cannot cast 'mock__score'" in proc.stderr and "register the old type back" in proc.stderr
+
+
+def test_every_mutation_needs_the_roots_registry(
+    oroot: Path, ds_ids: tuple[Dataset, list[str]], tmp_path: Path
+) -> None:
+    ds, ids = ds_ids
+    copy = tmp_path / "outside" / "ds"
+    ds.log.replay(ds.info().head_seq, copy)  # a dataset folder with no registry.yaml above it
+    moved = Dataset.at(copy)
+    log = moved.log_path.read_bytes()
+    for write in (
+        lambda: moved.add_sequences(["ACGTACGTAAAA"]),
+        lambda: moved.write_overlay("mock", {"id": ids[:1], "score": [1.0]}),
+        lambda: moved.maintenance.snapshot(),
+        lambda: moved.delete(ids[:1]),
+    ):
+        with pytest.raises(UsrError, match="registry"):
+            write()
+    assert moved.log_path.read_bytes() == log
+    assert moved.head(1).num_rows == 1  # reads need no registry
+
+
+def test_validate_either_falls_back_to_the_frozen_registry_and_knows_the_namespace_modes(
+    oroot: Path, ds_ids: tuple[Dataset, list[str]], tmp_path: Path
+) -> None:
+    ds, ids = ds_ids
+    ds.write_overlay("mock", {"id": ids[:2], "score": [1.0, 2.0]})
+    copy = tmp_path / "outside" / "ds"
+    ds.log.replay(ds.info().head_seq, copy)
+    either = Dataset.at(copy).maintenance.validate(registry_mode="either")
+    assert either.ok and either.registries == ["frozen"] and either.passed_with == ["frozen"]
+    for mode in ("namespace-current", "namespace-frozen", "namespace-either"):
+        assert ds.maintenance.validate(registry_mode=mode).ok
+    assert usr_process(oroot, "validate", ds.name, "--registry-mode", "namespace-either").returncode == 0

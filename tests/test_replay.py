@@ -174,6 +174,9 @@ def check_case(case: Path, work: Path) -> list[int]:
     assert ds.info().torn_tail_bytes == expect["torn_tail_bytes"]
     assert (copy / ".events.log").read_bytes() == log, "replay/rebuild/verify must not touch the log"
 
+    # Every mutation needs its root's registry (as in the original): the copy's root gets the dataset's own.
+    frozen = ds.log.events()[-1].registry_hash
+    shutil.copy(copy / "_registry" / f"registry.{frozen}.yaml", ds.root / "registry.yaml")
     for item in expect["reissue"]:
         _reissue(ds, item, work / "inputs")
     assert (copy / ".events.log").read_bytes() == log, "rejected commands and retries must append nothing"

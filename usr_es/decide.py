@@ -138,6 +138,8 @@ class DatasetState:
     #: The column names of namespaces' merged overlays, where the rows are not needed (a materialize decides
     #: on the names alone); a namespace not here has its names read from `overlays`.
     overlay_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The value columns' types of the namespaces a materialize folds (checked against the registry).
+    overlay_types: dict[str, dict[str, pa.DataType]] = field(default_factory=dict)
     #: The base's rows of some ids (`id` and the given columns), for columns `base` does not hold: read where
     #: they are (the writer reads only the row groups holding a few ids). None: `base` holds what is needed.
     base_values: Callable[[pa.Array, list[str]], pa.Table] | None = None
@@ -1036,6 +1038,36 @@ def _decide_compact(state: DatasetState, command: CompactOverlay, now: str) -> D
     return Decision.of(event, None, args, metrics)
 
 
+def _check_contracts(state: DatasetState, namespaces: list[str]) -> None:
+    """A materialize writes namespaced columns into the base: each namespace must be registered, and each
+    column registered with the type its overlay holds (as an attach requires)."""
+    registry = state.registry
+    if registry is None:
+        return
+    for ns in namespaces:
+        if ns in RESERVED_NAMESPACES:
+            continue
+        spec = registry.namespaces.get(ns)
+        if spec is None:
+            raise NamespaceError(
+                f"Namespace '{ns}' is not registered: materialize folds only registered namespaces.",
+                hint=f"Register it again (`usr namespace register {ns} ...`) or leave it out with --namespaces.",
+            )
+        wanted = spec.column_types()
+        for name, dtype in state.overlay_types.get(ns, {}).items():
+            want = wanted.get(name)
+            if want is None:
+                raise NamespaceError(
+                    f"Column '{name}' is not registered under '{ns}': materialize would write an unregistered column.",
+                    hint=f"Register it (`usr namespace register {ns} --overwrite ...`) or leave '{ns}' out.",
+                )
+            if not want.equals(dtype):
+                raise NamespaceError(
+                    f"Column '{name}' holds {format_type(dtype)} values but the registry says {format_type(want)}.",
+                    hint="Attach the values again in the registered type, or register the type they have.",
+                )
+
+
 def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
     from .overlays import appended_columns, tombstoned_ids
 
@@ -1054,6 +1086,7 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
         unknown = [ns for ns in chosen if ns not in live]
         if unknown:
             raise NotFound(f"No overlays for namespace(s): {', '.join(unknown)}.", hint=f"Overlays: {', '.join(live)}")
+    _check_contracts(state, chosen)
     tombs = state.overlays.get(TOMBSTONE_NS)
     gone_ids = pa.array([], pa.string())  # the base ids --drop-deleted removes, sorted
     if command.drop_deleted and tombs is not None and state.base is not None:

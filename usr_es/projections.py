@@ -909,6 +909,17 @@ class DerivedFiles:
             names.extend(n for n in schema.names if n not in names and not n.startswith((WRITTEN, PURGED)))
         return tuple(names)
 
+    def column_types(self, namespace: str) -> dict[str, pa.DataType]:
+        """The type `merged(namespace)` gives each value column: the newest part's that holds it (the merge
+        reads older parts' values as that type), from the parts' schemas."""
+        types: dict[str, pa.DataType] = {}
+        for part in sorted(self.layout.live.get(namespace, ()), key=lambda p: p.mark.seq):
+            if not part.purge:
+                for f in self.rows(part).schema:
+                    if f.name != ID and not f.name.startswith((WRITTEN, PURGED)):
+                        types[f.name] = f.type
+        return types
+
     def rows_of(self, namespace: str) -> Payload:
         """`merged(namespace)`'s rows to read a batch at a time: a single part's own rows where they are (an
         attach's payload or a part file stays on disk), else the merge."""

@@ -299,7 +299,14 @@ def _merge(reads: list[tuple[str, _Source, list[str]]], tables: Sequence[pa.Tabl
     parts: dict[str, list[Part]] = {}
     for (ns, src, _), table in zip(reads, tables, strict=True):
         parts.setdefault(ns, []).append(Part(src.seq, table))
-    return {ns: merge_parts(these) for ns, these in parts.items()}
+    try:
+        return {ns: merge_parts(these) for ns, these in parts.items()}
+    except ValueError as exc:  # a column's older values the type a newer part gave it cannot hold
+        raise IntegrityError(
+            f"the overlay parts do not form a view: {exc}",
+            hint="A namespace's column changed type with values the new type cannot hold: register the old "
+            "type back, or attach the old values again in the new type.",
+        ) from None
 
 
 def _strip(table: pa.Table) -> pa.Table:

@@ -28,13 +28,14 @@ def schema(ds: ReadHead) -> list[ColumnInfo]:
     if doc is not None:
         seen = set(stored.names)
         for ns in sorted(n for n in doc[0].live if n != TOMBSTONE_NS):
-            for part in doc[0].live[ns]:
+            found: dict[str, pa.Field] = {}  # in order of first appearance, typed as the newest part types it
+            for part in sorted(doc[0].live[ns], key=lambda p: p.mark.seq):
                 if part.purge:
                     continue
                 for f in pq.read_schema(ds.dir / part.file):
                     if f.name not in seen and f.name != ID and not f.name.startswith(WRITTEN):
-                        seen.add(f.name)
-                        fields.append(f)
+                        found[f.name] = f  # the merge reads every part's values as the newest one's type
+            fields.extend(found.values())
     return [ColumnInfo(f.name, format_type(f.type), f.nullable) for f in fields]
 
 

@@ -13,9 +13,12 @@ from .errors import InvalidInput, NotFound
 from .names import RESERVED_NAMESPACES, STATE_NS, TOMBSTONE_NS, WRITTEN
 from .projectors import BASE_SCHEMA
 from .recovery import fresh, live_parts
-from .registry import Registry, load_registry
+from .registry import Registry, load_registry, registry_path
 from .results import ValidateReport
 from .storage import frozen_registry
+
+#: The registry modes `validate` accepts (the original's names).
+REGISTRY_MODES = ("current", "frozen", "either", "namespace-current", "namespace-frozen", "namespace-either")
 
 
 def validate(
@@ -26,8 +29,11 @@ def validate(
     hashes, so editing one namespace in registry.yaml never invalidates another's overlays.
 
     `registry_mode`: `current` (root registry.yaml), `frozen` (the registry the last event was
-    validated against) or `either` (passes if one of them does). `strict` also recomputes every
-    id and length and checks materialized columns' types.
+    validated against) or `either` (passes if one of them does; the frozen one alone when the root has no
+    registry.yaml). The original's `namespace-current`, `namespace-frozen` and `namespace-either` are the
+    same three: usr_es checks overlays per namespace contract in every mode, so an edit to one namespace
+    never invalidates another's overlays (the original's whole-registry check did). `strict` also
+    recomputes every id and length and checks materialized columns' types.
     """
     import pyarrow.compute as pc
 
@@ -36,14 +42,15 @@ def validate(
     from .overlays import STATE_SCHEMA, TOMBSTONE_SCHEMA
     from .registry import parse_type
 
-    if registry_mode not in ("current", "frozen", "either"):
-        raise InvalidInput(f"Unknown registry mode '{registry_mode}'.", hint="Use current, frozen or either.")
+    if registry_mode not in REGISTRY_MODES:
+        raise InvalidInput(f"Unknown registry mode '{registry_mode}'.", hint=f"Use {', '.join(REGISTRY_MODES)}.")
+    mode = registry_mode.removeprefix("namespace-")  # overlays are checked per namespace contract in every mode
     _, scan, _ = fresh(directory)
     base, merged, layout = live_parts(directory)
     candidates: list[tuple[str, Registry]] = []
-    if registry_mode in ("current", "either"):
-        candidates.append(("current", load_registry(root)))
-    if registry_mode in ("frozen", "either") and scan.registry_hash:
+    if mode == "current" or (mode == "either" and registry_path(root).is_file()):
+        candidates.append(("current", load_registry(root)))  # `either` without registry.yaml: the frozen one
+    if mode in ("frozen", "either") and scan.registry_hash:
         candidates.append(("frozen", frozen_registry(directory, scan.registry_hash)))
     if not candidates:
         raise NotFound("No frozen registry recorded for this dataset.", hint="Run `usr maintenance registry-freeze`.")

@@ -50,7 +50,7 @@ from .events import Actor, DatasetRef, Fingerprint, LogRecord, Materialized, Ove
 from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
-from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, TOMBSTONE_NS
+from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, RESERVED_NAMESPACES, TOMBSTONE_NS
 from .original import OriginalDataset, keep_originals, not_adopted, read_original, retire_originals, unadopted
 from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, Step
 from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
@@ -64,7 +64,6 @@ from .storage import (
     StoredRows,
     encode_payload,
     freeze_registry,
-    frozen_registry,
     payload_ref,
     write_payload,
 )
@@ -339,6 +338,9 @@ class Writer:
             overlay_columns={ns: derived.columns(ns) for ns in derived.layout.live if ns != TOMBSTONE_NS}
             if isinstance(command, Materialize)
             else {},
+            overlay_types={ns: derived.column_types(ns) for ns in _folded(command, derived.layout.live)}
+            if isinstance(command, Materialize)
+            else {},
             registry=registry,
         )
         release_memory()  # the Parquet readers' and the merges' scratch buffers
@@ -537,18 +539,23 @@ class Writer:
         return ["id", "bio_type", "alphabet", "sequence"] if command.key == "sequence_ci" else []
 
     def _registry_for_write(self, last_hash: str | None) -> Registry:
-        """The live registry; for a dataset outside any root (e.g. a replayed copy), the frozen
-        registry the last event was validated against."""
+        """The live registry of the dataset's root: every mutation requires one, as in the original (a
+        dataset folder copied out of its root, say a replayed copy, is read-only until it is in one)."""
         path = registry_path(self.root)
-        if path.is_file() or last_hash is None:
-            try:
-                data = path.read_bytes()
-            except OSError:
-                return load_registry(self.root)  # raises the usual "registry required" error
-            if self._registry is None or self._registry[0] != data:
-                self._registry = (data, parse_registry(data, source=str(path)))
-            return self._registry[1]
-        return frozen_registry(self.directory, last_hash)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return load_registry(self.root)  # raises the usual "registry required" error
+        if self._registry is None or self._registry[0] != data:
+            self._registry = (data, parse_registry(data, source=str(path)))
+        return self._registry[1]
+
+
+def _folded(command: Materialize, live: Iterable[str]) -> list[str]:
+    """The registered namespaces a materialize folds (whose types it checks against the registry)."""
+    return [
+        ns for ns in live if ns not in RESERVED_NAMESPACES and (command.namespaces is None or ns in command.namespaces)
+    ]
 
 
 @contextmanager

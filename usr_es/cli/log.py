@@ -162,13 +162,21 @@ class RegistryMode(StrEnum):
     current = "current"
     frozen = "frozen"
     either = "either"
+    namespace_current = "namespace-current"
+    namespace_frozen = "namespace-frozen"
+    namespace_either = "namespace-either"
 
 
 def validate(
     dataset: DatasetArg = None,
     strict: Annotated[bool, typer.Option("--strict", help="Also recompute ids/lengths, check base types.")] = False,
     registry_mode: Annotated[
-        RegistryMode, typer.Option("--registry-mode", help="Registry to check against: current, frozen or either.")
+        RegistryMode,
+        typer.Option(
+            "--registry-mode",
+            help="Registry to check against: current, frozen or either (either: frozen alone without registry.yaml); "
+            "the namespace-* names are the same (overlays are always checked per namespace contract).",
+        ),
     ] = RegistryMode.current,
     fmt: FormatOpt = Format.auto,
 ) -> None:
