@@ -217,7 +217,7 @@ def test_path_first_tools_read_any_parquet_file_or_folder(cli_root: Path, tmp_pa
         {"x": 1, "events_y": "a"},
         {"x": 2, "events_y": "b"},
     ]
-    assert [c["name"] for c in usr_json(cli_root, "cols", str(folder), "--glob", "events*")] == ["events_y"]
+    assert [c["name"] for c in usr_json(cli_root, "cols", str(folder), "--glob", "events*")] == ["x", "events_y"]
     assert usr_json(cli_root, "cell", str(folder), "--row", "2", "--col", "x")["value"] == 3
     inside = usr_process(cli_root / "demo" / "ds", "head", ".", "-n", "1", "--format", "json")
     assert inside.returncode == 0, inside.stderr

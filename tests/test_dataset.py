@@ -688,3 +688,23 @@ def test_replay_and_info_count_rows_alike_and_info_says_what_lags(dataset: Datas
     assert (info.rows, info.deleted) == (2, 1)
     assert (replayed.rows, replayed.deleted) == (2, 1)
     assert (info.head_seq, info.projection_seq, info.projection_lag, info.base_seq) == (3, 3, 0, 2)
+
+
+@pytest.mark.parametrize(("keep", "left"), [(None, 5), ("2", 2), ("0", 7)])
+def test_snapshot_copies_are_pruned_to_the_newest_but_checkpoints_are_kept(
+    dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: str | None, left: int
+) -> None:
+    if keep is not None:
+        monkeypatch.setenv("USR_SNAPSHOT_KEEP", keep)
+    names = []
+    for k in range(7):
+        dataset.add_sequences([f"ACGT{'A' * (k + 1)}"])
+        names.append(dataset.maintenance.snapshot().seq)
+    copies = sorted(p.name for p in (dataset.dir / "_snapshots").glob("records-*.parquet"))
+    assert len(copies) == left
+    from usr_es.checkpoints import list_checkpoints
+
+    checkpoints = [seq for seq, _ in list_checkpoints(dataset.dir)]
+    assert checkpoints == names  # every checkpoint stays: replay may start from any of them
+    old = dataset.log.replay(names[0], tmp_path / "old")
+    assert old.from_checkpoint == names[0] and old.rows == 1

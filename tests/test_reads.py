@@ -357,14 +357,14 @@ def test_parquet_targets_read_files_directories_and_datasets(tmp_path: Path) -> 
     file = folder / "one.parquet"
     assert target_head(file, 2).to_pylist() == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
     assert target_head(file, 2, ["b"]).column_names == ["b"]
-    assert target_head(folder, 10, ["a"]).column("a").to_pylist() == [1, 2, 3, 4, 5]
+    assert target_head(folder, 10, ["a"]).column("a").to_pylist() == [1, 2, 3]  # the folder's one file
     assert target_head(ds.dir, 3).equals(ds.head(3))
     assert [(c.name, c.type) for c in target_columns(file)] == [("a", "int64"), ("b", "string")]
     assert [c.name for c in target_columns(ds.dir, "mock__*")] == [
         n for n in ds.view_schema().names if n.startswith("mock__")
     ] and len(target_columns(ds.dir, "mock__*")) == 3
     assert cell(file, 2, "b") == "z"
-    assert cell(folder, 4, "a") == 5
+    assert cell(folder, 2, "a") == 3
     assert cell(ds.dir, 0, "mock__score") is None
     assert ds.cell(1, "mock__score") == cell(ds.dir, 1, "mock__score") == 20.0
     for bad in (lambda: cell(file, 3, "a"), lambda: cell(file, 0, "c"), lambda: target_head(file, 1, ["c"])):
@@ -424,3 +424,22 @@ def test_reads_agree_with_the_view_after_any_history(
                     live = [i for i in live if i not in deleted]
                     deleted = set()
         assert_reads_agree_with_view(ds)
+
+
+def test_a_folder_of_several_parquet_files_names_one_by_glob_or_by_the_picker(tmp_path: Path) -> None:
+    from usr_es.targets import choose_file
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    pq.write_table(pa.table({"a": [1]}), folder / "events-1.parquet")
+    pq.write_table(pa.table({"b": ["x"], "c": [2.0]}), folder / "events-2.parquet")
+    pq.write_table(pa.table({"z": [0]}), folder / "other.parquet")
+    with pytest.raises(InvalidInput, match=r"holds 2 Parquet files: events-1\.parquet, events-2\.parquet"):
+        target_columns(folder)  # never the columns of several files read as one
+    assert [c.name for c in target_columns(folder, "events-2*")] == ["b", "c"]
+    assert cell(folder, 0, "z", glob="other.parquet") == 0
+    assert target_head(folder, pick=lambda files: files[-1]).column_names == ["b", "c"]
+    (folder / "records.parquet").write_bytes((folder / "other.parquet").read_bytes())
+    assert choose_file(folder).name == "records.parquet"  # as the original picks: records, events*, any
+    with pytest.raises(NotFound, match="matching 'nope"):
+        target_columns(folder, "nope*")

@@ -27,6 +27,7 @@ from .recovery import LocalSource, copy_file
 
 CHECKPOINT_EVERY = 1000  # events between automatic checkpoints
 CHECKPOINT_BYTES = 256 << 20  # or this many payload bytes
+SNAPSHOT_KEEP = 5  # `usr snapshot` copies of records.parquet kept (USR_SNAPSHOT_KEEP; the original kept 5)
 
 
 def write_checkpoint(fold: Fold, mark: Watermark, directory: Path, *, base_copy: str | None = None) -> Path:
@@ -58,7 +59,25 @@ def write_checkpoint(fold: Fold, mark: Watermark, directory: Path, *, base_copy:
     fileops().fsync_dir(target.parent)
     if base_copy is not None and (directory / RECORDS_FILE).exists():
         copy_file(directory / RECORDS_FILE, directory / SNAPSHOT_DIR / f"{base_copy}.parquet")
+        prune_snapshot_copies(directory)
     return target
+
+
+def prune_snapshot_copies(directory: Path) -> list[str]:
+    """Keep the newest `USR_SNAPSHOT_KEEP` (default 5, as the original; 0 keeps all) `usr snapshot` copies of
+    records.parquet, `_snapshots/records-<UTC stamp>.parquet`; remove older ones. Checkpoint folders are
+    never touched here: replay and rebuild may start from any of them. Returns the names removed."""
+    try:
+        keep = int(os.environ.get("USR_SNAPSHOT_KEEP", SNAPSHOT_KEEP))
+    except ValueError:
+        keep = SNAPSHOT_KEEP
+    if keep <= 0:
+        return []
+    copies = sorted(p for p in (directory / SNAPSHOT_DIR).glob("records-*.parquet") if p.is_file())
+    removed = copies[:-keep]
+    for path in removed:
+        fileops().unlink(path)
+    return [p.name for p in removed]
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:

@@ -28,11 +28,33 @@ def _target(path: Path | str) -> tuple[str, Path]:
     raise NotFound(f"No such file or directory: {target}")
 
 
-def _parquet_files(directory: Path) -> list[Path]:
-    files = sorted(p for p in directory.rglob("*.parquet") if p.is_file())
-    if not files:
-        raise NotFound(f"No .parquet files under {directory}")
-    return files
+#: Chooses one of several Parquet files in a folder (the CLI's numbered picker on a terminal); None: refuse.
+Picker = Callable[[list[Path]], Path]
+
+
+def choose_file(directory: Path, glob: str | None = None, pick: Picker | None = None) -> Path:
+    """The one Parquet file a folder target names, as the original picks it: the files matching `glob`,
+    else `records.parquet`, else `events*.parquet`, else any `*.parquet` in the folder. Several: `pick`
+    chooses (a terminal's picker), else InvalidInput listing them -- never several files read as one."""
+    if glob is not None:
+        found = sorted(p for p in directory.glob(glob) if p.is_file() and p.suffix == ".parquet")
+    else:
+        found = []
+        for pattern in ("records.parquet", "events*.parquet", "*.parquet"):
+            found = sorted(p for p in directory.glob(pattern) if p.is_file())
+            if found:
+                break
+    if not found:
+        raise NotFound(f"No .parquet file{f' matching {glob!r}' if glob else ''} in {directory}")
+    if len(found) == 1:
+        return found[0]
+    if pick is not None:
+        return pick(found)
+    names = ", ".join(p.name for p in found[:10]) + (", ..." if len(found) > 10 else "")
+    raise InvalidInput(
+        f"{directory} holds {len(found)} Parquet files: {names}",
+        hint="Name one: pass its path, or --glob NAME (usr cols/cell) to select it.",
+    )
 
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
@@ -51,13 +73,18 @@ def _check_columns(names: list[str], columns: Sequence[str] | None) -> list[str]
     return list(columns)
 
 
-def target_head(path: Path | str, n: int = 10, columns: Sequence[str] | None = None) -> pa.Table:
-    """The first `n` rows of a dataset directory, a Parquet file, or the Parquet files under a directory."""
+def target_head(
+    path: Path | str, n: int = 10, columns: Sequence[str] | None = None, *, pick: Picker | None = None
+) -> pa.Table:
+    """The first `n` rows of a dataset directory, a Parquet file, or the one Parquet file a folder names
+    (`choose_file`)."""
     if n < 0:
         raise InvalidInput("head row count must be >= 0.")
     kind, target = _target(path)
     if kind == "dataset":
         return head(ReadHead.at(target), n, columns=list(columns) if columns else None)
+    if kind == "dir":
+        kind, target = "file", choose_file(target, pick=pick)
     if kind == "file":
         parquet = _open_parquet(target)
         names = parquet.schema_arrow.names
@@ -71,30 +98,21 @@ def target_head(path: Path | str, n: int = 10, columns: Sequence[str] | None = N
                 if got >= n:
                     break
         return pa.Table.from_batches(batches, schema=schema)
-    import pyarrow.dataset as pads
-
-    try:
-        data = pads.dataset([str(p) for p in _parquet_files(target)], format="parquet")
-        wanted = _check_columns(data.schema.names, columns)
-        return data.head(n, columns=wanted)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InvalidInput(f"Cannot read the Parquet files under {target} as one table: {exc}") from None
+    raise AssertionError(f"unexpected target kind {kind}")
 
 
-def target_columns(path: Path | str, glob: str | None = None) -> list[ColumnInfo]:
-    """Columns (name, registry type, nullable) of a dataset view or Parquet target; `glob` filters names."""
+def target_columns(path: Path | str, glob: str | None = None, *, pick: Picker | None = None) -> list[ColumnInfo]:
+    """Columns (name, registry type, nullable) of a dataset view or a Parquet target. `glob`: for a folder,
+    which of its files (`choose_file`), as in the original; for a dataset, which column names."""
     from .registry import format_type
 
     kind, target = _target(path)
     if kind == "dataset":
-        infos = columns(ReadHead.at(target))
-    else:
-        if kind == "file":
-            schema = _open_parquet(target).schema_arrow
-        else:
-            schema = _open_parquet(_parquet_files(target)[0]).schema_arrow
-        infos = [ColumnInfo(f.name, _format(format_type, f.type), f.nullable) for f in schema]
-    return [c for c in infos if glob is None or fnmatchcase(c.name, glob)]
+        return [c for c in columns(ReadHead.at(target)) if glob is None or fnmatchcase(c.name, glob)]
+    if kind == "dir":
+        target = choose_file(target, glob, pick)
+    schema = _open_parquet(target).schema_arrow
+    return [ColumnInfo(f.name, _format(format_type, f.type), f.nullable) for f in schema]
 
 
 def _format(format_type: Callable[[pa.DataType], str], dtype: pa.DataType) -> str:
@@ -106,10 +124,18 @@ def _format(format_type: Callable[[pa.DataType], str], dtype: pa.DataType) -> st
         return str(dtype)
 
 
-def cell(target: Path | str | ReadHead, row: int, column: str, *, include_deleted: bool = False) -> Any:
+def cell(
+    target: Path | str | ReadHead,
+    row: int,
+    column: str,
+    *,
+    include_deleted: bool = False,
+    glob: str | None = None,
+    pick: Picker | None = None,
+) -> Any:
     """The Python value at 0-based `row`, `column` of a dataset's live view (its head or a dataset
     directory: base order, tombstoned rows not counted unless `include_deleted`) or of a Parquet
-    file or directory of Parquet files (file order; files in sorted path order)."""
+    file, or the one a folder names (`choose_file`, `glob`)."""
     if isinstance(target, ReadHead):
         return dataset_cell(target, row, column, include_deleted=include_deleted)
     if row < 0:
@@ -117,7 +143,7 @@ def cell(target: Path | str | ReadHead, row: int, column: str, *, include_delete
     kind, path = _target(target)
     if kind == "dataset":
         return dataset_cell(ReadHead.at(path), row, column, include_deleted=include_deleted)
-    files = [path] if kind == "file" else _parquet_files(path)
+    files = [path] if kind == "file" else [choose_file(path, glob, pick)]
     start = 0
     for file in files:
         parquet = _open_parquet(file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,6 +71,22 @@ IncludeDeletedOpt = Annotated[
 ]
 
 
+def _picker() -> Callable[[list[Path]], Path] | None:
+    """A numbered picker on a terminal (stdin and stdout), else None: several files are then an error."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return None
+
+    def pick(files: list[Path]) -> Path:
+        for k, file in enumerate(files, start=1):
+            typer.echo(f"  {k}) {file.name}")
+        while True:
+            chosen = int(typer.prompt(f"Which file (1-{len(files)})", type=int))
+            if 1 <= chosen <= len(files):
+                return files[chosen - 1]
+
+    return pick
+
+
 def _plain_target(ident: str | None) -> Path | None:
     """The Parquet path `ident` names when it is not a dataset (None: treat it as a dataset)."""
     from ..names import LOG_FILE
@@ -120,7 +137,7 @@ def head(
     if path is not None:
         from ..targets import target_head
 
-        table = target_head(path, n, column_list(columns))
+        table = target_head(path, n, column_list(columns), pick=_picker())
         _emit_table(table, fmt, title=str(path))
         return
     ds = existing_dataset(target)
@@ -129,13 +146,19 @@ def head(
 
 def cols(
     target: TargetArg = None,
-    glob: Annotated[str | None, typer.Option("--glob", help="Only columns whose name matches this glob.")] = None,
+    glob: Annotated[
+        str | None,
+        typer.Option("--glob", help="A folder target: which Parquet file (as the original); a dataset: which columns."),
+    ] = None,
     include_deleted: IncludeDeletedOpt = False,
     fmt: FormatOpt = Format.auto,
 ) -> None:
     """List the columns (name, registry type, nullable) of a dataset's live view or of a Parquet target.
 
-    Example: usr cols densegen/demo --glob 'densegen__*'   (or `usr cols ./some/dir`)
+    A folder names one file: --glob, else records.parquet, events*.parquet or the only *.parquet (a picker on
+    a terminal when several match).
+
+    Example: usr cols densegen/demo --glob 'densegen__*'   (or `usr cols ./runs --glob 'events*.parquet'`)
     """
     from fnmatch import fnmatchcase
 
@@ -145,7 +168,7 @@ def cols(
     if path is not None:
         from ..targets import target_columns
 
-        infos = target_columns(path, glob)
+        infos = target_columns(path, glob, pick=_picker())
         title = str(path)
     else:
         ds = existing_dataset(target)
@@ -158,6 +181,7 @@ def cell(
     target: TargetArg = None,
     row: Annotated[int, typer.Option("--row", help="0-based row (tombstoned rows are skipped).")] = 0,
     col: Annotated[str, typer.Option("--col", help="Column name.")] = "sequence",
+    glob: Annotated[str | None, typer.Option("--glob", help="A folder target: which Parquet file.")] = None,
     include_deleted: IncludeDeletedOpt = False,
     fmt: FormatOpt = Format.auto,
 ) -> None:
@@ -169,7 +193,7 @@ def cell(
 
     path = _plain_target(target)
     value = (
-        cell_of(path, row, col)
+        cell_of(path, row, col, glob=glob, pick=_picker())
         if path is not None
         else existing_dataset(target).cell(row, col, include_deleted=include_deleted)
     )
