@@ -581,3 +581,13 @@ def test_read_attachment_refuses_deep_json_lines_and_text_that_is_not_utf8(tmp_p
 def test_a_json_cell_nested_too_deep_is_a_schema_error_naming_the_row() -> None:
     with pytest.raises(SchemaError, match="row 2: JSON nested deeper than"):
         _cast(["[1]", "[" * 5_000 + "]" * 5_000], "list<float64>")
+
+
+def test_a_nan_token_in_json_lines_is_a_missing_value_as_the_original_read_it(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "nan.jsonl",
+        '{"id": "a", "score": NaN, "vec": [1.0, NaN]}\n{"id": "b", "score": 2.5, "vec": null}\n',
+    )
+    table = read_attachment(path)
+    assert table.column("score").to_pylist() == [None, 2.5]
+    assert table.column("vec").to_pylist() == [[1.0, None], None]

@@ -531,3 +531,35 @@ def test_a_materialize_streamed_row_group_by_row_group_keeps_the_view_and_rebuil
     assert dataset.verify().ok
     dataset.maintenance.rebuild()
     assert {p: p.read_bytes() for p in files} == files
+
+
+def _sha256_with_zeroed_watermark(path: Path) -> str:
+    """Independently of usr_es: sha256 of the file with the `usr_es:hash` value of its last footer as zeros."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    data = path.read_bytes()
+    start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    stamp = pq.read_metadata(path).metadata[b"usr_es:hash"]
+    footer = data[start:]
+    assert footer.count(stamp) == 1
+    return hashlib.sha256(data[:start] + footer.replace(stamp, b"0" * len(stamp))).hexdigest()
+
+
+def test_usr_event_sha256_adds_the_base_files_digest_to_each_fingerprint(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset.add_sequences(["ACGT"])
+    assert all(e.fingerprint.sha256 is None for e in dataset.log.events())  # off by default
+    assert b'"sha256"' not in dataset.log_path.read_bytes()  # and the lines are as before
+    monkeypatch.setenv("USR_EVENT_SHA256", "1")
+    for write in (
+        lambda: dataset.add_sequences(["GGCC", "TTAA"]),  # appends row groups in place
+        lambda: dataset.delete([dataset.head(1).column("id")[0].as_py()]),  # leaves the base as it is
+        lambda: dataset.write_overlay("mock", {"id": [dataset.head(1).column("id")[0].as_py()], "score": [1.0]}),
+        lambda: dataset.maintenance.materialize(),  # rewrites the base
+    ):
+        write()
+        last = dataset.log.events()[-1]
+        assert last.fingerprint.sha256 == _sha256_with_zeroed_watermark(dataset.records_path), last.action

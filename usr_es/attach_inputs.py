@@ -170,9 +170,25 @@ def _read_jsonl(path: Path) -> pa.Table:
     table = valid_text(read_json_lines(path), path)
     # pyarrow.json turns ISO-8601-looking strings into timestamp[s]; keep them as the text they are.
     schema = pa.schema([field.with_type(_timestamps_as_text(field.type)) for field in table.schema])
-    if schema.equals(table.schema):
-        return table
-    return read_json_lines(path, pjson.ParseOptions(explicit_schema=schema))
+    if not schema.equals(table.schema):
+        table = read_json_lines(path, pjson.ParseOptions(explicit_schema=schema))
+    return pa.table([_nan_as_null(c) for c in table.columns], schema=table.schema)
+
+
+def _nan_as_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A `NaN` token (not JSON, but written by many tools) is a missing value, as the original read it:
+    null in float columns and in lists of floats."""
+    dtype = column.type
+    if pa.types.is_floating(dtype):
+        return pc.if_else(pc.is_nan(column), pa.scalar(None, dtype), column)
+    if pa.types.is_list(dtype) and pa.types.is_floating(dtype.value_type):
+        chunks = []
+        for chunk in column.chunks:
+            values = chunk.values
+            fixed = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+            chunks.append(pa.ListArray.from_arrays(chunk.offsets, fixed, type=dtype, mask=chunk.is_null()))
+        return pa.chunked_array(chunks, type=dtype)
+    return column
 
 
 def _timestamps_as_text(dtype: pa.DataType) -> pa.DataType:

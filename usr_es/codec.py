@@ -261,6 +261,15 @@ def footer_start(data: memoryview) -> int:
     return len(data) - 8 - int.from_bytes(bytes(data[-8:-4]), "little")
 
 
+def zeroed_watermark(footer: bytes, current: str) -> bytes:
+    """A Parquet footer with its watermark hash (`current`: a digest, or the placeholder) as 32 zeros: what
+    an event's `fingerprint.sha256` covers (`USR_EVENT_SHA256=1`)."""
+    token = current.encode()
+    if footer.count(token) != 1 or len(current) != len(HASH_PLACEHOLDER):
+        raise ValueError("watermark hash not found exactly once in the Parquet footer")
+    return footer.replace(token, b"0" * len(HASH_PLACEHOLDER))
+
+
 def patch_watermark_hash(data: memoryview, real_hash: str) -> list[bytes | memoryview]:
     """Swap the placeholder hash in the Parquet footer for `real_hash` (same length).
 

@@ -204,12 +204,15 @@ class DatasetRef(msgspec.Struct, frozen=True):
     root: str | None
 
 
-class Fingerprint(msgspec.Struct, frozen=True):
-    """Shape of `records.parquet` after the event: rows, columns and file size in bytes."""
+class Fingerprint(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Shape of `records.parquet` after the event: rows, columns and file size in bytes; with
+    `USR_EVENT_SHA256=1`, the sha256 of its bytes with the watermark hash of its last footer read as 32
+    zeros (the line's own hash, for an event that rewrote the base, is not known before the line is)."""
 
     rows: int
     cols: int
     size_bytes: int
+    sha256: str | None = None
 
 
 class Actor(msgspec.Struct, frozen=True):

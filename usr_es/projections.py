@@ -40,6 +40,8 @@ from .codec import (
     patch_watermark_hash,
     read_parquet,
     read_watermark,
+    watermark_of,
+    zeroed_watermark,
 )
 from .errors import IntegrityError
 from .events import (
@@ -307,6 +309,37 @@ class BaseBytes:
         if len(parts) == 1 and not isinstance(parts[0], Spill):
             return pa.py_buffer(parts[0])
         return pa.py_buffer(b"".join(part.read() if isinstance(part, Spill) else part for part in parts))
+
+    def sha256(self, digests: dict[int, str]) -> str:
+        """sha256 of the file these bytes make, its last footer's watermark hash read as 32 zeros
+        (`codec.zeroed_watermark`); earlier footers still pending take their event's hash from `digests`."""
+        import hashlib
+
+        from .fileio import pieces_of
+
+        h = hashlib.sha256()
+        if not self.chunks:
+            assert self.path is not None
+            data = memoryview(_mapped(self.path, self.size)).cast("B")
+            start = footer_start(data)
+            h.update(data[:start])
+            footer = bytes(data[start:])
+            mark = watermark_of(pq.read_metadata(pa.BufferReader(pa.py_buffer(footer))).metadata)
+            h.update(zeroed_watermark(footer, mark.hash if mark is not None else HASH_PLACEHOLDER))
+            return h.hexdigest()
+        if self.path is not None and self.size:
+            h.update(memoryview(_mapped(self.path, self.size)).cast("B"))
+        for k, chunk in enumerate(self.chunks):
+            for piece in pieces_of(list(chunk.body)):
+                h.update(piece)
+            footer = chunk.footer
+            if k == len(self.chunks) - 1:
+                mark = None if chunk.pending else watermark_of(pq.read_metadata(pa.BufferReader(footer)).metadata)
+                footer = zeroed_watermark(footer, mark.hash if mark is not None else HASH_PLACEHOLDER)
+            elif chunk.pending:
+                footer = chunk.sealed(digests[chunk.seq]).footer
+            h.update(footer)
+        return h.hexdigest()
 
     def appended(self, chunk: Chunk) -> BaseBytes:
         return replace(self, chunks=(*self.chunks, chunk))

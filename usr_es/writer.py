@@ -52,7 +52,7 @@ from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, RESERVED_NAMESPACES, TOMBSTONE_NS
 from .original import OriginalDataset, keep_originals, not_adopted, read_original, retire_originals, unadopted
-from .projections import PENDING, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, Step
+from .projections import PENDING, BaseBytes, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, Step
 from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
 from .redaction import clean_command, escaped
@@ -465,7 +465,7 @@ class Writer:
                 metrics=emit.metrics,
                 artifacts={"payload": ref.file} if ref is not None else {},
                 maintenance=emit.maintenance,
-                fingerprint=self._fingerprint(fold),
+                fingerprint=self._fingerprint(fold, {r.seq: r.hash for r in records}),
                 registry_hash=registry_hash,
                 actor=default_actor(),
                 version=__version__,
@@ -499,19 +499,25 @@ class Writer:
         write_payload(self.directory, ref, data)
         return ref, rows
 
-    def _fingerprint(self, fold: Fold) -> Fingerprint:
+    def _fingerprint(self, fold: Fold, digests: dict[int, str]) -> Fingerprint:
         """The base's rows, columns and file size after the event (the encoded size when this write
-        changed the base, else the stored file's)."""
+        changed the base, else the stored file's); with `USR_EVENT_SHA256=1` also its sha256
+        (`BaseBytes.sha256`; `digests`: the hashes of this write's earlier lines)."""
         holder = fold.get(BaseFile)
         base = holder.base
         if base is None:
             return Fingerprint(rows=0, cols=0, size_bytes=0)
         path = self.directory / RECORDS_FILE
-        if base.watermark.hash == PENDING:
+        changed = base.watermark.hash == PENDING
+        if changed:
             size = holder.size()
         else:
             size = path.stat().st_size if path.exists() else 0
-        return Fingerprint(rows=base.rows, cols=holder.column_count(), size_bytes=size)
+        sha256 = None
+        if os.environ.get("USR_EVENT_SHA256") == "1" and (changed or size):
+            stored = BaseBytes(path, size)
+            sha256 = (holder.encoded() if changed else stored).sha256(digests)
+        return Fingerprint(rows=base.rows, cols=holder.column_count(), size_bytes=size, sha256=sha256)
 
     def _checkpoint(self, fold: Fold, records: list[LogRecord], mark: Watermark) -> None:
         """A checkpoint for a snapshot event, else when the automatic policy says one is due."""
