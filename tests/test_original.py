@@ -248,9 +248,12 @@ def test_the_original_log_lines_stay_the_logs_byte_prefix_and_readable(root: Pat
     actions = [json.loads(line)["action"] for line in lines]
     assert actions[: len(ORIGINAL_ACTIONS)] == list(ORIGINAL_ACTIONS)
     assert actions[len(ORIGINAL_ACTIONS)] == "adopt"
+    stamps = []
     for line in lines[len(ORIGINAL_ACTIONS) :]:  # every new line keeps what a Notify watcher reads
         record = json.loads(line)
         assert record["event_version"] == 1 and record["actor"]["tool"] and record["dataset"]["name"] == "proj/ds"
+        stamps.append(record["timestamp_utc"])
+    assert stamps == sorted(set(stamps))  # log time strictly increases, within one command too
 
 
 def test_an_edited_original_line_is_reported_as_corruption(root: Path) -> None:

@@ -450,7 +450,10 @@ class Writer:
         records: list[LogRecord] = []
         marks: list[Watermark] = []
         lines: list[bytes] = []
-        for emit in decision.emits:
+        stamp = now
+        for k, emit in enumerate(decision.emits):
+            if k:  # a command's later lines: log time stays strictly increasing (docs/event-log.md)
+                stamp = (datetime.fromisoformat(stamp) + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             ref, payload = self._write_payload(emit.payload)
             seq += 1
             fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, payload))
@@ -458,7 +461,7 @@ class Writer:
             _before_encoding(fold)
             fold.stage()
             record = LogRecord(
-                timestamp_utc=now,
+                timestamp_utc=stamp,
                 action=emit.action,
                 dataset=DatasetRef(name=self.name, root=str(self.root)),
                 args=emit.redacted_args,
