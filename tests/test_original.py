@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from original_usr import ORIGINAL_ACTIONS, TOMB_TYPES, OriginalFolder, Overlay, sha1_id, stamp
+from test_overlay_commands import usr_process as usr
 
 from usr_es import Dataset
 from usr_es.errors import IntegrityError, UsrError
@@ -129,17 +128,6 @@ def shown(
 
 def expected(original: OriginalFolder) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if not k.startswith("usr_state__")} for row in original.view()]
-
-
-def usr(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "usr_es", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 # -- un-adopted datasets are named as such ----------------------------------------------------------
@@ -427,3 +415,56 @@ def test_adopted_overlays_show_what_the_originals_merge_shows(
     ds = Dataset.open(base, "p/ds")
     ds.adopt(dry_run=False)
     assert shown(ds.view()) == expected(original)
+
+
+def test_an_uncommitted_attempt_does_not_freeze_what_a_later_adoption_reads(root: Path) -> None:
+    from usr_es.errors import CommitError
+    from usr_es.fileio import FileOps, use_fileops
+
+    class FailingAppend(FileOps):
+        def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+            if path.name == ".events.log" and flags & os.O_APPEND:
+                raise OSError(28, "No space left on device")
+            return super().open(path, flags, mode)
+
+    folder = OriginalFolder(name="s/ds", sequences=SEQUENCES[:2]).write(root)
+    with use_fileops(FailingAppend()), pytest.raises(CommitError):
+        Dataset.open(root, "s/ds").adopt(dry_run=False)
+    grown = OriginalFolder(name="s/ds", sequences=SEQUENCES[:3])  # the original USR went on writing,
+    pq.write_table(grown.base(), folder / "records.tmp.parquet")  # as it writes: a temp file, then a rename
+    os.replace(folder / "records.tmp.parquet", folder / "records.parquet")
+    assert Dataset.open(root, "s/ds").adopt().rows == 3
+    Dataset.open(root, "s/ds").adopt(dry_run=False)
+    assert Dataset.open(root, "s/ds").view().num_rows == 3
+    assert pq.read_metadata(folder / "_legacy" / "records.parquet").num_rows == 3
+
+
+def test_an_original_whose_log_holds_only_a_torn_fragment_is_still_the_originals(root: Path) -> None:
+    folder = OriginalFolder(name="t/ds", sequences=SEQUENCES[:2], log=False).write(root)
+    (folder / ".events.log").write_bytes(b'{"event_version":1,"timestamp_utc":"2026-')  # a crash mid-line
+    before = folder_bytes(folder)
+    with pytest.raises(NotAdopted):
+        Dataset.open(root, "t/ds").head(1)
+    with pytest.raises(NotAdopted):
+        Dataset.open(root, "t/ds").init()
+    assert folder_bytes(folder) == before
+    assert Dataset.open(root, "t/ds").adopt().rows == 2
+
+
+def test_verify_fix_reports_an_interrupted_adoption_and_removes_nothing(root: Path, tmp_path: Path) -> None:
+    original = rich_original()
+    pristine = original.write(tmp_path / "pristine")
+    done = original.write(root)
+    Dataset.open(root, "proj/ds").adopt(dry_run=False)
+    prefix = (pristine / ".events.log").read_bytes()
+    chained = (done / ".events.log").read_bytes()[len(prefix) :].splitlines(keepends=True)
+    torn = tmp_path / "torn" / "proj" / "ds"
+    shutil.copytree(pristine, torn)
+    shutil.copytree(done / "_legacy", torn / "_legacy")
+    shutil.copytree(done / "_payloads", torn / "_payloads")
+    shutil.copytree(done / "_registry", torn / "_registry", dirs_exist_ok=True)
+    (torn / ".events.log").write_bytes(prefix + b"".join(chained[:2]))
+    before = folder_bytes(torn)
+    report = Dataset.at(torn).verify(fix=True)
+    assert not report.ok and any("interrupted after 2 of its 6 events" in p for p in report.problems)
+    assert folder_bytes(torn) == before

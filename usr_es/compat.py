@@ -47,22 +47,6 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def _table(rows: Any) -> pa.Table:
-    """A DataFrame, an Arrow table or record batches as one Arrow table (a pandas index is not a column)."""
-    if isinstance(rows, pa.Table):
-        return rows
-    if isinstance(rows, pa.RecordBatch):
-        return pa.Table.from_batches([rows])
-    if isinstance(rows, list) and rows and all(isinstance(b, pa.RecordBatch) for b in rows):
-        return pa.Table.from_batches(rows)
-    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame
-        return pa.Table.from_pandas(rows, preserve_index=False)
-    try:
-        return pa.table(rows)
-    except (TypeError, pa.ArrowInvalid) as exc:
-        raise InvalidInput(f"cannot read a table from {type(rows).__name__}: {exc}") from exc
-
-
 @contextlib.contextmanager
 def _acting(actor: dict[str, Any] | None) -> Iterator[None]:
     """The original's `actor=` ({tool, run_id, ...}) as the event's actor, for one call."""
@@ -147,7 +131,11 @@ class Dataset:
             )
         if on_conflict not in ("error", "ignore"):
             raise InvalidInput(f"on_conflict must be 'error' or 'ignore', not {on_conflict!r}.")
-        table = _table(rows_or_sequences) if hasattr(rows_or_sequences, "columns") else rows_to_table(rows_or_sequences)
+        table = (
+            _native.as_table(rows_or_sequences)
+            if hasattr(rows_or_sequences, "columns")
+            else rows_to_table(rows_or_sequences)
+        )
         wanted = list(
             dict.fromkeys(
                 compute_id(
@@ -184,7 +172,7 @@ class Dataset:
         """Strict append of rows (a frame or dicts); returns how many were written."""
         from .inputs import rows_to_table
 
-        table = _table(rows) if hasattr(rows, "columns") else rows_to_table(rows)
+        table = _native.as_table(rows) if hasattr(rows, "columns") else rows_to_table(rows)
         if strict_id_check and "id" in table.column_names:
             from .alphabet import compute_id
 
@@ -247,7 +235,7 @@ class Dataset:
         with _acting(actor):
             receipt = self.native.write_overlay(
                 namespace,
-                _table(table_or_batches),
+                _native.as_table(table_or_batches),
                 key=key,  # type: ignore[arg-type]  # checked by the command
                 allow_overwrite=overwrite,
                 allow_missing=allow_missing,
@@ -265,7 +253,7 @@ class Dataset:
         actor: dict[str, Any] | None = None,
     ) -> int:
         """usr_es has one overlay form (an immutable part per event), so this is `write_overlay`."""
-        table = _table(table_or_batches)
+        table = _native.as_table(table_or_batches)
         if key_col is not None and key_col != key:
             table = table.rename_columns([key if c == key_col else c for c in table.column_names])
         return self.write_overlay(namespace, table, key=key, allow_missing=allow_missing, actor=actor)

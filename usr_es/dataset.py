@@ -169,21 +169,21 @@ class Dataset:
         the adoption's events after the original's own lines, and the original files move to `_legacy/`
         (with `keep_originals`, those usr_es does not rewrite stay where they are too). Adopting an
         adopted dataset changes nothing; an interrupted adoption is finished."""
-        from .original import LEGACY_DIR, adopt_report, legacy_source, read_original, unadopted
+        from .original import LEGACY_DIR, adopt_report, kept_originals, read_original, unadopted
 
         kept_in = str(self.dir / LEGACY_DIR)
         if dry_run:
             fresh = unadopted(self.dir)
-            if not fresh and legacy_source(self.dir) == self.dir:
+            if not fresh and not kept_originals(self.dir):
                 self._require()
                 raise InvalidInput(
                     f"{self.name} is a usr_es dataset, not one the original USR wrote: nothing to adopt."
                 )
-            found = read_original(self.dir)
+            found = read_original(self.dir, from_legacy=not fresh)
             message = "dry run: nothing was written" if fresh else "already adopted"
             return adopt_report(self.name, found, dry_run=True, adopted=not fresh, kept_in=kept_in, message=message)
         receipt = self._writer.execute(AdoptDataset(keep_originals=keep_originals), command_id=command_id)
-        found = self._writer.adopted if self._writer.adopted is not None else read_original(self.dir)
+        found = self._writer.adopted or read_original(self.dir, from_legacy=True)
         message = receipt.message or f"adopted: the log's events 1..{receipt.seq} follow the original's lines"
         return adopt_report(
             self.name, found, dry_run=False, adopted=True, kept_in=kept_in, message=message, receipt=receipt
@@ -317,7 +317,7 @@ class Dataset:
         expected_seq: int | None = None,
     ) -> Receipt:
         """Attach columns held in memory (Arrow table, record batches or pandas frame)."""
-        rows = _as_table(table)
+        rows = as_table(table)
         command = AttachColumns(
             namespace=namespace,
             key=key,
@@ -636,7 +636,9 @@ class EventLog:
         return replay(self._ds.dir, seq, Path(out).expanduser().resolve())
 
 
-def _as_table(data: Any) -> pa.Table:
+def as_table(data: Any) -> pa.Table:
+    """An Arrow table, record batch(es), a pandas DataFrame (its index is not a column) or a dict of columns
+    as one Arrow table: the in-memory input of `write_overlay`."""
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, pa.RecordBatch):
@@ -644,6 +646,8 @@ def _as_table(data: Any) -> pa.Table:
     if isinstance(data, list) and data and all(isinstance(b, pa.RecordBatch) for b in data):
         return pa.Table.from_batches(data)
     try:
+        if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
+            return pa.Table.from_pandas(data, preserve_index=False)
         return pa.table(data)
     except (TypeError, pa.ArrowInvalid) as exc:
         raise InvalidInput(f"cannot read an overlay table from {type(data).__name__}: {exc}") from exc

@@ -152,14 +152,21 @@ def legacy_line(raw: bytes) -> bool:
 
 def legacy_prefix(path: Path) -> LegacyPrefix | None:
     """The original USR's lines at the start of the log at `path` (None: it starts with the chain, is empty
-    or missing). Reads only as far as the first line that is not one of them."""
+    or missing). Reads only as far as the first line that is not one of them. The first line is checked as
+    JSON (`legacy_line`); the ones after it by their framing alone (a JSON object without the chain's
+    `seq` and trailing hash): the adoption's digest of the prefix covers every byte of them."""
     if not path.exists():
         return None
     digest = xxhash.xxh3_128()
     lines = size = 0
     with open_log(path) as fh:
         for data in iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""):
-            if not data.endswith(b"\n") or not legacy_line(data[:-1]):
+            raw = data[:-1]
+            if not data.endswith(b"\n") or not (
+                legacy_line(raw)
+                if not lines
+                else raw.startswith(b"{") and b'"seq":' not in raw and line_digest(raw) is None
+            ):
                 break
             digest.update(data)
             lines += 1

@@ -93,7 +93,7 @@ def unadopted(directory: Path) -> bool:
         return False
     if prefix is not None:
         return read_line_at(log, prefix.size) is None
-    if log.is_file() and log.stat().st_size > 0:
+    if log.is_file() and read_line_at(log, 0) is not None:  # a torn fragment alone is no log
         return False
     return _original_base(directory / RECORDS_FILE)
 
@@ -194,19 +194,21 @@ def adopt_report(
     )
 
 
-def legacy_source(directory: Path) -> Path:
-    """Where to read the original's files: `_legacy/` once an adoption copied them there (the dataset folder
-    itself may already hold usr_es projections), else the folder."""
-    kept = directory / LEGACY_DIR
-    return kept if (kept / LEGACY_MANIFEST).is_file() else directory
+def kept_originals(directory: Path) -> bool:
+    """Whether `_legacy/` holds a complete copy of the original's files (its manifest is written last)."""
+    return (directory / LEGACY_DIR / LEGACY_MANIFEST).is_file()
 
 
-def read_original(directory: Path) -> OriginalDataset:
-    """Read the original dataset in `directory` (or in its `_legacy/` copy) the way the original's views
-    read it. Raises IntegrityError for what the original itself would refuse to read."""
+def read_original(directory: Path, *, from_legacy: bool = False) -> OriginalDataset:
+    """Read the original dataset in `directory` the way the original's views read it; with `from_legacy`,
+    its copy in `_legacy/` (once the log holds the adoption, the folder holds usr_es projections). A
+    `_legacy/` that no logged adoption names is not read: the original may have written since.
+    Raises IntegrityError for what the original itself would refuse to read."""
     from .registry import format_type, parse_type
 
-    source_dir = legacy_source(directory)
+    if from_legacy and not kept_originals(directory):
+        raise IntegrityError(f"{directory / LEGACY_DIR} is not a complete copy of the original's files")
+    source_dir = directory / LEGACY_DIR if from_legacy else directory
     findings: list[str] = []
     base_path = source_dir / RECORDS_FILE
     try:

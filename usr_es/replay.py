@@ -230,9 +230,11 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
     payloads = 0
     named: set[str] = set()  # the payload files the log names
     registries: set[str] = set()  # the frozen registries it names, checked once each
+    first = None  # line 1's record: an adoption interrupted mid-append is reported, never "fixed"
     try:
         for line in iter_lines(directory / LOG_FILE, scan=scan):
             record = line.record
+            first = first or record
             if record.payload is not None:
                 payloads += 1  # read and digest-checked by the fold below (every payload event is folded)
                 named.add(record.payload.file)
@@ -252,6 +254,7 @@ def _verify(directory: Path, name: str, *, pinned: bool) -> VerifyReport:
                     f"line {line.seq} (byte offset {line.offset}): fingerprint rows/cols differ from replay"
                 )
                 break
+        require_adopted(directory, scan.seq, first)
     except UsrError as exc:
         problems.append(str(exc))
     files: list[str] = []

@@ -213,7 +213,7 @@ class Writer:
                 f"Stale write: expected seq {expected_seq} but the log is at seq {tail.scan.seq}.",
                 hint="Re-read the dataset and retry with the current seq.",
             )
-        registry = self._registry_for_write(tail.scan.registry_hash)
+        registry = self._registry_for_write()
         now = utc_now_text(tail.scan.last_timestamp)
         try:
             decision = self._decide(tail, command, registry, rows, now)
@@ -279,9 +279,9 @@ class Writer:
         self._refuse_nesting()
         # A retried init (same command_id) returns its original receipt, like any command. A log without
         # one complete line (a crash tore the first append) is not initialized yet.
-        started = log.is_file() and read_line_at(log, 0) is not None
-        if started and unadopted(self.directory):
+        if unadopted(self.directory):  # also an original whose log holds only a torn fragment
             raise not_adopted(self.name)
+        started = log.is_file() and read_line_at(log, 0) is not None
         if started and (command_id is None or find_command(log, command_id) is None):
             raise DatasetExists(f"Dataset already initialized: {self.name}")
         fileops().mkdir(self.directory)
@@ -406,7 +406,9 @@ class Writer:
             raise NoChange(
                 f"{self.name} is a usr_es dataset already (adopted, or made by usr_es): nothing to adopt{tidied}"
             )
-        self._original = self.adopted = read_original(self.directory)
+        # Resuming an adoption the log already holds: the originals are in _legacy/ (the folder may hold
+        # projections); otherwise the folder itself, whatever an uncommitted attempt left in _legacy/.
+        self._original = self.adopted = read_original(self.directory, from_legacy=tail.adoption is not None)
         state = DatasetState(name=self.name, initialized=tail.scan.seq > 0, seq=tail.scan.seq)
         return decide_adopt(
             state, command, self._original, now, logged=tail.adoption[0] if tail.adoption is not None else 0
@@ -547,7 +549,7 @@ class Writer:
         # reads the values of materialized columns where they are (`_base_values`).
         return ["id", "bio_type", "alphabet", "sequence"] if command.key == "sequence_ci" else []
 
-    def _registry_for_write(self, last_hash: str | None) -> Registry:
+    def _registry_for_write(self) -> Registry:
         """The live registry of the dataset's root: every mutation requires one, as in the original (a
         dataset folder copied out of its root, say a replayed copy, is read-only until it is in one)."""
         path = registry_path(self.root)
