@@ -19,6 +19,7 @@ from test_overlay_commands import usr_process as usr
 
 from usr_es import Dataset
 from usr_es.errors import IntegrityError, UsrError
+from usr_es.fileio import FileOps
 from usr_es.original import NotAdopted
 from usr_es.registry import register_namespace, split_columns_spec
 
@@ -327,15 +328,18 @@ def test_an_overlay_with_both_a_file_and_parts_is_refused_as_the_original_refuse
 
 
 # -- crashes ------------------------------------------------------------------------------------------
+class FailingAppend(FileOps):
+    """The log append fails (a full disk): everything before it happened, nothing after."""
+
+    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+        if path.name == ".events.log" and flags & os.O_APPEND:
+            raise OSError(28, "No space left on device")
+        return super().open(path, flags, mode)
+
+
 def test_a_failure_before_the_append_leaves_the_original_usable(root: Path) -> None:
     from usr_es.errors import CommitError
-    from usr_es.fileio import FileOps, use_fileops
-
-    class FailingAppend(FileOps):
-        def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
-            if path.name == ".events.log" and flags & os.O_APPEND:
-                raise OSError(28, "No space left on device")
-            return super().open(path, flags, mode)
+    from usr_es.fileio import use_fileops
 
     original = rich_original()
     folder = original.write(root)
@@ -350,32 +354,37 @@ def test_a_failure_before_the_append_leaves_the_original_usable(root: Path) -> N
     assert shown(Dataset.open(root, "proj/ds").view()) == expected(original)
 
 
-def test_an_adoption_torn_mid_append_is_refused_until_adopt_finishes_it(root: Path, tmp_path: Path) -> None:
-    original = rich_original()
-    pristine = original.write(tmp_path / "pristine")
-    done = original.write(root)
+def torn_adoption(root: Path, tmp_path: Path, whole: int, torn: bytes = b"") -> tuple[Path, bytes]:
+    """The state a crash leaves after the adoption of `rich_original()` wrote `whole` of its lines (and the
+    bytes `torn` of the next): the originals in place (nothing was published), `_legacy/`, the payloads and
+    frozen registry made before the append. Returns the dataset folder and the log bytes it holds."""
+    pristine = rich_original().write(tmp_path / "pristine")
+    done = rich_original().write(root)
     Dataset.open(root, "proj/ds").adopt(dry_run=False)
-    log = (done / ".events.log").read_bytes()
     prefix = (pristine / ".events.log").read_bytes()
-    chained = log[len(prefix) :].splitlines(keepends=True)
+    chained = (done / ".events.log").read_bytes()[len(prefix) :].splitlines(keepends=True)
     assert len(chained) == 6  # adopt, records, four namespaces
-    # The state a crash leaves after the first two lines and half the third were written: the originals in
-    # place (nothing was published), `_legacy/` and the payloads made before the append.
-    torn = tmp_path / "torn" / "proj" / "ds"
-    shutil.copytree(pristine, torn)
-    shutil.copytree(done / "_legacy", torn / "_legacy")
-    shutil.copytree(done / "_payloads", torn / "_payloads")
-    (torn / ".events.log").write_bytes(prefix + b"".join(chained[:2]) + chained[2][:40])
-    shutil.copy(root / "registry.yaml", torn.parent.parent / "registry.yaml")
-    troot = torn.parent.parent
+    folder = tmp_path / "torn" / "proj" / "ds"
+    shutil.copytree(pristine, folder)
+    for kept in ("_legacy", "_payloads", "_registry"):
+        shutil.copytree(done / kept, folder / kept, dirs_exist_ok=True)
+    shutil.copy(root / "registry.yaml", folder.parent.parent / "registry.yaml")
+    log = prefix + b"".join(chained[:whole]) + torn
+    (folder / ".events.log").write_bytes(log)
+    return folder, log
+
+
+def test_an_adoption_torn_mid_append_is_refused_until_adopt_finishes_it(root: Path, tmp_path: Path) -> None:
+    folder, log = torn_adoption(root, tmp_path, 2, torn=b'{"event_version":1,"timestamp_utc":"20')
+    troot = folder.parent.parent
     with pytest.raises(NotAdopted, match="interrupted after 2 of its 6 events"):
         Dataset.open(troot, "proj/ds").head(2)
     finished = Dataset.open(troot, "proj/ds").adopt(dry_run=False)
     assert finished.receipt is not None and finished.receipt.seq == 6
     ds = Dataset.open(troot, "proj/ds")
-    assert shown(ds.view()) == expected(original)
+    assert shown(ds.view()) == expected(rich_original())
     assert ds.verify().ok
-    assert (torn / ".events.log").read_bytes().startswith(prefix + b"".join(chained[:2]))
+    assert (folder / ".events.log").read_bytes().startswith(log[: log.rindex(b"\n") + 1])
 
 
 # -- the original's merge rule, at random -------------------------------------------------------------
@@ -419,13 +428,7 @@ def test_adopted_overlays_show_what_the_originals_merge_shows(
 
 def test_an_uncommitted_attempt_does_not_freeze_what_a_later_adoption_reads(root: Path) -> None:
     from usr_es.errors import CommitError
-    from usr_es.fileio import FileOps, use_fileops
-
-    class FailingAppend(FileOps):
-        def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
-            if path.name == ".events.log" and flags & os.O_APPEND:
-                raise OSError(28, "No space left on device")
-            return super().open(path, flags, mode)
+    from usr_es.fileio import use_fileops
 
     folder = OriginalFolder(name="s/ds", sequences=SEQUENCES[:2]).write(root)
     with use_fileops(FailingAppend()), pytest.raises(CommitError):
@@ -452,19 +455,8 @@ def test_an_original_whose_log_holds_only_a_torn_fragment_is_still_the_originals
 
 
 def test_verify_fix_reports_an_interrupted_adoption_and_removes_nothing(root: Path, tmp_path: Path) -> None:
-    original = rich_original()
-    pristine = original.write(tmp_path / "pristine")
-    done = original.write(root)
-    Dataset.open(root, "proj/ds").adopt(dry_run=False)
-    prefix = (pristine / ".events.log").read_bytes()
-    chained = (done / ".events.log").read_bytes()[len(prefix) :].splitlines(keepends=True)
-    torn = tmp_path / "torn" / "proj" / "ds"
-    shutil.copytree(pristine, torn)
-    shutil.copytree(done / "_legacy", torn / "_legacy")
-    shutil.copytree(done / "_payloads", torn / "_payloads")
-    shutil.copytree(done / "_registry", torn / "_registry", dirs_exist_ok=True)
-    (torn / ".events.log").write_bytes(prefix + b"".join(chained[:2]))
-    before = folder_bytes(torn)
-    report = Dataset.at(torn).verify(fix=True)
+    folder, _ = torn_adoption(root, tmp_path, 2)
+    before = folder_bytes(folder)
+    report = Dataset.at(folder).verify(fix=True)
     assert not report.ok and any("interrupted after 2 of its 6 events" in p for p in report.problems)
-    assert folder_bytes(torn) == before
+    assert folder_bytes(folder) == before
