@@ -108,6 +108,9 @@ def test_the_actor_given_names_the_event(ds: Dataset) -> None:
     ds.add_sequences(["ACGT"], actor={"tool": "densegen", "run_id": "job-7"})
     last = ds.native.log.events()[-1]
     assert (last.actor.tool, last.actor.run_id) == ("densegen", "job-7")
+    assert "USR_ACTOR_TOOL" not in os.environ  # this object's writes only, not the process's
+    ds.add_sequences(["CCCC"])
+    assert ds.native.log.events()[-1].actor.tool == "usr"
     with pytest.raises(SchemaError, match="tool"):
         ds.add_sequences(["GGGG"], actor={"tool": "", "run_id": "x"})
 
@@ -128,3 +131,10 @@ def test_without_pandas_a_read_says_how_to_get_it(tmp_path: Path, ds: Dataset) -
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env())
     assert done.returncode == 0, done.stderr
     assert "usr_es[pandas]" in done.stdout
+
+
+def test_write_overlay_part_reads_the_key_from_key_col(ds: Dataset) -> None:
+    ds.add_sequences(["ACGT", "GGCC"])
+    frame = pd.DataFrame({"seq": ["GGCC"], "mock__score": [2.0]})
+    assert ds.write_overlay_part("mock", frame, key="sequence", key_col="seq") == 1
+    assert ds.head(2)["mock__score"].tolist()[1] == 2.0

@@ -11,7 +11,6 @@ original refused it; `created_at` for imported rows is the import's own time (th
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -47,25 +46,14 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-@contextlib.contextmanager
-def _acting(actor: dict[str, Any] | None) -> Iterator[None]:
+def _acting(native: _native.Dataset, actor: dict[str, Any] | None) -> contextlib.AbstractContextManager[Any]:
     """The original's `actor=` ({tool, run_id, ...}) as the event's actor, for one call."""
     if actor is None:
-        yield
-        return
+        return contextlib.nullcontext()
     tool, run_id = str(actor.get("tool") or "").strip(), str(actor.get("run_id") or "").strip()
     if not tool or not run_id:
         raise SchemaError("actor must carry a non-empty 'tool' and 'run_id'.")
-    saved = {k: os.environ.get(k) for k in ("USR_ACTOR_TOOL", "USR_ACTOR_RUN_ID")}
-    os.environ["USR_ACTOR_TOOL"], os.environ["USR_ACTOR_RUN_ID"] = tool, run_id
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return native.acting_as(tool, run_id)
 
 
 class Dataset:
@@ -107,7 +95,7 @@ class Dataset:
 
     # -- writes ---------------------------------------------------------------------------------------
     def init(self, source: str = "", notes: str = "", actor: dict[str, Any] | None = None) -> None:
-        with _acting(actor):
+        with _acting(self.native, actor):
             self.native.init(source=source, notes=notes)
 
     def add_sequences(
@@ -149,7 +137,7 @@ class Dataset:
         if on_conflict == "ignore" and self.native.exists and wanted:
             found = self.native.get(wanted, columns=["id"], include_deleted=True, allow_missing=True)
             present = set(found.column("id").to_pylist())
-        with _acting(actor):
+        with _acting(self.native, actor):
             receipt = self.native.add_sequences(
                 table,
                 bio_type=bio_type,
@@ -181,7 +169,7 @@ class Dataset:
                 expected = compute_id(str(row.get("bio_type") or default_bio_type), str(row["sequence"]).strip())
                 if not given or given != expected:
                     raise SchemaError(f"Row {k}: id {given!r} is not sha1(bio_type|sequence) = {expected}.")
-        with _acting(actor):
+        with _acting(self.native, actor):
             receipt = self.native.add_sequences(
                 table, bio_type=default_bio_type, alphabet=default_alphabet, source=source or ""
             )
@@ -205,7 +193,7 @@ class Dataset:
         """Attach namespaced columns from a file; returns the rows matched."""
         if backend not in ("pyarrow", "duckdb"):
             raise InvalidInput(f"backend must be 'pyarrow' or 'duckdb', not {backend!r}.")
-        with _acting(actor):
+        with _acting(self.native, actor):
             receipt = self.native.attach(
                 path,
                 namespace=namespace,
@@ -227,16 +215,18 @@ class Dataset:
         table_or_batches: Any,
         *,
         key: str = "id",
+        key_col: str | None = None,
         overwrite: bool = False,
         allow_missing: bool = False,
         actor: dict[str, Any] | None = None,
     ) -> int:
         """Write namespaced columns held in memory (a frame, an Arrow table or batches); returns the rows written."""
-        with _acting(actor):
+        with _acting(self.native, actor):
             receipt = self.native.write_overlay(
                 namespace,
                 _native.as_table(table_or_batches),
                 key=key,  # type: ignore[arg-type]  # checked by the command
+                key_col=key_col,
                 allow_overwrite=overwrite,
                 allow_missing=allow_missing,
             )
@@ -253,10 +243,9 @@ class Dataset:
         actor: dict[str, Any] | None = None,
     ) -> int:
         """usr_es has one overlay form (an immutable part per event), so this is `write_overlay`."""
-        table = _native.as_table(table_or_batches)
-        if key_col is not None and key_col != key:
-            table = table.rename_columns([key if c == key_col else c for c in table.column_names])
-        return self.write_overlay(namespace, table, key=key, allow_missing=allow_missing, actor=actor)
+        return self.write_overlay(
+            namespace, table_or_batches, key=key, key_col=key_col, allow_missing=allow_missing, actor=actor
+        )
 
     def tombstone(
         self,
@@ -285,7 +274,7 @@ class Dataset:
         """The block in which maintenance-only operations (materialize, registry freeze) may run."""
         self._maintenance = reason or ""
         try:
-            with _acting(actor):
+            with _acting(self.native, actor):
                 yield self
         finally:
             self._maintenance = None

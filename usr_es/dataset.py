@@ -8,6 +8,7 @@ the log's own views on `ds.log`. See docs/architecture.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property, update_wrapper
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -159,6 +160,20 @@ class Dataset:
     def log(self) -> EventLog:
         """The event log itself: its events, and the dataset as it was after any of them."""
         return EventLog(self)
+
+    @contextmanager
+    def acting_as(self, tool: str, run_id: str) -> Iterator[Dataset]:
+        """Within the block, this object's writes name `tool` and `run_id` as their actor (what
+        `USR_ACTOR_TOOL` / `USR_ACTOR_RUN_ID` do for a whole process)."""
+        tool, run_id = tool.strip(), run_id.strip()
+        if not tool or not run_id:
+            raise InvalidInput("An actor needs a non-empty tool and run_id.")
+        before = self._writer.actor
+        self._writer.actor = (tool, run_id)
+        try:
+            yield self
+        finally:
+            self._writer.actor = before
 
     # -- mutations ----------------------------------------------------------------------
     def adopt(

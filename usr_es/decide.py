@@ -522,14 +522,11 @@ def decide_adopt(
 ) -> Decision:
     """An adoption's events (docs/adr/0015): the dataset, with the digest of the original's log lines it
     follows; its records as stored; each overlay namespace as the original's reads resolve it. `logged`:
-    how many of them an interrupted adoption already appended (the rest are decided again, the same)."""
+    how many of them an interrupted adoption already appended (the rest are decided again, the same). The
+    caller answers a dataset that is adopted, or native, before (it may tidy what an adoption left)."""
     legacy = original.legacy
     overlays = original.overlays
     total = 1 + (1 if original.base.num_rows else 0) + len(overlays)
-    if logged >= total:
-        raise NoChange(f"{state.name} is already adopted.")
-    if state.initialized and not logged:
-        raise NoChange(f"{state.name} is a usr_es dataset already: nothing to adopt.")
     found = original.summary()
     head = DatasetAdopted(
         name=state.name,

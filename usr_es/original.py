@@ -39,8 +39,12 @@ from .results import AdoptReport, Receipt
 
 #: Where an adoption keeps the original's files (never deleted), inside the dataset folder.
 LEGACY_DIR = "_legacy"
-#: Written last into a complete `_legacy/` folder: what it is, and which files it holds.
+#: Written last into a complete `_legacy/` folder: what it is (`_MANIFEST_HEAD`), then the files it holds.
 LEGACY_MANIFEST = "ADOPTED-FROM-USR.txt"
+_MANIFEST_HEAD = (
+    "These files are the original USR dataset this folder was adopted from (usr adopt, docs/adr/0015).\n"
+    "usr_es never reads or changes them again. Files:\n"
+)
 _SEQUENCE_KEYS = ("sequence", "sequence_norm", "sequence_ci")
 
 
@@ -69,15 +73,24 @@ def interrupted_adoption(name: str, logged: int, total: int) -> NotAdopted:
     )
 
 
-def require_adopted(directory: Path, seq: int, first: Any) -> None:
-    """Raise NotAdopted when a log read from its start (`seq` events, line 1's record `first`) is the
-    original's alone, or an adoption interrupted mid-append: replaying it would replace the original's
-    files with a projection of nothing (or of part of what the folder holds)."""
+def unfinished_adoption(first: Any, seq: int) -> tuple[int, int] | None:
+    """(events logged, events in all) when a log of `seq` events whose line 1 is the record `first` is an
+    adoption that stopped before its last event (a torn append); None otherwise."""
     from .events import DatasetAdopted
 
     event = getattr(first, "event", None)
     if isinstance(event, DatasetAdopted) and seq < event.events:
-        raise interrupted_adoption(original_name(directory), seq, event.events)
+        return seq, event.events
+    return None
+
+
+def require_adopted(directory: Path, seq: int, first: Any) -> None:
+    """Raise NotAdopted when a log read from its start (`seq` events, line 1's record `first`) is the
+    original's alone, or an adoption interrupted mid-append: replaying it would replace the original's
+    files with a projection of nothing (or of part of what the folder holds)."""
+    unfinished = unfinished_adoption(first, seq)
+    if unfinished is not None:
+        raise interrupted_adoption(original_name(directory), *unfinished)
     if seq == 0 and unadopted(directory):
         raise not_adopted(original_name(directory))
 
@@ -552,9 +565,7 @@ def keep_originals(directory: Path, original: OriginalDataset) -> None:
         except OSError:
             shutil.copy2(src, dst)
     (staging / LEGACY_MANIFEST).write_text(
-        "These files are the original USR dataset this folder was adopted from (usr adopt, docs/adr/0015).\n"
-        "usr_es never reads or changes them again. Files:\n" + "".join(f"{rel}\n" for rel in original.files),
-        encoding="utf-8",
+        _MANIFEST_HEAD + "".join(f"{rel}\n" for rel in original.files), encoding="utf-8"
     )
     ops = fileops()
     for path in sorted(staging.rglob("*")):
@@ -586,7 +597,8 @@ def retire_originals(directory: Path) -> list[str]:
     if not manifest.is_file():
         return []
     removed: list[str] = []
-    for rel in manifest.read_text(encoding="utf-8").splitlines()[2:]:
+    text = manifest.read_text(encoding="utf-8")
+    for rel in text.removeprefix(_MANIFEST_HEAD).splitlines() if text.startswith(_MANIFEST_HEAD) else []:
         if not rel or rel in (RECORDS_FILE, META_FILE):
             continue
         here, there = directory / rel, kept / rel

@@ -26,7 +26,6 @@ from .errors import IntegrityError, NotFound, ReadError
 from .events import (
     BASE_EVENTS,
     GENESIS_HASH,
-    DatasetAdopted,
     LogRecord,
     OverlayWritten,
     SequencesImported,
@@ -55,7 +54,7 @@ from .names import (
     REGISTRY_DIR,
     SNAPSHOT_DIR,
 )
-from .original import interrupted_adoption, not_adopted, original_name, unadopted
+from .original import interrupted_adoption, not_adopted, original_name, unadopted, unfinished_adoption
 from .projections import (
     BaseFile,
     DerivedFiles,
@@ -297,7 +296,7 @@ def catch_up(
     except Restart:  # the stored projections disagree with each other: fold the whole log
         fold, scan, first = Fold(LocalSource(directory)), Scan(), []
         counts = fold_lines(fold, _first_kept(iter_lines(log_path, scan=scan), first), directory)
-    adoption = _interrupted_adoption(first, scan.seq)
+    adoption = unfinished_adoption(first[0] if first else None, scan.seq)
     held = adoption is not None or (scan.seq == 0 and unadopted(directory))
     if held and not adopting:
         name = original_name(directory)
@@ -337,14 +336,6 @@ def _first_kept(lines: Iterator[LogLine], first: list[LogRecord]) -> Iterator[Lo
         if line.seq == 1:
             first.append(line.record)
         yield line
-
-
-def _interrupted_adoption(first: list[LogRecord], seq: int) -> tuple[int, int] | None:
-    """(events logged, events in all) when the log is an adoption that stopped before its last event."""
-    event = first[0].event if first else None
-    if isinstance(event, DatasetAdopted) and seq < event.events:
-        return seq, event.events
-    return None
 
 
 def committed_base(directory: Path) -> tuple[int, Watermark] | None:

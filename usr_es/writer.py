@@ -128,14 +128,12 @@ class _Progress:
         return Interrupted("interrupted before anything was written to the log", state="NOT_COMMITTED")
 
 
-def default_actor() -> Actor:
+def default_actor(named: tuple[str, str] | None = None) -> Actor:
+    """Who writes: `named` (tool, run_id) when a caller gave them (`Dataset.acting_as`), else
+    `USR_ACTOR_TOOL` / `USR_ACTOR_RUN_ID`, else `usr` and this process."""
     pid = os.getpid()
-    return Actor(
-        tool=escaped(os.environ.get("USR_ACTOR_TOOL") or "usr"),
-        run_id=escaped(os.environ.get("USR_ACTOR_RUN_ID") or f"usr-pid-{pid}"),
-        host=socket.gethostname(),
-        pid=pid,
-    )
+    tool, run_id = named or (os.environ.get("USR_ACTOR_TOOL") or "usr", os.environ.get("USR_ACTOR_RUN_ID") or "")
+    return Actor(tool=escaped(tool), run_id=escaped(run_id or f"usr-pid-{pid}"), host=socket.gethostname(), pid=pid)
 
 
 @dataclass
@@ -155,6 +153,7 @@ class Writer:
         self._spool: PayloadSpool | None = None  # an import's payload, from its decision to its stage
         self._original: OriginalDataset | None = None  # an adoption's input, from its decision to its append
         self.adopted: OriginalDataset | None = None  # what the last adoption through this writer read
+        self.actor: tuple[str, str] | None = None  # (tool, run_id) the events are written as, when set
 
     def execute(
         self,
@@ -472,7 +471,7 @@ class Writer:
                 maintenance=emit.maintenance,
                 fingerprint=self._fingerprint(fold, {r.seq: r.hash for r in records}),
                 registry_hash=registry_hash,
-                actor=default_actor(),
+                actor=default_actor(self.actor),
                 version=__version__,
                 seq=seq,
                 event_id=uuid.uuid4().hex,
