@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +462,28 @@ def test_verify_fix_reports_an_interrupted_adoption_and_removes_nothing(root: Pa
     report = Dataset.at(folder).verify(fix=True)
     assert not report.ok and any("interrupted after 2 of its 6 events" in p for p in report.problems)
     assert folder_bytes(folder) == before
+
+
+def test_a_path_or_the_current_folder_names_an_original_without_a_log(root: Path) -> None:
+    folder = OriginalFolder(name="p/ds", sequences=SEQUENCES[:2], log=False).write(root)
+    info = usr(root, "info", str(folder))
+    assert info.returncode == 2 and "was written by the original USR" in info.stderr, info.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USR_")}
+    inside = subprocess.run(
+        [sys.executable, "-m", "usr_es", "--root", str(root), "adopt", "--yes"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert inside.returncode == 0, inside.stderr
+    assert Dataset.open(root, "p/ds").view().num_rows == 2
+    in_legacy = subprocess.run(  # _legacy/ holds the original's files, but is no dataset of its own
+        [sys.executable, "-m", "usr_es", "--root", str(root), "info"],
+        cwd=folder / "_legacy",
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert in_legacy.returncode == 0, in_legacy.stderr
+    assert "p/ds" in in_legacy.stdout

@@ -145,7 +145,8 @@ class Dataset:
 
     @property
     def exists(self) -> bool:
-        return self.log_path.is_file()
+        """Whether the folder is a dataset: a usr_es log, or what the original USR wrote (`holds_dataset`)."""
+        return holds_dataset(self.dir)
 
     def _require(self) -> None:
         if not self.exists:

@@ -62,10 +62,10 @@ def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
 
 
 def enclosing_dataset(cwd: Path) -> Path:
-    """The dataset folder `cwd` is in (it or its nearest ancestor holding `.events.log`)."""
-    found = nearest_holding(cwd, LOG_FILE)
-    if found is not None:
-        return found
+    """The dataset folder `cwd` is in (it or its nearest ancestor that `holds_dataset`)."""
+    for folder in (cwd, *cwd.parents):
+        if holds_dataset(folder):
+            return folder
     raise InvalidInput(
         "No dataset given, and the current directory is not inside a dataset folder.",
         hint="Pass a dataset id (`ns/name`) or path, or run the command inside the dataset's folder.",
@@ -97,7 +97,10 @@ def list_datasets(root: Path) -> list[str]:
 
 def holds_dataset(directory: Path) -> bool:
     """Whether `directory` is a dataset folder: it holds `.events.log`, or records.parquet and meta.md (a
-    dataset the original USR wrote before it kept a log)."""
+    dataset the original USR wrote before it kept a log). A folder no dataset id can name (`_legacy/`,
+    `_snapshots/...`: ids start with a letter or digit) is none."""
+    if directory.name.startswith(("_", ".")):
+        return False
     return (directory / LOG_FILE).is_file() or (
         (directory / RECORDS_FILE).is_file() and (directory / META_FILE).is_file()
     )

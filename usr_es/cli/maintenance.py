@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -24,9 +24,6 @@ from .common import (
     output_format,
     progress,
 )
-
-if TYPE_CHECKING:
-    from ..dataset import Dataset
 
 namespace_app = typer.Typer(
     help="Register and inspect overlay namespaces in registry.yaml.\n\n"
@@ -180,7 +177,7 @@ def adopt(
             raise InvalidInput("Name a dataset or pass --all, not both.")
         reports = Dataset.adopt_all(datasets_root(), dry_run=not yes, keep_originals=keep_originals)
     else:
-        ds = _adoptable(dataset)
+        ds = existing_dataset(dataset)
         with progress("Adopting" if yes else "Reading the original"):
             reports = [ds.adopt(dry_run=not yes, keep_originals=keep_originals)]
     if output_format(fmt) is Format.json:
@@ -207,20 +204,6 @@ def adopt(
         typer.echo(f"  original files {where} {report.kept_in}: {len(report.files)}")
         if report.dry_run and not report.adopted:
             typer.echo(f"  run `usr adopt {report.dataset} --yes` to adopt it")
-
-
-def _adoptable(ident: str | None) -> Dataset:
-    """The dataset to adopt: a folder need not hold a usr_es log yet."""
-    from pathlib import Path
-
-    from ..dataset import Dataset
-    from ..roots import enclosing_dataset, looks_like_path
-
-    if ident is None:
-        return Dataset.at(enclosing_dataset(Path.cwd()))
-    if looks_like_path(ident):
-        return Dataset.at(Path(ident))
-    return existing_dataset(ident)
 
 
 def snapshot(dataset: DatasetArg = None, command_id: CommandIdOpt = None, fmt: FormatOpt = Format.auto) -> None:
