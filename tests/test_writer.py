@@ -335,6 +335,89 @@ def test_an_import_repeating_a_sequence_across_batches_is_refused_and_leaves_not
     assert dataset.verify().ok
 
 
+def _prepared_outcomes(patch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each import's fold took the base row groups encoded while it was decided."""
+    from usr_es.projections import PreparedAppend
+
+    taken: list[bool] = []
+    take = PreparedAppend.take
+
+    def spy(self: PreparedAppend, *args: Any) -> Any:
+        groups = take(self, *args)
+        taken.append(groups is not None)
+        return groups
+
+    patch.setattr(PreparedAppend, "take", spy)
+    return taken
+
+
+def test_the_base_rows_an_import_encodes_while_it_is_decided_are_the_bytes_replay_makes(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _small_batches(monkeypatch, rows=5)
+    taken = _prepared_outcomes(monkeypatch)
+    dataset.add_sequences(_dna("first", 7))
+    path = tmp_path / "in.csv"
+    path.write_text("sequence,bio_type\n" + "".join(f"{s},dna\n" for s in _dna("second", 23)))
+    dataset.import_file(path, source="lab run 2")
+    assert taken == [True, True]
+    files = {p: p.read_bytes() for p in dataset.dir.rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow")}
+    assert dataset.verify().ok
+    dataset.maintenance.rebuild()
+    assert {p: p.read_bytes() for p in files} == files
+    assert dataset.view(columns=["source"]).column("source").to_pylist() == [""] * 7 + ["lab run 2"] * 23
+
+
+def test_an_import_whose_early_encode_fails_is_encoded_by_the_fold(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usr_es import projections
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "no space for the scratch file")
+
+    _small_batches(monkeypatch, rows=4)
+    taken = _prepared_outcomes(monkeypatch)
+    dataset.add_sequences(_dna("first", 5))
+    monkeypatch.setattr(projections, "encode_groups", broken)
+    assert dataset.add_sequences(_dna("second", 11)).metrics["rows_written"] == 11
+    assert taken == [True, False]
+    assert dataset.info().rows == 16 and dataset.verify().ok
+
+
+def test_a_rejected_or_trimmed_import_stops_its_early_encode(dataset: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    def encoders() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "usr-base-encode"}
+
+    before = encoders()
+    _small_batches(monkeypatch, rows=2)
+    taken = _prepared_outcomes(monkeypatch)
+    dataset.add_sequences(["ACGTAC"])
+    with pytest.raises(DuplicateIDError):
+        dataset.add_sequences(["TTTTAA", "CCCCAA", "GATTACA", "ACGTAC"])
+    # A sequence repeated across batches: the payload is written again without it, and the early encode
+    # of the rows as first decided is not what the fold appends.
+    receipt = dataset.add_sequences(["TTTTAA", "CCCCAA", "GATTACA", "TTTTAA"], on_conflict="skip")
+    assert receipt.metrics == {"rows_written": 3, "rows_skipped": 1}
+    assert taken == [True]  # only the first import's; the trimmed one never offered its encode
+    assert encoders() <= before
+
+    def fails(*args: object) -> None:
+        raise RuntimeError("cut short")
+
+    # Decided, then stopped before its fold, and the spool's clean-up fails too: the encoder still stops.
+    monkeypatch.setattr("usr_es.writer.freeze_registry", fails)
+    monkeypatch.setattr("usr_es.storage.PayloadSpool.discard", fails)
+    with pytest.raises(RuntimeError, match="cut short"):
+        dataset.add_sequences(["GGGGAA", "CATCAT", "TATATA"])
+    assert encoders() <= before
+    monkeypatch.undo()
+    assert dataset.add_sequences(["GGGGAA"]).metrics["rows_written"] == 1  # and its spool is cleared
+    assert _temps(dataset) == [] and dataset.verify().ok
+
+
 def test_a_failed_write_while_a_spilled_append_is_published_is_repaired_by_the_next_command(
     dataset: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:

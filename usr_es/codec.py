@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -76,12 +77,16 @@ def _open_writer(sink: pa.NativeFile, table: pa.Table, metadata: dict[str, str])
 
 def _write_rows(
     writer: pq.ParquetWriter, tables: Iterable[pa.Table], metadata: dict[str, str], watermark_hash: str, rows: int
-) -> None:
-    """The rows of `tables` as row groups of `rows` rows, however they arrive in batches, then the hash."""
+) -> int:
+    """The rows of `tables` as row groups of `rows` rows, however they arrive in batches, then the hash;
+    returns how many rows were written."""
+    written = 0
     for group in regrouped(tables, rows):
         piece = canonical_table(group.replace_schema_metadata(None)).replace_schema_metadata(metadata)
         writer.write_table(piece, row_group_size=rows)
+        written += piece.num_rows
     writer.add_key_value_metadata({"usr_es:hash": watermark_hash})
+    return written
 
 
 def encode_parquet(
@@ -196,37 +201,51 @@ def append_parquet(
 ) -> tuple[list[Part], bytes] | None:
     """The bytes that, written after a Parquet file of ours (`at` bytes long, with footer `old`), make a
     Parquet file holding its row groups and then the rows of `tables` (with `schema`) in new row groups,
-    with `metadata` and `watermark_hash` (docs/adr/0013): the new row groups, then the new footer (with its
-    length and the magic). Nothing of the file changes: its footer stays behind, unreferenced, so every
-    earlier size of the file is still a valid file. None when this pyarrow cannot write row groups at an
-    offset (the caller re-encodes the whole table instead).
+    with `metadata` and `watermark_hash` (docs/adr/0013): the new row groups (`encode_groups`), then the
+    new footer (`appended_footer`). Nothing of the file changes: its footer stays behind, unreferenced, so
+    every earlier size of the file is still a valid file. None when this pyarrow cannot write row groups at
+    an offset, or `schema` is not the file's (the caller re-encodes the whole table instead)."""
+    if appended_footer(old, Groups(at, 0, [], None), schema, metadata, watermark_hash) is None:
+        return None  # another schema: checked before the rows are encoded
+    groups = encode_groups(at, tables, schema, scratch=scratch)
+    return appended_footer(old, groups, schema, metadata, watermark_hash) if groups is not None else None
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Row groups encoded to follow the first `at` bytes of a Parquet file: their bytes (up to
+    `SPILL_BYTES` in memory, else a `Spill`) and their metadata (None: no rows)."""
+
+    at: int
+    rows: int
+    body: list[Part]
+    added: pq.FileMetaData | None
+
+
+def encode_groups(at: int, tables: Iterable[pa.Table], schema: pa.Schema, *, scratch: Path) -> Groups | None:
+    """The rows of `tables` (with `schema`) as row groups of `ROW_GROUP_ROWS` rows, with the offsets they
+    have after the first `at` bytes of a file (docs/adr/0013); None when this pyarrow cannot write at an offset.
 
     pyarrow's writer only starts a file at offset 0 and records each column chunk at its stream's
-    position. It writes its magic on opening; a scratch file in `scratch` is then extended (sparsely) to the
-    size of the file, so the row groups it writes next carry the offsets they will have after it. Row
-    groups larger than `SPILL_BYTES` stay in that (unlinked) file, as a `Spill`, so an import of any size
-    holds one row group in memory. Their metadata is appended to `old`'s, under a footer with `metadata`,
-    by pyarrow's own serializer.
+    position. It writes its magic on opening; a scratch file in `scratch` is then extended (sparsely) to `at`
+    bytes, so the row groups it writes next carry the offsets they will have. Row groups larger than
+    `SPILL_BYTES` stay in that (unlinked) file, as a `Spill`, so rows of any number hold one row group in
+    memory. The writer's own footer is left out: the file-level metadata is `appended_footer`'s. A pure
+    function of its arguments, wherever it runs (the fold, or a thread while an import is decided).
     """
     import os
 
-    schema = canonical_table(schema.empty_table()).schema
-    empty = encode_parquet(schema.empty_table(), metadata, watermark_hash)
-    combined = pq.read_metadata(pa.BufferReader(pa.py_buffer(empty)))
-    try:
-        combined.append_row_groups(old)
-    except RuntimeError:  # another schema: not an append
-        return None
+    schema = canonical_table(schema.remove_metadata().empty_table()).schema
     body: list[Part] = []
     fd, sink = _scratch(scratch)
     try:
-        writer = _open_writer(sink, schema.empty_table(), metadata)
+        writer = _open_writer(sink, schema.empty_table(), {})
         try:
             if os.fstat(fd).st_size != 4:
                 return None  # the writer did not write its magic on opening
             os.ftruncate(sink.fileno(), at)
             os.lseek(sink.fileno(), 0, os.SEEK_END)
-            _write_rows(writer, tables, metadata, watermark_hash, ROW_GROUP_ROWS)
+            rows = _write_rows(writer, tables, {}, HASH_PLACEHOLDER, ROW_GROUP_ROWS)
         finally:
             writer.close()
             sink.close()
@@ -234,20 +253,37 @@ def append_parquet(
         trailer = os.pread(fd, 8, size - 8)
         end = size - 8 - int.from_bytes(trailer[:4], "little")
         added = pq.read_metadata(pa.BufferReader(pa.py_buffer(os.pread(fd, size - end, end))))
-        if added.num_row_groups:
-            if _chunk_start(added.row_group(0)) != at:
-                return None
-            combined.append_row_groups(added)
-            if end - at > SPILL_BYTES:
-                body, fd = [Spill(fd, at, end - at)], -1  # the Spill closes it
-            else:
-                body = [os.pread(fd, end - at, at)]
+        if not added.num_row_groups:
+            return Groups(at, 0, [], None)
+        if _chunk_start(added.row_group(0)) != at:
+            return None
+        if end - at > SPILL_BYTES:
+            body, fd = [Spill(fd, at, end - at)], -1  # the Spill closes it
+        else:
+            body = [os.pread(fd, end - at, at)]
+        return Groups(at, rows, body, added)
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def appended_footer(
+    old: pq.FileMetaData, groups: Groups, schema: pa.Schema, metadata: dict[str, str], watermark_hash: str
+) -> tuple[list[Part], bytes] | None:
+    """`groups` and the footer (with its length and the magic) that lists `old`'s row groups and then
+    theirs, with `metadata` and `watermark_hash`, by pyarrow's own serializer (None: another schema)."""
+    schema = canonical_table(schema.remove_metadata().empty_table()).schema
+    empty = encode_parquet(schema.empty_table(), metadata, watermark_hash)
+    combined = pq.read_metadata(pa.BufferReader(pa.py_buffer(empty)))
+    try:
+        combined.append_row_groups(old)
+        if groups.added is not None:
+            combined.append_row_groups(groups.added)
+    except RuntimeError:  # another schema: not an append
+        return None
     sink = pa.BufferOutputStream()
     combined.write_metadata_file(sink)
-    return body, sink.getvalue().to_pybytes()[4:]
+    return list(groups.body), sink.getvalue().to_pybytes()[4:]
 
 
 def encode_base(base: BaseProjection, *, pending_hash: bool = False) -> memoryview:

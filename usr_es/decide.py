@@ -332,6 +332,14 @@ class ImportDecider:
         self.accepted += payload.num_rows
         return payload
 
+    def template(self) -> SequencesImported:
+        """The event `decision` gives, but for its counts: what the base rows of a payload row carry."""
+        return SequencesImported(rows=0, skipped=0, source=self._source(), created_at=self._now)
+
+    def _source(self) -> str:
+        command = self._command
+        return command.source if command.source is not None else (command.path or "")
+
     def repeated_keys(self) -> pa.Array | None:
         """The id keys accepted in more than one row (None: none; two rows of one batch never share an id,
         so only an input of several batches can have any)."""
@@ -381,7 +389,7 @@ class ImportDecider:
         if n_input == 0:
             raise SchemaError("The input has no rows.")
         written = self.accepted - self._left_out
-        source = command.source if command.source is not None else (command.path or "")
+        source = self._source()
         event = SequencesImported(rows=written, skipped=n_input - written, source=source, created_at=self._now)
         args = {
             "fmt": command.fmt,

@@ -15,7 +15,9 @@ in hand (an overlay part's table, a stored base's other columns) come through `P
 from __future__ import annotations
 
 import itertools
+import queue
 import tempfile
+import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +32,13 @@ from . import idindex
 from .codec import (
     HASH_PLACEHOLDER,
     ROW_GROUP_ROWS,
+    Groups,
     append_parquet,
+    appended_footer,
     base_metadata,
     encode_base,
     encode_batches,
+    encode_groups,
     encode_part,
     encode_part_batches,
     footer_start,
@@ -91,6 +96,8 @@ class Step:
     event: Event
     registry_hash: str | None
     payload: Payload | None
+    #: The payload's base rows encoded while the import was decided (the live write only; `PreparedAppend`).
+    prepared: PreparedAppend | None = None
 
 
 @dataclass(frozen=True)
@@ -370,6 +377,77 @@ def _appendable(footer: pq.FileMetaData, total: int, new_rows: int) -> bool:
     return bool(total - referenced <= referenced)
 
 
+class PreparedAppend:
+    """The row groups an import appends to records.parquet, encoded on a thread of their own while the
+    import is decided (the decision hashes ids on one core; the encode would otherwise wait for the fold).
+
+    Made by `BaseFile.prepare` for the file as it stands: `feed` it the payload rows in order, exactly
+    as the payload holds them. The fold's append `take`s the row groups only when they are what it would
+    encode itself -- the same function (`codec.encode_groups`) of the same rows at the same offset, with
+    the event's source and time -- and otherwise encodes them as usual, so the bytes never depend on
+    whether they were prepared. Nothing it writes is visible: its scratch file is unlinked."""
+
+    def __init__(self, at: int, schema: pa.Schema, template: SequencesImported, scratch: Path) -> None:
+        self.at, self.schema, self.template = at, schema, template
+        self.rows = 0
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)  # None: no more rows
+        self._stopped = False
+        self._result: Groups | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(scratch,), name="usr-base-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self, scratch: Path) -> None:
+        ended = False
+
+        def rows() -> Iterator[pa.Table]:
+            nonlocal ended
+            while (batch := self._queue.get()) is not None:
+                if not self._stopped:  # stopped: only drained, so no `feed` waits on a full queue
+                    yield _file_rows(imported_rows(batch, self.template), self.schema)
+            ended = True
+
+        try:
+            self._result = encode_groups(self.at, rows(), self.schema, scratch=scratch)
+        except BaseException as exc:  # the fold encodes the rows itself (and meets the error there)
+            self._error = exc
+        finally:
+            while not ended:
+                ended = self._queue.get() is None
+
+    def feed(self, payload: pa.Table) -> None:
+        """Encode `payload`'s rows (the next rows of the import's payload) after those fed before."""
+        if payload.num_rows and not self._stopped and self._error is None:
+            self.rows += payload.num_rows
+            self._queue.put(payload)
+
+    def _finish(self) -> Groups | None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self._result if self._error is None and not self._stopped else None
+
+    def take(self, at: int, schema: pa.Schema, rows: int, event: SequencesImported) -> Groups | None:
+        """The row groups, when they are the ones `rows` payload rows of `event` appended at offset `at` of a
+        file with `schema` make; else None (they are dropped)."""
+        groups = self._finish()
+        self._stopped = True
+        fits = (
+            self.at == at
+            and self.rows == rows
+            and self.schema.equals(schema)
+            and type(event) is SequencesImported
+            and (event.source, event.created_at) == (self.template.source, self.template.created_at)
+        )
+        return groups if fits and groups is not None and groups.rows == rows else None
+
+    def discard(self) -> None:
+        """Stop encoding and drop what was encoded (a rejected or already folded import)."""
+        self._stopped = True
+        self._finish()
+        self._result = None
+
+
 def _file_rows(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """Imported rows with the stored file's columns (those a materialize added read null)."""
     return pa.table(
@@ -602,15 +680,24 @@ class BaseFile:
                 yield rows
 
         pending = step.mark.hash == PENDING
-        appended = append_parquet(
-            footer,
-            current.total,
-            added(),
-            schema,
-            base_metadata(after),
-            HASH_PLACEHOLDER if pending else step.mark.hash,
-            scratch=current.path.parent if current.path is not None else Path(tempfile.gettempdir()),
+        watermark_hash = HASH_PLACEHOLDER if pending else step.mark.hash
+        groups = (
+            step.prepared.take(current.total, schema, new_rows, imported)
+            if step.prepared is not None and imported is not None and not keep
+            else None
         )
+        if groups is not None:  # the same row groups, encoded on a thread while the import was decided
+            appended = appended_footer(footer, groups, schema, base_metadata(after), watermark_hash)
+        else:
+            appended = append_parquet(
+                footer,
+                current.total,
+                added(),
+                schema,
+                base_metadata(after),
+                watermark_hash,
+                scratch=current.path.parent if current.path is not None else Path(tempfile.gettempdir()),
+            )
         if appended is None:
             return False
         if new_rows:
@@ -623,6 +710,16 @@ class BaseFile:
         self.base = after
         self.bytes = current.appended(Chunk(step.mark.seq, tuple(appended[0]), appended[1], pending))
         return True
+
+    def prepare(self, template: SequencesImported) -> PreparedAppend | None:
+        """An encoder of the base row groups an import (`template`: its source and time) will append to the
+        file as it stands, to be fed the import's payload rows while it is decided (None: no file to
+        append to; the fold encodes the whole base)."""
+        current = self.bytes
+        if self.base is None or current is None or isinstance(template, RecordsAdopted):
+            return None
+        scratch = current.path.parent if current.path is not None else Path(tempfile.gettempdir())
+        return PreparedAppend(current.total, current.footer().schema.to_arrow_schema(), template, scratch)
 
     def stage(self) -> None:
         """Encode the base now (with the pending hash) when this write re-encodes it: the line's fingerprint

@@ -52,7 +52,7 @@ from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, RESERVED_NAMESPACES, TOMBSTONE_NS
 from .original import OriginalDataset, keep_originals, not_adopted, read_original, retire_originals, unadopted
-from .projections import PENDING, BaseBytes, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, Step
+from .projections import PENDING, BaseBytes, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, PreparedAppend, Step
 from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
 from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
 from .redaction import clean_command, escaped
@@ -151,6 +151,7 @@ class Writer:
         self._bases = BaseCache()
         self._registry: tuple[bytes, Registry] | None = None
         self._spool: PayloadSpool | None = None  # an import's payload, from its decision to its stage
+        self._prepared: PreparedAppend | None = None  # its base rows' encoding, from its decision to its fold
         self._original: OriginalDataset | None = None  # an adoption's input, from its decision to its append
         self.adopted: OriginalDataset | None = None  # what the last adoption through this writer read
         self.actor: tuple[str, str] | None = None  # (tool, run_id) the events are written as, when set
@@ -174,9 +175,12 @@ class Writer:
                 try:
                     return self._execute_locked(command, rows, command_id, expected_seq, progress)
                 finally:
-                    if self._spool is not None:  # decided but not staged (a no-op or an error)
-                        self._spool.discard()
-                        self._spool = None
+                    try:
+                        self._drop_prepared()
+                    finally:
+                        if self._spool is not None:  # decided but not staged (a no-op or an error)
+                            self._spool.discard()
+                            self._spool = None
         except KeyboardInterrupt:
             raise progress.interrupted() from None
 
@@ -424,17 +428,24 @@ class Writer:
         )
         decider = ImportDecider(state, command, now)
         spool: PayloadSpool | None = None
+        # The base rows the fold will append, encoded on the second core while ids are hashed on this one.
+        self._prepared = tail.fold.get(BaseFile).prepare(decider.template())
         with _unwritten(lambda: spool.discard() if spool is not None else None):
             spool = PayloadSpool(self.directory, PAYLOAD_SCHEMA)
             for batch in batches:
-                spool.write(decider.accept(batch))
+                accepted = decider.accept(batch)
                 del batch
+                spool.write(accepted)
+                if self._prepared is not None:
+                    self._prepared.feed(accepted)
+                del accepted
                 release_memory()  # the batch's scratch space, before the next batch is read
             repeated = decider.repeated_keys()
             if repeated is not None:
                 later = decider.confirm(_spooled(spool), repeated)
                 if later is not None:
                     spool = _without(spool, later)
+                    self._drop_prepared()  # not the payload's rows any more
             decision = decider.decision(spool.stored())
         self._spool = spool
         release_memory()
@@ -457,7 +468,9 @@ class Writer:
                 stamp = (datetime.fromisoformat(stamp) + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             ref, payload = self._write_payload(emit.payload)
             seq += 1
-            fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, payload))
+            prepared = self._prepared if isinstance(emit.payload, StoredRows) else None
+            fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, payload, prepared))
+            self._drop_prepared()
             del payload
             _before_encoding(fold)
             fold.stage()
@@ -487,6 +500,11 @@ class Writer:
             lines.append(line)
             offset += len(line)
         return records, marks, b"".join(lines)
+
+    def _drop_prepared(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.discard()
 
     def _write_payload(self, rows: Payload | None) -> tuple[PayloadRef | None, Payload | None]:
         """Write an event's payload durably: the spool an import was decided into, else its table."""
