@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import itertools
 import json
 import math
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usr_es.errors import InvalidInput, NotFound
-from usr_es.export import EXPORT_FORMATS, check_format, export_target, prefetched, write_export
+from usr_es.export import EXPORT_FORMATS, check_format, export_target, write_export
 from usr_es.fileio import FileOps, remove_stale_temps, use_fileops
 from usr_es.jsontext import json_rows, json_text, json_value
 
@@ -522,34 +520,3 @@ def test_write_export_conforms_batches_to_the_schema(tmp_path: Path) -> None:
     write_export(iter([batch]), schema, "parquet", out)
     assert pq.read_schema(out).field("x").nullable is False
     assert pq.read_table(out).column("x").to_pylist() == [1, 2]
-
-
-def test_prefetched_keeps_the_order_and_raises_a_producer_error_in_its_place() -> None:
-    def batches() -> Iterator[int]:
-        yield 1
-        yield 2
-        raise ValueError("decoding failed")
-
-    it = prefetched(batches())
-    assert [next(it), next(it)] == [1, 2]
-    with pytest.raises(ValueError, match="decoding failed"):
-        next(it)
-
-
-def test_prefetched_reads_a_bounded_amount_ahead_and_stops_when_the_consumer_does() -> None:
-    produced: list[int] = []
-    closed = threading.Event()
-
-    def endless() -> Iterator[int]:
-        try:
-            for k in itertools.count():
-                produced.append(k)
-                yield k
-        finally:
-            closed.set()
-
-    it = prefetched(endless(), depth=2)
-    assert next(it) == 0
-    it.close()  # joins the worker, which closes the producer
-    assert closed.is_set()
-    assert len(produced) <= 4  # the item handed over, `depth` queued, one waiting to be queued

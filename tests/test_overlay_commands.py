@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from usr_es import Dataset
 from usr_es.cli import app
-from usr_es.errors import InvalidInput, NamespaceError, NotFound, SchemaError, UsrError
+from usr_es.errors import CommitError, InvalidInput, NamespaceError, NotFound, SchemaError, UsrError
 from usr_es.registry import format_type, register_namespace, split_columns_spec
 
 runner = CliRunner()
@@ -732,6 +733,38 @@ def test_materialize_refusals_append_nothing(oroot: Path, ds_ids: tuple[Dataset,
     )
     assert_cli_rejects(oroot, ds, ["materialize", ds.name, "--yes", "--namespaces", "nope"], "nope")
     assert_cli_rejects(oroot, ds, ["materialize", ds.name, "--yes", "--namespaces", "usr"], "Tombstones")
+
+
+def test_a_materialize_whose_encode_fails_appends_nothing_and_stops_reading(
+    monkeypatch: pytest.MonkeyPatch, ds_ids: tuple[Dataset, list[str]]
+) -> None:
+    import threading
+
+    from usr_es import codec, projections
+
+    ds, ids = ds_ids
+    monkeypatch.setattr(codec, "ROW_GROUP_ROWS", 2)  # several row groups: the reader runs ahead of the encode
+    ds.add_sequences(["ACGTAA", "ACGTCC", "ACGTGG", "ACGTTT", "ACGTAC", "ACGTCA"])
+    overlays_for_materialize(ds, ids)
+    encode = projections.encode_batches
+
+    def full_disk(tables: Any, *args: Any, **kwargs: Any) -> Any:
+        def two_then_fail() -> Any:
+            for k, table in enumerate(tables):
+                if k == 2:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                yield table
+
+        return encode(two_then_fail(), *args, **kwargs)
+
+    monkeypatch.setattr(projections, "encode_batches", full_disk)
+    log, view = ds.log_path.read_bytes(), ds.view()
+    with pytest.raises(CommitError, match="No space left"):
+        ds.maintenance.materialize()
+    assert not [t for t in threading.enumerate() if t.name == "usr-es-prefetch"]
+    assert ds.log_path.read_bytes() == log and ds.view().equals(view)
+    monkeypatch.undo()
+    assert ds.maintenance.materialize().action == "materialize" and ds.verify().ok
 
 
 def test_attach_after_materialize_and_drop_keeps_other_materialized_values(

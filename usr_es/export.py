@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +16,7 @@ import pyarrow.parquet as pq
 from .errors import InvalidInput, NotFound
 from .fileio import SeamFile, atomic_file
 from .jsontext import TEXT, hex_cells, is_binary, json_text, jsonl_buffer, rfc3339, str_cells
+from .prefetch import prefetched
 from .reads import scan_with_schema
 from .results import ExportResult
 
@@ -276,59 +275,6 @@ def _write_csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: SeamF
     with pcsv.CSVWriter(sink, csv_schema) as writer:
         for batch in batches:  # conformed to `schema` by `_counted`, so each converts to `csv_schema`
             writer.write_batch(_csv_batch(batch))
-
-
-#: Batches `prefetched` produces ahead of the consumer (memory: this many batches more).
-PREFETCH = 2
-_DONE = object()
-
-
-def prefetched(items: Iterable[Any], depth: int = PREFETCH) -> Iterator[Any]:
-    """Iterate `items` on a worker thread, up to `depth` items ahead of the caller.
-
-    Producing the next batch (Parquet decoding, the overlay merge) and consuming this one (encoding,
-    writing) are native code that releases the GIL, so on two cores they overlap. Items arrive in
-    order; an exception raised by `items` is re-raised here at its place in the sequence. When the
-    caller stops early (an error, `close()`), the worker stops after the item it is on and `items`
-    is closed on the worker (generators must be closed by the thread that runs them).
-    """
-    channel: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            with contextlib.suppress(queue.Full):
-                channel.put(entry, timeout=0.05)
-                return True
-        return False
-
-    def work() -> None:
-        source = iter(items)
-        try:
-            for item in source:
-                if not put((item, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as exc:  # handed to the caller, raised there
-            put((_DONE, exc))
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=work, name="usr-es-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, error = channel.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def export_dataset(

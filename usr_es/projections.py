@@ -64,6 +64,7 @@ from .events import (
 from .fileio import Part, Spill
 from .names import ID, INDEX_MANIFEST, LAYOUT_FILE, PURGED, RECORDS_FILE, TOMBSTONE_NS, WRITTEN
 from .original import original_names
+from .prefetch import prefetched
 from .projectors import (
     EMPTY_LAYOUT,
     BaseProjection,
@@ -630,18 +631,21 @@ class BaseFile:
                 kept += out.num_rows
                 yield out
 
-        every = groups()
-        first = next(every)
+        every = prefetched(groups())  # the next row group read and joined while this one is encoded
         after = replace(base, registry_hash=step.registry_hash, watermark=step.mark)
         pending = step.mark.hash == PENDING
-        body, footer = encode_batches(
-            itertools.chain([first], every),
-            first.schema,
-            base_metadata(after),
-            HASH_PLACEHOLDER if pending else step.mark.hash,
-            rows=ROW_GROUP_ROWS,
-            scratch=scratch,
-        )
+        try:
+            first = next(every)
+            body, footer = encode_batches(
+                itertools.chain([first], every),
+                first.schema,
+                base_metadata(after),
+                HASH_PLACEHOLDER if pending else step.mark.hash,
+                rows=ROW_GROUP_ROWS,
+                scratch=scratch,
+            )
+        finally:
+            every.close()  # stops the reading thread when the encode stopped early
         if base.rows - kept != event.rows_dropped:
             raise IntegrityError(f"event seq {step.mark.seq}: materialize drops a different number of rows")
         self.base = replace(after, table=pa.table({"_": pa.nulls(kept)}).select([]))
