@@ -1153,3 +1153,72 @@ def test_validate_either_falls_back_to_the_frozen_registry_and_knows_the_namespa
     for mode in ("namespace-current", "namespace-frozen", "namespace-either"):
         assert ds.maintenance.validate(registry_mode=mode).ok
     assert usr_process(oroot, "validate", ds.name, "--registry-mode", "namespace-either").returncode == 0
+
+
+# -- overlay-remove ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["error", "delete", "archive"])
+def test_overlay_remove_takes_a_namespace_out_of_the_live_view_and_keeps_it_in_earlier_states(
+    oroot: Path, ds_ids: tuple[Dataset, list[str]], mode: str, tmp_path: Path
+) -> None:
+    ds, ids = ds_ids
+    overlays_for_materialize(ds, ids)
+    before = ds.info().head_seq
+    receipt = ds.maintenance.remove_overlay("mock", mode)
+    assert receipt.action == ("archive_overlay" if mode == "archive" else "remove_overlay")
+    assert receipt.metrics == {"parts": 2}
+    assert "mock" not in ds.info().namespaces and "quickstart" in ds.info().namespaces
+    assert not [c for c in ds.view().column_names if c.startswith("mock__")]
+    assert ds.verify().ok
+    ds.log.replay(before, tmp_path / "before")
+    assert rows_by_id(Dataset.at(tmp_path / "before").view())[ids[2]]["mock__label"] == "c"
+    ds.write_overlay("mock", {"id": ids[:1], "mock__score": [7.0]})  # a new overlay starts from nothing
+    assert rows_by_id(ds.view())[ids[2]]["mock__score"] is None
+    files = projection_files(ds.dir)
+    ds.maintenance.rebuild()
+    assert projection_files(ds.dir) == files
+
+
+def test_overlay_remove_keeps_values_a_materialize_wrote_into_the_base(ds_ids: tuple[Dataset, list[str]]) -> None:
+    ds, ids = ds_ids
+    overlays_for_materialize(ds, ids)
+    ds.maintenance.materialize(namespaces=["mock"])
+    view = ds.view()
+    ds.maintenance.remove_overlay("mock", "delete")
+    assert ds.view().equals(view)
+
+
+def test_overlay_remove_modes_on_a_missing_namespace_and_reserved_namespaces(
+    oroot: Path, ds_ids: tuple[Dataset, list[str]]
+) -> None:
+    ds, ids = ds_ids
+    log = ds.log_path.read_bytes()
+    for mode in ("delete", "archive"):
+        receipt = ds.maintenance.remove_overlay("mock", mode)
+        assert receipt.noop and "nothing to" in receipt.message
+    assert (
+        "no-op"
+        in usr(oroot, "maintenance", "overlay-remove", ds.name, "--namespace", "mock", "--mode", "delete").stdout
+    )
+    assert ds.log_path.read_bytes() == log
+    assert_api_rejects(ds, NotFound, lambda: ds.maintenance.remove_overlay("mock"), "No overlay for namespace 'mock'")
+    assert_cli_rejects(oroot, ds, ["maintenance", "overlay-remove", ds.name, "--namespace", "mock"], "'mock'")
+    ds.set_state(ids[:1], masked=True)
+    log = ds.log_path.read_bytes()
+    for ns in ("usr_state", "usr"):
+        args = ["maintenance", "overlay-remove", ds.name, "--namespace", ns, "--mode", "delete"]
+        assert_cli_rejects(oroot, ds, args, "reserved", hint=True)
+    assert_cli_rejects(
+        oroot, ds, ["maintenance", "overlay-remove", ds.name, "--namespace", "x", "--mode", "shred"], "shred"
+    )
+    assert ds.log_path.read_bytes() == log
+
+
+def test_overlay_remove_archive_says_where_the_parts_went(oroot: Path, ds_ids: tuple[Dataset, list[str]]) -> None:
+    ds, ids = ds_ids
+    overlays_for_materialize(ds, ids)
+    out = usr(oroot, "maintenance", "overlay-remove", ds.name, "--namespace", "quickstart", "--mode", "archive").stdout
+    assert out.startswith(
+        f"Archived overlay quickstart (1 part(s)) to {ds.dir / '_derived' / '_archived' / 'quickstart'}"
+    )
+    data = usr_json(oroot, "maintenance", "overlay-remove", ds.name, "--namespace", "mock", "--mode", "delete")
+    assert (data["action"], data["metrics"]) == ("remove_overlay", {"parts": 2})

@@ -25,16 +25,18 @@ from usr_es import Dataset
 from usr_es.errors import UsrError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"
-MIN_CASES = 26
+MIN_CASES = 28
 #: Dataset methods a `reissue` item may name (never an arbitrary attribute).
 REISSUE_OPS = frozenset(
     {"add_sequences", "attach", "delete", "restore", "set_state", "clear_state", "compact_overlay", "materialize",
-     "snapshot", "freeze_registry"}
+     "snapshot", "freeze_registry", "dedupe", "remove_overlay"}
 )  # fmt: skip
 
 
 #: Of those, the ones `Dataset.maintenance` holds.
-MAINTENANCE_OPS = frozenset({"compact_overlay", "materialize", "snapshot", "freeze_registry"})
+MAINTENANCE_OPS = frozenset(
+    {"compact_overlay", "materialize", "snapshot", "freeze_registry", "dedupe", "remove_overlay"}
+)
 
 
 def _case_dirs() -> list[Path]:
@@ -104,7 +106,8 @@ def _reissue(ds: Dataset, item: dict[str, Any], inputs: Path) -> None:
         args.insert(0, path)
     try:
         holder: Any = ds.maintenance if item["op"] in MAINTENANCE_OPS else ds
-        receipt = getattr(holder, item["op"])(*args, **item["kwargs"])
+        result = getattr(holder, item["op"])(*args, **item["kwargs"])
+        receipt = result.receipt if hasattr(result, "receipt") else result  # a dedupe's result carries it
     except UsrError as exc:
         outcome = type(exc).__name__
     else:

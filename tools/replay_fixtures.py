@@ -66,7 +66,9 @@ DERIVED_OUT = "derived"
 #: What `dataset/` may hold: the log, the immutable artifacts it references, and checkpoints.
 COMMITTED = (LOG_FILE, PAYLOAD_DIR, REGISTRY_DIR, SNAPSHOT_DIR)
 #: The reissue ops that are methods of `Dataset.maintenance` (the others are methods of `Dataset`).
-MAINTENANCE_OPS = frozenset({"compact_overlay", "materialize", "snapshot", "freeze_registry"})
+MAINTENANCE_OPS = frozenset(
+    {"compact_overlay", "materialize", "snapshot", "freeze_registry", "dedupe", "remove_overlay"}
+)
 #: The Dataset methods a `reissue` item may name.
 REISSUE_OPS = frozenset(
     {
@@ -80,6 +82,8 @@ REISSUE_OPS = frozenset(
         "materialize",
         "snapshot",
         "freeze_registry",
+        "dedupe",
+        "remove_overlay",
     }
 )
 
@@ -227,8 +231,16 @@ def _call(ds: Dataset, op: str, args: list[Any], kwargs: dict[str, Any], input_p
             raise FixtureError("an attach needs an input file")
         return ds.attach(input_path, *args, **kwargs)
     holder: Any = ds.maintenance if op in MAINTENANCE_OPS else ds
-    method: Callable[..., Receipt] = getattr(holder, op)
-    return method(*args, **kwargs)
+    method: Callable[..., Any] = getattr(holder, op)
+    return _receipt_of(method(*args, **kwargs))
+
+
+def _receipt_of(result: Any) -> Receipt:
+    """The receipt of a command's result (a `Receipt`, or a typed result carrying one, as a dedupe's)."""
+    receipt = result.receipt if not isinstance(result, Receipt) else result
+    if not isinstance(receipt, Receipt):
+        raise FixtureError(f"no receipt in {result!r}")
+    return receipt
 
 
 def outcome_of(ds: Dataset, item: dict[str, Any], inputs: Path) -> tuple[str, Receipt | None]:
@@ -315,8 +327,8 @@ class _Builder:
     ) -> Receipt:
         """Any other accepted command, by Dataset method name (`same_view`: the live view must not change)."""
         holder: Any = self.ds.maintenance if op in MAINTENANCE_OPS else self.ds
-        method: Callable[..., Receipt] = getattr(holder, op)
-        return self._accept(method(*args, **kwargs), metrics=metrics, same_view=same_view)
+        method: Callable[..., Any] = getattr(holder, op)
+        return self._accept(_receipt_of(method(*args, **kwargs)), metrics=metrics, same_view=same_view)
 
     def retry(self, seq: int, op: str, *args: Any, input: tuple[str, str] | None = None, **kwargs: Any) -> None:
         """Send a command again with a command id already in the log: the receipt of `seq`, nothing appended."""
@@ -762,6 +774,41 @@ def _attach_rejected_retry(b: _Builder) -> None:
     b.retry(4, "attach", input=("second.csv", ok), namespace="feat", command_id="fixture-attach-2")
 
 
+def _dedupe(b: _Builder) -> None:
+    lower, mixed = A.lower(), "AcGtAc"
+    _feat_dataset(b, (A, B, lower, C, mixed))
+    il, im = sequence_id(lower), sequence_id(mixed)
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{il},2.0\n{im},3.0\n{IB},4.0\n", namespace="feat")
+    b.run("set_state", [IA, im], qc_status="pass")
+    b.run("delete", [IC], reason="hidden, not a duplicate")
+    b.noop("dedupe", key="sequence")  # every sequence differs in case: no duplicate
+    b.reject("InvalidInput", "dedupe", key="name")
+    b.run("dedupe", key="sequence_ci", keep="keep-last", metrics={"groups": 1, "rows_dropped": 2})
+    b.noop("dedupe", key="sequence_norm")
+    b.add([A], source="re-imported after the dedupe: a new record, no old score or state")
+    b.attach("t.csv", f"id,score\n{IA},9.0\n", namespace="feat")
+    b.add(["UUUUUU"], bio_type="rna", alphabet="rna_4")
+    b.reject("SchemaError", "dedupe", key="sequence_ci")
+
+
+def _overlay_remove(b: _Builder) -> None:
+    _feat_dataset(b, (A, B, C))
+    b.register("extra", "extra__label:string")
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
+    b.attach("l.csv", f"id,label\n{IB},b\n", namespace="feat")
+    b.attach("x.csv", f"id,label\n{IC},c\n", namespace="extra")
+    b.run("materialize", namespaces=["extra"], same_view=True)
+    b.run("remove_overlay", "feat", mode="archive")
+    b.attach("again.csv", f"id,score\n{IA},5.0\n", namespace="feat")
+    b.run("remove_overlay", "extra", mode="delete", same_view=True)  # its values are in the base already
+    b.run("remove_overlay", "feat")
+    b.noop("remove_overlay", "feat", mode="delete")
+    b.noop("remove_overlay", "feat", mode="archive")
+    b.reject("NotFound", "remove_overlay", "feat")
+    b.reject("NamespaceError", "remove_overlay", "usr_state", mode="delete")
+    b.reject("InvalidInput", "remove_overlay", "feat", mode="shred")
+
+
 def _registry_freeze(b: _Builder) -> None:
     _feat_dataset(b, (A, B))
     b.attach("s.csv", f"id,score\n{IA},1.0\n", namespace="feat")
@@ -896,6 +943,18 @@ CASES: tuple[Case, ...] = (
         _registry_freeze,
         (3, 4, 5),
     ),
+    Case(
+        "overlay-remove",
+        "overlay-remove archive, delete and error modes, a no-op and refusals; a later attach starts a new part",
+        _overlay_remove,
+        (6, 7, 8),
+    ),
+    Case(
+        "dedupe",
+        "dedupe by sequence_ci keeps the last of each group, purges the others' overlay rows; a re-import starts clean",
+        _dedupe,
+        (5, 6),
+    ),
 )
 
 
@@ -995,6 +1054,9 @@ def build_case(number: int, case: Case, staged: Path, scratch: Path) -> str:
         again = work / "reissue"
         shutil.copytree(dataset, again)
         log = (again / LOG_FILE).read_bytes()
+        # Every mutation needs its root's registry (as the test gives its copy): the dataset's own, frozen.
+        frozen = Dataset.at(again).log.events()[-1].registry_hash
+        shutil.copy(again / REGISTRY_DIR / f"registry.{frozen}.yaml", work / "registry.yaml")
         for item in builder.reissue:  # what the test repeats must hold at the head, not only when it was sent
             got, receipt = outcome_of(Dataset.at(again), item, work / "reissue-inputs")
             if got != item["outcome"] or (receipt is not None and receipt.replayed and receipt.seq != item["seq"]):

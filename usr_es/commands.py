@@ -132,6 +132,29 @@ class Materialize(
     drop_deleted: bool = False
 
 
+class RemoveOverlay(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="remove_overlay", forbid_unknown_fields=True
+):
+    """Take a namespace's overlay out of the live view: `delete` it, or `archive` it under `_derived/_archived/`;
+    `error` deletes it but fails when there is none (delete and archive are then no-ops)."""
+
+    namespace: str
+    mode: Literal["error", "delete", "archive"] = "error"
+
+
+DedupeKey = Literal["id", "sequence", "sequence_norm", "sequence_ci"]
+DedupeKeep = Literal["keep-first", "keep-last"]
+
+
+class Deduplicate(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="deduplicate", forbid_unknown_fields=True
+):
+    """Drop base rows whose key another row holds, keeping the first (or last) in file order (docs/adr/0018)."""
+
+    key: DedupeKey = "sequence"
+    keep: DedupeKeep = "keep-first"
+
+
 class FreezeRegistry(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="freeze_registry", forbid_unknown_fields=True
 ):
@@ -160,6 +183,8 @@ Command = (
     | CompactOverlay
     | TakeSnapshot
     | Materialize
+    | Deduplicate
+    | RemoveOverlay
     | FreezeRegistry
     | AdoptDataset
 )

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cached_property, update_wrapper
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
 import msgspec
 import pyarrow as pa
@@ -22,6 +22,9 @@ from .commands import (
     AttachColumns,
     ClearState,
     CompactOverlay,
+    DedupeKeep,
+    DedupeKey,
+    Deduplicate,
     FreezeRegistry,
     ImportSequences,
     InitDataset,
@@ -29,6 +32,7 @@ from .commands import (
     KeyKind,
     Materialize,
     OnConflict,
+    RemoveOverlay,
     RestoreRecords,
     SetState,
     TakeSnapshot,
@@ -45,6 +49,7 @@ from .results import (
     ColumnProfile,
     DatasetInfo,
     DatasetSummary,
+    DedupeResult,
     ExportResult,
     RebuildResult,
     Receipt,
@@ -589,6 +594,58 @@ class Maintenance:
         )
         if snapshot_before:
             self.snapshot(command_id=f"{command_id}:snapshot" if command_id else None)
+        return self._ds._writer.execute(command, command_id=command_id, expected_seq=expected_seq)
+
+    def dedupe(
+        self,
+        key: str = "sequence",
+        keep: str = "keep-first",
+        *,
+        dry_run: bool = False,
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> DedupeResult:
+        """Drop base rows whose `key` (`id`, `sequence`, `sequence_norm`, `sequence_ci`: dna_4 datasets only)
+        another row holds, keeping the first (`keep-first`) or last row of each group in file order. The
+        dropped rows leave the live view with their overlay values; every earlier state keeps them
+        (docs/adr/0018). `dry_run` only counts, and writes nothing."""
+        from .dedupe import check_choice, columns_for, plan_dedupe
+        from .reads import scan
+
+        check_choice(key, keep)
+        ds = self._ds
+        if dry_run:
+            ds._require()
+            batches = list(scan(ds._head, columns=columns_for(key), include_deleted=True))
+            table = pa.Table.from_batches(batches) if batches else None
+            plan = plan_dedupe(table, key, keep, with_ids=False) if table is not None else None
+            total, groups, dropped = (plan.rows_total, plan.groups, plan.rows_dropped) if plan else (0, 0, 0)
+            return DedupeResult(
+                dataset=ds.name, key=key, keep=keep, dry_run=True, rows_total=total, groups=groups, rows_dropped=dropped
+            )
+        command = Deduplicate(key=cast(DedupeKey, key), keep=cast(DedupeKeep, keep))
+        receipt = ds._writer.execute(command, command_id=command_id, expected_seq=expected_seq)
+        metrics = receipt.metrics
+        return DedupeResult(
+            dataset=ds.name,
+            key=key,
+            keep=keep,
+            dry_run=False,
+            rows_total=int(metrics.get("rows_total", ds.info().rows)),
+            groups=int(metrics.get("groups", 0)),
+            rows_dropped=int(metrics.get("rows_dropped", 0)),
+            receipt=receipt,
+        )
+
+    def remove_overlay(
+        self, namespace: str, mode: str = "error", *, command_id: str | None = None, expected_seq: int | None = None
+    ) -> Receipt:
+        """Take `namespace`'s overlay out of the live view: `delete` it, or `archive` it under
+        `_derived/_archived/`; `error` deletes it but fails when there is none (the others are then no-ops).
+        Its values stay in every earlier state; columns a materialize wrote into the base stay."""
+        if mode not in ("error", "delete", "archive"):
+            raise InvalidInput(f"Unknown --mode '{mode}'.", hint="Use one of: error, delete, archive.")
+        command = RemoveOverlay(namespace=namespace, mode=cast(Literal["error", "delete", "archive"], mode))
         return self._ds._writer.execute(command, command_id=command_id, expected_seq=expected_seq)
 
     def freeze_registry(self, *, command_id: str | None = None, expected_seq: int | None = None) -> Receipt:

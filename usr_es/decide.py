@@ -23,10 +23,12 @@ from .commands import (
     ClearState,
     Command,
     CompactOverlay,
+    Deduplicate,
     FreezeRegistry,
     ImportSequences,
     InitDataset,
     Materialize,
+    RemoveOverlay,
     RestoreRecords,
     SetState,
     TakeSnapshot,
@@ -48,9 +50,12 @@ from .events import (
     Event,
     Materialized,
     OverlayAdopted,
+    OverlayArchived,
     OverlayCompacted,
+    OverlayRemoved,
     OverlayWritten,
     RecordsAdopted,
+    RecordsDeduplicated,
     RecordsRestored,
     RecordsTombstoned,
     RegistryFrozen,
@@ -233,6 +238,10 @@ def decide(
             return _decide_compact(state, command, now)
         case Materialize():
             return _decide_materialize(state, command)
+        case Deduplicate():
+            return _decide_dedupe(state, command)
+        case RemoveOverlay():
+            return _decide_remove_overlay(state, command)
         case TakeSnapshot():
             name = "records-" + now.replace("-", "").replace(":", "").replace(".", "").rstrip("Z")
             return Decision.of(SnapshotTaken(name=name, created_at=now), None, {}, {})
@@ -1130,3 +1139,57 @@ def _decide_materialize(state: DatasetState, command: Materialize) -> Decision:
     }
     metrics = {"overlays": len(chosen), "columns_added": len(added), "rows": rows, "rows_dropped": dropped}
     return Decision.of(event, payload, args, metrics, maintenance={"reason": "materialize"})
+
+
+def _decide_dedupe(state: DatasetState, command: Deduplicate) -> Decision:
+    """Drop the base rows whose key an earlier (`keep-first`) or later row holds (docs/adr/0018)."""
+    from .dedupe import plan_dedupe
+
+    if state.base is None:
+        raise NoChange("OK: no duplicate keys found.")
+    plan = plan_dedupe(state.base, command.key, command.keep)
+    if not plan.groups or plan.dropped is None:
+        raise NoChange("OK: no duplicate keys found.")
+    gone = plan.dropped.take(pc.sort_indices(plan.dropped))
+    inline = tuple(gone.to_pylist()) if len(gone) <= INLINE_IDS else None
+    event = RecordsDeduplicated(
+        namespaces=(),
+        columns=(),
+        drop_overlays=False,
+        archive_overlays=False,
+        drop_deleted=False,
+        rows_dropped=plan.rows_dropped,
+        ids=inline,
+        key=command.key,
+        keep=command.keep,
+        groups=plan.groups,
+    )
+    args = {"key": command.key, "keep": command.keep, "rows_total": plan.rows_total}
+    metrics = {"rows_total": plan.rows_total, "rows_dropped": plan.rows_dropped, "groups": plan.groups}
+    payload = pa.table({"id": gone}) if inline is None else None
+    return Decision.of(event, payload, args, metrics, maintenance={"reason": "dedupe"})
+
+
+def _decide_remove_overlay(state: DatasetState, command: RemoveOverlay) -> Decision:
+    """Take a namespace's overlay parts out of the live view (docs/adr/0018); the reserved ones are not
+    overlays a user removes (`usr restore`, `usr state clear` change them)."""
+    ns, mode = command.namespace, command.mode
+    if mode not in ("error", "delete", "archive"):
+        raise InvalidInput(f"Unknown --mode '{mode}'.", hint="Use one of: error, delete, archive.")
+    if ns in RESERVED_NAMESPACES:
+        raise NamespaceError(
+            f"Namespace '{ns}' is reserved: its overlay cannot be removed.",
+            hint="Restore records with `usr restore`; clear state with `usr state clear`.",
+        )
+    parts = state.live_parts.get(ns, 0)
+    if not parts:
+        if mode == "error":
+            raise NotFound(
+                f"No overlay for namespace '{ns}'.", hint="`usr info DATASET` lists the namespaces with overlays."
+            )
+        raise NoChange(f"No overlay for namespace '{ns}': nothing to {mode} (no-op).")
+    event = (
+        OverlayArchived(namespace=ns, parts=parts) if mode == "archive" else OverlayRemoved(namespace=ns, parts=parts)
+    )
+    args = {"namespace": ns, "mode": mode}
+    return Decision.of(event, None, args, {"parts": parts}, maintenance={"reason": f"overlay-remove --mode {mode}"})

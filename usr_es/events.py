@@ -125,6 +125,18 @@ class OverlayCompacted(msgspec.Struct, frozen=True, kw_only=True, tag_field="typ
     created_at: str
 
 
+class OverlayRemoved(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="overlay_removed"):
+    """A namespace's `parts` overlay parts left the live view (docs/adr/0018). Its values stay in every
+    earlier state; columns a materialize wrote into the base stay there."""
+
+    namespace: str
+    parts: int
+
+
+class OverlayArchived(OverlayRemoved, frozen=True, kw_only=True, tag="overlay_archived"):
+    """As `OverlayRemoved`, the parts moved to `_derived/_archived/<namespace>/`."""
+
+
 class SnapshotTaken(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="snapshot_taken"):
     """A checkpoint of the projected state right after this event, under `_snapshots/<name>/`."""
 
@@ -144,6 +156,16 @@ class Materialized(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", 
     ids: tuple[str, ...] | None = None
 
 
+class RecordsDeduplicated(Materialized, frozen=True, kw_only=True, tag="records_deduplicated"):
+    """Base rows whose `key` another row held were dropped, the first (`keep-first`) or last row of each of
+    `groups` groups kept (docs/adr/0018). A materialize of no namespace that drops the rows it names (`ids`,
+    or the payload), their overlay rows purged as for `--drop-deleted`; every earlier state keeps them."""
+
+    key: str
+    keep: str
+    groups: int
+
+
 class RegistryFrozen(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="registry_frozen"):
     registry_hash: str
 
@@ -160,8 +182,11 @@ Event = (
     | StateSet
     | StateCleared
     | OverlayCompacted
+    | OverlayRemoved
+    | OverlayArchived
     | SnapshotTaken
     | Materialized
+    | RecordsDeduplicated
     | RegistryFrozen
 )
 
@@ -178,8 +203,11 @@ ACTIONS: dict[type, str] = {
     StateSet: "state_set",
     StateCleared: "state_clear",
     OverlayCompacted: "compact_overlay",
+    OverlayRemoved: "remove_overlay",
+    OverlayArchived: "archive_overlay",
     SnapshotTaken: "snapshot",
     Materialized: "materialize",
+    RecordsDeduplicated: "dedupe",
     RegistryFrozen: "registry_freeze",
 }
 
@@ -193,6 +221,7 @@ DERIVED_EVENTS: tuple[type, ...] = (
     StateSet,
     StateCleared,
     OverlayCompacted,
+    OverlayRemoved,
     Materialized,
 )
 #: Events the overlay layout projection (`_derived/layout.json`) records (init starts it).

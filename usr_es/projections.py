@@ -62,7 +62,7 @@ from .events import (
     SequencesImported,
 )
 from .fileio import Part, Spill
-from .names import ID, INDEX_MANIFEST, LAYOUT_FILE, PURGED, RECORDS_FILE, TOMBSTONE_NS, WRITTEN
+from .names import ID, INDEX_MANIFEST, LAYOUT_FILE, PURGED, RECORDS_FILE, WRITTEN
 from .original import original_names
 from .prefetch import prefetched
 from .projectors import (
@@ -74,6 +74,7 @@ from .projectors import (
     Watermark,
     apply_event,
     apply_layout,
+    ids_of,
     imported_rows,
     materialize_table,
     part_table,
@@ -457,6 +458,10 @@ def _file_rows(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     )
 
 
+#: The key of the ids a materialize drops among the namespaces' rows lined up in base order (no namespace's name).
+_DROPPED = " dropped"
+
+
 class BaseFile:
     """`records.parquet`: the base table (imports, materialize, registry freezes).
 
@@ -571,13 +576,16 @@ class BaseFile:
                 raise Restart
             if base is None:
                 raise IntegrityError(f"event seq {step.mark.seq} materializes before the dataset was initialized")
-            tombs = derived.merged(TOMBSTONE_NS) if TOMBSTONE_NS in derived.layout.live else None
-            if self._materialize(step, event, derived, tombs):
+            # The rows it drops are the ids it names (the tombstoned rows `--drop-deleted` found, a dedupe's
+            # later copies): the event says which, so the fold reads no tombstone.
+            payload = payload_table(step.payload) if step.payload is not None else None
+            dropped = pa.table({"id": ids_of(event, payload)}) if event.rows_dropped else None
+            if self._materialize(step, event, derived, dropped):
                 return
             merged = {ns: derived.merged(ns) for ns in event.namespaces if ns in derived.layout.live}
             base = self.full()
             assert base is not None
-            materialized = materialize_table(base.table, merged, tombs, drop_deleted=event.drop_deleted)
+            materialized = materialize_table(base.table, merged, dropped)
             if base.rows - materialized.num_rows != event.rows_dropped:
                 raise IntegrityError(f"event seq {step.mark.seq}: materialize drops a different number of rows")
         payload = payload_table(step.payload) if step.payload is not None else None
@@ -586,7 +594,7 @@ class BaseFile:
         )
         self.bytes = None  # a whole encode
 
-    def _materialize(self, step: Step, event: Materialized, derived: DerivedFiles, tombs: pa.Table | None) -> bool:
+    def _materialize(self, step: Step, event: Materialized, derived: DerivedFiles, dropped: pa.Table | None) -> bool:
         """Fold a materialize a row group at a time (docs/adr/0014): each row group of the file with the
         overlay rows of its ids folded by `materialize_table` and written to a scratch file, so neither the
         base nor an overlay is held whole: each namespace's rows are first spilled in base order
@@ -599,8 +607,8 @@ class BaseFile:
         locate = known.index.pairs if known is not None else idindex.looked_up(current.read(["id"]).column("id"))
         scratch = current.path.parent if current.path is not None else Path(tempfile.gettempdir())
         sources: dict[str, Payload] = {ns: derived.rows_of(ns) for ns in event.namespaces if ns in derived.layout.live}
-        if tombs is not None and event.drop_deleted:  # else the tombstones change nothing the fold writes
-            sources[TOMBSTONE_NS] = tombs
+        if dropped is not None:
+            sources[_DROPPED] = dropped
         runs = {ns: SortedRuns(scratch, key=idindex.BASE_ROW) for ns in sources}
         try:
             lined = {ns: idindex.InBaseOrder.spill(rows, locate, runs[ns]) for ns, rows in sources.items()}
@@ -625,9 +633,9 @@ class BaseFile:
                 rows = reader.read_row_group(group).replace_schema_metadata(None)
                 n, ids = rows.num_rows, rows.column("id")
                 here = {ns: lined[ns].rows(offset, n, ids) for ns in event.namespaces if ns in lined}
-                dead = lined[TOMBSTONE_NS].rows(offset, n, ids) if TOMBSTONE_NS in lined else None
+                dead = lined[_DROPPED].rows(offset, n, ids) if _DROPPED in lined else None
                 offset += n
-                out = materialize_table(rows, here, dead, drop_deleted=event.drop_deleted)
+                out = materialize_table(rows, here, dead)
                 kept += out.num_rows
                 yield out
 

@@ -19,7 +19,9 @@ from .events import (
     DatasetInitialized,
     Event,
     Materialized,
+    OverlayArchived,
     OverlayCompacted,
+    OverlayRemoved,
     OverlayWritten,
     RecordsAdopted,
     RecordsRestored,
@@ -276,7 +278,7 @@ def part_table(event: Event, payload: pa.Table | None) -> pa.Table | None:
                 schema=TOMBSTONE_SCHEMA,
             )
         case Materialized():
-            if not event.drop_deleted or not event.rows_dropped:
+            if not event.rows_dropped:
                 return None
             ids = ids_of(event, payload)
             return pa.table({"id": ids, PURGED: pa.repeat(pa.scalar(True, pa.bool_()), len(ids))})
@@ -336,6 +338,13 @@ def apply_layout(
                 ),
             )
             return replace(layout, live=live)
+        case OverlayRemoved():
+            gone = live.pop(event.namespace, ())
+            folded = {ns: seq for ns, seq in layout.folded.items() if ns != event.namespace}
+            kept = layout.archived
+            if isinstance(event, OverlayArchived):
+                kept = (*kept, *(replace(p, archived=True) for p in gone))
+            return DerivedLayout(live=live, archived=kept, folded=folded)
         case Materialized():
             archived = list(layout.archived)
             folded = dict(layout.folded)
@@ -369,17 +378,14 @@ def apply_layout(
     return replace(layout, live=live)
 
 
-def materialize_table(
-    base: pa.Table, merged: dict[str, pa.Table], tombstones: pa.Table | None, *, drop_deleted: bool
-) -> pa.Table:
-    """Fold merged overlay namespaces into the base table (new columns after the base columns)."""
+def materialize_table(base: pa.Table, merged: dict[str, pa.Table], dropped: pa.Table | None) -> pa.Table:
+    """Fold merged overlay namespaces into the base table (new columns after the base columns), without the
+    rows whose ids `dropped` (a table with an `id` column) names."""
     import pyarrow.compute as pc
 
-    from .overlays import live_view, tombstoned_ids
+    from .overlays import live_view
 
     table = live_view(base, merged, include_deleted=True) if merged else base
-    if drop_deleted and tombstones is not None:
-        dead = tombstoned_ids(tombstones)
-        if len(dead):
-            table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=dead)))
+    if dropped is not None and dropped.num_rows:
+        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=dropped.column("id"))))
     return table

@@ -198,3 +198,25 @@ class AdoptReport(msgspec.Struct, frozen=True, kw_only=True):
     kept_in: str
     receipt: Receipt | None = None
     message: str = ""
+
+
+class DedupeResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What `usr maintenance dedupe` found (and, unless a dry run, did): `groups` keys held by more than one
+    of `rows_total` base rows, `rows_dropped` rows that go (docs/adr/0018)."""
+
+    dataset: str
+    key: str
+    keep: str
+    dry_run: bool
+    rows_total: int
+    groups: int
+    rows_dropped: int
+    receipt: Receipt | None = None
+
+    @property
+    def message(self) -> str:
+        """The original's report line."""
+        if not self.groups:
+            return "OK: no duplicate keys found."
+        verb = "would drop" if self.dry_run or self.receipt is None else "dropped"
+        return f"Found {self.groups} duplicate group(s); {verb} {self.rows_dropped} row(s)."

@@ -37,9 +37,11 @@ from .commands import (
     ClearState,
     Command,
     CompactOverlay,
+    Deduplicate,
     ImportSequences,
     InitDataset,
     Materialize,
+    RemoveOverlay,
     RestoreRecords,
     SetState,
     TakeSnapshot,
@@ -79,6 +81,7 @@ _BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
     ClearState: [],
     TakeSnapshot: [],
     CompactOverlay: ["id"],
+    RemoveOverlay: [],
 }
 #: The input rows of a command, read when the command is decided (under the lock): a table, or (an import)
 #: tables a batch at a time.
@@ -333,7 +336,11 @@ class Writer:
             seq=tail.scan.seq,
             ids=_known_ids(fold),
             bio_types=fold.get(BaseFile).bio_types() if isinstance(command, AttachColumns) else None,
-            base=base.table if base is not None else None,
+            base=_dedupe_columns(fold, command.key)
+            if isinstance(command, Deduplicate)
+            else base.table
+            if base is not None
+            else None,
             base_names=fold.get(BaseFile).column_names() if isinstance(command, (Materialize, AttachColumns)) else None,
             base_values=_base_values(fold) if isinstance(command, AttachColumns) else None,
             live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
@@ -555,6 +562,10 @@ class Writer:
         """The base columns `command`'s decision needs (None: all of them)."""
         if isinstance(command, Materialize):  # the fold reads the base a row group at a time (docs/adr/0014)
             return ["id"] if command.drop_deleted else []
+        if isinstance(command, Deduplicate):
+            from .dedupe import columns_for
+
+            return columns_for(command.key)
         needed = _BASE_COLUMNS_NEEDED.get(type(command))
         if needed is not None or not isinstance(command, AttachColumns):
             return needed
@@ -620,6 +631,17 @@ def _base_values(fold: Fold) -> Callable[[pa.Array, list[str]], pa.Table]:
         return table.filter(pc.is_in(table.column("id"), value_set=ids))
 
     return values
+
+
+def _dedupe_columns(fold: Fold, key: str) -> pa.Table | None:
+    """The base columns a dedupe by `key` compares, each read where the loaded base lacks it (None: no base)."""
+    from .dedupe import columns_for
+
+    holder = fold.get(BaseFile)
+    columns = {name: holder.column(name) for name in columns_for(key)}
+    if any(column is None for column in columns.values()):
+        return None
+    return pa.table(columns)
 
 
 def _known_ids(fold: Fold) -> Any:

@@ -249,3 +249,83 @@ def overlay_compact(
     receipt = ds.maintenance.compact_overlay(namespace, command_id=command_id)
     parts = receipt.metrics.get("rows", 0)
     emit_receipt(receipt, receipt.message or f"Compacted {namespace} overlay ({parts} row(s))", fmt)
+
+
+@maintenance_app.command("dedupe")
+def dedupe(
+    dataset: DatasetArg = None,
+    key: Annotated[
+        str,
+        typer.Option("--key", help="What makes two rows duplicates: id, sequence, sequence_norm, sequence_ci (dna_4)."),
+    ] = "sequence",
+    keep: Annotated[str, typer.Option("--keep", help="Which row of a group stays: keep-first or keep-last.")] = (
+        "keep-first"
+    ),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report the groups and rows; write nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Drop base rows whose key another row holds, keeping the first (or last) of each group in file order.
+
+    Always reports first; the dropped rows leave the live view with their overlay values, and every earlier
+    state keeps them (usr replay DATASET --until SEQ).
+
+    Example: usr maintenance dedupe densegen/demo --key sequence_ci --keep keep-first --dry-run
+    """
+    from ..errors import UserAbort
+
+    ds = existing_dataset(dataset)
+    preview = ds.maintenance.dedupe(key, keep, dry_run=True)
+    if dry_run or not preview.groups:
+        if output_format(fmt) is Format.json:
+            import msgspec
+
+            emit_json(msgspec.to_builtins(preview))
+        else:
+            typer.echo(preview.message)
+        return
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UserAbort(
+                f"{preview.message} Not dropped: dedupe asks for confirmation.", hint="Pass --yes to drop them."
+            )
+        typer.echo(preview.message)
+        if not typer.confirm("Proceed with destructive de-duplication?", default=False):
+            raise UserAbort("De-duplication cancelled.")
+    with progress("Deduplicating"):
+        result = ds.maintenance.dedupe(key, keep, command_id=command_id)
+    receipt = result.receipt
+    assert receipt is not None
+    if output_format(fmt) is Format.json:
+        import msgspec
+
+        emit_json(msgspec.to_builtins(result))
+        return
+    back = f"; they stay in every earlier state: usr replay {ds.name} --until {receipt.seq - 1} --out DIR"
+    emit_receipt(receipt, receipt.message or f"{result.message[:-1]}{back}", fmt)
+
+
+@maintenance_app.command("overlay-remove")
+def overlay_remove(
+    namespace: Annotated[str, typer.Option("--namespace", help="Namespace whose overlay to take out.")],
+    dataset: DatasetArg = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="error: delete, failing when there is none; delete; archive (to _derived/_archived/)."
+        ),
+    ] = "error",
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Take a namespace's overlay out of the live view (its values stay in every earlier state).
+
+    Example: usr maintenance overlay-remove densegen/demo --namespace mock --mode archive
+    """
+    ds = existing_dataset(dataset)
+    receipt = ds.maintenance.remove_overlay(namespace, mode, command_id=command_id)
+    where = f" to {ds.dir / '_derived' / '_archived' / namespace}" if mode == "archive" else ""
+    verb = "Archived" if mode == "archive" else "Removed"
+    parts = receipt.metrics.get("parts", 0)
+    emit_receipt(receipt, receipt.message or f"{verb} overlay {namespace} ({parts} part(s)){where}", fmt)
