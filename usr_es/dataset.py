@@ -38,10 +38,10 @@ from .commands import (
     TakeSnapshot,
     TombstoneRecords,
 )
-from .errors import InvalidInput, NotFound
+from .errors import ConcurrencyError, InvalidInput, NamespaceError, NotFound
 from .events import LogRecord
 from .log import LogLine, iter_lines
-from .names import LOG_FILE, RECORDS_FILE, REGISTRY_FILE
+from .names import LOG_FILE, RECORDS_FILE, REGISTRY_FILE, RESERVED_NAMESPACES
 from .recovery import ReadHead, read_consistently
 from .results import (
     AdoptReport,
@@ -51,6 +51,7 @@ from .results import (
     DatasetSummary,
     DedupeResult,
     ExportResult,
+    ProjectResult,
     RebuildResult,
     Receipt,
     ReplayResult,
@@ -636,6 +637,68 @@ class Maintenance:
             rows_dropped=int(metrics.get("rows_dropped", 0)),
             receipt=receipt,
         )
+
+    def project_overlay(
+        self,
+        src: Dataset,
+        namespace: str,
+        *,
+        src_join: str = "id",
+        dest_join: str = "id",
+        columns: list[str] | None = None,
+        overwrite: bool = True,
+        allow_missing: bool = False,
+        dry_run: bool = False,
+        command_id: str | None = None,
+    ) -> ProjectResult:
+        """Copy `namespace`'s live values of `src` onto this dataset's live records, joined on `src_join` =
+        `dest_join` (source join values must be unique), as an attach of this dataset: `overwrite` lets it
+        replace values this dataset holds; a record without a match is an error unless `allow_missing`.
+        The attach's note names the version of `src` the values came from (its head seq and hash)."""
+        from .overlay_copy import namespace_columns, project
+
+        ds = self._ds
+        src._require()
+        ds._require()
+        if namespace in RESERVED_NAMESPACES:
+            raise NamespaceError(f"Namespace '{namespace}' is reserved: it is not projected.")
+        for _ in range(3):  # the source's values and the version they are named by, read as one
+            head = src.log.events(n=1)
+            available = [c.name for c in src.columns()]
+            chosen = namespace_columns(namespace, available, columns)
+            rows = src.view(columns=list(dict.fromkeys([src_join, *chosen])))
+            if src.log.events(n=1) == head:
+                break
+        else:
+            raise ConcurrencyError(f"{src.name} kept changing while its values were read.", hint="Try again.")
+        seq, digest = (head[-1].seq, head[-1].hash) if head else (0, "")
+        dest_rows = ds.view(columns=list(dict.fromkeys(["id", dest_join])))
+        projected = project(rows, src_join, dest_rows, dest_join, chosen)
+        if projected.missing and not allow_missing:
+            raise InvalidInput(
+                f"{projected.missing} record(s) of {ds.name} have no '{src_join}' match in {src.name} "
+                f"(e.g. {', '.join(projected.missing_sample[:3])}).",
+                hint="Pass --allow-missing to project onto the records that match.",
+            )
+        result = ProjectResult(
+            src=src.name,
+            dest=ds.name,
+            namespace=namespace,
+            columns=chosen,
+            matched=projected.matched,
+            missing=projected.missing,
+            dest_rows=projected.dest_rows,
+            dry_run=dry_run,
+            source_seq=seq,
+            source_hash=digest,
+        )
+        if dry_run or not projected.matched:
+            return result
+        note = f"overlay-project from {src.name} at seq {seq} (hash {digest}) on {src_join}={dest_join}"
+        receipt = ds.write_overlay(
+            namespace, projected.table, allow_overwrite=overwrite, note=note, command_id=command_id
+        )
+        return msgspec.structs.replace(result, receipt=receipt)
 
     def remove_overlay(
         self, namespace: str, mode: str = "error", *, command_id: str | None = None, expected_seq: int | None = None

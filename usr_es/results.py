@@ -220,3 +220,30 @@ class DedupeResult(msgspec.Struct, frozen=True, kw_only=True):
             return "OK: no duplicate keys found."
         verb = "would drop" if self.dry_run or self.receipt is None else "dropped"
         return f"Found {self.groups} duplicate group(s); {verb} {self.rows_dropped} row(s)."
+
+
+class ProjectResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What `usr maintenance overlay-project` copied (or, a dry run, would copy): `matched` of the
+    destination's `dest_rows` live records took the source's values; `source_seq`/`source_hash` name the
+    version of the source they came from (also in the attach event's note)."""
+
+    src: str
+    dest: str
+    namespace: str
+    columns: list[str]
+    matched: int
+    missing: int
+    dest_rows: int
+    dry_run: bool
+    source_seq: int
+    source_hash: str
+    receipt: Receipt | None = None
+
+    @property
+    def message(self) -> str:
+        """The original's report line."""
+        tag = "DRY-RUN" if self.dry_run else "PROJECTED"
+        return (
+            f"[{tag}] src={self.src} dest={self.dest} namespace={self.namespace} columns={','.join(self.columns)} "
+            f"matched={self.matched} missing={self.missing} dest_rows={self.dest_rows}"
+        )

@@ -329,3 +329,54 @@ def overlay_remove(
     verb = "Archived" if mode == "archive" else "Removed"
     parts = receipt.metrics.get("parts", 0)
     emit_receipt(receipt, receipt.message or f"{verb} overlay {namespace} ({parts} part(s)){where}", fmt)
+
+
+@maintenance_app.command("overlay-project")
+def overlay_project(
+    src: Annotated[str, typer.Option("--src", help="Dataset whose namespace values to copy.")],
+    dest: Annotated[str, typer.Option("--dest", help="Dataset that takes them (as an attach).")],
+    namespace: Annotated[str, typer.Option("--namespace", help="Namespace to copy.")],
+    src_join: Annotated[str, typer.Option("--src-join", help="Source column to join on (values unique).")] = "id",
+    dest_join: Annotated[str, typer.Option("--dest-join", help="Destination column to join on.")] = "id",
+    columns: Annotated[
+        str, typer.Option("--columns", help="Comma-separated (default: every <ns>__ column the source shows).")
+    ] = "",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite/--no-overwrite", help="Replace values the destination holds.")
+    ] = True,
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="Destination records without a match are left out.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count; write nothing.")] = False,
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Copy a namespace's live values from one dataset onto another's records, joined on a column.
+
+    The destination gets one attach event whose note names the source's version (head seq and hash).
+
+    Example: usr maintenance overlay-project --src densegen/demo --dest infer/run1 --namespace densegen
+    --src-join sequence --dest-join sequence
+    """
+    source, target = existing_dataset(src), existing_dataset(dest)
+    chosen = [c.strip() for c in columns.split(",") if c.strip()] or None
+    result = target.maintenance.project_overlay(
+        source,
+        namespace,
+        src_join=src_join,
+        dest_join=dest_join,
+        columns=chosen,
+        overwrite=overwrite,
+        allow_missing=allow_missing,
+        dry_run=dry_run,
+        command_id=command_id,
+    )
+    if output_format(fmt) is Format.json:
+        import msgspec
+
+        emit_json(msgspec.to_builtins(result))
+        return
+    if result.receipt is None:
+        typer.echo(result.message)
+        return
+    emit_receipt(result.receipt, result.message, fmt)
