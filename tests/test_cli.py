@@ -13,7 +13,7 @@ import pytest
 from conftest import DEMO_SEQUENCES
 from typer.testing import CliRunner
 
-from usr_es import Dataset
+from usr_es import Dataset, compute_id
 from usr_es.cli import app
 
 runner = CliRunner()
@@ -273,6 +273,20 @@ def test_cli_verify_failure_exit_code_in_process(cli_root: Path, tmp_path: Path)
 def test_cli_no_root_is_a_usage_error(tmp_path: Path) -> None:
     proc = usr_process(tmp_path, "ls")
     assert_user_error(proc, 2)
+
+
+def test_the_usr_process_keeps_pandas_out_even_where_it_is_installed(cli_root: Path) -> None:
+    pytest.importorskip("pandas")  # the dev extra installs it: without it there is nothing to keep out
+    usr(cli_root, "init", "demo/pd")
+    (cli_root / "one.csv").write_text("sequence\nACGTAC\n")
+    usr(cli_root, "import", "demo/pd", "--from", "csv", "--path", str(cli_root / "one.csv"))
+    usr(cli_root, "delete", "demo/pd", "--id", compute_id("dna", "ACGTAC"))  # `info` counts it: an Arrow scalar
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USR_")}
+    cmd = [sys.executable, "-X", "importtime", "-m", "usr_es", "--root", str(cli_root), "info", "demo/pd"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "deleted: 1" in done.stdout
+    assert "pandas.core" not in done.stderr  # pyarrow would have imported it on its first Python value
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the jemalloc preference applies on Linux")

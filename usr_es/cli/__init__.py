@@ -130,6 +130,23 @@ def _prefer_jemalloc() -> None:
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 
+class _NoPandas:
+    """A meta path finder that refuses pandas (see `_without_pandas`)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r} (kept out of the usr process)", name=name)
+
+
+def _without_pandas() -> None:
+    """Keep pandas out of the `usr` process. Where pandas is installed (the `pandas` extra), pyarrow
+    imports it the first time it turns a Python value into Arrow (`pa.scalar`, `pc.fill_null(..., False)`):
+    +0.2-0.3 s and +60 MB for every command, for objects the CLI never holds. Refused, the import fails
+    once and pyarrow remembers that pandas is absent."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning every UsrError into `error:`/`hint:` + exit code.
 
@@ -138,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         _main(argv)
         return
+    _without_pandas()
     try:
         _main(None)
         code = 0
