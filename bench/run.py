@@ -67,6 +67,9 @@ TOMBSTONES = 1000  # ids deleted before the read-surface figures (every 997th ro
 GREP_PATTERN = "ACGTAC"
 GREP_NO_MATCH = "ACGTZ"  # no DNA sequence holds a Z: grep scans every sequence
 EXPORT_PROBE = "--export-baseline-probe"  # internal: a plain pyarrow read + write of the exported columns
+DEDUPE_PROBE = "--dedupe-probe"  # internal: `dedupe --dry-run` in-process against a plain pyarrow group-by
+DEDUPE_RATIO = 1.3
+DEDUPE_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,32 @@ def export_baseline_probe(source: str, out: str, columns: str) -> int:
     return 0
 
 
+def dedupe_probe(root: str, dataset: str, records: str) -> int:
+    """Child mode: `ds.maintenance.dedupe("sequence_ci", dry_run=True)` in-process against a plain pyarrow
+    group-by of the same key (the sequence column upper-cased, read from records.parquet), interleaved
+    DEDUPE_RUNS times, imports excluded. Prints JSON: both lists of seconds and the groups each found."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from usr_es import Dataset
+
+    ds = Dataset.open(root, dataset)
+    runs: dict[str, list[float]] = {"usr": [], "plain": []}
+    groups = {"usr": -1, "plain": -1}
+    for _ in range(DEDUPE_RUNS):
+        start = time.perf_counter()
+        keys = pc.utf8_upper(pq.read_table(records, columns=["sequence"]).column("sequence"))
+        counted = pa.table({"k": keys}).group_by("k").aggregate([("k", "count")])
+        groups["plain"] = counted.filter(pc.greater(counted.column("k_count"), 1)).num_rows
+        runs["plain"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        groups["usr"] = ds.maintenance.dedupe("sequence_ci", dry_run=True).groups
+        runs["usr"].append(time.perf_counter() - start)
+    print(json.dumps({"runs": runs, "groups": groups}))
+    return 0
+
+
 @dataclass(frozen=True)
 class Figure:
     label: str
@@ -307,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         return state_set_probe(*argv[1:4])
     if argv[:1] == [EXPORT_PROBE]:
         return export_baseline_probe(*argv[1:4])
+    if argv[:1] == [DEDUPE_PROBE]:
+        return dedupe_probe(*argv[1:4])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1_000_000, help="number of generated sequences")
     parser.add_argument("--regenerate", action="store_true", help="regenerate the cached workload")
@@ -346,6 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         what="usr import",
     )
     rows = imported.data()["metrics"]["rows_written"]
+
+    print("usr maintenance dedupe --dry-run (in-process) ...", flush=True)
+    probe = checked(
+        [sys.executable, str(Path(__file__).resolve()), DEDUPE_PROBE, str(root), DATASET, str(records_path)],
+        env=env,
+        what="dedupe probe",
+    )
+    dedupe = json.loads(probe.stdout)
+    dedupe_s, dedupe_plain = (statistics.median(dedupe["runs"][k]) for k in ("usr", "plain"))
+    dedupe_ratio = dedupe_s / dedupe_plain
 
     print("usr --help / info / head ...", flush=True)
     help_s, help_all = median_of([str(USR), "--help"], env=env, what="usr --help")
@@ -456,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay": replayed.seconds <= REPLAY_SECONDS and replay_from == snap.data()["seq"],
         "rebuild": rebuild_ratio <= REBUILD_RATIO,
         "every rss": worst.peak_rss <= RSS_BYTES,
+        "dedupe": dedupe_ratio <= DEDUPE_RATIO and dedupe["groups"]["usr"] == dedupe["groups"]["plain"],
         "verify": final_verify.code == 0,
         **{figure.label: bool(figure.ok) for figure in reads if figure.ok is not None},
     }
@@ -486,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         f"| `usr --help` (median of {REPEATS}) | {help_s:.3f} s | ≤ {HELP_SECONDS} s | {verdict(checks['help'])} |",
         f"| `usr info` (median of {REPEATS}) | {info_s:.3f} s | ≤ {READ_SECONDS} s | {verdict(checks['info'])} |",
         f"| `usr head -n 5` (median of {REPEATS}) | {head_s:.3f} s | ≤ {READ_SECONDS} s | {verdict(checks['head'])} |",
+        f"| `ds.maintenance.dedupe('sequence_ci', dry_run=True)` in-process (median of {DEDUPE_RUNS}, "
+        f"{dedupe['groups']['usr']} group(s)) | {dedupe_s:.3f} s = {dedupe_ratio:.2f}× a pyarrow group-by of the "
+        f"upper-cased sequences ({dedupe_plain:.3f} s, {dedupe['groups']['plain']} group(s)) | ≤ {DEDUPE_RATIO}× | "
+        f"{verdict(checks['dedupe'])} |",
         f"| `usr verify` (after import) | {verified.seconds:.2f} s, peak RSS {mb(verified.peak_rss)} | none | |",
         f"| `usr rebuild` (after import) | {rebuilt.seconds:.2f} s, peak RSS {mb(rebuilt.peak_rss)} | none | |",
         f"| `usr attach` score + 8-float vec by sequence ({attach_rows:,} rows, process wall time) | "

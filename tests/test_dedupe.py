@@ -4,9 +4,6 @@ log is the truth (docs/adr/0018): gone from the live view with their overlay val
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_overlay_commands import usr_process
 from typer.testing import CliRunner
 
 from usr_es import Dataset, IntegrityError, InvalidInput, NotFound, SchemaError, compute_id
@@ -140,18 +138,6 @@ def test_nothing_to_drop_is_a_no_op(five: Dataset) -> None:
     assert result.message == "OK: no duplicate keys found." and five.log_path.read_bytes() == log
 
 
-def _process(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "usr_es", "--root", str(root), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_the_cli_reports_first_and_drops_only_when_told(root: Path, five: Dataset) -> None:
     name = five.name
     log = five.log_path.read_bytes()
@@ -159,7 +145,7 @@ def test_the_cli_reports_first_and_drops_only_when_told(root: Path, five: Datase
         app, ["--root", str(root), "maintenance", "dedupe", name, "--key", "sequence_ci", "--dry-run"]
     )
     assert preview.exit_code == 0 and preview.stdout.strip() == "Found 1 duplicate group(s); would drop 2 row(s)."
-    refused = _process(root, "maintenance", "dedupe", name, "--key", "sequence_ci")
+    refused = usr_process(root, "maintenance", "dedupe", name, "--key", "sequence_ci")
     assert refused.returncode not in (0, 1) and "Traceback" not in refused.stderr
     assert refused.stderr.startswith("error: Found 1 duplicate group(s); would drop 2 row(s).")
     assert "hint: Pass --yes" in refused.stderr and five.log_path.read_bytes() == log

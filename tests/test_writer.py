@@ -368,6 +368,37 @@ def test_the_base_rows_an_import_encodes_while_it_is_decided_are_the_bytes_repla
     assert dataset.view(columns=["source"]).column("source").to_pylist() == [""] * 7 + ["lab run 2"] * 23
 
 
+def test_the_index_run_an_import_sorts_while_it_is_decided_is_the_run_replay_sorts(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from usr_es import idindex
+
+    _small_batches(monkeypatch, rows=3)
+    sorted_by_fold: list[int] = []
+    run_rows = idindex.run_rows
+
+    def counting(id_chunks: Any, start: int) -> Any:
+        rows, count = run_rows(id_chunks, start)
+        sorted_by_fold.append(count)
+        return rows, count
+
+    monkeypatch.setattr(idindex, "run_rows", counting)
+    dataset.add_sequences(_dna("first", 8))
+    path = tmp_path / "in.csv"
+    path.write_text("sequence\n" + "".join(f"{s}\n" for s in [*_dna("second", 10), _dna("first", 8)[2]]))
+    dataset.import_file(path, on_conflict="skip")  # a repeat of a known sequence: skipped in its batch
+    assert sorted_by_fold == []  # both runs came sorted from the decisions
+    files = {p: p.read_bytes() for p in dataset.dir.rglob("*") if p.is_file() and "_index" in p.parts}
+    assert len(files) >= 2 and dataset.verify().ok
+    dataset.maintenance.rebuild()
+    assert sorted_by_fold  # replay sorted the keys itself ...
+    assert {p: p.read_bytes() for p in files} == files  # ... into the same runs
+    # Rows left out as repeats across batches: the keys sorted while deciding are not the payload's.
+    again = [*_dna("third", 4), _dna("third", 4)[0]]
+    dataset.add_sequences(again, on_conflict="skip")
+    assert sorted_by_fold[-1] == 4 and dataset.verify().ok
+
+
 def test_an_import_whose_early_encode_fails_is_encoded_by_the_fold(
     dataset: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:

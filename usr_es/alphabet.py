@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,6 +55,25 @@ def key_of(record_id: str) -> int | None:
     """The index key of one id (None: shorter than KEY_BYTES bytes, so never indexed)."""
     raw = record_id.encode()
     return int.from_bytes(raw[:KEY_BYTES], "little") if len(raw) >= KEY_BYTES else None
+
+
+@dataclass(frozen=True)
+class SortedKeys:
+    """Index keys sorted (stably: equal keys keep their order), and where each stood (uint32 positions)."""
+
+    keys: pa.Array
+    positions: pa.Array
+
+
+def sorted_keys(keys: pa.Array | pa.ChunkedArray) -> SortedKeys:
+    """`keys` (uint64, fewer than 2**32) in key order: what an id index run holds, and what finding the keys
+    an import accepted twice looks at (they are adjacent)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    joined = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    order = pc.sort_indices(joined)
+    return SortedKeys(joined.take(order), order.cast(pa.uint32()))
 
 
 def keys_of(ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:

@@ -617,7 +617,7 @@ class Maintenance:
         ds = self._ds
         if dry_run:
             ds._require()
-            batches = list(scan(ds._head, columns=columns_for(key), include_deleted=True))
+            batches = list(scan(ds._head, columns=columns_for(key, with_ids=False), include_deleted=True))
             table = pa.Table.from_batches(batches) if batches else None
             plan = plan_dedupe(table, key, keep, with_ids=False) if table is not None else None
             total, groups, dropped = (plan.rows_total, plan.groups, plan.rows_dropped) if plan else (0, 0, 0)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .alphabet import ALPHABETS, BIO_TYPES, alphabet_regex, alphabets_for, keys_of
+from .alphabet import ALPHABETS, BIO_TYPES, SortedKeys, alphabet_regex, alphabets_for, keys_of, sorted_keys
 from .commands import (
     INLINE_IDS,
     AdoptDataset,
@@ -325,6 +325,8 @@ class ImportDecider:
         self.inputs = 0  # input rows seen
         self.accepted = 0  # payload rows returned
         self._keys: list[pa.Array] = []
+        #: The accepted rows' keys in key order, once `repeated_keys` sorted them (None: not yet, or no rows).
+        self.sorted: SortedKeys | None = None
         self._batches: list[_Accepted] = []
         self._left_out = 0  # later copies of a sequence repeated across batches (skip)
 
@@ -351,12 +353,15 @@ class ImportDecider:
 
     def repeated_keys(self) -> pa.Array | None:
         """The id keys accepted in more than one row (None: none; two rows of one batch never share an id,
-        so only an input of several batches can have any)."""
-        if len(self._keys) < 2:
+        so only an input of several batches can have any). The keys are sorted once for it, and that order
+        is kept (`sorted`): it is the id index run of the rows accepted (docs/adr/0014)."""
+        if not self._keys:
             return None
-        keys = pa.chunked_array(self._keys, pa.uint64()).combine_chunks()
-        ordered = keys.take(pc.sort_indices(keys))
-        del keys
+        self.sorted = sorted_keys(pa.chunked_array(self._keys, pa.uint64()))
+        self._keys = []
+        if len(self._batches) < 2:
+            return None
+        ordered = self.sorted.keys
         n = len(ordered)
         repeated = pc.unique(pc.filter(ordered.slice(1), pc.equal(ordered.slice(1), ordered.slice(0, n - 1))))
         return repeated if len(repeated) else None

@@ -25,12 +25,13 @@ class DedupePlan:
     dropped: pa.Array | None
 
 
-def columns_for(key: str) -> list[str]:
-    """The base columns a plan for `key` reads (besides `id`, which names the rows it drops)."""
+def columns_for(key: str, *, with_ids: bool = True) -> list[str]:
+    """The base columns a plan for `key` reads (`id` names the rows it drops: a count needs it only as the key)."""
     check_choice(key, "")
     if key == "id":
         return ["id"]
-    return ["id", "sequence", "alphabet"] if key == "sequence_ci" else ["id", "sequence"]
+    ids = ["id"] if with_ids else []
+    return [*ids, "sequence", "alphabet"] if key == "sequence_ci" else [*ids, "sequence"]
 
 
 def check_choice(key: str, keep: str) -> None:

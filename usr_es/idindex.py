@@ -21,7 +21,7 @@ from typing import Literal
 import msgspec
 import pyarrow as pa
 
-from .alphabet import KEY_BYTES, key_of, keys_of
+from .alphabet import KEY_BYTES, SortedKeys, key_of, keys_of, sorted_keys
 from .codec import watermark_metadata, watermark_of
 from .errors import IntegrityError
 from .names import ID, INDEX_DIR, INDEX_MANIFEST
@@ -42,8 +42,6 @@ def usable() -> bool:
 def run_rows(id_chunks: Iterable[pa.Array | pa.ChunkedArray], start: int) -> tuple[pa.RecordBatch | None, int]:
     """The index rows of ids (given a chunk at a time) that sit at base rows `start`, `start + 1`, ..., and
     how many ids there were (rows None: they cannot be keyed). Only the 8-byte keys of each chunk are kept."""
-    import pyarrow.compute as pc
-
     keys: list[pa.Array] = []
     count = 0
     keyed = usable()
@@ -54,17 +52,26 @@ def run_rows(id_chunks: Iterable[pa.Array | pa.ChunkedArray], start: int) -> tup
             keyed, keys = False, []
         else:
             keys.append(found)
-    if not keyed or start + count > _MAX_ROWS:
+    if not keyed or not fits(start, count):
         return None, count
-    joined = pa.chunked_array(keys, pa.uint64()).combine_chunks()
+    ordered = sorted_keys(pa.chunked_array(keys, pa.uint64()))  # stable: equal keys keep row order
     del keys
-    order = pc.sort_indices(joined)  # stable: equal keys keep row order
-    ordered = joined.take(order)
-    del joined
-    offsets = order.cast(pa.uint32())  # rows fit in uint32 (checked above); the uint64 order is let go
-    del order
+    return sorted_run(ordered, start), count
+
+
+def sorted_run(ordered: SortedKeys, start: int) -> pa.RecordBatch:
+    """The index rows of keys sorted by `alphabet.sorted_keys` whose ids sit at base rows `start`, `start + 1`,
+    ... (the positions, shifted; they fit in uint32: the caller checked `fits`)."""
+    import pyarrow.compute as pc
+
+    offsets = ordered.positions
     rows = pc.add(offsets, pa.scalar(start, pa.uint32())) if start else offsets
-    return pa.record_batch([ordered, rows], schema=_SCHEMA), count
+    return pa.record_batch([ordered.keys, rows], schema=_SCHEMA)
+
+
+def fits(start: int, count: int) -> bool:
+    """Whether base rows `start` .. `start + count` can be index rows (uint32), on a host that keys ids."""
+    return usable() and start + count <= _MAX_ROWS
 
 
 def merged_rows(first: pa.RecordBatch, second: pa.RecordBatch) -> pa.RecordBatch:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import idindex
+from .alphabet import SortedKeys
 from .codec import (
     HASH_PLACEHOLDER,
     ROW_GROUP_ROWS,
@@ -100,6 +101,9 @@ class Step:
     payload: Payload | None
     #: The payload's base rows encoded while the import was decided (the live write only; `PreparedAppend`).
     prepared: PreparedAppend | None = None
+    #: The payload's id keys in key order, sorted while the import was decided (the live write only): the
+    #: index run `IdIndex` would sort them into.
+    sorted_keys: SortedKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -834,7 +838,12 @@ class IdIndex:
             self.rows, self.keyed, self.runs = 0, True, []
             self._batches.clear()
         elif isinstance(event, SequencesImported) and step.payload is not None and step.payload.num_rows:
-            self._add((batch.column("id") for batch in payload_batches(step.payload, ["id"])), step.mark)
+            ordered = step.sorted_keys
+            n = step.payload.num_rows
+            if ordered is not None and len(ordered.keys) == n and self.keyed and idindex.fits(self.rows, n):
+                self._add_run(idindex.sorted_run(ordered, self.rows), n, step.mark)  # as `run_rows` sorts them
+            else:
+                self._add((batch.column("id") for batch in payload_batches(step.payload, ["id"])), step.mark)
         elif isinstance(event, Materialized) and event.rows_dropped:
             base = self._fold.get(BaseFile)
             if (base.mark() or Watermark()).seq != step.mark.seq:  # the stored base is past this event
@@ -853,11 +862,17 @@ class IdIndex:
             rows, count = idindex.run_rows(id_chunks, start)
         else:
             rows, count = None, sum(len(ids) for ids in id_chunks)
-        self.rows = start + count
         if rows is None:
+            self.rows = start + count
             self.keyed, self.runs = False, []
             self._batches.clear()
             return
+        self._add_run(rows, count, mark)
+
+    def _add_run(self, rows: pa.RecordBatch, count: int, mark: Watermark) -> None:
+        """The run `rows` of the `count` ids appended at the base's end, merged as `merge_due` says."""
+        start = self.rows
+        self.rows = start + count
         run = idindex.Run(start, self.rows, mark)
         self.runs.append(run)
         self._batches[run.file] = rows

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .alphabet import SortedKeys
 from .checkpoints import checkpoint_due, write_checkpoint
 from .commands import (
     AdoptDataset,
@@ -155,6 +156,7 @@ class Writer:
         self._registry: tuple[bytes, Registry] | None = None
         self._spool: PayloadSpool | None = None  # an import's payload, from its decision to its stage
         self._prepared: PreparedAppend | None = None  # its base rows' encoding, from its decision to its fold
+        self._sorted_keys: SortedKeys | None = None  # its accepted rows' keys in key order, as long as they are
         self._original: OriginalDataset | None = None  # an adoption's input, from its decision to its append
         self.adopted: OriginalDataset | None = None  # what the last adoption through this writer read
         self.actor: tuple[str, str] | None = None  # (tool, run_id) the events are written as, when set
@@ -448,6 +450,7 @@ class Writer:
                 del accepted
                 release_memory()  # the batch's scratch space, before the next batch is read
             repeated = decider.repeated_keys()
+            self._sorted_keys = decider.sorted
             if repeated is not None:
                 later = decider.confirm(_spooled(spool), repeated)
                 if later is not None:
@@ -475,8 +478,9 @@ class Writer:
                 stamp = (datetime.fromisoformat(stamp) + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             ref, payload = self._write_payload(emit.payload)
             seq += 1
-            prepared = self._prepared if isinstance(emit.payload, StoredRows) else None
-            fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, payload, prepared))
+            spooled = isinstance(emit.payload, StoredRows)
+            prepared, keys = (self._prepared, self._sorted_keys) if spooled else (None, None)
+            fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, payload, prepared, keys))
             self._drop_prepared()
             del payload
             _before_encoding(fold)
@@ -509,6 +513,7 @@ class Writer:
         return records, marks, b"".join(lines)
 
     def _drop_prepared(self) -> None:
+        self._sorted_keys = None
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
             prepared.discard()
