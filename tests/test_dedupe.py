@@ -135,6 +135,7 @@ def test_nothing_to_drop_is_a_no_op(five: Dataset) -> None:
     log = five.log_path.read_bytes()
     result = five.maintenance.dedupe("sequence")
     assert result.receipt is not None and result.receipt.noop
+    assert (result.rows_total, result.groups, result.rows_dropped) == (5, 0, 0)  # the tombstoned row counts
     assert result.message == "OK: no duplicate keys found." and five.log_path.read_bytes() == log
 
 

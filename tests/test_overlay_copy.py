@@ -80,6 +80,15 @@ def test_overwrite_and_the_refusals(pair: tuple[Dataset, Dataset]) -> None:
         dest.maintenance.project_overlay(src, "other", allow_missing=True)
 
 
+def test_no_record_to_project_onto_writes_nothing(pair: tuple[Dataset, Dataset]) -> None:
+    src, dest = pair
+    dest.delete(dest.view(columns=["id"]).column("id").to_pylist())
+    log = dest.log_path.read_bytes()
+    result = dest.maintenance.project_overlay(src, "mock")
+    assert result.receipt is None and result.matched == 0 and dest.log_path.read_bytes() == log
+    assert result.message.startswith("[NOTHING TO PROJECT]")
+
+
 def test_source_join_values_must_be_unique() -> None:
     src = pa.table({"k": ["a", "a", "b"], "ns__x": [1, 2, 3]})
     dest = pa.table({"id": ["i1"], "k": ["a"]})

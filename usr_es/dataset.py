@@ -627,12 +627,15 @@ class Maintenance:
         command = Deduplicate(key=cast(DedupeKey, key), keep=cast(DedupeKeep, keep))
         receipt = ds._writer.execute(command, command_id=command_id, expected_seq=expected_seq)
         metrics = receipt.metrics
+        if "rows_total" not in metrics:  # nothing dropped: the base's rows, tombstoned ones included
+            info = ds.info()
+            metrics = {"rows_total": info.rows + info.deleted}
         return DedupeResult(
             dataset=ds.name,
             key=key,
             keep=keep,
             dry_run=False,
-            rows_total=int(metrics.get("rows_total", ds.info().rows)),
+            rows_total=int(metrics["rows_total"]),
             groups=int(metrics.get("groups", 0)),
             rows_dropped=int(metrics.get("rows_dropped", 0)),
             receipt=receipt,

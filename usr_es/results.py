@@ -242,7 +242,7 @@ class ProjectResult(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def message(self) -> str:
         """The original's report line."""
-        tag = "DRY-RUN" if self.dry_run else "PROJECTED"
+        tag = "DRY-RUN" if self.dry_run else "PROJECTED" if self.receipt is not None else "NOTHING TO PROJECT"
         return (
             f"[{tag}] src={self.src} dest={self.dest} namespace={self.namespace} columns={','.join(self.columns)} "
             f"matched={self.matched} missing={self.missing} dest_rows={self.dest_rows}"
