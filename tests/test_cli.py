@@ -275,8 +275,8 @@ def test_cli_no_root_is_a_usage_error(tmp_path: Path) -> None:
     assert_user_error(proc, 2)
 
 
-def test_the_usr_process_keeps_pandas_out_even_where_it_is_installed(cli_root: Path) -> None:
-    pytest.importorskip("pandas")  # the dev extra installs it: without it there is nothing to keep out
+def test_the_usr_process_keeps_pandas_and_numpy_out_even_where_they_are_installed(cli_root: Path) -> None:
+    pytest.importorskip("pandas")  # the dev extra installs both: without them there is nothing to keep out
     usr(cli_root, "init", "demo/pd")
     (cli_root / "one.csv").write_text("sequence\nACGTAC\n")
     usr(cli_root, "import", "demo/pd", "--from", "csv", "--path", str(cli_root / "one.csv"))
@@ -287,6 +287,7 @@ def test_the_usr_process_keeps_pandas_out_even_where_it_is_installed(cli_root: P
     assert done.returncode == 0, done.stderr
     assert "deleted: 1" in done.stdout
     assert "pandas.core" not in done.stderr  # pyarrow would have imported it on its first Python value
+    assert "numpy._core" not in done.stderr and "numpy.core" not in done.stderr  # ... and numpy on import
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the jemalloc preference applies on Linux")

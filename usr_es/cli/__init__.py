@@ -130,21 +130,26 @@ def _prefer_jemalloc() -> None:
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 
-class _NoPandas:
-    """A meta path finder that refuses pandas (see `_without_pandas`)."""
+#: Modules pyarrow imports when they are installed and the `usr` process never uses (`_without_unneeded`).
+_UNNEEDED = ("pandas", "numpy")
+
+
+class _Unneeded:
+    """A meta path finder that refuses `_UNNEEDED` (see `_without_unneeded`)."""
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
+        if name.partition(".")[0] in _UNNEEDED:
             raise ModuleNotFoundError(f"No module named {name!r} (kept out of the usr process)", name=name)
 
 
-def _without_pandas() -> None:
-    """Keep pandas out of the `usr` process. Where pandas is installed (the `pandas` extra), pyarrow
-    imports it the first time it turns a Python value into Arrow (`pa.scalar`, `pc.fill_null(..., False)`):
-    +0.2-0.3 s and +60 MB for every command, for objects the CLI never holds. Refused, the import fails
-    once and pyarrow remembers that pandas is absent."""
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _NoPandas())
+def _without_unneeded() -> None:
+    """Keep pandas and numpy out of the `usr` process. Where they are installed (the `pandas` extra brings
+    both), pyarrow imports numpy when it is imported (~70 ms) and pandas the first time it turns a Python
+    value into Arrow (`pa.scalar`, `pc.fill_null(..., False)`: 0.2-0.3 s and 60 MB), for every command,
+    though usr_es uses neither (pyarrow needs neither). Refused, each import fails once and pyarrow
+    carries on as it does where they are not installed."""
+    if not any(name in sys.modules for name in _UNNEEDED):
+        sys.meta_path.insert(0, _Unneeded())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         _main(argv)
         return
-    _without_pandas()
+    _without_unneeded()
     try:
         _main(None)
         code = 0
