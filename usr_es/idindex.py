@@ -299,10 +299,12 @@ class InBaseOrder:
         import pyarrow.compute as pc
 
         from .codec import regrouped
+        from .prefetch import prefetched
         from .projectors import payload_batches
 
         names = [ID, *(name for name in rows.schema.names if name != ID)]
-        for batch in regrouped(payload_batches(rows, names), _ASKED_AT_ONCE):
+        # The rows are read (decoded) on a second core while the batch before them is located and sorted.
+        for batch in regrouped(prefetched(payload_batches(rows, names)), _ASKED_AT_ONCE):
             positions, base_rows = locate(batch.column(ID))
             order = pc.sort_indices(base_rows)
             runs.write(batch.take(pc.take(positions, order)).append_column(BASE_ROW, pc.take(base_rows, order)))
