@@ -709,8 +709,7 @@ class Maintenance:
         """Take `namespace`'s overlay out of the live view: `delete` it, or `archive` it under
         `_derived/_archived/`; `error` deletes it but fails when there is none (the others are then no-ops).
         Its values stay in every earlier state; columns a materialize wrote into the base stay."""
-        if mode not in ("error", "delete", "archive"):
-            raise InvalidInput(f"Unknown --mode '{mode}'.", hint="Use one of: error, delete, archive.")
+        # An unknown mode is refused by the decision, with every other check.
         command = RemoveOverlay(namespace=namespace, mode=cast(Literal["error", "delete", "archive"], mode))
         return self._ds._writer.execute(command, command_id=command_id, expected_seq=expected_seq)
 

@@ -330,7 +330,6 @@ class Writer:
             del loaded
             return self._decide_import(tail, command, batches or (), now)
         fold = tail.fold
-        base = fold.base
         derived = fold.get(DerivedFiles)
         state = DatasetState(
             name=self.name,
@@ -338,11 +337,7 @@ class Writer:
             seq=tail.scan.seq,
             ids=_known_ids(fold),
             bio_types=fold.get(BaseFile).bio_types() if isinstance(command, AttachColumns) else None,
-            base=_dedupe_columns(fold, command.key)
-            if isinstance(command, Deduplicate)
-            else base.table
-            if base is not None
-            else None,
+            base=_decision_base(fold, command),
             base_names=fold.get(BaseFile).column_names() if isinstance(command, (Materialize, AttachColumns)) else None,
             base_values=_base_values(fold) if isinstance(command, AttachColumns) else None,
             live_parts={ns: len(parts) for ns, parts in derived.layout.live.items()},
@@ -638,12 +633,15 @@ def _base_values(fold: Fold) -> Callable[[pa.Array, list[str]], pa.Table]:
     return values
 
 
-def _dedupe_columns(fold: Fold, key: str) -> pa.Table | None:
-    """The base columns a dedupe by `key` compares, each read where the loaded base lacks it (None: no base)."""
+def _decision_base(fold: Fold, command: Command) -> pa.Table | None:
+    """The base table a decision reads (None: no base): the columns catch-up loaded, or for a dedupe the
+    columns it compares, each read where the loaded base lacks it."""
     from .dedupe import columns_for
 
+    if not isinstance(command, Deduplicate):
+        return fold.base.table if fold.base is not None else None
     holder = fold.get(BaseFile)
-    columns = {name: holder.column(name) for name in columns_for(key)}
+    columns = {name: holder.column(name) for name in columns_for(command.key)}
     if any(column is None for column in columns.values()):
         return None
     return pa.table(columns)
