@@ -70,6 +70,16 @@ EXPORT_PROBE = "--export-baseline-probe"  # internal: a plain pyarrow read + wri
 DEDUPE_PROBE = "--dedupe-probe"  # internal: `dedupe --dry-run` in-process against a plain pyarrow group-by
 DEDUPE_RATIO = 1.3
 DEDUPE_RUNS = 3
+EVENTS_PROBE = "--events-probe"  # internal: append the forensics events (attaches and state sets of 100 ids)
+UPKEEP_PROBE = "--history-upkeep-probe"  # internal: time the history index's fold of the import and the attach
+FORENSIC_EVENTS = 200  # events appended before the forensics figures: attaches and state sets of ...
+FORENSIC_IDS = 100  # ... this many ids each
+HISTORY_SECONDS = 0.3
+DIFF_SECONDS = 2.0
+SUMMARY_SECONDS = 0.5
+UPKEEP_FRACTION = 0.10
+MERGE_RATIO = 1.3
+MERGE_SEED = 7  # the merge source: a second workload of N sequences (another seed: no record in common)
 
 
 @dataclass(frozen=True)
@@ -244,6 +254,63 @@ def dedupe_probe(root: str, dataset: str, records: str) -> int:
     return 0
 
 
+def events_probe(root: str, dataset: str, probe_id: str) -> int:
+    """Child mode: append FORENSIC_EVENTS events to the bench dataset through the API, alternately an attach
+    of `bench__score` and a state set, each of FORENSIC_IDS ids spread over the base (the probe record in
+    every tenth). Prints JSON: the seq before them, and the distinct ids the middle FORENSIC_EVENTS // 2 of
+    them touch (the diff window)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from usr_es import Dataset
+
+    ds = Dataset.open(root, dataset)
+    ids = pq.read_table(ds.records_path, columns=["id"]).column("id").to_pylist()
+    start = ds.log.events(n=1)[0].seq
+    window: set[str] = set()
+    step = max(1, len(ids) // (FORENSIC_EVENTS * FORENSIC_IDS))
+    for k in range(FORENSIC_EVENTS):
+        chosen = ids[k * FORENSIC_IDS * step : (k + 1) * FORENSIC_IDS * step : step][:FORENSIC_IDS]
+        if k % 10 == 0:
+            chosen = [probe_id, *(rid for rid in chosen if rid != probe_id)][:FORENSIC_IDS]
+        if k % 2 == 0:
+            scores = pa.array([float(k)] * len(chosen))
+            ds.write_overlay(NAMESPACE, pa.table({"id": chosen, f"{NAMESPACE}__score": scores}), allow_overwrite=True)
+        else:
+            ds.set_state(chosen, qc_status=("pass", "fail", "warn")[k % 3])
+        if FORENSIC_EVENTS // 4 <= k < FORENSIC_EVENTS // 4 + FORENSIC_EVENTS // 2:
+            window.update(chosen)
+    print(json.dumps({"start": start, "rows": len(window)}))
+    return 0
+
+
+def upkeep_probe(dataset_dir: str) -> int:
+    """Child mode: fold the bench dataset's import and then its attach into a fresh history index, as the
+    write path does (the payloads read from disk a batch at a time), and encode its files; each timed.
+    Prints JSON: seconds for the import and for the attach."""
+    from usr_es.log import iter_lines
+    from usr_es.projections import HistoryIndex
+    from usr_es.recovery import step_of
+
+    directory = Path(dataset_dir)
+    index = HistoryIndex(fold=None)  # type: ignore[arg-type]  # the history index reads nothing else
+    seconds: dict[str, float] = {}
+    for line in iter_lines(directory / ".events.log"):
+        action = line.record.action
+        if action not in ("init", "import_rows", "attach") or (action == "attach" and "attach" in seconds):
+            continue
+        step = step_of(line, directory)
+        start = time.perf_counter()
+        index.fold(step)
+        for output in index.outputs().values():
+            output.encode()
+        seconds[{"import_rows": "import", "attach": "attach"}.get(action, action)] = time.perf_counter() - start
+        if "attach" in seconds:
+            break
+    print(json.dumps(seconds))
+    return 0
+
+
 @dataclass(frozen=True)
 class Figure:
     label: str
@@ -312,6 +379,78 @@ def read_surface(
     return figures
 
 
+def forensics_surface(
+    usr: list[str], *, env: dict[str, str], root: Path, dataset_dir: Path, probe_id: str
+) -> list[Figure]:
+    """Issue 13: history, blame and diff on the 1M-row dataset after FORENSIC_EVENTS more events."""
+    appended = checked(
+        [sys.executable, str(Path(__file__).resolve()), EVENTS_PROBE, str(root), DATASET, probe_id],
+        env=env,
+        what="forensics events",
+    )
+    window = json.loads(appended.stdout)
+    a = window["start"] + FORENSIC_EVENTS // 4
+    b = a + FORENSIC_EVENTS // 2
+    head = json.loads(checked([*usr, "info", DATASET, "--format", "json"], env=env, what="info").stdout)["data"]
+    figures: list[Figure] = []
+    for label, argv, limit in (
+        (f"`usr history --id` (probe record, after {FORENSIC_EVENTS} more events; head seq {head['head_seq']})",
+         ["history", DATASET, "--id", probe_id], HISTORY_SECONDS),
+        ("`usr blame --id` (probe record)", ["blame", DATASET, "--id", probe_id], HISTORY_SECONDS),
+        (f"`usr diff --from {a} --to {b}` ({b - a} events, {window['rows']:,} rows touched)",
+         ["diff", DATASET, "--from", str(a), "--to", str(b)], DIFF_SECONDS),
+        (f"`usr diff --from {a} --to {b} --summary`", ["diff", DATASET, "--from", str(a), "--to", str(b), "--summary"],
+         SUMMARY_SECONDS),
+    ):  # fmt: skip
+        median, times = median_of([*usr, *argv, "--format", "json"], env=env, what=label)
+        runs = ", ".join(f"{t:.3f}" for t in times)
+        figures.append(
+            Figure(f"{label} (median of {REPEATS})", f"{median:.3f} s ({runs})", f"≤ {limit} s", median <= limit)
+        )
+    shown = checked([*usr, "diff", DATASET, "--from", str(a), "--to", str(b), "--format", "json"], env=env, what="diff")
+    found = shown.data()
+    figures.append(Figure("… the diff found", f"{found['changed']:,} changed rows, {found['cells']:,} cells", "", None))
+    return figures
+
+
+def merge_surface(
+    usr: list[str], *, env: dict[str, str], n: int, work: Path, import_baseline: float
+) -> tuple[Figure, ...]:
+    """Issue 13: merge a 1M-row source into a 1M-row destination (no record in common), against the physical
+    import of the same number of rows."""
+    other = OUT / f"workload-{n}-seed-{MERGE_SEED}"
+    if not (other / "sequences.csv").is_file():
+        print(f"generating the merge source ({n:,} sequences, seed {MERGE_SEED}) ...", flush=True)
+        checked(
+            [sys.executable, str(GENERATOR), str(n), "--out", str(other), "--seed", str(MERGE_SEED)],
+            env=env,
+            what="gen_workload (merge source)",
+        )
+    for name, source in (("bench/merge-src", other), ("bench/merge-dest", work)):
+        checked([*usr, "init", name], env=env, what="init")
+        checked(
+            [*usr, "import", name, "--from", "csv", "--path", str(source / "sequences.csv")], env=env, what="import"
+        )
+    merged = checked(
+        [*usr, "maintenance", "merge", "--dest", "bench/merge-dest", "--src", "bench/merge-src",
+         "--require-same-columns", "--format", "json"],
+        env=env,
+        what="usr maintenance merge",
+    )  # fmt: skip
+    data = merged.data()
+    ratio = merged.seconds / import_baseline
+    return (
+        Figure(
+            f"`usr maintenance merge` of {data['rows_src']:,} rows into {data['dest_rows_before']:,} "
+            f"({data['rows_added']:,} added, {data['casefold_skipped']:,} skipped up to case)",
+            f"{merged.seconds:.2f} s = {ratio:.2f}× the physical import of {n:,} rows ({import_baseline:.2f} s); "
+            f"peak RSS {mb(merged.peak_rss)}",
+            f"≤ {MERGE_RATIO}×",
+            ratio <= MERGE_RATIO,
+        ),
+    )
+
+
 def file_identity(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return st.st_ino, st.st_mtime_ns, st.st_size
@@ -338,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
         return export_baseline_probe(*argv[1:4])
     if argv[:1] == [DEDUPE_PROBE]:
         return dedupe_probe(*argv[1:4])
+    if argv[:1] == [EVENTS_PROBE]:
+        return events_probe(*argv[1:4])
+    if argv[:1] == [UPKEEP_PROBE]:
+        return upkeep_probe(argv[1])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1_000_000, help="number of generated sequences")
     parser.add_argument("--regenerate", action="store_true", help="regenerate the cached workload")
@@ -463,8 +606,19 @@ def main(argv: list[str] | None = None) -> int:
     print("read surface: delete, late attach, head / get / info / schema / grep / export ...", flush=True)
     (scratch / "late.csv").write_text(f"id,score\n{probe_id},42.0\n")  # a second live part; probe stays visible
     reads = read_surface(usr, env=env, dataset_dir=dataset_dir, probe_id=probe_id, scratch=scratch)
+    print(f"forensics: {FORENSIC_EVENTS} more events, history / blame / diff ...", flush=True)
+    forensic = forensics_surface(usr, env=env, root=root, dataset_dir=dataset_dir, probe_id=probe_id)
     print("usr verify (final) ...", flush=True)
     final_verify = run([*usr, "verify", DATASET], env=env)
+    print("history index upkeep (in-process) ...", flush=True)
+    upkeep = json.loads(
+        checked(
+            [sys.executable, str(Path(__file__).resolve()), UPKEEP_PROBE, str(dataset_dir)], env=env, what="upkeep"
+        ).stdout
+    )
+    upkeep_import, upkeep_attach = upkeep["import"] / imported.seconds, upkeep["attach"] / attached.seconds
+    print("usr maintenance merge ...", flush=True)
+    merge_figures = merge_surface(usr, env=env, n=args.n, work=work, import_baseline=base_steps["import"])
 
     ratio = imported.seconds / base_steps["import"]
     attach_ratio = attached.seconds / base_steps["attach"]
@@ -500,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
         "dedupe": dedupe_ratio <= DEDUPE_RATIO and dedupe["groups"]["usr"] == dedupe["groups"]["plain"],
         "verify": final_verify.code == 0,
         **{figure.label: bool(figure.ok) for figure in reads if figure.ok is not None},
+        **{figure.label: bool(figure.ok) for figure in forensic if figure.ok is not None},
+        **{figure.label: bool(figure.ok) for figure in merge_figures if figure.ok is not None},
+        "history upkeep": upkeep_import <= UPKEEP_FRACTION and upkeep_attach <= UPKEEP_FRACTION,
     }
 
     def spread(values: list[float], digits: int = 3) -> str:
@@ -556,6 +713,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| peak RSS of every step (largest: {worst_name}) | {mb(worst.peak_rss)} | ≤ {mb(RSS_BYTES)} | "
         f"{verdict(checks['every rss'])} |",
         *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in reads),
+        *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in forensic),
+        f"| keeping the history index current, in-process fold + encode of the import / the attach | "
+        f"{upkeep['import']:.3f} s = {100 * upkeep_import:.1f}% of `usr import` / {upkeep['attach']:.3f} s = "
+        f"{100 * upkeep_attach:.1f}% of `usr attach` | ≤ {100 * UPKEEP_FRACTION:.0f}% | "
+        f"{verdict(checks['history upkeep'])} |",
+        *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in merge_figures),
         f"| `usr verify` (final, after every step) | {final_verify.seconds:.2f} s, "
         f"{'OK' if final_verify.code == 0 else f'exit {final_verify.code}'} | exit 0 | {verdict(checks['verify'])} |",
         "",

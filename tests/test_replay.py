@@ -25,7 +25,7 @@ from usr_es import Dataset
 from usr_es.errors import UsrError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "replay_fixtures"
-MIN_CASES = 28
+MIN_CASES = 29
 #: Dataset methods a `reissue` item may name (never an arbitrary attribute).
 REISSUE_OPS = frozenset(
     {"add_sequences", "attach", "delete", "restore", "set_state", "clear_state", "compact_overlay", "materialize",

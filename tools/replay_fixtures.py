@@ -67,7 +67,7 @@ DERIVED_OUT = "derived"
 COMMITTED = (LOG_FILE, PAYLOAD_DIR, REGISTRY_DIR, SNAPSHOT_DIR)
 #: The reissue ops that are methods of `Dataset.maintenance` (the others are methods of `Dataset`).
 MAINTENANCE_OPS = frozenset(
-    {"compact_overlay", "materialize", "snapshot", "freeze_registry", "dedupe", "remove_overlay"}
+    {"compact_overlay", "materialize", "snapshot", "freeze_registry", "dedupe", "remove_overlay", "merge"}
 )
 #: The Dataset methods a `reissue` item may name.
 REISSUE_OPS = frozenset(
@@ -420,6 +420,8 @@ class _Builder:
         previous = self.head
         records = {line.seq: line.record for line in self.ds.log.iter_events() if line.seq > previous}
         for seq in range(previous + 1, receipt.seq):  # e.g. the snapshot `materialize(snapshot_before=True)` takes
+            if records[seq].command_id == receipt.command_id:
+                continue  # an earlier line of the same command (a merge's): its state is not seen live
             if records[seq].action != "snapshot" or not previous:
                 raise FixtureError(f"{self.slug}: seq {seq} ({records[seq].action}) was appended unobserved")
             self.live[seq] = _Snapshot(self.live[previous].files, self.live[previous].rows, records[seq].hash)
@@ -818,6 +820,32 @@ def _registry_freeze(b: _Builder) -> None:
     b.run("materialize", namespaces=["extra"], same_view=True)
 
 
+def _merge(b: _Builder) -> None:
+    """A source dataset in the same root, merged three ways; the source changes after the first merge, and
+    the destination's log alone still replays every state."""
+    _feat_dataset(b, (A, B))
+    src = Dataset.open(b.ds.root, "fixtures/merge-src")
+    src.init(source="usr_es.fixtures")
+    src.add_sequences([B, C, A.lower()], source="src seed")  # B: same id; A.lower(): same up to case
+    src.attach(b._input("src.csv", f"id,score\n{IB},8.0\n{IC},3.0\n"), namespace="feat")
+    b.run("merge", src, columns="require-same", metrics={"rows_src": 3, "casefold_skipped": 2, "rows_added": 1})
+    b.attach("s.csv", f"id,score\n{IA},1.0\n{IB},2.0\n", namespace="feat")
+    src.delete([IC])  # the source changes: the destination keeps what it merged
+    src.add_sequences([D], source="src later")
+    src.write_overlay("feat", pa.table({"id": [ID], "feat__score": [4.0]}))
+    src.maintenance.materialize()  # its base grows feat__ columns
+    b.run(
+        "merge",
+        src,
+        columns="union",
+        if_duplicate="prefer-src",
+        avoid_casefold_dups=False,
+        carry_namespaces=["feat"],
+        metrics={"rows_incoming": 2, "rows_written": 2},  # the command's last line: the carried values
+    )
+    b.noop("dedupe", key="id")
+
+
 CASES: tuple[Case, ...] = (
     Case("init-import", "init, then one CSV import (an extra column is ignored)", _init_import, (1,)),
     Case("mixed-case", "lower/upper/mixed case kept, ids case-sensitive, whitespace trimmed", _mixed_case, (2,)),
@@ -954,6 +982,13 @@ CASES: tuple[Case, ...] = (
         "dedupe by sequence_ci keeps the last of each group, purges the others' overlay rows; a re-import starts clean",
         _dedupe,
         (5, 6),
+    ),
+    Case(
+        "merge",
+        "merge by the original's rules from a source that changes afterwards: case-insensitive skip, then "
+        "union columns with prefer-src and a carried namespace (three lines of one command)",
+        _merge,
+        (3, 4),
     ),
 )
 

@@ -155,6 +155,26 @@ class Deduplicate(
     keep: DedupeKeep = "keep-first"
 
 
+MergeColumns = Literal["require-same", "union"]
+DuplicatePolicy = Literal["error", "skip", "prefer-src", "prefer-dest"]
+CoerceOverlap = Literal["none", "to-dest"]
+
+
+class MergeDatasets(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="merge_datasets", forbid_unknown_fields=True
+):
+    """Add another dataset's live records (`src`, read at one version: the event names its head seq and
+    hash) to this one, by the original's rules (docs/adr/0019). The rows travel as the payload."""
+
+    src: str
+    columns: MergeColumns
+    if_duplicate: DuplicatePolicy = "error"
+    coerce_overlap: CoerceOverlap = "none"
+    carry_namespaces: tuple[str, ...] = ()
+    avoid_casefold_dups: bool = True
+    note: str = ""
+
+
 class FreezeRegistry(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="freeze_registry", forbid_unknown_fields=True
 ):
@@ -184,6 +204,7 @@ Command = (
     | TakeSnapshot
     | Materialize
     | Deduplicate
+    | MergeDatasets
     | RemoveOverlay
     | FreezeRegistry
     | AdoptDataset

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import cached_property, update_wrapper
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
@@ -21,16 +22,20 @@ from .commands import (
     AdoptDataset,
     AttachColumns,
     ClearState,
+    CoerceOverlap,
     CompactOverlay,
     DedupeKeep,
     DedupeKey,
     Deduplicate,
+    DuplicatePolicy,
     FreezeRegistry,
     ImportSequences,
     InitDataset,
     InputFormat,
     KeyKind,
     Materialize,
+    MergeColumns,
+    MergeDatasets,
     OnConflict,
     RemoveOverlay,
     RestoreRecords,
@@ -50,10 +55,15 @@ from .results import (
     DatasetInfo,
     DatasetSummary,
     DedupeResult,
+    DiffResult,
     ExportResult,
+    LogEntry,
+    MergeResult,
     ProjectResult,
     RebuildResult,
     Receipt,
+    RecordBlame,
+    RecordHistory,
     ReplayResult,
     ValidateReport,
     VerifyReport,
@@ -64,6 +74,7 @@ from .writer import Writer
 _IdsCommandType = TombstoneRecords | RestoreRecords | SetState | ClearState
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def _read(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], R]:
@@ -162,6 +173,11 @@ class Dataset:
     def maintenance(self) -> Maintenance:
         """Compaction, materialize, snapshots, registry freezes, validate and rebuild."""
         return Maintenance(self)
+
+    @cached_property
+    def history(self) -> History:
+        """Forensics: a record's history and blame, the diff between two points, the log as a timeline."""
+        return History(self)
 
     @cached_property
     def log(self) -> EventLog:
@@ -641,6 +657,108 @@ class Maintenance:
             receipt=receipt,
         )
 
+    def merge(
+        self,
+        src: Dataset,
+        *,
+        columns: str,
+        if_duplicate: str = "error",
+        coerce_overlap: str = "none",
+        carry_namespaces: Iterable[str] = (),
+        avoid_casefold_dups: bool = True,
+        dry_run: bool = False,
+        note: str = "",
+        command_id: str | None = None,
+        expected_seq: int | None = None,
+    ) -> MergeResult:
+        """Add `src`'s live records to this dataset by the original's rules (docs/adr/0019). `columns`:
+        `require-same` (identical columns and types) or `union` (new source columns grow the base;
+        `coerce_overlap="to-dest"` casts differing primitive types to this dataset's). A source record this
+        dataset holds up to case is left out (unless `avoid_casefold_dups` is off); one with an id it holds
+        is an error, left out (`skip`, `prefer-dest`) or replaces it (`prefer-src`). `carry_namespaces`
+        copies the source's live values of those namespaces for the records that join. The merge event
+        names the source's version (head seq and hash); `dry_run` reports and writes nothing."""
+        from .merge import MergeSource, casefold_keys, check_choice, plan_merge
+
+        check_choice(columns, if_duplicate, coerce_overlap)
+        ds = self._ds
+        ds._require()
+        src._require()
+        if src.dir.resolve() == ds.dir.resolve():
+            raise InvalidInput(f"Cannot merge {ds.name} into itself.", hint="Name two different datasets.")
+        carry = tuple(dict.fromkeys(carry_namespaces))
+        for ns in carry:
+            if ns in RESERVED_NAMESPACES:
+                raise NamespaceError(f"Namespace '{ns}' is reserved: it is not carried by a merge.")
+
+        def read() -> MergeSource:
+            from .summary import base_schema
+
+            names = base_schema(src._head).names
+            shown = [c.name for c in src.columns()]
+            carried: dict[str, list[str]] = {}
+            for ns in carry:
+                carried[ns] = [c for c in shown if c.startswith(f"{ns}__")]
+                if not carried[ns]:
+                    raise NotFound(
+                        f"{src.name} has no '{ns}' columns to carry.", hint=f"`usr cols {src.name}` lists them."
+                    )
+            wanted = list(dict.fromkeys([*names, *(c for cs in carried.values() for c in cs)]))
+            view = src.view(columns=wanted)
+            return MergeSource(
+                name=src.name,
+                seq=0,
+                hash="",
+                rows=view.select(names),
+                deleted=src.info().deleted,
+                carried={ns: view.select(["id", *cs]) for ns, cs in carried.items()},
+            )
+
+        def command_of() -> MergeDatasets:
+            return MergeDatasets(
+                src=src.name,
+                columns=cast(MergeColumns, columns),
+                if_duplicate=cast(DuplicatePolicy, if_duplicate),
+                coerce_overlap=cast(CoerceOverlap, coerce_overlap),
+                carry_namespaces=carry,
+                avoid_casefold_dups=avoid_casefold_dups,
+                note=note,
+            )
+
+        source, seq, digest = _at_one_version(src, read)
+        source = replace(source, seq=seq, hash=digest)
+        before = ds.info()
+        rows_before = before.rows + before.deleted
+        if dry_run:
+            import pyarrow.compute as pc
+
+            from .summary import base_schema
+
+            dest = ds.view(columns=["id", "bio_type", "sequence"], include_deleted=True)
+            ids = dest.column("id")
+            plan = plan_merge(
+                base_schema(ds._head),
+                lambda wanted: pc.is_in(wanted, value_set=ids),
+                casefold_keys(dest) if avoid_casefold_dups and dest.num_rows else None,
+                source,
+                columns=columns,
+                if_duplicate=if_duplicate,
+                coerce_overlap=coerce_overlap,
+            )
+            planned = plan.metrics(source.deleted)
+            after = rows_before + plan.added.num_rows - len(plan.replaced)
+            return _merge_result(ds.name, command_of(), seq, digest, planned, rows_before, after, None)
+        command = command_of()
+        receipt = ds._writer.execute(command, rows=lambda: source, command_id=command_id, expected_seq=expected_seq)
+        metrics: dict[str, Any] = {"rows_src": source.rows.num_rows, "rows_src_deleted": source.deleted}
+        if not receipt.noop:  # the merge line's counts (a carried namespace's attach is the command's last line)
+            lines = ds.log.events(n=len(carry) + 2)
+            metrics = next(
+                r.metrics for r in lines if r.command_id == receipt.command_id and r.action == "merge_datasets"
+            )
+        now = ds.info()
+        return _merge_result(ds.name, command, seq, digest, metrics, rows_before, now.rows + now.deleted, receipt)
+
     def project_overlay(
         self,
         src: Dataset,
@@ -665,16 +783,13 @@ class Maintenance:
         ds._require()
         if namespace in RESERVED_NAMESPACES:
             raise NamespaceError(f"Namespace '{namespace}' is reserved: it is not projected.")
-        for _ in range(3):  # the source's values and the version they are named by, read as one
-            head = src.log.events(n=1)
+
+        def read() -> tuple[list[str], pa.Table]:
             available = [c.name for c in src.columns()]
             chosen = namespace_columns(namespace, available, columns)
-            rows = src.view(columns=list(dict.fromkeys([src_join, *chosen])))
-            if src.log.events(n=1) == head:
-                break
-        else:
-            raise ConcurrencyError(f"{src.name} kept changing while its values were read.", hint="Try again.")
-        seq, digest = (head[-1].seq, head[-1].hash) if head else (0, "")
+            return chosen, src.view(columns=list(dict.fromkeys([src_join, *chosen])))
+
+        (chosen, rows), seq, digest = _at_one_version(src, read)
         dest_rows = ds.view(columns=list(dict.fromkeys(["id", dest_join])))
         projected = project(rows, src_join, dest_rows, dest_join, chosen)
         if projected.missing and not allow_missing:
@@ -740,6 +855,65 @@ class Maintenance:
         return rebuild(self._ds.dir, self._ds.name)
 
 
+class History:
+    """`ds.history`: who changed what, answered from the history index (docs/adr/0020). Points of the log
+    are a seq, an event id or an RFC 3339 time, as for `ds.log.replay`."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self._ds = dataset
+
+    @_read
+    def of(self, record_id: str, *, until: str | int | None = None, columns: list[str] | None = None) -> RecordHistory:
+        """Every event that touched record `record_id` (up to `until`), oldest first: seq, time, action,
+        actor and command id, and each column it changed, before -> after (`columns` only, when given)."""
+        from .forensics import record_history
+
+        self._ds._require()
+        return record_history(self._ds._head, record_id, until=until, columns=columns)
+
+    @_read
+    def blame(self, record_id: str, *, until: str | int | None = None) -> RecordBlame:
+        """For each set cell of record `record_id` (at `until`), the event, time and actor that last wrote it."""
+        from .forensics import record_blame
+
+        self._ds._require()
+        return record_blame(self._ds._head, record_id, until=until)
+
+    @_read
+    def diff(
+        self,
+        start: str | int,
+        end: str | int | None = None,
+        *,
+        columns: list[str] | None = None,
+        summary: bool = False,
+    ) -> DiffResult:
+        """What changed between `start` and `end` (default: the head): rows added, removed (dropped),
+        deleted and restored, and every differing cell with the event and actor that made the change
+        (`summary`: the counts only). `0` is the empty dataset before the first event."""
+        from .forensics import diff
+
+        self._ds._require()
+        return diff(self._ds._head, start, end, columns=columns, summary=summary)
+
+    @_read
+    def timeline(
+        self,
+        *,
+        action: list[str] | None = None,
+        actor: str | None = None,
+        since: str | int | None = None,
+        until: str | int | None = None,
+        record_id: str | None = None,
+    ) -> list[LogEntry]:
+        """The log as a readable timeline (`usr log`), filtered by action, actor (tool, run id or host),
+        a range of points and a record."""
+        from .forensics import timeline
+
+        self._ds._require()
+        return timeline(self._ds._head, action=action or [], actor=actor, since=since, until=until, record_id=record_id)
+
+
 class EventLog:
     """`ds.log`: the dataset's events, and the dataset as it was right after any of them."""
 
@@ -789,3 +963,51 @@ def as_table(data: Any) -> pa.Table:
         return pa.table(data)
     except (TypeError, pa.ArrowInvalid) as exc:
         raise InvalidInput(f"cannot read an overlay table from {type(data).__name__}: {exc}") from exc
+
+
+def _at_one_version(src: Dataset, read: Callable[[], T]) -> tuple[T, int, str]:
+    """What `read` reads of `src` and the version it was read at (head seq and chain hash): read again
+    when a writer appended meanwhile."""
+    for _ in range(3):
+        head = src.log.events(n=1)
+        found = read()
+        if src.log.events(n=1) == head:
+            return found, (head[-1].seq if head else 0), (head[-1].hash if head else "")
+    raise ConcurrencyError(f"{src.name} kept changing while its values were read.", hint="Try again.")
+
+
+def _merge_result(
+    dest: str,
+    command: MergeDatasets,
+    seq: int,
+    digest: str,
+    metrics: dict[str, Any],
+    rows_before: int,
+    rows_after: int,
+    receipt: Receipt | None,
+) -> MergeResult:
+    """A merge's report from the counts its event records (`MergePlan.metrics`; none: nothing joined)."""
+    return MergeResult(
+        dest=dest,
+        src=command.src,
+        src_seq=seq,
+        src_hash=digest,
+        dry_run=receipt is None,
+        columns_mode=command.columns,
+        duplicate_policy=command.if_duplicate,
+        rows_src=int(metrics.get("rows_src", 0)),
+        rows_src_deleted=int(metrics.get("rows_src_deleted", 0)),
+        casefold_skipped=int(metrics.get("casefold_skipped", 0)),
+        duplicates_total=int(metrics.get("duplicates_total", 0)),
+        duplicates_skipped=int(metrics.get("duplicates_skipped", 0)),
+        duplicates_replaced=int(metrics.get("duplicates_replaced", 0)),
+        rows_added=int(metrics.get("rows_added", 0)),
+        dest_rows_before=rows_before,
+        dest_rows_after=rows_after,
+        columns_total=int(metrics.get("columns_total", 0)),
+        overlapping_columns=int(metrics.get("overlapping_columns", 0)),
+        columns_added=[str(c) for c in metrics.get("columns_added", [])],
+        overlap_coercions=[str(c) for c in metrics.get("overlap_coercions", [])],
+        carried={str(ns): int(n) for ns, n in metrics.get("carried", {}).items()},
+        receipt=receipt,
+    )

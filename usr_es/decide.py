@@ -28,6 +28,7 @@ from .commands import (
     ImportSequences,
     InitDataset,
     Materialize,
+    MergeDatasets,
     RemoveOverlay,
     RestoreRecords,
     SetState,
@@ -56,6 +57,8 @@ from .events import (
     OverlayWritten,
     RecordsAdopted,
     RecordsDeduplicated,
+    RecordsMerged,
+    RecordsReplaced,
     RecordsRestored,
     RecordsTombstoned,
     RegistryFrozen,
@@ -65,12 +68,13 @@ from .events import (
     StateSet,
 )
 from .names import QC_STATUSES, RESERVED_NAMESPACES, SPLITS, STATE_FIELDS, TOMBSTONE_NS
-from .projectors import PAYLOAD_SCHEMA, Payload
+from .projectors import BASE_SCHEMA, PAYLOAD_SCHEMA, Payload
 from .redaction import redact
 from .registry import NAMESPACE_RE, Registry, format_type
 
 if TYPE_CHECKING:
     from .attach_inputs import Selection
+    from .merge import MergeSource
     from .original import OriginalDataset
 
 _SAMPLE = 5
@@ -138,6 +142,8 @@ class DatasetState:
     base: pa.Table | None = None
     #: The base's column names when `base` holds only some of its columns (None: `base` has them all).
     base_names: tuple[str, ...] | None = None
+    #: The base file's schema, where a decision compares columns (a merge); None: not read.
+    base_schema: pa.Schema | None = None
     live_parts: dict[str, int] = field(default_factory=dict)
     overlays: dict[str, pa.Table] = field(default_factory=dict)
     #: The column names of namespaces' merged overlays, where the rows are not needed (a materialize decides
@@ -1173,6 +1179,125 @@ def _decide_dedupe(state: DatasetState, command: Deduplicate) -> Decision:
     metrics = {"rows_total": plan.rows_total, "rows_dropped": plan.rows_dropped, "groups": plan.groups}
     payload = pa.table({"id": gone}) if inline is None else None
     return Decision.of(event, payload, args, metrics, maintenance={"reason": "dedupe"})
+
+
+def decide_merge(state: DatasetState, command: MergeDatasets, source: MergeSource, now: str) -> Decision:
+    """A merge's events (docs/adr/0019): with `prefer-src`, the rows the source replaces dropped first; the
+    source's records that join, naming the source's version; then each carried namespace as an attach."""
+    from .merge import casefold_keys, check_choice, plan_merge
+
+    check_choice(command.columns, command.if_duplicate, command.coerce_overlap)
+    if not state.initialized:
+        raise NotFound(f"Dataset not initialized: {state.name}", hint=f"Run `usr init {state.name}` first.")
+    carried = _carried_types(state, command, source)
+    base = state.base
+    dest_casefold = casefold_keys(base) if command.avoid_casefold_dups and base is not None and base.num_rows else None
+    known = known_ids(state.ids)
+    schema = state.base_schema if state.base_schema is not None else BASE_SCHEMA
+    plan = plan_merge(
+        schema,
+        known.isin if len(known) else (lambda ids: pa.repeat(pa.scalar(False), len(ids))),
+        dest_casefold,
+        source,
+        columns=command.columns,
+        if_duplicate=command.if_duplicate,
+        coerce_overlap=command.coerce_overlap,
+    )
+    del dest_casefold
+    added = plan.added.num_rows
+    args: dict[str, Any] = {
+        "dest": state.name,
+        "src": source.name,
+        "src_seq": source.seq,
+        "src_hash": source.hash,
+        "duplicate_policy": command.if_duplicate,
+        "columns_mode": command.columns,
+        "overlap_coercion": command.coerce_overlap,
+        "avoid_casefold_dups": command.avoid_casefold_dups,
+        "carried": list(command.carry_namespaces),
+        "note": command.note,
+    }
+    metrics = plan.metrics(source.deleted)
+    emits: list[Emit] = []
+    if len(plan.replaced):
+        gone = plan.replaced
+        inline = tuple(gone.to_pylist()) if len(gone) <= INLINE_IDS else None
+        replaced = RecordsReplaced(
+            namespaces=(),
+            columns=(),
+            drop_overlays=False,
+            archive_overlays=False,
+            drop_deleted=False,
+            rows_dropped=len(gone),
+            ids=inline,
+            src=source.name,
+        )
+        payload = pa.table({"id": gone}) if inline is None else None
+        emits.append(
+            Emit(replaced, payload, args, {"rows_dropped": len(gone)}, {"reason": "merge --if-duplicate prefer-src"})
+        )
+    if added:
+        merged = RecordsMerged(
+            rows=added,
+            skipped=plan.rows_src - added,
+            source="",
+            created_at=now,
+            src=source.name,
+            src_seq=source.seq,
+            src_hash=source.hash,
+            columns_added=plan.columns_added,
+        )
+        emits.append(Emit(merged, plan.added, args, metrics, {"reason": "merge"}))
+    note = f"carried by merge from {source.name} at seq {source.seq} (hash {source.hash})"
+    assert state.registry is not None or not carried
+    for ns, table in plan.carried.items():
+        if not table.num_rows:
+            continue
+        types = carried[ns]
+        cast = pa.table({"id": table.column("id"), **{c: pc.cast(table.column(c), types[c]) for c in types}})
+        event = OverlayWritten(
+            namespace=ns,
+            key="id",
+            columns={c: format_type(t) for c, t in types.items()},
+            rows=cast.num_rows,
+            rows_missing=0,
+            created_at=now,
+            contract_hash=state.registry.contract_hash(ns) if state.registry is not None else "",
+            note=note,
+        )
+        named = {"namespace": ns, "key": "id", "columns": list(types), "allow_overwrite": True, "note": note}
+        emits.append(Emit(event, cast, named, {"rows_incoming": cast.num_rows, "rows_written": cast.num_rows}))
+    if not emits:
+        raise NoChange(
+            f"[MERGED] nothing to add: all {plan.rows_src} record(s) of {source.name} are in {state.name} already."
+        )
+    return Decision(tuple(emits))
+
+
+def _carried_types(
+    state: DatasetState, command: MergeDatasets, source: MergeSource
+) -> dict[str, dict[str, pa.DataType]]:
+    """Each carried namespace's registered column types (the columns the source shows), its name checked."""
+    out: dict[str, dict[str, pa.DataType]] = {}
+    for ns in command.carry_namespaces:
+        if ns in RESERVED_NAMESPACES:
+            raise NamespaceError(f"Namespace '{ns}' is reserved: it is not carried by a merge.")
+        if ns not in source.carried:
+            raise NotFound(
+                f"{source.name} has no '{ns}' overlay to carry.", hint=f"`usr info {source.name}` lists its namespaces."
+            )
+        if state.registry is None:
+            raise NamespaceError("A registry is required to carry a namespace.")
+        registered = state.registry.require(ns).column_types()
+        shown = [c for c in source.carried[ns].column_names if c != "id"]
+        unknown = [c for c in shown if c not in registered]
+        if unknown:
+            raise NamespaceError(
+                f"Carried column(s) {', '.join(unknown)} are not registered under namespace '{ns}'.",
+                hint="Register them in registry.yaml first.",
+            )
+        out[ns] = {c: registered[c] for c in shown}
+    return out
 
 
 def _decide_remove_overlay(state: DatasetState, command: RemoveOverlay) -> Decision:

@@ -64,6 +64,17 @@ class RecordsAdopted(SequencesImported, frozen=True, kw_only=True, tag="records_
     id_mismatches: int = 0
 
 
+class RecordsMerged(RecordsAdopted, frozen=True, kw_only=True, tag="records_merged"):
+    """Another dataset's records joined this one (docs/adr/0019): the payload holds `rows` rows with every
+    column of this dataset's base after the merge, values as the source showed them at `src_seq`
+    (chain hash `src_hash`). `columns_added` new columns grew the base (read null for earlier rows)."""
+
+    src: str
+    src_seq: int
+    src_hash: str
+    columns_added: tuple[str, ...] = ()
+
+
 class OverlayWritten(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="overlay_written"):
     """Namespaced values were written for `rows` records; the payload holds `id` + `columns`
     (name -> registry type), already matched to ids and cast. It projects to one overlay part."""
@@ -166,6 +177,13 @@ class RecordsDeduplicated(Materialized, frozen=True, kw_only=True, tag="records_
     groups: int
 
 
+class RecordsReplaced(Materialized, frozen=True, kw_only=True, tag="records_replaced"):
+    """A merge with `--if-duplicate prefer-src` dropped the rows the source's rows replace (their overlay
+    values purged, as for any dropped row), right before the `RecordsMerged` that brings the source's rows."""
+
+    src: str
+
+
 class RegistryFrozen(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="registry_frozen"):
     registry_hash: str
 
@@ -175,6 +193,7 @@ Event = (
     | DatasetAdopted
     | SequencesImported
     | RecordsAdopted
+    | RecordsMerged
     | OverlayWritten
     | OverlayAdopted
     | RecordsTombstoned
@@ -187,6 +206,7 @@ Event = (
     | SnapshotTaken
     | Materialized
     | RecordsDeduplicated
+    | RecordsReplaced
     | RegistryFrozen
 )
 
@@ -196,6 +216,7 @@ ACTIONS: dict[type, str] = {
     DatasetAdopted: "adopt",
     SequencesImported: "import_rows",
     RecordsAdopted: "adopt_records",
+    RecordsMerged: "merge_datasets",
     OverlayWritten: "attach",
     OverlayAdopted: "adopt_overlay",
     RecordsTombstoned: "tombstone",
@@ -208,6 +229,7 @@ ACTIONS: dict[type, str] = {
     SnapshotTaken: "snapshot",
     Materialized: "materialize",
     RecordsDeduplicated: "dedupe",
+    RecordsReplaced: "merge_replace",
     RegistryFrozen: "registry_freeze",
 }
 

@@ -158,25 +158,31 @@ def manifest_stamp(path: Path) -> Watermark | None:
 
 def read_run(dataset_dir: Path, run: Run) -> pa.RecordBatch | None:
     """A stored run's rows, memory-mapped (None: missing, unreadable or not the run the manifest names)."""
-    opened = _read_file(dataset_dir / run.file)
-    if opened is None or opened[0] != run.mark:
+    return read_stamped(dataset_dir / run.file, run.mark, _SCHEMA, run.rows)
+
+
+def read_stamped(path: Path, mark: Watermark, schema: pa.Schema, rows: int) -> pa.RecordBatch | None:
+    """The one record batch of an Arrow file stamped `mark` with `schema` and `rows` rows, memory-mapped
+    (None: missing, unreadable, or another file)."""
+    opened = _read_file(path)
+    if opened is None or opened[0] != mark:
         return None
     reader = opened[1]
     try:
-        if reader.num_record_batches != 1 or not reader.schema.remove_metadata().equals(_SCHEMA):
+        if reader.num_record_batches != 1 or not reader.schema.remove_metadata().equals(schema):
             return None
         batch = reader.get_batch(0)
     except (OSError, pa.ArrowInvalid):
         return None
-    return batch if batch.num_rows == run.rows else None
+    return batch if batch.num_rows == rows else None
 
 
-def encode(rows: pa.RecordBatch, mark: Watermark) -> memoryview:
-    """The bytes of one run file for `rows` (from `run_rows`/`merged_rows`), stamped with the event that wrote it."""
-    schema = _SCHEMA.with_metadata(watermark_metadata(mark))
+def encode(rows: pa.RecordBatch, mark: Watermark, schema: pa.Schema = _SCHEMA) -> memoryview:
+    """The bytes of one run file for `rows` (an id index run by default), stamped with the event that wrote it."""
+    stamped = schema.with_metadata(watermark_metadata(mark))
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, schema) as writer:
-        writer.write_batch(pa.record_batch(rows.columns, schema=schema))
+    with pa.ipc.new_file(sink, stamped) as writer:
+        writer.write_batch(pa.record_batch(rows.columns, schema=stamped))
     return memoryview(sink.getvalue()).cast("B")  # Arrow buffers export signed bytes ('b')
 
 
@@ -216,7 +222,7 @@ class IdIndex:
     def of(cls, batches: list[pa.RecordBatch | None], num_rows: int) -> IdIndex | None:
         if any(b is None for b in batches):
             return None
-        runs = [(_values(b.column(0), "Q"), _values(b.column(1), "I")) for b in batches if b is not None]
+        runs = [(typed_values(b.column(0), "Q"), typed_values(b.column(1), "I")) for b in batches if b is not None]
         return cls(runs=runs, num_rows=num_rows)
 
     def candidates(self, record_id: str) -> list[int]:
@@ -269,7 +275,7 @@ class IdIndex:
         return pc.filter(position, inside), pc.filter(row, inside)
 
 
-def _values(array: pa.Array, fmt: Literal["Q", "I"]) -> memoryview:
+def typed_values(array: pa.Array, fmt: Literal["Q", "I"]) -> memoryview:
     """The values of a null-free fixed-width array as a typed memoryview (no copy)."""
     width = array.type.bit_width // 8
     data = memoryview(array.buffers()[1]).cast("B")

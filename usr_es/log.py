@@ -24,13 +24,14 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import msgspec
 import xxhash
 
-from .errors import CorruptLog, IntegrityError, InvalidInput, UnsupportedEvent
+from .errors import CorruptLog, IntegrityError, InvalidInput, NotFound, UnsupportedEvent
 from .events import EVENT_VERSION, GENESIS_HASH, DatasetAdopted, LogRecord, record_decoder, record_encoder
 from .fileio import FILE_MODE, fileops
 from .names import QUARANTINE_FILE
@@ -524,3 +525,34 @@ def quarantine_tail(path: Path, scan: Scan) -> int:
     size = len(fragment)
     scan.torn_offset, scan.torn_bytes = None, 0
     return size
+
+
+def seq_of(lines: list[LogLine], name: str, until: str | int) -> int:
+    """Turn `SEQ`, `EVENT_ID` or an RFC 3339 timestamp (the last event at or before it) into a seq of the
+    log whose verified `lines` are given."""
+    if not lines:
+        raise NotFound(f"{name} has no events")
+    text = str(until).strip()
+    if text.isdigit():
+        seq = int(text)
+        if not 1 <= seq <= len(lines):
+            raise NotFound(f"No event with seq {seq}; the log holds seq 1..{len(lines)}.")
+        return seq
+    if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+        for line in lines:
+            if line.record.event_id == text:
+                return line.seq
+        raise NotFound(f"No event with id {text}.")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"Cannot read --until '{text}'.",
+            hint="Give a seq (42), an event id, or an RFC 3339 timestamp.",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    chosen = [line.seq for line in lines if datetime.fromisoformat(line.record.timestamp_utc) <= moment]
+    if not chosen:
+        raise NotFound(f"No event at or before {text}; the first is at {lines[0].record.timestamp_utc}.")
+    return chosen[-1]

@@ -28,7 +28,7 @@ from typing import Protocol, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import idindex
+from . import history, idindex
 from .alphabet import SortedKeys
 from .codec import (
     HASH_PLACEHOLDER,
@@ -63,7 +63,7 @@ from .events import (
     SequencesImported,
 )
 from .fileio import Part, Spill
-from .names import ID, INDEX_MANIFEST, LAYOUT_FILE, PURGED, RECORDS_FILE, WRITTEN
+from .names import HISTORY_DIR, HISTORY_MANIFEST, ID, INDEX_MANIFEST, LAYOUT_FILE, PURGED, RECORDS_FILE, WRITTEN
 from .original import original_names
 from .prefetch import prefetched
 from .projectors import (
@@ -562,6 +562,14 @@ class BaseFile:
             return tuple(self.bytes.footer().schema.to_arrow_schema().names)
         return tuple(self.base.table.column_names)
 
+    def schema(self) -> pa.Schema | None:
+        """The base's columns and types (None: no base yet)."""
+        if self.base is None:
+            return None
+        if self.bytes is not None:
+            return self.bytes.footer().schema.to_arrow_schema().remove_metadata()
+        return self.base.table.schema.remove_metadata()
+
     def column_count(self) -> int:
         """How many columns the base has."""
         if self.partial and self.bytes is not None:
@@ -912,14 +920,7 @@ class IdIndex:
         return out
 
     def stray(self, directory: Path) -> Iterator[str]:
-        folder = directory / INDEX_MANIFEST
-        if not folder.parent.is_dir():
-            return
-        expected = self.outputs()
-        for path in sorted(folder.parent.iterdir()):
-            rel = str(path.relative_to(directory))
-            if rel not in expected and path.is_file() and not path.name.startswith(".tmp-"):
-                yield rel
+        return _strays(directory, (directory / INDEX_MANIFEST).parent, self.outputs())
 
     def release(self) -> None:
         self._batches.clear()
@@ -992,6 +993,16 @@ class IndexedIds:
         if not rows:
             return nothing
         return pc.is_in(wanted, value_set=self.bytes.ids_at(rows))
+
+
+def _strays(directory: Path, folder: Path, expected: dict[str, Output]) -> Iterator[str]:
+    """The files of a projection's own folder that its outputs do not name (temp files left to their cleaner)."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        rel = str(path.relative_to(directory))
+        if rel not in expected and path.is_file() and not path.name.startswith(".tmp-"):
+            yield rel
 
 
 def _run_encoder(index: IdIndex, run: idindex.Run) -> Callable[[], Encoded]:
@@ -1214,7 +1225,116 @@ def table_key(info: PartInfo) -> str:
 
 #: Every projection, in fold order: the base folds an event before the overlays do (a materialize reads
 #: the overlay parts as they were before it), and the id index follows the base.
-PROJECTIONS: tuple[Callable[[Fold], Projection], ...] = (BaseFile, IdIndex, DerivedFiles)
+# -- _history/ -------------------------------------------------------------------------------------
+class HistoryIndex:
+    """`_history/`: which events named each record (docs/adr/0020), as sorted runs of (key, seq, row)
+    entries, one run per event that named records, merged as `history.merge_due` says. Folded from the
+    events and their payloads' ids alone."""
+
+    label = "_history/"
+    anchored = True
+
+    def __init__(self, fold: Fold) -> None:
+        self._fold = fold
+        self._mark: Watermark | None = None
+        self.entries = 0
+        self.keyed = True
+        self.runs: list[history.Run] = []
+        self.batches: dict[int, tuple[int, ...]] = {}
+        self._rows: dict[str, pa.RecordBatch] = {}
+        self._dir: Path | None = None
+
+    def watches(self, event: Event) -> bool:
+        return isinstance(event, DatasetInitialized) or history.names_records(event)
+
+    def mark(self) -> Watermark | None:
+        return self._mark
+
+    def stored_mark(self, directory: Path) -> Watermark | None:
+        return history.manifest_stamp(directory / HISTORY_MANIFEST)
+
+    def load(self, directory: Path, *, columns: list[str] | None = None) -> None:
+        found = history.read_manifest(directory / HISTORY_MANIFEST)
+        self._rows.clear()
+        self._dir = directory
+        if found is None:
+            self._mark, self.entries, self.keyed, self.runs, self.batches = None, 0, True, [], {}
+            return
+        self._mark, self.entries, self.keyed = found.mark, found.entries, found.keyed
+        self.runs, self.batches = list(found.runs), dict(found.batches)
+
+    def rows(self, run: history.Run) -> pa.RecordBatch:
+        """A run's entries (in hand, else from its stored file; a damaged file: the whole log is folded)."""
+        found = self._rows.get(run.file)
+        if found is None:
+            found = history.read_run(self._dir, run) if self._dir is not None else None
+            if found is None:
+                raise Restart
+            self._rows[run.file] = found
+        return found
+
+    def fold(self, step: Step) -> None:
+        event = step.event
+        self._mark = step.mark
+        if isinstance(event, DatasetInitialized):
+            self.entries, self.keyed, self.runs, self.batches = 0, True, [], {}
+            self._rows.clear()
+            return
+        if not self.keyed:
+            return
+        found = history.entries_of(step.mark.seq, event, step.payload)
+        if found.rows is None:  # an id that cannot be keyed: no index (readers scan the log)
+            self.keyed, self.runs, self.batches = False, [], {}
+            self._rows.clear()
+            return
+        if found.batches:
+            self.batches[step.mark.seq] = found.batches
+        n = found.rows.num_rows
+        if not n:
+            return
+        run = history.Run(self.entries, self.entries + n, step.mark)
+        self.entries += n
+        self.runs.append(run)
+        self._rows[run.file] = found.rows
+        while history.merge_due(self.runs):
+            a, b = self.runs[-2:]
+            joined = history.Run(a.start, b.end, step.mark)
+            self._rows[joined.file] = history.merged(self.rows(a), self.rows(b))
+            self.runs[-2:] = [joined]
+
+    def stage(self) -> None:
+        return None
+
+    def seal(self, digests: dict[int, str]) -> None:
+        if self._mark is not None:
+            self._mark = _sealed(self._mark, digests)
+        self.runs = [replace(run, mark=_sealed(run.mark, digests)) for run in self.runs]
+
+    def outputs(self) -> dict[str, Output]:
+        mark = self._mark
+        if mark is None:
+            return {}
+        out: dict[str, Output] = {}
+        for run in self.runs if self.keyed else []:
+            out[run.file] = Output(run.mark, _history_encoder(self, run), idindex.stamp_at)
+        manifest = history.Manifest(mark, self.entries, self.keyed, list(self.runs), dict(self.batches))
+        out[HISTORY_MANIFEST] = Output(
+            mark, lambda: history.encode_manifest(manifest), history.manifest_stamp, last=True
+        )
+        return out
+
+    def stray(self, directory: Path) -> Iterator[str]:
+        return _strays(directory, directory / HISTORY_DIR, self.outputs())
+
+    def release(self) -> None:
+        self._rows.clear()
+
+
+def _history_encoder(index: HistoryIndex, run: history.Run) -> Callable[[], Encoded]:
+    return lambda: history.encode_run(index.rows(run), run.mark)
+
+
+PROJECTIONS: tuple[Callable[[Fold], Projection], ...] = (BaseFile, IdIndex, DerivedFiles, HistoryIndex)
 
 
 @dataclass

@@ -45,6 +45,7 @@ from .log import (
 )
 from .names import (
     DERIVED_DIR,
+    HISTORY_DIR,
     INDEX_DIR,
     LAYOUT_FILE,
     LOCK_FILE,
@@ -179,7 +180,7 @@ def remove_temps(directory: Path) -> None:
     """Remove temp files a crashed writer left (under the lock): in the dataset folder and in every
     folder usr_es writes below it (overlay parts, the id index, payloads, frozen registries, checkpoints)."""
     remove_stale_temps(directory)
-    for folder in (PAYLOAD_DIR, REGISTRY_DIR, INDEX_DIR, DERIVED_DIR, SNAPSHOT_DIR):
+    for folder in (PAYLOAD_DIR, REGISTRY_DIR, INDEX_DIR, HISTORY_DIR, DERIVED_DIR, SNAPSHOT_DIR):
         remove_stale_temps(directory / folder, recursive=True)
     for staging in stale_checkpoint_staging(directory):
         shutil.rmtree(staging, ignore_errors=True)
@@ -201,14 +202,25 @@ def anchor(log_path: Path, stored: Watermark | None) -> tuple[int, int, str] | N
     return stored.offset, stored.seq, decode_record(raw).prev
 
 
+#: The anchor of a projection with no stored file: it folds the log from its first line.
+_FROM_START = (0, 1, GENESIS_HASH)
+
+
 def _anchors(log_path: Path, stored: dict[str, Watermark | None]) -> tuple[int, int, str] | None:
-    """The oldest anchor of the stored anchored projections (None: one of them is missing or disagrees)."""
+    """The oldest anchor of the stored anchored projections: the first line when one of them has no file
+    (it folds the log from the start; the others load theirs), None when none is stored or a stored one
+    disagrees with the log (every projection folds the log from the start)."""
     found = []
     for mark in stored.values():
+        if mark is None:
+            found.append(_FROM_START)
+            continue
         point = anchor(log_path, mark)
         if point is None:
             return None
         found.append(point)
+    if all(mark is None for mark in stored.values()):
+        return None  # nothing stored: every projection folds the log from the start
     return min(found) if found else None
 
 
@@ -281,10 +293,14 @@ def catch_up(
         stored[BaseFile.label] = fold.get(BaseFile).stored_mark(directory)
     start = _anchors(log_path, stored)
     if start is not None:
-        check_prefix(log_path, end_offset=start[0], lines=start[1] - 1, last_hash=start[2])
+        if start != _FROM_START:
+            check_prefix(log_path, end_offset=start[0], lines=start[1] - 1, last_hash=start[2])
         for member in fold.members:
             member.load(directory, columns=base_columns)
-    offset, seq, prev = (start[0], start[1] - 1, start[2]) if start is not None else (0, 0, GENESIS_HASH)
+    # From the start, iter_lines finds line 1 itself (an adopted log's follows the original's lines).
+    offset, seq, prev = (
+        (0, 0, GENESIS_HASH) if start is None or start == _FROM_START else (start[0], start[1] - 1, start[2])
+    )
     scan = Scan()
     first: list[LogRecord] = []  # line 1, when the fold starts there
     try:

@@ -12,21 +12,23 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
+from . import history
 from .checkpoints import list_checkpoints, load_checkpoint
 from .codec import foreign_writer, read_watermark
-from .errors import DatasetExists, InvalidInput, NotFound, UsrError
+from .errors import DatasetExists, UsrError
 from .events import BASE_EVENTS
 from .fileio import Part, Spill, fileops, is_temp, locked, pieces_of, write_atomic
 from .idindex import read_manifest, stamp_at
-from .log import LogLine, Scan, iter_lines, open_log
+from .log import LogLine, Scan, iter_lines, open_log, seq_of
 from .meta import write_meta
 from .names import (
     DERIVED_DIR,
+    HISTORY_DIR,
+    HISTORY_MANIFEST,
     INDEX_DIR,
     INDEX_MANIFEST,
     LAYOUT_FILE,
@@ -88,7 +90,9 @@ def replayed(directory: Path, *, until_seq: int | None = None) -> Replayed:
             continue
         (fold, start), used = loaded, path
         break
-    fold_lines(fold, lines[start:], directory)
+    # A projection an older checkpoint does not hold (the history index) folds the lines before it too.
+    first = 0 if any(m.anchored and m.mark() is None for m in fold.members) else start
+    fold_lines(fold, lines[first:], directory)
     return Replayed(fold, start, used, scan, lines, notes)
 
 
@@ -96,32 +100,7 @@ def resolve_until(directory: Path, name: str, until: str | int) -> int:
     """Turn `SEQ`, `EVENT_ID` or an RFC 3339 timestamp into a seq of this log."""
     lines = list(iter_lines(directory / LOG_FILE))
     require_adopted(directory, len(lines), lines[0].record if lines else None)
-    if not lines:
-        raise NotFound(f"{name} has no events")
-    text = str(until).strip()
-    if text.isdigit():
-        seq = int(text)
-        if not 1 <= seq <= len(lines):
-            raise NotFound(f"No event with seq {seq}; the log holds seq 1..{len(lines)}.")
-        return seq
-    if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
-        for line in lines:
-            if line.record.event_id == text:
-                return line.seq
-        raise NotFound(f"No event with id {text}.")
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(
-            f"Cannot read --until '{text}'.",
-            hint="Give a seq (42), an event id, or an RFC 3339 timestamp.",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    chosen = [line.seq for line in lines if datetime.fromisoformat(line.record.timestamp_utc) <= moment]
-    if not chosen:
-        raise NotFound(f"No event at or before {text}; the first is at {lines[0].record.timestamp_utc}.")
-    return chosen[-1]
+    return seq_of(lines, name, until)
 
 
 def replay(directory: Path, seq: int, out: Path) -> ReplayResult:
@@ -364,7 +343,7 @@ def _difference(
 
 #: Folders only usr_es writes into: every file there is a projection, a payload, a frozen registry or a
 #: checkpoint (the dataset folder itself may hold the user's own files; only temp files count there).
-_OWNED = (DERIVED_DIR, INDEX_DIR)
+_OWNED = (DERIVED_DIR, INDEX_DIR, HISTORY_DIR)
 
 
 def _unexpected(directory: Path, outputs: set[str], named: set[str]) -> tuple[list[str], list[str]]:
@@ -398,6 +377,9 @@ def _named_by_stored_anchors(directory: Path) -> set[str]:
     manifest = read_manifest(directory / INDEX_MANIFEST)
     if manifest is not None:
         named.update(run.file for run in manifest.runs)
+    runs = history.read_manifest(directory / HISTORY_MANIFEST)
+    if runs is not None:
+        named.update(run.file for run in runs.runs)
     return named
 
 
@@ -411,6 +393,9 @@ def _removed_part(directory: Path, rel: str) -> bool:
     if rel.startswith(INDEX_DIR) and _RUN.match(Path(rel).name):  # an index run a later import merged away
         stamp = stamp_at(directory / rel)
         return stamp is not None and anchor(directory / LOG_FILE, stamp) is not None
+    if rel.startswith(HISTORY_DIR) and _HISTORY_RUN.match(Path(rel).name):  # a history run merged away
+        stamp = stamp_at(directory / rel)
+        return stamp is not None and anchor(directory / LOG_FILE, stamp) is not None
     found = _PART_SEQ.search(Path(rel).name)
     if not rel.startswith(DERIVED_DIR) or found is None:
         return False
@@ -420,6 +405,7 @@ def _removed_part(directory: Path, rel: str) -> bool:
 
 _PART_SEQ = re.compile(r"^part-0*(\d+)\.parquet$")
 _RUN = re.compile(r"^id-\d{10}-\d{10}\.arrow$")
+_HISTORY_RUN = re.compile(r"^h-\d{12}-\d{12}\.arrow$")
 
 
 def _unexpected_problem(rel: str, lagging: set[str], directory: Path) -> str:

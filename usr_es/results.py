@@ -222,6 +222,52 @@ class DedupeResult(msgspec.Struct, frozen=True, kw_only=True):
         return f"Found {self.groups} duplicate group(s); {verb} {self.rows_dropped} row(s)."
 
 
+class MergeResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What `usr maintenance merge` did (or, a dry run, would do), in the original's counts: of `rows_src`
+    live source records, `casefold_skipped` the destination holds up to case, `duplicates_total` share an
+    id with it (`duplicates_skipped` left out, `duplicates_replaced` replacing), `rows_added` joined.
+    `src_seq`/`src_hash` name the version of the source read (also in the merge event)."""
+
+    dest: str
+    src: str
+    src_seq: int
+    src_hash: str
+    dry_run: bool
+    columns_mode: str
+    duplicate_policy: str
+    rows_src: int
+    rows_src_deleted: int
+    casefold_skipped: int
+    duplicates_total: int
+    duplicates_skipped: int
+    duplicates_replaced: int
+    rows_added: int
+    dest_rows_before: int
+    dest_rows_after: int
+    columns_total: int
+    overlapping_columns: int
+    columns_added: list[str]
+    overlap_coercions: list[str]
+    carried: dict[str, int]
+    receipt: Receipt | None = None
+
+    @property
+    def message(self) -> str:
+        """The original's summary line."""
+        tag = "DRY-RUN" if self.dry_run else "MERGED"
+        line = (
+            f"[{tag}] dest={self.dest} src={self.src} rows_src={self.rows_src} "
+            f"duplicates_total={self.duplicates_total} duplicates_skipped={self.duplicates_skipped} "
+            f"duplicates_replaced={self.duplicates_replaced} rows_added={self.rows_added} "
+            f"dest_rows: {self.dest_rows_before} -> {self.dest_rows_after} "
+            f"columns(total={self.columns_total}, overlap={self.overlapping_columns}) "
+            f"dup_policy={self.duplicate_policy}"
+        )
+        if self.carried:
+            line += " carried(" + ", ".join(f"{ns}:{n}" for ns, n in self.carried.items()) + ")"
+        return line
+
+
 class ProjectResult(msgspec.Struct, frozen=True, kw_only=True):
     """What `usr maintenance overlay-project` copied (or, a dry run, would copy): `matched` of the
     destination's `dest_rows` live records took the source's values; `source_seq`/`source_hash` name the
@@ -247,3 +293,108 @@ class ProjectResult(msgspec.Struct, frozen=True, kw_only=True):
             f"[{tag}] src={self.src} dest={self.dest} namespace={self.namespace} columns={','.join(self.columns)} "
             f"matched={self.matched} missing={self.missing} dest_rows={self.dest_rows}"
         )
+
+
+# -- forensics (docs/adr/0020) ---------------------------------------------------------------------
+class Credit(msgspec.Struct, frozen=True, kw_only=True):
+    """The event that made a change, and who ran it: its seq, log time, action, the actor's tool, run id
+    and host, and the command id its lines share."""
+
+    seq: int
+    timestamp_utc: str
+    action: str
+    tool: str
+    run_id: str
+    host: str
+    command_id: str
+    event_id: str
+
+
+class CellChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One column of a record, before -> after an event (None: unset)."""
+
+    column: str
+    before: Any
+    after: Any
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """An event that touched a record, with the columns it changed (none: it named the record and left its
+    values as they were, say an import skipped as a duplicate or a state set to what it was) and a note
+    (a merge's source version, a tombstone's reason, an attach's note)."""
+
+    credit: Credit
+    changes: list[CellChange]
+    note: str = ""
+
+
+class RecordHistory(msgspec.Struct, frozen=True, kw_only=True):
+    """Every event that touched record `id` of `dataset` up to `seq`, oldest first. `live`: the record is
+    in the live view at `seq`; `deleted`: it is tombstoned; neither: it was dropped, or never existed."""
+
+    dataset: str
+    id: str
+    seq: int
+    live: bool
+    deleted: bool
+    entries: list[HistoryEntry]
+
+
+class BlameCell(msgspec.Struct, frozen=True, kw_only=True):
+    """A cell of a record and the event that last wrote its value."""
+
+    column: str
+    value: Any
+    credit: Credit
+
+
+class RecordBlame(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    id: str
+    seq: int
+    live: bool
+    deleted: bool
+    cells: list[BlameCell]
+
+
+class CellDiff(msgspec.Struct, frozen=True, kw_only=True):
+    """A cell whose value differs between the two points, and the last event between them that changed it."""
+
+    column: str
+    before: Any
+    after: Any
+    credit: Credit
+
+
+class RowDiff(msgspec.Struct, frozen=True, kw_only=True):
+    """A record that differs: `added` (not in the dataset at `from`), `removed` (dropped from the base),
+    `deleted` (tombstoned), `restored` (tombstone lifted) or `changed`; `cells` its differing cells."""
+
+    id: str
+    kind: str
+    cells: list[CellDiff]
+
+
+class DiffResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What changed between `from_seq` and `to_seq` (`--summary`: the counts only, `rows` empty)."""
+
+    dataset: str
+    from_seq: int
+    to_seq: int
+    events: int
+    added: int
+    removed: int
+    deleted: int
+    restored: int
+    changed: int
+    cells: int
+    by_column: dict[str, int]
+    by_action: dict[str, int]
+    rows: list[RowDiff] = []
+
+
+class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One event of the log as `usr log` shows it."""
+
+    credit: Credit
+    summary: str

@@ -16,13 +16,18 @@ from .roots import list_datasets
 from .storage import read_layout
 
 
+def base_schema(ds: ReadHead) -> pa.Schema:
+    """The columns and types of records.parquet (caught up first)."""
+    ds.fresh()
+    return pq.read_schema(ds.records_path).remove_metadata()
+
+
 def schema(ds: ReadHead) -> list[ColumnInfo]:
     """Name, registry type string and nullability of every column: the base file's, then each overlay
     namespace's (sorted, `usr` left out) as its part files declare them."""
     from .registry import format_type
 
-    ds.fresh()
-    stored = pq.read_schema(ds.records_path).remove_metadata()
+    stored = base_schema(ds)
     fields = list(stored)
     doc = read_layout(ds.dir / LAYOUT_FILE)
     if doc is not None:

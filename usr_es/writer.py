@@ -42,6 +42,7 @@ from .commands import (
     ImportSequences,
     InitDataset,
     Materialize,
+    MergeDatasets,
     RemoveOverlay,
     RestoreRecords,
     SetState,
@@ -52,6 +53,7 @@ from .errors import CommitError, ConcurrencyError, DatasetExists, Interrupted, I
 from .events import Actor, DatasetRef, Fingerprint, LogRecord, Materialized, OverlayCompacted, PayloadRef, SnapshotTaken
 from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
+from .merge import MergeSource
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, RESERVED_NAMESPACES, TOMBSTONE_NS
 from .original import OriginalDataset, keep_originals, not_adopted, read_original, retire_originals, unadopted
@@ -85,8 +87,8 @@ _BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
     RemoveOverlay: [],
 }
 #: The input rows of a command, read when the command is decided (under the lock): a table, or (an import)
-#: tables a batch at a time.
-RowsLoader = Callable[[], pa.Table | Iterable[pa.Table] | None]
+#: tables a batch at a time, or (a merge) the source dataset as read before the lock.
+RowsLoader = Callable[[], pa.Table | Iterable[pa.Table] | MergeSource | None]
 
 
 def utc_now_text(after: str | None = None) -> str:
@@ -324,7 +326,13 @@ class Writer:
         # Handed over: `decide` holds the only reference to the input table and frees what it has parsed.
         if isinstance(command, AdoptDataset):
             return self._decide_adopt(tail, command, now)
-        loaded = rows() if rows is not None else None
+        given = rows() if rows is not None else None
+        if isinstance(command, MergeDatasets):
+            return self._decide_merge(tail, command, registry, given, now)
+        if isinstance(given, MergeSource):
+            raise InvalidInput("only a merge takes a source dataset")
+        loaded = given
+        del given
         if isinstance(command, ImportSequences):  # read and decided a batch at a time (docs/adr/0014)
             batches = table_batches(loaded) if isinstance(loaded, pa.Table) else loaded
             del loaded
@@ -421,6 +429,27 @@ class Writer:
             state, command, self._original, now, logged=tail.adoption[0] if tail.adoption is not None else 0
         )
 
+    def _decide_merge(self, tail: Tail, command: MergeDatasets, registry: Registry, source: object, now: str) -> Any:
+        """The decision on a merge: the source as read by the caller (`MergeSource`), against the id index
+        and, for the case-insensitive check, the base's bio_types and sequences."""
+        from .decide import DatasetState, decide_merge
+
+        if not isinstance(source, MergeSource):
+            raise InvalidInput("merge needs the source dataset's rows")
+        fold = tail.fold
+        state = DatasetState(
+            name=self.name,
+            initialized=tail.scan.seq > 0,
+            seq=tail.scan.seq,
+            ids=_known_ids(fold),
+            base=fold.base.table if fold.base is not None else None,
+            base_schema=fold.get(BaseFile).schema(),
+            registry=registry,
+        )
+        decision = decide_merge(state, command, source, now)
+        _keep_for_fold(fold, decision)
+        return decision
+
     def _decide_import(self, tail: Tail, command: ImportSequences, batches: Iterable[pa.Table], now: str) -> Any:
         """The decision on an import, its input read a batch at a time: each batch's accepted rows go to a
         payload spool as they are decided (`_stage` publishes it), so memory holds about one batch whatever
@@ -468,6 +497,7 @@ class Writer:
         marks: list[Watermark] = []
         lines: list[bytes] = []
         stamp = now
+        generated = uuid.uuid4().hex  # the command's lines share one command id
         for k, emit in enumerate(decision.emits):
             if k:  # a command's later lines: log time stays strictly increasing (docs/event-log.md)
                 stamp = (datetime.fromisoformat(stamp) + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -494,7 +524,7 @@ class Writer:
                 version=__version__,
                 seq=seq,
                 event_id=uuid.uuid4().hex,
-                command_id=command_id or uuid.uuid4().hex,
+                command_id=command_id or generated,
                 command=command,
                 event=emit.event,
                 payload=ref,
@@ -566,6 +596,8 @@ class Writer:
             from .dedupe import columns_for
 
             return columns_for(command.key)
+        if isinstance(command, MergeDatasets):  # ids through the id index; sequences for the case-insensitive check
+            return ["bio_type", "sequence"] if command.avoid_casefold_dups else []
         needed = _BASE_COLUMNS_NEEDED.get(type(command))
         if needed is not None or not isinstance(command, AttachColumns):
             return needed

@@ -19,7 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from ..errors import EXIT_ABORT, EXIT_INTERNAL, EXIT_USAGE, CommitError, Interrupted, UsrError
-from . import log, maintenance, reads, writes
+from . import forensics, log, maintenance, reads, writes
 from .common import options
 
 #: The top-level commands, in the order `usr --help` (and docs/cli.md) lists them; the groups follow.
@@ -40,6 +40,10 @@ _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("rebuild", log.rebuild),
     ("verify", log.verify),
     ("validate", log.validate),
+    ("history", forensics.history),
+    ("blame", forensics.blame),
+    ("diff", forensics.diff),
+    ("log", forensics.log),
     ("demo", writes.demo),
     ("attach", writes.attach),
     ("delete", writes.delete),

@@ -31,6 +31,8 @@ class Format(StrEnum):
 options: dict[str, Path | None] = {"root": None}
 
 
+ColumnsOpt = Annotated[str, typer.Option("--columns", help="Comma-separated column names (default: all).")]
+
 FormatOpt = Annotated[Format, typer.Option("--format", help="auto (rich on a terminal), rich, plain or json.")]
 
 CommandIdOpt = Annotated[
@@ -134,6 +136,13 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(
         msgspec.json.encode({"usr_output_version": 1, "data": data}, enc_hook=_json_default).decode() + "\n"
     )
+
+
+def emit_struct(obj: Any) -> None:
+    """A typed result (msgspec Structs, lists of them) as the JSON envelope."""
+    import msgspec
+
+    emit_json(msgspec.to_builtins(obj, enc_hook=_json_default))
 
 
 def plain_value(value: Any) -> str:

@@ -380,3 +380,72 @@ def overlay_project(
         typer.echo(result.message)
         return
     emit_receipt(result.receipt, result.message, fmt)
+
+
+@maintenance_app.command("merge")
+def merge(
+    dest: Annotated[str, typer.Option("--dest", help="Dataset that takes the records.")],
+    src: Annotated[str, typer.Option("--src", help="Dataset whose live records to add.")],
+    require_same_columns: Annotated[
+        bool, typer.Option("--require-same-columns", help="Refuse unless both have the same columns and types.")
+    ] = False,
+    union_columns: Annotated[
+        bool, typer.Option("--union-columns", help="Merge the union of both column sets (new columns read null).")
+    ] = False,
+    if_duplicate: Annotated[
+        str,
+        typer.Option(
+            "--if-duplicate", help="A source id the destination holds: error, skip, prefer-src or prefer-dest."
+        ),
+    ] = "error",
+    coerce_overlap: Annotated[
+        str,
+        typer.Option("--coerce-overlap", help="Shared columns of different types: none, or to-dest (primitive types)."),
+    ] = "none",
+    carry_namespace: Annotated[
+        list[str] | None,
+        typer.Option("--carry-namespace", help="Copy this namespace's live values of the records that join (repeat)."),
+    ] = None,
+    no_avoid_casefold_dups: Annotated[
+        bool,
+        typer.Option(
+            "--no-avoid-casefold-dups", help="Keep source records the destination holds up to case (then ids decide)."
+        ),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report; write nothing.")] = False,
+    note: Annotated[str, typer.Option("--note", help="Free text recorded with the merge event.")] = "",
+    command_id: CommandIdOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Add another dataset's live records to DEST by the original's rules, in one command on DEST's log.
+
+    The merge event names the source's version (head seq and chain hash), so every merged row can be traced
+    to the version of SRC it came from, whatever happens to SRC later.
+
+    Example: usr maintenance merge --dest densegen/all --src densegen/run7 --require-same-columns
+    --if-duplicate skip
+    """
+    if require_same_columns == union_columns:
+        raise InvalidInput("Choose exactly one of --require-same-columns or --union-columns.")
+    source, target = existing_dataset(src), existing_dataset(dest)
+    with progress("Merging"):
+        result = target.maintenance.merge(
+            source,
+            columns="require-same" if require_same_columns else "union",
+            if_duplicate=if_duplicate,
+            coerce_overlap=coerce_overlap,
+            carry_namespaces=carry_namespace or [],
+            avoid_casefold_dups=not no_avoid_casefold_dups,
+            dry_run=dry_run,
+            note=note,
+            command_id=command_id,
+        )
+    if output_format(fmt) is Format.json:
+        import msgspec
+
+        emit_json(msgspec.to_builtins(result))
+        return
+    if result.receipt is None or result.receipt.noop:
+        typer.echo(result.message)
+        return
+    emit_receipt(result.receipt, result.message, fmt)

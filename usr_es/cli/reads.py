@@ -11,6 +11,7 @@ import typer
 
 from ..errors import InvalidInput, UsrError
 from .common import (
+    ColumnsOpt,
     DatasetArg,
     Format,
     FormatOpt,
@@ -64,7 +65,6 @@ TargetArg = Annotated[
     ),
 ]
 
-ColumnsOpt = Annotated[str, typer.Option("--columns", help="Comma-separated column names (default: all).")]
 
 IncludeDeletedOpt = Annotated[
     bool, typer.Option("--include-deleted", help="Include tombstoned rows (and allow the usr__ columns).")
@@ -209,9 +209,12 @@ def get(
     ids: Annotated[list[str] | None, typer.Option("--id", help="Record id(s); repeat or comma-separate.")] = None,
     columns: ColumnsOpt = "",
     include_deleted: IncludeDeletedOpt = False,
+    blame: Annotated[
+        bool, typer.Option("--blame", help="For each cell, the event, time and actor that last wrote it.")
+    ] = False,
     fmt: FormatOpt = Format.auto,
 ) -> None:
-    """Fetch records by id from the live view (request order).
+    """Fetch records by id from the live view (request order); with --blame, who wrote each cell.
 
     Example: usr get densegen/demo --id e153ebc4... --columns id,sequence   (or `usr get densegen/demo e153ebc4...`)
     """
@@ -229,6 +232,12 @@ def get(
     if not wanted:
         raise InvalidInput("No record id given.", hint="usr get DATASET --id ID (or usr get DATASET ID)")
     ds = existing_dataset(dataset)
+    if blame:
+        from .forensics import emit_blame
+
+        for record_id in wanted:
+            emit_blame(ds.history.blame(record_id), fmt)
+        return
     _emit_table(ds.get(wanted, columns=column_list(columns), include_deleted=include_deleted), fmt, title=ds.name)
 
 
