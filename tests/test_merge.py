@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from usr_es import Dataset, DuplicateIDError, InvalidInput, NamespaceError, NotFound, SchemaError
 from usr_es.cli import app, main
-from usr_es.merge import MergeSource, plan_merge
+from usr_es.merge import MergeSource, held_up_to_case, plan_merge
 from usr_es.projectors import BASE_SCHEMA
 
 runner = CliRunner()
@@ -235,3 +235,21 @@ def test_cli_merge_prints_the_original_summary_and_json(
     assert done.exit_code == 0, done.output
     parsed = json.loads(done.output)["data"]
     assert parsed["rows_added"] == 2 and parsed["carried"] == {"mock": 2} and parsed["receipt"]["seq"] > 0
+
+
+def test_records_equal_up_to_case_are_found_among_shared_primers() -> None:
+    primer = "ACGTACGTAC"
+    dest = pa.table(
+        {
+            "bio_type": ["dna", "dna", "DNA", "rna"],
+            "sequence": [f"{primer}AAA{primer}", f"{primer}CCC{primer}", "ggg", "ACGU"],
+        }
+    )
+    rows = pa.table(
+        {
+            "bio_type": ["dna", "dna", "dna", "dna", "rna", "dna"],
+            "sequence": [f"{primer}aaa{primer}", f"{primer}GGG{primer}", "GGG", "acgu", "acgu", f"{primer}CCC{primer}"],
+        }
+    )
+    assert held_up_to_case(rows, dest).to_pylist() == [True, False, True, False, True, True]
+    assert held_up_to_case(rows, dest.slice(0, 0)).to_pylist() == [False] * 6

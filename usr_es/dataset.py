@@ -678,7 +678,7 @@ class Maintenance:
         is an error, left out (`skip`, `prefer-dest`) or replaces it (`prefer-src`). `carry_namespaces`
         copies the source's live values of those namespaces for the records that join. The merge event
         names the source's version (head seq and hash); `dry_run` reports and writes nothing."""
-        from .merge import MergeSource, casefold_keys, check_choice, plan_merge
+        from .merge import MergeSource, check_choice, plan_merge
 
         check_choice(columns, if_duplicate, coerce_overlap)
         ds = self._ds
@@ -739,7 +739,7 @@ class Maintenance:
             plan = plan_merge(
                 base_schema(ds._head),
                 lambda wanted: pc.is_in(wanted, value_set=ids),
-                casefold_keys(dest) if avoid_casefold_dups and dest.num_rows else None,
+                dest if avoid_casefold_dups and dest.num_rows else None,
                 source,
                 columns=columns,
                 if_duplicate=if_duplicate,

@@ -1184,14 +1184,14 @@ def _decide_dedupe(state: DatasetState, command: Deduplicate) -> Decision:
 def decide_merge(state: DatasetState, command: MergeDatasets, source: MergeSource, now: str) -> Decision:
     """A merge's events (docs/adr/0019): with `prefer-src`, the rows the source replaces dropped first; the
     source's records that join, naming the source's version; then each carried namespace as an attach."""
-    from .merge import casefold_keys, check_choice, plan_merge
+    from .merge import check_choice, plan_merge
 
     check_choice(command.columns, command.if_duplicate, command.coerce_overlap)
     if not state.initialized:
         raise NotFound(f"Dataset not initialized: {state.name}", hint=f"Run `usr init {state.name}` first.")
     carried = _carried_types(state, command, source)
     base = state.base
-    dest_casefold = casefold_keys(base) if command.avoid_casefold_dups and base is not None and base.num_rows else None
+    dest_casefold = base if command.avoid_casefold_dups and base is not None and base.num_rows else None
     known = known_ids(state.ids)
     schema = state.base_schema if state.base_schema is not None else BASE_SCHEMA
     plan = plan_merge(

@@ -10,6 +10,8 @@ a record's values after any event are exactly what `usr replay --until` shows. W
 
 from __future__ import annotations
 
+import itertools
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,30 +138,50 @@ class _Payloads:
 
     directory: Path
     batches: dict[int, tuple[int, ...]] | None  # None: no index; payloads are read whole
+    #: Only these columns (and `id`) are read (None: all): the ones a diff can see change.
+    columns: set[str] | None = None
     _open: dict[str, pa.ipc.RecordBatchFileReader] = field(default_factory=dict)
-    _read: dict[tuple[str, int], pa.RecordBatch] = field(default_factory=dict)
+    _read: dict[tuple[str, int], pa.Table] = field(default_factory=dict)
 
     def rows(self, line: LogLine, positions: Sequence[int]) -> pa.Table:
+        """The payload rows of `line` at `positions`, in that order."""
         ref = line.record.payload
         if ref is None:
             raise NotFound(f"event seq {line.seq} has no payload")
         reader = self._open.get(ref.file)
         if reader is None:
-            reader = self._open[ref.file] = pa.ipc.open_file(pa.memory_map(str(self.directory / ref.file)))
+            reader = self._open[ref.file] = self._reader(self.directory / ref.file)
         sizes = self.batches.get(line.seq, ()) if self.batches is not None else None
-        pieces = []
-        for position in positions:
-            if sizes is None:  # no index: the whole payload, once
-                at, within = -1, position
-            else:
-                at, within = history.locate(sizes, position)
-            key = (ref.file, at)
-            batch = self._read.get(key)
-            if batch is None:
-                whole = reader.read_all().combine_chunks().to_batches() if at < 0 else [reader.get_batch(at)]
-                batch = self._read[key] = whole[0] if whole else reader.schema.empty_table().to_batches()[0]
-            pieces.append(batch.slice(within, 1))
-        return pa.Table.from_batches(pieces, schema=reader.schema)
+        if sizes is None or len(sizes) < 2:  # one batch (or no index: the payload read whole, once)
+            return self._batch(reader, ref.file, -1 if sizes is None else 0).take(pa.array(positions, pa.int64()))
+        starts = list(itertools.accumulate(sizes, initial=0))
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for k, position in enumerate(positions):
+            at = bisect_right(starts, position) - 1
+            groups.setdefault(at, []).append((k, position - starts[at]))
+        pieces: list[pa.Table] = []
+        order: list[int] = []
+        for at, items in groups.items():
+            pieces.append(self._batch(reader, ref.file, at).take(pa.array([w for _, w in items], pa.int64())))
+            order.extend(k for k, _ in items)
+        table = pa.concat_tables(pieces) if pieces else reader.schema.empty_table()
+        return table.take(pc.sort_indices(pa.array(order, pa.int64())))
+
+    def _reader(self, path: Path) -> pa.ipc.RecordBatchFileReader:
+        source = pa.memory_map(str(path))
+        reader = pa.ipc.open_file(source)
+        if self.columns is None:
+            return reader
+        wanted = [k for k, name in enumerate(reader.schema.names) if name == ID or name in self.columns]
+        return pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=wanted))
+
+    def _batch(self, reader: pa.ipc.RecordBatchFileReader, file: str, at: int) -> pa.Table:
+        """Record batch `at` of a payload (-1: all of it), read once."""
+        key = (file, at)
+        found = self._read.get(key)
+        if found is None:
+            found = self._read[key] = reader.read_all() if at < 0 else pa.Table.from_batches([reader.get_batch(at)])
+        return found
 
 
 # -- which events touched which records ------------------------------------------------------------
@@ -171,16 +193,37 @@ class _Touched:
     named: dict[int, list[tuple[int, int]]]  # seq -> [(position in ids, row in the event's payload or ids)]
     wide: list[int]
     payloads: _Payloads
+    #: seq -> the payload rows of `named[seq]`, in its order (read once, when the ids were confirmed)
+    tables: dict[int, pa.Table] = field(default_factory=dict)
+
+    def rows(self, log: _Log, seq: int) -> pa.Table:
+        found = self.tables.get(seq)
+        if found is None:
+            found = self.tables[seq] = self.payloads.rows(log.line(seq), [r for _, r in self.named[seq]])
+        return found
+
+    def only(self, positions: set[int]) -> _Touched:
+        """The same events, for the records at `positions` of the ids only (positions kept)."""
+        named: dict[int, list[tuple[int, int]]] = {}
+        tables: dict[int, pa.Table] = {}
+        for seq, hits in self.named.items():
+            keep = [k for k, (p, _) in enumerate(hits) if p in positions]
+            if keep:
+                named[seq] = [hits[k] for k in keep]
+                if seq in self.tables:
+                    tables[seq] = self.tables[seq].take(pa.array(keep, pa.int64()))
+        return _Touched(named, self.wide, self.payloads, tables)
 
 
-def _touched(log: _Log, ids: list[str], until: int) -> _Touched:
+def _touched(log: _Log, ids: list[str], until: int, columns: set[str] | None = None) -> _Touched:
     """The events up to `until` that named `ids` (candidates from the index confirmed against the ids
     their rows hold), and the wide ones."""
     lookup = history.Lookup.open(log.directory)
     if lookup is None or lookup.mark.seq > log.head:
-        return _scanned(log, ids, until)
-    payloads = _Payloads(log.directory, lookup.batches)
+        return _scanned(log, ids, until, columns)
+    payloads = _Payloads(log.directory, lookup.batches, columns)
     named: dict[int, list[tuple[int, int]]] = {}
+    tables: dict[int, pa.Table] = {}
     if len(ids) == 1:
         pairs = [(0, t.seq, t.row) for t in lookup.touches(ids[0])]
     else:
@@ -195,19 +238,22 @@ def _touched(log: _Log, ids: list[str], until: int) -> _Touched:
         if inline is not None:
             kept = [(p, r) for p, r in hits if r < len(inline) and inline[r] == ids[p]]
         else:
-            got = payloads.rows(line, [r for _, r in hits]).column(ID).to_pylist()
-            kept = [(p, r) for (p, r), found_id in zip(hits, got, strict=True) if found_id == ids[p]]
+            table = payloads.rows(line, [r for _, r in hits])
+            mask = [found_id == ids[p] for (p, _), found_id in zip(hits, table.column(ID).to_pylist(), strict=True)]
+            kept = [hit for hit, ok in zip(hits, mask, strict=True) if ok]
+            if kept:
+                tables[seq] = table if all(mask) else table.filter(pa.array(mask))
         if kept:
             named[seq] = kept
         else:
             del named[seq]
     wide = [seq for seq in lookup.wide() if seq <= until]
-    return _Touched(named, wide, payloads)
+    return _Touched(named, wide, payloads, tables)
 
 
-def _scanned(log: _Log, ids: list[str], until: int) -> _Touched:
+def _scanned(log: _Log, ids: list[str], until: int, columns: set[str] | None) -> _Touched:
     """`_touched` without the index: every event's named ids read (payloads whole)."""
-    payloads = _Payloads(log.directory, None)
+    payloads = _Payloads(log.directory, None, columns)
     wanted = pa.array(ids, pa.string())
     named: dict[int, list[tuple[int, int]]] = {}
     wide = []
@@ -244,8 +290,8 @@ class _Records:
         if isinstance(event, DatasetInitialized):
             self.base, self.parts = BASE_SCHEMA.empty_table(), {}
         elif isinstance(event, SequencesImported):
-            if rows is not None and rows.num_rows:
-                added = imported_rows(rows, event)
+            if rows is not None and rows.num_rows:  # (only some columns read: the rows as they are)
+                added = imported_rows(rows, event) if "sequence" in rows.column_names else rows
                 self.base = pa.concat_tables([self.base, added], promote_options="default")
         elif isinstance(event, OverlayWritten):
             if rows is not None and rows.num_rows:
@@ -333,7 +379,7 @@ def _replay(log: _Log, touched: _Touched, ids: list[str], seqs: Iterable[int], r
             if getattr(line.record.event, "ids", None) is not None:
                 named = [ids[p] for p, _ in hits]
             else:
-                rows = touched.payloads.rows(line, [r for _, r in hits])
+                rows = touched.rows(log, seq)
         records.apply(seq, line.record.event, rows, named)
 
 
@@ -407,33 +453,88 @@ def diff(
     if a > b:
         raise InvalidInput(f"--from (seq {a}) is after --to (seq {b}).", hint="Swap them.")
     ids = _named_between(log, a, b)
-    touched = _touched(log, ids, b)
+    seen = _window_columns(log, a, b)  # only these can differ (None: any)
+    if columns is not None:
+        seen = set(columns) if seen is None else seen & set(columns)
+    touched = _touched(log, ids, b, seen)
     records = _Records()
     seqs = sorted(set(touched.named) | set(touched.wide))
     _replay(log, touched, ids, [s for s in seqs if s <= a], records)
+    columns = sorted(seen) if seen is not None else None
     at_a = _values_by_id(records.view(), columns)
-    credit: dict[tuple[str, str], Credit] = {}
     later = [s for s in seqs if s > a]
-    if summary:
-        _replay(log, touched, ids, later, records)
-        at_b = _values_by_id(records.view(), columns)
-    else:
-        at_b = dict(at_a)
-        for seq in later:
-            _replay(log, touched, ids, [seq], records)
-            affected = ids if seq in touched.wide else [ids[p] for p, _ in touched.named.get(seq, [])]
-            now = _values_by_id(records.view(None if seq in touched.wide else affected), columns)
-            who = _credit(log.line(seq))
-            for rid in affected:
-                was, new = at_b.get(rid, {}), now.get(rid, {})
-                for c in set(was) | set(new):
-                    if was.get(c) != new.get(c):
-                        credit[(rid, c)] = who
-                if rid in now:
-                    at_b[rid] = now[rid]
-                else:
-                    at_b.pop(rid, None)
+    _replay(log, touched, ids, later, records)
+    at_b = _values_by_id(records.view(), columns)
+    credit = {} if summary else _credits(log, touched, ids, a, later, at_a, at_b, columns)
     return _compared(log.name, a, b, at_a, at_b, credit, summary, events=b - a)
+
+
+def _credits(
+    log: _Log,
+    touched: _Touched,
+    ids: list[str],
+    a: int,
+    later: list[int],
+    at_a: dict[str, Values],
+    at_b: dict[str, Values],
+    columns: Sequence[str] | None,
+) -> dict[tuple[str, str], Credit]:
+    """For each cell that differs between A and B, the last event in (A, B] that changed it. A record only
+    one event of the window names (and no wide event) owes every change to it; the others are folded
+    again, alone, event by event."""
+    counts: dict[int, int] = {}
+    for seq in later:
+        for p, _ in touched.named.get(seq, []):
+            counts[p] = counts.get(p, 0) + 1
+    wide = any(seq in touched.wide for seq in later)
+    changed = [p for p, rid in enumerate(ids) if at_a.get(rid) != at_b.get(rid)]
+    credit: dict[tuple[str, str], Credit] = {}
+    again: set[int] = set()
+    last = {p: seq for seq in later for p, _ in touched.named.get(seq, [])}
+    for p in changed:
+        if wide or counts.get(p, 0) != 1:
+            again.add(p)
+            continue
+        who = _credit(log.line(last[p]))
+        was, now = at_a.get(ids[p], {}), at_b.get(ids[p], {})
+        for c in {*was, *now}:
+            if was.get(c) != now.get(c):
+                credit[(ids[p], c)] = who
+    if not again:
+        return credit
+    sub = touched.only(again)
+    records = _Records()
+    _replay(log, sub, ids, sorted(s for s in {*sub.named, *sub.wide} if s <= a), records)
+    current = _values_by_id(records.view(), columns)
+    for seq in sorted(s for s in {*sub.named, *sub.wide} if s > a):
+        _replay(log, sub, ids, [seq], records)
+        now = _values_by_id(records.view(), columns)
+        who = _credit(log.line(seq))
+        for rid in {*current, *now}:
+            was, new = current.get(rid, {}), now.get(rid, {})
+            for c in {*was, *new}:
+                if was.get(c) != new.get(c):
+                    credit[(rid, c)] = who
+        current = now
+    return credit
+
+
+def _window_columns(log: _Log, a: int, b: int) -> set[str] | None:
+    """The columns the events in (a, b] can change (None: any; they add, drop or remove)."""
+    from .overlays import STATE_SCHEMA, TOMBSTONE_SCHEMA
+
+    seen: set[str] = set()
+    for line in log.lines[a:b]:
+        event = line.record.event
+        if isinstance(event, OverlayWritten):
+            seen.update(event.columns)
+        elif isinstance(event, (RecordsTombstoned, RecordsRestored)):
+            seen.update(n for n in TOMBSTONE_SCHEMA.names if n != ID)
+        elif isinstance(event, (StateSet, StateCleared)):
+            seen.update(n for n in STATE_SCHEMA.names if n != ID)
+        elif history.names_records(event):  # imports, drops, materialize, overlay removals
+            return None
+    return seen
 
 
 def _named_between(log: _Log, a: int, b: int) -> list[str]:

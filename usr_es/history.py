@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 import pyarrow as pa
 
-from .alphabet import key_of, keys_of
+from .alphabet import SortedKeys, key_of, keys_of
 from .events import (
     Event,
     Materialized,
@@ -36,6 +36,7 @@ from .events import (
 from .idindex import encode, read_stamped, typed_values
 from .names import HISTORY_DIR, HISTORY_MANIFEST
 from .projectors import Payload, Watermark
+from .storage import StoredRows
 
 SCHEMA = pa.schema(
     [
@@ -48,7 +49,7 @@ SCHEMA = pa.schema(
 WIDE_KEY = 0
 #: Runs merge while the earlier holds at most twice the later's entries, up to this many entries: a run of
 #: a large import or attach stays on its own, so keeping the index adds no sort of the whole history.
-MERGE_LIMIT = 1 << 22
+MERGE_LIMIT = 1 << 20
 _MAX = (1 << 32) - 1
 
 
@@ -83,13 +84,34 @@ class EventEntries:
     batches: tuple[int, ...] = ()
 
 
-def entries_of(seq: int, event: Event, payload: Payload | None) -> EventEntries:
-    """The entries of one event (an empty batch when it names no record)."""
+def entries_of(seq: int, event: Event, payload: Payload | None, ordered: SortedKeys | None = None) -> EventEntries:
+    """The entries of one event (an empty batch when it names no record). `ordered`: the payload's id keys
+    already sorted (an import's decision sorted them), used when they are all of its rows."""
     import pyarrow.compute as pc
 
     keys: list[pa.Array] = []
     sizes: list[int] = []
     inline = getattr(event, "ids", None)
+    known = (
+        payload.batch_rows
+        if isinstance(payload, StoredRows)
+        else tuple(b.num_rows for b in payload.to_batches())
+        if isinstance(payload, pa.Table)
+        else None
+    )
+    if (
+        inline is None
+        and payload is not None
+        and ordered is not None
+        and known is not None
+        and len(ordered.keys) == payload.num_rows
+        and not is_wide(event)
+    ):  # the entries `sort_indices` would give (stable, like `sorted_keys`), without reading the ids again
+        n = len(ordered.keys)
+        rows = pa.record_batch(
+            [ordered.keys, pa.repeat(pa.scalar(seq, pa.uint32()), n), ordered.positions], schema=SCHEMA
+        )
+        return EventEntries(rows, known if len(known) > 1 else ())
     if inline is not None:
         found = keys_of(pa.array(list(inline), pa.string()))
         if found is None:

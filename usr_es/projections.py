@@ -1282,7 +1282,8 @@ class HistoryIndex:
             return
         if not self.keyed:
             return
-        found = history.entries_of(step.mark.seq, event, step.payload)
+        ordered = step.sorted_keys if isinstance(event, SequencesImported) else None
+        found = history.entries_of(step.mark.seq, event, step.payload, ordered)
         if found.rows is None:  # an id that cannot be keyed: no index (readers scan the log)
             self.keyed, self.runs, self.batches = False, [], {}
             self._rows.clear()

@@ -79,6 +79,8 @@ class StoredRows:
 
     path: Path
     num_rows: int
+    #: The row counts of its record batches, when the writer kept them (a spool): else read from the file.
+    batch_rows: tuple[int, ...] | None = None
 
     @property
     def folder(self) -> Path:
@@ -197,6 +199,7 @@ class PayloadSpool:
         self._thread: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
         self.rows = 0
+        self.batch_rows: list[int] = []  # as `write_table` writes them: a record batch per chunk
 
     def write(self, table: pa.Table) -> None:
         """Append `table`'s rows (a record batch per chunk). The rows are compressed and written on a thread
@@ -215,6 +218,7 @@ class PayloadSpool:
         assert self._thread is not None
         self._pending = self._thread.submit(self._writer.write_table, table)
         self.rows += table.num_rows
+        self.batch_rows.extend(batch.num_rows for batch in table.to_batches())
 
     def _wait(self) -> None:
         """Wait for the rows being written (raising what writing them raised)."""
@@ -236,7 +240,7 @@ class PayloadSpool:
     def stored(self) -> StoredRows | None:
         """The rows written so far, to read back (None: no rows)."""
         self._close()
-        return StoredRows(self.path, self.rows) if self.rows else None
+        return StoredRows(self.path, self.rows, tuple(self.batch_rows)) if self.rows else None
 
     def publish(self) -> tuple[PayloadRef, StoredRows] | None:
         """Make the payload durable under its digest (fsync, rename, fsync of the folder); None: no rows."""
@@ -257,7 +261,7 @@ class PayloadSpool:
             ops.replace(self.path, final)
             ops.fsync_dir(final.parent)
         ops.point("after_payload")
-        return ref, StoredRows(final, self.rows)
+        return ref, StoredRows(final, self.rows, tuple(self.batch_rows))
 
     def discard(self) -> None:
         """Remove the spool (after a rejection, an error or a Ctrl-C; a published spool is gone already). The

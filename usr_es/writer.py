@@ -20,17 +20,18 @@ import re
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .alphabet import SortedKeys
+from .alphabet import SortedKeys, keys_of, sorted_keys
 from .checkpoints import checkpoint_due, write_checkpoint
 from .commands import (
     AdoptDataset,
@@ -50,10 +51,19 @@ from .commands import (
     TombstoneRecords,
 )
 from .errors import CommitError, ConcurrencyError, DatasetExists, Interrupted, InvalidInput, NotFound
-from .events import Actor, DatasetRef, Fingerprint, LogRecord, Materialized, OverlayCompacted, PayloadRef, SnapshotTaken
+from .events import (
+    Actor,
+    DatasetRef,
+    Fingerprint,
+    LogRecord,
+    Materialized,
+    OverlayCompacted,
+    PayloadRef,
+    SequencesImported,
+    SnapshotTaken,
+)
 from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
-from .merge import MergeSource
 from .meta import append_meta
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, RESERVED_NAMESPACES, TOMBSTONE_NS
 from .original import OriginalDataset, keep_originals, not_adopted, read_original, retire_originals, unadopted
@@ -73,6 +83,11 @@ from .storage import (
     write_payload,
 )
 
+if TYPE_CHECKING:
+    from .merge import MergeSource
+
+#: A table payload of at least this many rows is compressed on a thread while its event is folded.
+_ENCODE_AHEAD_ROWS = 100_000
 _COMMAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}\Z")  # \Z: a trailing newline is no match
 #: Commands whose decision needs at most these base columns (and that do not change the base):
 #: their writes read only these columns of records.parquet. Every other command reads it whole.
@@ -88,7 +103,7 @@ _BASE_COLUMNS_NEEDED: dict[type[Command], list[str]] = {
 }
 #: The input rows of a command, read when the command is decided (under the lock): a table, or (an import)
 #: tables a batch at a time, or (a merge) the source dataset as read before the lock.
-RowsLoader = Callable[[], pa.Table | Iterable[pa.Table] | MergeSource | None]
+RowsLoader = Callable[[], "pa.Table | Iterable[pa.Table] | MergeSource | None"]
 
 
 def utc_now_text(after: str | None = None) -> str:
@@ -329,9 +344,7 @@ class Writer:
         given = rows() if rows is not None else None
         if isinstance(command, MergeDatasets):
             return self._decide_merge(tail, command, registry, given, now)
-        if isinstance(given, MergeSource):
-            raise InvalidInput("only a merge takes a source dataset")
-        loaded = given
+        loaded = cast("pa.Table | Iterable[pa.Table] | None", given)  # a MergeSource only for a merge
         del given
         if isinstance(command, ImportSequences):  # read and decided a batch at a time (docs/adr/0014)
             batches = table_batches(loaded) if isinstance(loaded, pa.Table) else loaded
@@ -433,6 +446,7 @@ class Writer:
         """The decision on a merge: the source as read by the caller (`MergeSource`), against the id index
         and, for the case-insensitive check, the base's bio_types and sequences."""
         from .decide import DatasetState, decide_merge
+        from .merge import MergeSource
 
         if not isinstance(source, MergeSource):
             raise InvalidInput("merge needs the source dataset's rows")
@@ -447,6 +461,10 @@ class Writer:
             registry=registry,
         )
         decision = decide_merge(state, command, source, now)
+        for emit in decision.emits:  # the merged rows' keys, sorted once for the id index and the history index
+            if isinstance(emit.event, SequencesImported) and isinstance(emit.payload, pa.Table):
+                found = keys_of(emit.payload.column("id"))
+                self._sorted_keys = sorted_keys(found) if found is not None else None
         _keep_for_fold(fold, decision)
         return decision
 
@@ -501,15 +519,24 @@ class Writer:
         for k, emit in enumerate(decision.emits):
             if k:  # a command's later lines: log time stays strictly increasing (docs/event-log.md)
                 stamp = (datetime.fromisoformat(stamp) + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            ref, payload = self._write_payload(emit.payload)
-            seq += 1
-            spooled = isinstance(emit.payload, StoredRows)
-            prepared, keys = (self._prepared, self._sorted_keys) if spooled else (None, None)
-            fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, payload, prepared, keys))
-            self._drop_prepared()
-            del payload
-            _before_encoding(fold)
-            fold.stage()
+            ahead = isinstance(emit.payload, pa.Table) and emit.payload.num_rows >= _ENCODE_AHEAD_ROWS
+            with ThreadPoolExecutor(1, thread_name_prefix="usr-payload") as encoder:
+                # A large table payload (a merge's rows) is compressed on a thread while the fold encodes them.
+                encoding = encoder.submit(encode_payload, emit.payload) if ahead else None
+                ref, payload = (None, emit.payload) if ahead else self._write_payload(emit.payload)
+                seq += 1
+                # An import's (or a merge's) rows: their keys sorted by the decision, the import's encoded ahead.
+                appends = isinstance(emit.event, SequencesImported)
+                keys = self._sorted_keys if appends else None
+                prepared = self._prepared if appends and isinstance(emit.payload, StoredRows) else None
+                fold.apply(Step(Watermark(seq, offset, PENDING), emit.event, registry_hash, payload, prepared, keys))
+                if appends:
+                    self._drop_prepared()
+                del payload
+                _before_encoding(fold)
+                fold.stage()
+                if encoding is not None:
+                    ref = self._store_payload(encoding.result(), emit.payload.num_rows)
             record = LogRecord(
                 timestamp_utc=stamp,
                 action=emit.action,
@@ -553,10 +580,13 @@ class Writer:
             if published is None:
                 raise RuntimeError("an import's payload spool is gone")
             return published
-        data = encode_payload(rows)
-        ref = payload_ref(data, rows.num_rows)
+        return self._store_payload(encode_payload(rows), rows.num_rows), rows
+
+    def _store_payload(self, data: memoryview, rows: int) -> PayloadRef:
+        """Write an encoded payload durably under its digest."""
+        ref = payload_ref(data, rows)
         write_payload(self.directory, ref, data)
-        return ref, rows
+        return ref
 
     def _fingerprint(self, fold: Fold, digests: dict[int, str]) -> Fingerprint:
         """The base's rows, columns and file size after the event (the encoded size when this write
