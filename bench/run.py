@@ -286,9 +286,9 @@ def events_probe(root: str, dataset: str, probe_id: str) -> int:
 
 def upkeep_probe(dataset_dir: str) -> int:
     """Child mode: fold the bench dataset's import and then its attach into a fresh history index as the
-    write path does, and encode its files; each timed. The write path hands the fold what it has already:
-    the payload's record batch sizes (the spool counts them), and for an import its keys sorted (its
-    decision sorts them for the id index); those are prepared before the timer starts. Prints JSON: seconds
+    write path does, and encode, write and sync its files; each timed. The write path hands the fold what it
+    has already: the payload's record batch sizes (the spool counts them), and for an import its keys sorted
+    (its decision sorts them for the id index); those are prepared before the timer starts. Prints JSON: seconds
     for the import and for the attach."""
     from dataclasses import replace
 
@@ -321,8 +321,14 @@ def upkeep_probe(dataset_dir: str) -> int:
             step = replace(step, payload=payload, sorted_keys=ordered)
         start = time.perf_counter()
         index.fold(step)
-        for output in index.outputs().values():
-            output.encode()
+        with tempfile.TemporaryDirectory(dir=directory.parent) as out:
+            for k, output in enumerate(index.outputs().values()):  # written and synced, as a publish does
+                data = output.encode()
+                assert isinstance(data, (bytes, memoryview))
+                with open(Path(out) / str(k), "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
         seconds[{"import_rows": "import", "attach": "attach"}.get(action, action)] = time.perf_counter() - start
         if "attach" in seconds:
             break
@@ -733,7 +739,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{verdict(checks['every rss'])} |",
         *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in reads),
         *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in forensic),
-        f"| keeping the history index current, in-process fold + encode of the import / the attach | "
+        f"| keeping the history index current: in-process fold, encode, write and fsync of its files for the import / "
+        f"the attach | "
         f"{upkeep['import']:.3f} s = {100 * upkeep_import:.1f}% of `usr import` / {upkeep['attach']:.3f} s = "
         f"{100 * upkeep_attach:.1f}% of `usr attach` | ≤ {100 * UPKEEP_FRACTION:.0f}% | "
         f"{verdict(checks['history upkeep'])} |",

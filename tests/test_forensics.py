@@ -208,6 +208,7 @@ def test_timeline_filters_by_action_actor_range_and_record(lab: tuple[Dataset, l
     assert [e.credit.seq for e in ds.history.timeline(since=4, until=5)] == [4, 5]
     assert next(e.credit.seq for e in ds.history.timeline(since=every[3].credit.timestamp_utc)) == 4
     assert [e.credit.seq for e in ds.history.timeline(record_id=ids[1])] == [2, 3]
+    assert len(ds.history.timeline(since="2000-01-01T00:00:00Z")) == 7  # before the first event: all of them
     assert every[3].summary == "1 record(s) deleted: bad well"
 
 

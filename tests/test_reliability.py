@@ -210,6 +210,7 @@ CRASH_POINTS = {
     "before_append:records.parquet": True,
     "before_footer:records.parquet": True,
     "before_fsync:records.parquet": True,
+    "before_rename:history.json": True,  # the history runs this import merged are already published
     "after_publish": True,
 }
 

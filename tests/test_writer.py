@@ -677,3 +677,25 @@ def test_usr_event_sha256_adds_the_base_files_digest_to_each_fingerprint(
         write()
         last = dataset.log.events()[-1]
         assert last.fingerprint.sha256 == _sha256_with_zeroed_watermark(dataset.records_path), last.action
+
+
+def test_a_write_after_a_catch_up_that_folded_the_whole_log_reads_the_history_runs_it_wrote(
+    dataset: Dataset,
+) -> None:
+    import shutil
+
+    from usr_es.names import DERIVED_DIR, HISTORY_DIR, INDEX_DIR, RECORDS_FILE
+
+    dataset.add_sequences(_dna("first", 40))
+    dataset.add_sequences(_dna("second", 40))
+    (dataset.dir / RECORDS_FILE).unlink()  # every projection gone: the next write folds the whole log
+    for folder in (INDEX_DIR, HISTORY_DIR, DERIVED_DIR):
+        shutil.rmtree(dataset.dir / folder, ignore_errors=True)
+    third = _dna("third", 80)
+    receipt = dataset.add_sequences(third)  # its history run merges with the one the catch-up wrote
+    assert receipt.seq == 4
+    rows = dataset.head(200, columns=["id", "sequence"]).to_pylist()
+    added = [row["id"] for row in rows if row["sequence"] in set(third)]
+    assert len(rows) == 160 and len(added) == 80
+    assert [entry.credit.seq for entry in dataset.history.of(added[0]).entries] == [4]
+    assert dataset.verify().ok

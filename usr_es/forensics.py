@@ -5,7 +5,7 @@ Read-only. The history index (`_history/`) names the events that touched each re
 in each event's payload; those rows alone are folded, for just the records asked about, by the projectors
 the fold itself uses (`imported_rows`, `part_table`, `merge_parts`, `materialize_table`, `live_view`), so
 a record's values after any event are exactly what `usr replay --until` shows. Without a usable index
-(ids that cannot be keyed) the events are found by reading every payload instead: slower, same answers.
+(missing or damaged) the events are found by reading every payload instead: slower, same answers.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .events import (
     StateCleared,
     StateSet,
 )
-from .log import LogLine, iter_lines, seq_of
+from .log import LogLine, iter_lines, moment_of, seq_of
 from .names import FLAGS, ID, LOG_FILE, PURGED, STATE_NS, TOMBSTONE_NS
 from .original import require_adopted
 from .overlays import Part, live_view, merge_parts
@@ -640,8 +640,12 @@ def timeline(
     host is `actor`, between `since` and `until` (seq, event id or time, both included), that touched
     `record_id`."""
     log = _Log.read(head)
-    first, last = log.seq(since, 1) if since is not None else 1, log.seq(until, log.head)
-    if since is not None and not str(since).strip().isdigit():
+    last = log.seq(until, log.head)
+    if since is None:
+        first = 1
+    elif str(since).strip().isdigit():
+        first = log.seq(since, 1)
+    else:  # a time: the first event at or after it
         first = _first_at_or_after(log, str(since))
     wanted: set[int] | None = None
     if record_id is not None:
@@ -661,19 +665,12 @@ def timeline(
 
 def _first_at_or_after(log: _Log, since: str) -> int:
     """The first event at or after time `since` (an event id names its own seq)."""
-    from datetime import UTC, datetime
+    from datetime import datetime
 
     text = since.strip()
     if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
         return log.seq(text, 1)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(
-            f"Cannot read --since '{text}'.", hint="Give a seq (42), an event id, or an RFC 3339 timestamp."
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+    moment = moment_of(text, "--since")
     for line in log.lines:
         if datetime.fromisoformat(line.record.timestamp_utc) >= moment:
             return line.seq

@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 import pyarrow as pa
 
-from .alphabet import SortedKeys, key_of, keys_of
+from .alphabet import KEY_BYTES, SortedKeys, keys_of
 from .events import (
     Event,
     Materialized,
@@ -53,6 +53,27 @@ MERGE_LIMIT = 1 << 20
 _MAX = (1 << 32) - 1
 
 
+def key_for(record_id: str) -> int:
+    """The history key of one id: its first 8 UTF-8 bytes as a little-endian uint64 (the id index's key),
+    zero-padded when the id is shorter (an adopted dataset's own ids may be)."""
+    return int.from_bytes(record_id.encode()[:KEY_BYTES].ljust(KEY_BYTES, b"\0"), "little")
+
+
+def keys_for(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`key_for` of every id, vectorized."""
+    import pyarrow.compute as pc
+
+    found = keys_of(ids)
+    if found is not None:
+        return found
+    raw = ids.cast(pa.binary())
+    padded = pc.binary_slice(
+        pc.binary_join_element_wise(raw, pa.scalar(b"\0" * KEY_BYTES, pa.binary()), b""), 0, KEY_BYTES
+    )
+    joined = padded.combine_chunks() if isinstance(padded, pa.ChunkedArray) else padded
+    return joined.cast(pa.binary(KEY_BYTES)).view(pa.uint64())
+
+
 def names_records(event: Event) -> bool:
     """Whether the event names records (its payload's ids, or ids inline) or changes many records' view."""
     return isinstance(
@@ -77,10 +98,9 @@ def is_wide(event: Event) -> bool:
 
 @dataclass(frozen=True)
 class EventEntries:
-    """An event's entries, sorted by key (None: an id cannot be keyed), and its payload's batch row counts
-    when it has more than one batch."""
+    """An event's entries, sorted by key, and its payload's batch row counts when it has more than one batch."""
 
-    rows: pa.RecordBatch | None
+    rows: pa.RecordBatch
     batches: tuple[int, ...] = ()
 
 
@@ -113,16 +133,10 @@ def entries_of(seq: int, event: Event, payload: Payload | None, ordered: SortedK
         )
         return EventEntries(rows, known if len(known) > 1 else ())
     if inline is not None:
-        found = keys_of(pa.array(list(inline), pa.string()))
-        if found is None:
-            return EventEntries(None)
-        keys.append(found)
+        keys.append(keys_for(pa.array(list(inline), pa.string())))
     elif payload is not None and names_records(event):
         for ids in payload_ids(payload):
-            found = keys_of(ids)
-            if found is None:
-                return EventEntries(None)
-            keys.append(found)
+            keys.append(keys_for(ids))
             sizes.append(len(ids))
     named = pa.chunked_array(keys, pa.uint64()).combine_chunks()
     rows = pa.array(range(len(named)), pa.uint32())
@@ -135,6 +149,21 @@ def entries_of(seq: int, event: Event, payload: Payload | None, ordered: SortedK
         [named.take(order), pa.repeat(pa.scalar(seq, pa.uint32()), n), rows.take(order)], schema=SCHEMA
     )
     return EventEntries(batch, tuple(sizes) if len(sizes) > 1 else ())
+
+
+def deferrable(event: Event, payload: Payload | None, ordered: SortedKeys | None) -> tuple[int, tuple[int, ...]] | None:
+    """(entries, payload batch sizes) of an event whose entries can be computed later, on another thread,
+    because both are known without reading its ids: a payload whose batch sizes the writer kept (a spool,
+    or a table in hand) and no keys sorted already. None: compute them now."""
+    if getattr(event, "ids", None) is not None or ordered is not None or not names_records(event):
+        return None
+    if isinstance(payload, StoredRows) and payload.batch_rows is not None:
+        sizes = payload.batch_rows
+    elif isinstance(payload, pa.Table):
+        sizes = tuple(b.num_rows for b in payload.to_batches())
+    else:
+        return None
+    return payload.num_rows + (1 if is_wide(event) else 0), sizes if len(sizes) > 1 else ()
 
 
 def payload_ids(payload: Payload) -> Iterator[pa.Array]:
@@ -187,7 +216,6 @@ class _ManifestDoc(msgspec.Struct, frozen=True):
     offset: int
     hash: str
     entries: int
-    keyed: bool
     runs: list[tuple[int, int, int, int, str]]  # start, end, and the watermark of the event that wrote it
     batches: dict[str, list[int]]  # seq -> its payload's batch row counts (payloads of several batches)
 
@@ -199,7 +227,6 @@ _decoder = msgspec.json.Decoder(_ManifestDoc)
 class Manifest:
     mark: Watermark
     entries: int
-    keyed: bool
     runs: list[Run]
     batches: dict[int, tuple[int, ...]]
 
@@ -210,7 +237,6 @@ def encode_manifest(manifest: Manifest) -> bytes:
         offset=manifest.mark.offset,
         hash=manifest.mark.hash,
         entries=manifest.entries,
-        keyed=manifest.keyed,
         runs=[(r.start, r.end, r.mark.seq, r.mark.offset, r.mark.hash) for r in manifest.runs],
         batches={str(seq): list(sizes) for seq, sizes in sorted(manifest.batches.items())},
     )
@@ -225,7 +251,7 @@ def read_manifest(path: Path) -> Manifest | None:
         return None
     runs = [Run(start, end, Watermark(seq, offset, digest)) for start, end, seq, offset, digest in doc.runs]
     batches = {int(seq): tuple(sizes) for seq, sizes in doc.batches.items()}
-    return Manifest(Watermark(doc.seq, doc.offset, doc.hash), doc.entries, doc.keyed, runs, batches)
+    return Manifest(Watermark(doc.seq, doc.offset, doc.hash), doc.entries, runs, batches)
 
 
 def manifest_stamp(path: Path) -> Watermark | None:
@@ -262,9 +288,9 @@ class Lookup:
 
     @classmethod
     def open(cls, dataset_dir: Path) -> Lookup | None:
-        """The stored index (None: absent, unkeyed or damaged: the caller scans the log instead)."""
+        """The stored index (None: absent or damaged: the caller scans the log instead)."""
         manifest = read_manifest(dataset_dir / HISTORY_MANIFEST)
-        if manifest is None or not manifest.keyed:
+        if manifest is None:
             return None
         runs = [read_run(dataset_dir, run) for run in manifest.runs]
         if any(r is None for r in runs):
@@ -273,8 +299,7 @@ class Lookup:
 
     def touches(self, record_id: str) -> list[Touch]:
         """Every entry whose key is the id's (the caller confirms the id), in seq order."""
-        key = key_of(record_id)
-        return self._of_key(key) if key is not None else []
+        return self._of_key(key_for(record_id))
 
     def wide(self) -> list[int]:
         """The seqs of the wide events."""
@@ -295,9 +320,7 @@ class Lookup:
         """(position in `ids`, seq, row) for every entry whose key is one of the ids', vectorized."""
         import pyarrow.compute as pc
 
-        keys = keys_of(ids)
-        if keys is None:
-            raise ValueError("an id cannot be keyed")
+        keys = keys_for(ids)
         wanted = pa.table({"key": keys, "position": pa.array(range(len(ids)), pa.int64())})
         found = [pa.Table.from_batches([run]).join(wanted, "key", join_type="inner") for run in self.runs]
         if not found:

@@ -543,16 +543,20 @@ def seq_of(lines: list[LogLine], name: str, until: str | int) -> int:
             if line.record.event_id == text:
                 return line.seq
         raise NotFound(f"No event with id {text}.")
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(
-            f"Cannot read --until '{text}'.",
-            hint="Give a seq (42), an event id, or an RFC 3339 timestamp.",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+    moment = moment_of(text, "--until")
     chosen = [line.seq for line in lines if datetime.fromisoformat(line.record.timestamp_utc) <= moment]
     if not chosen:
         raise NotFound(f"No event at or before {text}; the first is at {lines[0].record.timestamp_utc}.")
     return chosen[-1]
+
+
+def moment_of(text: str, option: str) -> datetime:
+    """An RFC 3339 time given to `option` (UTC when it names no zone)."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"Cannot read {option} '{text}'.",
+            hint="Give a seq (42), an event id, or an RFC 3339 timestamp.",
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

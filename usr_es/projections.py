@@ -20,7 +20,7 @@ import tempfile
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -133,6 +133,10 @@ class Output:
     #: The file readers anchor on (layout.json): published after the projection's other files and removals,
     #: so a crash before it leaves the projection lagging, and the next catch-up redoes the whole step.
     last: bool = False
+    #: Found only through the projection's anchor file (an index run its manifest names): a copy left over
+    #: is harmless, so a file no longer produced is removed after the anchor, not before it, and a crash in
+    #: between leaves the old anchor naming files that are all still there.
+    named: bool = False
     #: Set when the new file is the stored one with bytes appended (records.parquet after an import).
     grow: Growth | None = None
 
@@ -201,8 +205,9 @@ class Projection(Protocol):
         """Files in `directory` it owns by name that no `outputs()` entry produces (to remove or report)."""
         ...
 
-    def release(self) -> None:
-        """Drop what it holds that can be read again (after its files were written or compared)."""
+    def release(self, directory: Path | None = None) -> None:
+        """Drop what it holds that can be read again (after its files were written or compared);
+        `directory`: where its files were just written, to read them from from now on."""
         ...
 
 
@@ -773,7 +778,7 @@ class BaseFile:
     def stray(self, directory: Path) -> Iterator[str]:
         return iter(())
 
-    def release(self) -> None:
+    def release(self, directory: Path | None = None) -> None:
         """After its file was written: when that grew the stored file in place, the file now holds every
         chunk, so it becomes the prefix the next append extends (never cut back and written again)."""
         current, base = self.bytes, self.base
@@ -912,7 +917,7 @@ class IdIndex:
             return {}
         out: dict[str, Output] = {}
         for run in self.runs if self.keyed else []:
-            out[run.file] = Output(run.mark, _run_encoder(self, run), idindex.stamp_at)
+            out[run.file] = Output(run.mark, _run_encoder(self, run), idindex.stamp_at, named=True)
         rows, keyed, runs = self.rows, self.keyed, list(self.runs)
         out[INDEX_MANIFEST] = Output(
             mark, lambda: idindex.encode_manifest(mark, rows, keyed, runs), idindex.manifest_stamp, last=True
@@ -922,7 +927,9 @@ class IdIndex:
     def stray(self, directory: Path) -> Iterator[str]:
         return _strays(directory, (directory / INDEX_MANIFEST).parent, self.outputs())
 
-    def release(self) -> None:
+    def release(self, directory: Path | None = None) -> None:
+        if directory is not None:
+            self._dir = directory
         self._batches.clear()
 
 
@@ -1141,7 +1148,7 @@ class DerivedFiles:
                     self.tables[table_key(info)] = table
         self.layout, self.layout_mark = layout, step.mark
 
-    def release(self, *, keep_pending: bool = False) -> None:
+    def release(self, directory: Path | None = None, *, keep_pending: bool = False) -> None:
         """Drop the tables in hand (they are read again when needed); with `keep_pending`, keep those of
         the parts this write adds (their files are published after the append)."""
         self._merged.clear()
@@ -1229,7 +1236,8 @@ def table_key(info: PartInfo) -> str:
 class HistoryIndex:
     """`_history/`: which events named each record (docs/adr/0020), as sorted runs of (key, seq, row)
     entries, one run per event that named records, merged as `history.merge_due` says. Folded from the
-    events and their payloads' ids alone."""
+    events and their payloads' ids alone. A live write's run (its size known from the payload) is sorted on
+    a thread of its own while the write goes on; its file is encoded once it is done."""
 
     label = "_history/"
     anchored = True
@@ -1238,11 +1246,11 @@ class HistoryIndex:
         self._fold = fold
         self._mark: Watermark | None = None
         self.entries = 0
-        self.keyed = True
         self.runs: list[history.Run] = []
         self.batches: dict[int, tuple[int, ...]] = {}
-        self._rows: dict[str, pa.RecordBatch] = {}
+        self._rows: dict[str, pa.RecordBatch | Future[pa.RecordBatch]] = {}
         self._dir: Path | None = None
+        self._worker: ThreadPoolExecutor | None = None
 
     def watches(self, event: Event) -> bool:
         return isinstance(event, DatasetInitialized) or history.names_records(event)
@@ -1251,21 +1259,25 @@ class HistoryIndex:
         return self._mark
 
     def stored_mark(self, directory: Path) -> Watermark | None:
-        return history.manifest_stamp(directory / HISTORY_MANIFEST)
+        found = _stored_history(directory)
+        return found.mark if found is not None else None
 
     def load(self, directory: Path, *, columns: list[str] | None = None) -> None:
-        found = history.read_manifest(directory / HISTORY_MANIFEST)
+        found = _stored_history(directory)
         self._rows.clear()
         self._dir = directory
         if found is None:
-            self._mark, self.entries, self.keyed, self.runs, self.batches = None, 0, True, [], {}
+            self._mark, self.entries, self.runs, self.batches = None, 0, [], {}
             return
-        self._mark, self.entries, self.keyed = found.mark, found.entries, found.keyed
+        self._mark, self.entries = found.mark, found.entries
         self.runs, self.batches = list(found.runs), dict(found.batches)
 
     def rows(self, run: history.Run) -> pa.RecordBatch:
-        """A run's entries (in hand, else from its stored file; a damaged file: the whole log is folded)."""
+        """A run's entries (in hand or being sorted, else from its stored file; a damaged file: the whole
+        log is folded)."""
         found = self._rows.get(run.file)
+        if isinstance(found, Future):
+            found = self._rows[run.file] = found.result()
         if found is None:
             found = history.read_run(self._dir, run) if self._dir is not None else None
             if found is None:
@@ -1277,31 +1289,40 @@ class HistoryIndex:
         event = step.event
         self._mark = step.mark
         if isinstance(event, DatasetInitialized):
-            self.entries, self.keyed, self.runs, self.batches = 0, True, [], {}
+            self.entries, self.runs, self.batches = 0, [], {}
             self._rows.clear()
             return
-        if not self.keyed:
-            return
+        seq = step.mark.seq
         ordered = step.sorted_keys if isinstance(event, SequencesImported) else None
-        found = history.entries_of(step.mark.seq, event, step.payload, ordered)
-        if found.rows is None:  # an id that cannot be keyed: no index (readers scan the log)
-            self.keyed, self.runs, self.batches = False, [], {}
-            self._rows.clear()
-            return
-        if found.batches:
-            self.batches[step.mark.seq] = found.batches
-        n = found.rows.num_rows
+        later = history.deferrable(event, step.payload, ordered)
+        rows: pa.RecordBatch | Future[pa.RecordBatch]
+        if later is not None:
+            n, sizes = later
+            payload = step.payload
+            rows = self._work().submit(_entries, seq, event, payload)
+        else:
+            found = history.entries_of(seq, event, step.payload, ordered)
+            rows, n, sizes = found.rows, found.rows.num_rows, found.batches
+        if sizes:
+            self.batches[seq] = sizes
         if not n:
             return
         run = history.Run(self.entries, self.entries + n, step.mark)
         self.entries += n
         self.runs.append(run)
-        self._rows[run.file] = found.rows
+        self._rows[run.file] = rows
         while history.merge_due(self.runs):
             a, b = self.runs[-2:]
             joined = history.Run(a.start, b.end, step.mark)
-            self._rows[joined.file] = history.merged(self.rows(a), self.rows(b))
+            first, second = (self._rows.get(r.file) or self.rows(r) for r in (a, b))  # a stored run read here
+            self._rows[joined.file] = self._work().submit(_merged, first, second)
             self.runs[-2:] = [joined]
+
+    def _work(self) -> ThreadPoolExecutor:
+        """The thread that sorts runs, in the order they were asked for (a merge after its runs)."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="usr-history")
+        return self._worker
 
     def stage(self) -> None:
         return None
@@ -1316,9 +1337,9 @@ class HistoryIndex:
         if mark is None:
             return {}
         out: dict[str, Output] = {}
-        for run in self.runs if self.keyed else []:
-            out[run.file] = Output(run.mark, _history_encoder(self, run), idindex.stamp_at)
-        manifest = history.Manifest(mark, self.entries, self.keyed, list(self.runs), dict(self.batches))
+        for run in self.runs:
+            out[run.file] = Output(run.mark, _history_encoder(self, run), idindex.stamp_at, named=True)
+        manifest = history.Manifest(mark, self.entries, list(self.runs), dict(self.batches))
         out[HISTORY_MANIFEST] = Output(
             mark, lambda: history.encode_manifest(manifest), history.manifest_stamp, last=True
         )
@@ -1327,8 +1348,33 @@ class HistoryIndex:
     def stray(self, directory: Path) -> Iterator[str]:
         return _strays(directory, directory / HISTORY_DIR, self.outputs())
 
-    def release(self) -> None:
-        self._rows.clear()
+    def release(self, directory: Path | None = None) -> None:
+        """Runs are dropped only where they can be read back (a fold from the start has no folder until
+        its files are written)."""
+        if directory is not None:
+            self._dir = directory
+        if self._dir is not None:
+            self._rows.clear()
+
+
+def _stored_history(directory: Path) -> history.Manifest | None:
+    """The stored manifest (None, and so a fold from the start, if a run it names is gone: a later write
+    may have to merge it)."""
+    found = history.read_manifest(directory / HISTORY_MANIFEST)
+    if found is None or not all((directory / run.file).is_file() for run in found.runs):
+        return None
+    return found
+
+
+def _entries(seq: int, event: Event, payload: Payload | None) -> pa.RecordBatch:
+    return history.entries_of(seq, event, payload).rows
+
+
+def _merged(
+    first: pa.RecordBatch | Future[pa.RecordBatch], second: pa.RecordBatch | Future[pa.RecordBatch]
+) -> pa.RecordBatch:
+    """Two runs merged (on the worker, after both were sorted: it takes its jobs in order)."""
+    return history.merged(*(r.result() if isinstance(r, Future) else r for r in (first, second)))
 
 
 def _history_encoder(index: HistoryIndex, run: history.Run) -> Callable[[], Encoded]:

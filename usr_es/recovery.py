@@ -477,14 +477,16 @@ def _write(path: Path, data: Encoded) -> None:
 def publish_changes(before: dict[str, Output], after: dict[str, Output], target: Path) -> list[str]:
     """Publish what one write changed: files that are new or carry a new watermark (an archived part is
     moved from where it was), then remove the files no projection produces any more, then the anchor
-    files (`Output.last`): a crash in between leaves a projection lagging, never ahead of its files."""
+    files (`Output.last`): a crash in between leaves a projection lagging, never ahead of its files.
+    Files an anchor names (`Output.named`) are removed after the anchors, so the old anchor never names a
+    file that is gone."""
     written = []
     for rel, out in sorted(after.items(), key=lambda item: item[1].last):
         if out.last:
-            for gone in [r for r in before if r not in after]:
+            for gone in [r for r, o in before.items() if r not in after and not o.named]:
                 if (target / gone).exists():
                     fileops().unlink(target / gone)
-            before = {r: o for r, o in before.items() if r in after}
+            before = {r: o for r, o in before.items() if r in after or o.named}
         old = before.get(rel)
         if old is not None and old.mark == out.mark:
             continue
@@ -529,7 +531,7 @@ def sync(
         if not any(out.last for out in outputs.values()):
             for stray in list(member.stray(target)):
                 fileops().unlink(target / stray)
-        member.release()
+        member.release(target)
         release_memory()
     return [rel for member in chosen for rel in member.outputs() if rel in placed]
 
