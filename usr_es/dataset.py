@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from functools import cached_property, update_wrapper
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
 import msgspec
 import pyarrow as pa
@@ -62,14 +62,20 @@ from .results import (
     ProjectResult,
     RebuildResult,
     Receipt,
+    Received,
     RecordBlame,
     RecordHistory,
     ReplayResult,
+    SyncResult,
+    SyncStatus,
     ValidateReport,
     VerifyReport,
 )
 from .roots import holds_dataset, nearest_holding, resolve_existing, validate_id
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from .remotes import Remote, Transport
 
 _IdsCommandType = TombstoneRecords | RestoreRecords | SetState | ClearState
 P = ParamSpec("P")
@@ -178,6 +184,18 @@ class Dataset:
     def history(self) -> History:
         """Forensics: a record's history and blame, the diff between two points, the log as a timeline."""
         return History(self)
+
+    @cached_property
+    def sync(self) -> Sync:
+        """Sync with the copy of this dataset on a remote (docs/adr/0021): status, pull, push."""
+        return Sync(self)
+
+    def receive_lines(self, data: bytes, staged: Path) -> Received:
+        """Append lines another copy of this dataset's log holds after this copy's head (the receiving side
+        of a sync), taking the files they name from `staged`; lines already here are skipped, a fork is
+        refused (`Diverged`). Through the one write path, like every mutation."""
+        self._require()
+        return self._writer.receive(data, staged)
 
     @cached_property
     def log(self) -> EventLog:
@@ -1011,3 +1029,66 @@ def _merge_result(
         carried={str(ns): int(n) for ns, n in metrics.get("carried", {}).items()},
         receipt=receipt,
     )
+
+
+class Sync:
+    """`ds.sync`: compare and exchange events with the copy of this dataset on a remote named in the
+    remotes config (`remotes_config`, else `$USR_REMOTES_PATH`), or given as a `Remote`."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self._ds = ds
+
+    def _transport(self, remote: str | Remote, remotes_config: Path | str | None) -> Transport:
+        from .remotes import config_path, get_remote, transport
+
+        if isinstance(remote, str):
+            remote = get_remote(remote, config_path(Path(remotes_config) if remotes_config is not None else None))
+        return transport(remote)
+
+    def status(self, remote: str | Remote, *, remotes_config: Path | str | None = None) -> SyncStatus:
+        """How this copy and the remote's compare: up to date, which side is ahead and by which events, or
+        where they forked (read-only on both sides)."""
+        from . import sync
+
+        return sync.status(self._ds.dir, self._ds.name, self._transport(remote, remotes_config))
+
+    def pull(
+        self,
+        remote: str | Remote,
+        *,
+        dry_run: bool = False,
+        primary_only: bool = False,
+        skip_snapshots: bool = False,
+        remotes_config: Path | str | None = None,
+    ) -> SyncResult:
+        """Append the remote's events this copy lacks, through this copy's write path. A dataset missing
+        here is copied whole (`primary_only`: only its log and the files it names, the projections folded
+        here; `skip_snapshots`: without its checkpoints)."""
+        from . import sync
+
+        ds, copy = self._ds, sync.Copying(primary_only=primary_only, skip_snapshots=skip_snapshots)
+        where = self._transport(remote, remotes_config)
+        return sync.pull(ds.root, ds.dir, ds.name, where, dry_run=dry_run, copy=copy)
+
+    def push(
+        self,
+        remote: str | Remote,
+        *,
+        dry_run: bool = False,
+        primary_only: bool = False,
+        skip_snapshots: bool = False,
+        remotes_config: Path | str | None = None,
+    ) -> SyncResult:
+        """Append this copy's events the remote lacks, through the remote's write path (a dataset missing
+        there is copied whole, as `pull` copies one)."""
+        from . import sync
+
+        ds, copy = self._ds, sync.Copying(primary_only=primary_only, skip_snapshots=skip_snapshots)
+        ds._require()
+        return sync.push(ds.dir, ds.name, self._transport(remote, remotes_config), dry_run=dry_run, copy=copy)
+
+    def verify_remote(self, remote: str | Remote, *, remotes_config: Path | str | None = None) -> VerifyReport:
+        """`usr verify` of the remote's copy, run there."""
+        from .agent import Verify
+
+        return self._transport(remote, remotes_config).call(Verify(dataset=self._ds.name), VerifyReport)

@@ -81,6 +81,17 @@ class ConcurrencyError(UsrError):
     exit_code = EXIT_CONFLICT
 
 
+class Diverged(UsrError):
+    """Two copies of a dataset's log both appended since their last common line (`fork_seq`): nothing was
+    transferred (docs/adr/0021)."""
+
+    exit_code = EXIT_CONFLICT
+
+    def __init__(self, message: str, *, fork_seq: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.fork_seq = fork_seq
+
+
 class IntegrityError(UsrError):
     """The log, a payload or a projection does not match what it claims to be."""
 
@@ -130,6 +141,18 @@ class Interrupted(UsrError):
     def __init__(self, message: str, *, state: str, hint: str | None = None) -> None:
         super().__init__(f"{message} [{state}]", hint=hint)
         self.state = state
+
+
+class RemoteError(UsrError):
+    """ssh or rsync failed, or the other side's usr_es could not answer (docs/adr/0021). Nothing was
+    appended on the side that reports it."""
+
+    exit_code = EXIT_IO
+
+
+class UnsafeLocks(InvalidInput):
+    """The dataset's filesystem does not make `flock` locks coherent across machines (NFS `nolock`,
+    Lustre without `flock`, ...): writes are refused unless `USR_ALLOW_UNSAFE_LOCKS=1` (docs/adr/0021)."""
 
 
 class UserAbort(UsrError):

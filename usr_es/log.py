@@ -392,6 +392,26 @@ def check_prefix(path: Path, *, end_offset: int, lines: int, last_hash: str) -> 
         raise CorruptLog("log prefix does not lead to the recorded projection anchor", line=number + 1, offset=offset)
 
 
+def shipped_lines(data: bytes, *, start_offset: int, start_seq: int, start_hash: str) -> list[LogLine]:
+    """Verify lines another copy of the log sent (docs/adr/0021): whole lines continuing the chain at
+    (`start_seq`, `start_hash`), placed from byte `start_offset` on. A missing final newline, a damaged
+    line or a broken chain raises `CorruptLog`."""
+    lines: list[LogLine] = []
+    seq, prev, offset, start = start_seq, start_hash, start_offset, 0
+    while start < len(data):
+        nl = data.find(b"\n", start)
+        if nl < 0:
+            raise CorruptLog("the lines sent end in a partial line", line=seq + 1, offset=offset)
+        raw = data[start:nl]
+        if nl + 1 - start > MAX_LINE_BYTES:
+            raise CorruptLog("log line exceeds 1 MiB", line=seq + 1, offset=offset)
+        record = _decode(raw, seq + 1, offset, prev)
+        seq, prev = seq + 1, record.hash
+        lines.append(LogLine(seq=seq, offset=offset, end=offset + len(raw) + 1, raw=raw, record=record))
+        offset, start = offset + len(raw) + 1, nl + 1
+    return lines
+
+
 def read_lines(path: Path, *, until_seq: int | None = None) -> tuple[list[LogLine], Scan]:
     """Read and verify the whole log (or up to `until_seq`)."""
     scan = Scan()

@@ -398,3 +398,72 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
 
     credit: Credit
     summary: str
+
+
+# -- sync (docs/adr/0021) ----------------------------------------------------------------------------
+class Received(msgspec.Struct, frozen=True, kw_only=True):
+    """Lines another copy of the log sent, appended through the write path: how many, and the new head."""
+
+    dataset: str
+    appended: int
+    seq: int
+    hash: str
+
+
+class SideHead(msgspec.Struct, frozen=True, kw_only=True):
+    """One copy's head: whether it exists, its last seq, chain hash and time."""
+
+    exists: bool
+    seq: int = 0
+    hash: str = ""
+    timestamp_utc: str = ""
+
+
+class SyncEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event one copy has and the other lacks."""
+
+    seq: int
+    action: str
+    timestamp_utc: str
+    actor: str
+    command_id: str
+
+
+class SyncStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """How two copies of a dataset compare (`usr status` / `usr diff DATASET REMOTE`).
+
+    `verdict`: `up-to-date`, `local-ahead`, `remote-ahead`, `diverged` (both appended since `fork_seq`),
+    `remote-missing` or `local-missing`. `local_only` / `remote_only`: the events each side has that the
+    other lacks. `bytes_to_pull` / `bytes_to_push`: the lines and payload files that would travel (a
+    whole folder for a dataset the other side lacks). `round_trips`: ssh sessions (or local calls) used."""
+
+    dataset: str
+    remote: str
+    verdict: str
+    local: SideHead
+    remote_head: SideHead
+    fork_seq: int | None = None
+    local_only: list[SyncEvent] = []
+    remote_only: list[SyncEvent] = []
+    bytes_to_pull: int = 0
+    bytes_to_push: int = 0
+    round_trips: int = 0
+
+
+class SyncResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a pull or push did: `transfer_state` is `TRANSFERRED`, `NO-OP` or `DRY-RUN` (as the original's
+    audit); `appended`: the lines the receiving side's write path appended (a bootstrap: the copy's
+    lines); `bytes`: the lines and files that travelled; `head`: both sides' head afterwards."""
+
+    dataset: str
+    remote: str
+    action: str
+    transfer_state: str
+    verdict: str
+    appended: int
+    bytes: int
+    files: int
+    head: SideHead
+    bootstrap: bool = False
+    round_trips: int = 0
+    message: str = ""

@@ -146,7 +146,7 @@ class ParquetRows:
             yield reader.read_row_group(group, columns=columns or self.columns).replace_schema_metadata(None)
 
 
-def _digest_of(path: Path) -> tuple[int, str]:
+def digest_of(path: Path) -> tuple[int, str]:
     """A file's size and xxh3-128 digest, read a block at a time."""
     hasher = xxhash.xxh3_128()
     size = 0
@@ -161,7 +161,7 @@ def open_payload(dataset_dir: Path, ref: PayloadRef) -> StoredRows:
     """A payload artifact to read a batch at a time, its size and digest checked first."""
     path = dataset_dir / ref.file
     try:
-        size, digest = _digest_of(path)
+        size, digest = digest_of(path)
     except FileNotFoundError:
         raise IntegrityError(f"payload artifact missing: {ref.file}") from None
     if size != ref.size_bytes or digest != ref.digest:

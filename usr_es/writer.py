@@ -65,14 +65,26 @@ from .events import (
 from .fileio import append_record, fileops, locked
 from .log import encode_line, find_command, read_line_at
 from .meta import append_meta
+from .mounts import check_locks
 from .names import LOCK_FILE, LOG_FILE, RECORDS_FILE, RESERVED_NAMESPACES, TOMBSTONE_NS
 from .original import OriginalDataset, keep_originals, not_adopted, read_original, retire_originals, unadopted
-from .projections import PENDING, BaseBytes, BaseFile, DerivedFiles, Fold, IdIndex, IndexedIds, PreparedAppend, Step
+from .projections import (
+    PENDING,
+    BaseBytes,
+    BaseFile,
+    DerivedFiles,
+    Fold,
+    IdIndex,
+    IndexedIds,
+    Output,
+    PreparedAppend,
+    Step,
+)
 from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
-from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps
+from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps, step_of
 from .redaction import clean_command, escaped
 from .registry import Registry, load_registry, parse_registry, registry_path
-from .results import Receipt
+from .results import Receipt, Received
 from .storage import (
     PayloadSpool,
     SortedRuns,
@@ -190,6 +202,7 @@ class Writer:
         if command_id is not None and not _COMMAND_ID.match(command_id):
             raise InvalidInput(f"Invalid command id '{command_id}'.", hint="Use 1-128 of [A-Za-z0-9._:@/+-].")
         command = clean_command(command)  # free text checked and redacted before anything is written
+        check_locks(self.directory)
         self._prepare_folder(command, command_id)
         progress = _Progress()  # where a Ctrl-C would leave the log
         try:
@@ -264,6 +277,61 @@ class Writer:
                 keep_originals(self.directory, self._original)  # linked into _legacy/ before the append
         except OSError as exc:  # payload or frozen registry: the log is untouched
             raise CommitError(f"writing the event's files failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        retire = isinstance(command, AdoptDataset) and not command.keep_originals
+        self._commit(tail, before, records, marks, data, progress, finish=retire_originals if retire else None)
+        return receipt(records[-1], warnings=list(tail.warnings))
+
+    def receive(self, data: bytes, staged: Path) -> Received:
+        """Append lines another copy of this dataset's log holds (docs/adr/0021), through the same steps as
+        a command: lock, recover the tail, check (the lines continue this log's chain: a line this log
+        already holds is skipped, one that differs is refused), move their payloads and frozen registries
+        in from `staged` (digests checked), fold, append them in one write, publish."""
+        check_locks(self.directory)
+        progress = _Progress()
+        try:
+            with locked(self.directory / LOCK_FILE):
+                return self._receive_locked(data, staged, progress)
+        except KeyboardInterrupt:
+            raise progress.interrupted() from None
+
+    def _receive_locked(self, data: bytes, staged: Path, progress: _Progress) -> Received:
+        from .shipping import accept_lines, place_artifacts
+
+        remove_temps(self.directory)
+        try:
+            tail = catch_up(self.directory, quarantine=True)
+        except OSError as exc:
+            raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        lines = accept_lines(tail.scan, data)
+        if not lines:
+            return Received(dataset=self.name, appended=0, seq=tail.scan.seq, hash=tail.scan.hash)
+        try:
+            place_artifacts([line.record for line in lines], staged, self.directory)
+        except OSError as exc:
+            raise CommitError(f"moving the sent files in failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        before = tail.fold.outputs()
+        for line in lines:
+            tail.fold.apply(step_of(line, self.directory))
+            release_memory()
+        records = [line.record for line in lines]
+        marks = [Watermark(line.seq, line.offset, line.record.hash) for line in lines]
+        self._commit(tail, before, records, marks, b"".join(line.raw + b"\n" for line in lines), progress)
+        last = records[-1]
+        return Received(dataset=self.name, appended=len(lines), seq=last.seq, hash=last.hash)
+
+    def _commit(
+        self,
+        tail: Tail,
+        before: dict[str, Output],
+        records: list[LogRecord],
+        marks: list[Watermark],
+        data: bytes,
+        progress: _Progress,
+        *,
+        finish: Callable[[Path], object] | None = None,
+    ) -> None:
+        """Append the lines (one write + fsync: committed from here on), then seal and publish the folded
+        projections, checkpoint and note the events in meta.md; `finish` runs last, on the folder."""
         progress.appending = True
         append_record(self.directory / LOG_FILE, data, expected_size=tail.scan.size)
         progress.appending, progress.committed = False, records[-1].seq
@@ -276,15 +344,14 @@ class Writer:
             self._checkpoint(tail.fold, records, marks[-1])
             for record in records:
                 append_meta(self.directory, record)
-            if isinstance(command, AdoptDataset) and not command.keep_originals:
-                retire_originals(self.directory)
+            if finish is not None:
+                finish(self.directory)
         except OSError as exc:
             raise CommitError(
                 f"event seq {records[-1].seq} is committed, but a projection could not be written: {exc.strerror}",
                 state="COMMITTED",
                 hint="The next command (or `usr rebuild`) catches the projection up from the log.",
             ) from exc
-        return receipt(records[-1], warnings=list(tail.warnings))
 
     # -- the steps -------------------------------------------------------------------------------
     def _prepare_folder(self, command: Command, command_id: str | None) -> None:

@@ -19,7 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from ..errors import EXIT_ABORT, EXIT_INTERNAL, EXIT_USAGE, CommitError, Interrupted, UsrError
-from . import forensics, log, maintenance, reads, writes
+from . import forensics, log, maintenance, reads, sync, writes
 from .common import options
 
 #: The top-level commands, in the order `usr --help` (and docs/cli.md) lists them; the groups follow.
@@ -44,6 +44,9 @@ _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("blame", forensics.blame),
     ("diff", forensics.diff),
     ("log", forensics.log),
+    ("status", sync.status),
+    ("pull", sync.pull),
+    ("push", sync.push),
     ("demo", writes.demo),
     ("attach", writes.attach),
     ("delete", writes.delete),
@@ -57,6 +60,7 @@ _GROUPS: tuple[tuple[str, typer.Typer], ...] = (
     ("events", log.events_app),
     ("state", writes.state_app),
     ("maintenance", maintenance.maintenance_app),
+    ("remotes", sync.remotes_app),
 )
 
 
@@ -101,12 +105,14 @@ def _build(names: frozenset[str] | None = None) -> typer.Typer:
     for name, group in _GROUPS:
         if names is None or name in names:
             built.add_typer(group, name=name)
+    if names is None or "_agent" in names:
+        built.command("_agent", hidden=True)(sync.agent)
     built.callback()(_global)
     return built
 
 
 app = _build()
-_NAMES = frozenset(name for name, _ in (*_COMMANDS, *_GROUPS))
+_NAMES = frozenset([*(name for name, _ in (*_COMMANDS, *_GROUPS)), "_agent"])
 
 
 def _app_for(args: list[str]) -> typer.Typer:

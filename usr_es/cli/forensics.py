@@ -20,6 +20,7 @@ from .common import (
     plain_value,
     split_list,
 )
+from .sync import AuditOpt, RemotesConfigOpt, Verify, VerifyOpt, sync_diff
 
 if TYPE_CHECKING:
     from ..results import Credit, RecordBlame
@@ -114,21 +115,41 @@ def blame(
 
 def diff(
     dataset: DatasetArg = None,
+    remote: Annotated[
+        str | None,
+        typer.Argument(
+            help="A remote: compare this copy with the remote's instead (`usr status`).", show_default=False
+        ),
+    ] = None,
     start: Annotated[
         str, typer.Option("--from", help="From this point: a seq (0: before the first event), event id or time.")
     ] = "",
     end: Annotated[str | None, typer.Option("--to", help="To this point (default: the head).")] = None,
     columns: ColumnsOpt = "",
     summary: Annotated[bool, typer.Option("--summary", help="Only the counts.")] = False,
+    remotes_config: RemotesConfigOpt = None,
+    verify: VerifyOpt = Verify.hash,
+    audit_json_out: AuditOpt = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:
     """What changed between two points of the log: rows added, removed, deleted and restored, and every
-    changed cell with before -> after and the event and actor that made the change.
+    changed cell with before -> after and the event and actor that made the change. With a REMOTE: how
+    this copy and the remote's compare (the same as `usr status`).
 
     Example: usr diff densegen/demo --from 12 --to 2026-12-01T00:00:00Z --summary
     """
+    if remote is not None:
+        if dataset is None or start or end is not None:
+            raise InvalidInput(
+                "Compare with a remote as `usr diff DATASET REMOTE` (no --from/--to).",
+                hint="usr diff DATASET --from A --to B compares two points of one log.",
+            )
+        sync_diff(dataset, remote, remotes_config, audit_json_out, fmt)
+        return
     if not start:
-        raise InvalidInput("No --from point given.", hint="usr diff DATASET --from SEQ [--to SEQ]")
+        raise InvalidInput(
+            "No --from point given.", hint="usr diff DATASET --from SEQ [--to SEQ], or usr diff DATASET REMOTE"
+        )
     ds = existing_dataset(dataset)
     found = ds.history.diff(start, end, columns=column_list(columns), summary=summary)
     if output_format(fmt) is Format.json:

@@ -1,0 +1,154 @@
+"""Sync over a real OpenSSH server on 127.0.0.1 with the real ssh and rsync binaries (tests/sshd.py):
+nothing is mocked at the transport; the remote side runs this usr_es as `usr --root BASE _agent`."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.sshd import Sshd, start_sshd
+from usr_es import Dataset
+from usr_es.errors import Diverged, RemoteError
+from usr_es.registry import register_namespace, split_columns_spec
+from usr_es.remotes import Remote, doctor, save_remote
+
+NAME = "demo/ds"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+def _root(path: Path) -> Path:
+    register_namespace(path, "mock", split_columns_spec("mock__score:float64"))
+    return path
+
+
+def _dna(tag: str, n: int) -> list[str]:
+    rng = random.Random(tag)
+    return ["".join(rng.choice("ACGT") for _ in range(24)) for _ in range(n)]
+
+
+@pytest.fixture
+def remote(sshd: Sshd, tmp_path: Path) -> Remote:
+    return sshd.remote("cluster", _root(tmp_path / "cluster"))
+
+
+@pytest.fixture
+def here(tmp_path: Path) -> Dataset:
+    ds = Dataset.open(_root(tmp_path / "laptop"), NAME)
+    ds.init(source="laptop")
+    ds.add_sequences(_dna("first", 30))
+    return ds
+
+
+def _there(remote: Remote) -> Dataset:
+    return Dataset.open(Path(remote.spec.base_dir), NAME)
+
+
+def _same(a: Dataset, b: Dataset) -> None:
+    assert a.log_path.read_bytes() == b.log_path.read_bytes()
+    for ds in (a, b):
+        report = ds.verify()
+        assert report.ok, report.problems
+
+
+def test_bootstrap_push_then_prefix_push_and_pull_over_ssh(here: Dataset, remote: Remote) -> None:
+    first = here.sync.push(remote)
+    assert first.bootstrap and first.transfer_state == "TRANSFERRED"
+    there = _there(remote)
+    _same(here, there)
+    here.add_sequences(_dna("second", 20))
+    pushed = here.sync.push(remote)
+    assert (pushed.appended, pushed.files) == (1, 2)  # the import's payload and its frozen registry
+    there.add_sequences(_dna("on-the-cluster", 10))
+    found = here.sync.status(remote)
+    assert found.verdict == "remote-ahead" and found.round_trips == 1
+    pulled = here.sync.pull(remote)
+    assert pulled.appended == 1
+    _same(here, there)
+    assert here.info().rows == 60
+
+
+def test_bootstrap_pull_over_ssh(tmp_path: Path, here: Dataset, remote: Remote) -> None:
+    here.sync.push(remote)
+    elsewhere = Dataset.open(_root(tmp_path / "desktop"), NAME)
+    done = elsewhere.sync.pull(remote)
+    assert done.bootstrap and done.head.seq == 2
+    _same(elsewhere, _there(remote))
+
+
+def test_a_fork_over_ssh_is_refused_with_the_fork_seq(here: Dataset, remote: Remote) -> None:
+    here.sync.push(remote)
+    here.add_sequences(_dna("mine", 3))
+    _there(remote).add_sequences(_dna("theirs", 3))
+    with pytest.raises(Diverged) as refused:
+        here.sync.push(remote)
+    assert refused.value.fork_seq == 2
+
+
+def test_doctor_passes_every_step_against_the_loopback_server(remote: Remote) -> None:
+    checks = doctor(remote)
+    assert [c.step for c in checks] == [
+        "ssh here",
+        "rsync here",
+        "ssh to the host",
+        "usr_es there",
+        "rsync there",
+        "base_dir there",
+    ]
+    assert all(c.ok for c in checks), checks
+
+
+def test_doctor_names_the_failing_step(sshd: Sshd, tmp_path: Path) -> None:
+    missing = sshd.remote("nowhere", tmp_path / "no-such-root")
+    checks = doctor(missing)
+    assert checks[-1].step == "base_dir there" and not checks[-1].ok and "mkdir -p" in checks[-1].fix
+    wrong_usr = sshd.remote("no-usr", tmp_path, usr_command="/nonexistent/usr")
+    failed = [c for c in doctor(wrong_usr) if not c.ok]
+    assert failed[0].step == "usr_es there" and "usr_command" in failed[0].fix
+    with pytest.raises(RemoteError, match=r"ssh to \S*127.0.0.1 failed \(exit 127\)") as failed_call:
+        Dataset.open(tmp_path, "x/y").sync.status(wrong_usr)
+    assert failed_call.value.hint is not None and "usr_command" in failed_call.value.hint
+
+
+@pytest.mark.crash
+def test_pushes_and_pulls_killed_at_random_moments_complete_when_run_again(
+    tmp_path: Path, here: Dataset, remote: Remote
+) -> None:
+    seed = int(os.environ.get("USR_ES_TEST_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"seed={seed} (replay with USR_ES_TEST_SEED={seed})")
+    rng = random.Random(seed)
+    config = tmp_path / "remotes.yaml"
+    save_remote(config, "cluster", remote.spec)
+    env = {**os.environ, "USR_REMOTES_PATH": str(config)}
+    env.pop("USR_ES_CRASH_AT", None)
+    here.sync.push(remote)
+    there = _there(remote)
+    killed = 0
+    for round_ in range(4):
+        action = "push" if round_ % 2 == 0 else "pull"
+        source = here if action == "push" else there
+        for k in range(2):
+            source.add_sequences(_dna(f"round-{round_}-{k}", 2000))
+        argv = [sys.executable, "-m", "usr_es", "--root", str(here.root), action, NAME, "cluster", "-y"]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        killed += proc.returncode == -signal.SIGKILL
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"seed={seed} round {round_}: {done.stderr}"
+        _same(here, there)
+    print(f"ssh transfers killed mid-way: {killed} of 4")

@@ -1,0 +1,325 @@
+"""The side of a sync that holds the other copy (docs/adr/0021): it answers what its copy of a dataset
+holds and takes lines and folders through its own write path.
+
+Over ssh the other machine runs `usr --root BASE_DIR _agent` (the same usr_es), reads one request from
+stdin (a JSON line, then the bytes it carries) and writes one JSON reply. A `type: local` remote calls
+`serve` in this process instead: the same code, no ssh. A failure travels as a reply naming the error's
+class, so the asking side raises the same error (a fork there is a `Diverged` here).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import msgspec
+
+from . import __version__
+from .errors import DatasetExists, IntegrityError, InvalidInput, NotFound, UsrError
+from .events import LogRecord
+from .log import iter_lines, read_lines
+from .names import LOCK_FILE, LOG_FILE, QUARANTINE_FILE
+from .results import Received, VerifyReport
+from .roots import validate_id
+
+#: The folder (in a dataset folder, or in a root for a dataset that does not exist yet) where a transfer
+#: puts the files it sends before the write path takes them.
+STAGING_DIR = ".usr-sync"
+
+
+# -- requests --------------------------------------------------------------------------------------------
+class Probe(msgspec.Struct, frozen=True, tag="probe"):
+    """What `usr remotes doctor` checks: the usr_es version, the root, rsync."""
+
+
+class Head(msgspec.Struct, frozen=True, kw_only=True, tag="head"):
+    """A dataset's head, whether its line at `known_seq` has `known_hash`, and (`with_lines`) the lines
+    after it, with the files they name."""
+
+    dataset: str
+    known_seq: int = 0
+    known_hash: str = ""
+    with_lines: bool = False
+
+
+class Lines(msgspec.Struct, frozen=True, kw_only=True, tag="lines"):
+    """A summary of each line from `from_seq` on (to find where two copies forked)."""
+
+    dataset: str
+    from_seq: int = 1
+
+
+class Receive(msgspec.Struct, frozen=True, kw_only=True, tag="receive"):
+    """Append the lines sent after the request through the write path, taking the files they name from
+    the staging folder `staging` (then removed)."""
+
+    dataset: str
+    staging: str
+
+
+class Install(msgspec.Struct, frozen=True, kw_only=True, tag="install"):
+    """Make the dataset folder sent into `staging` (a copy of another side's folder) a dataset of this
+    root: its log and files checked, its projections caught up, then renamed into place."""
+
+    dataset: str
+    staging: str
+
+
+class Verify(msgspec.Struct, frozen=True, kw_only=True, tag="verify"):
+    """`usr verify` of the dataset there (after a push with `--verify-sidecars`)."""
+
+    dataset: str
+
+
+Request = Probe | Head | Lines | Receive | Install | Verify
+
+
+# -- replies -----------------------------------------------------------------------------------------------
+class ProbeReply(msgspec.Struct, frozen=True, kw_only=True):
+    version: str
+    python: str
+    root: str
+    root_exists: bool
+    root_writable: bool
+    rsync: str
+
+
+class Artifact(msgspec.Struct, frozen=True):
+    file: str
+    size: int
+
+
+class LineInfo(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    hash: str
+    action: str
+    timestamp_utc: str
+    actor: str
+    command_id: str
+
+
+class HeadReply(msgspec.Struct, frozen=True, kw_only=True):
+    exists: bool
+    seq: int = 0
+    hash: str = ""
+    size: int = 0
+    timestamp_utc: str = ""
+    #: Whether the line at `known_seq` has `known_hash` (None: the log ends before `known_seq`).
+    holds_known: bool | None = None
+    lines: bytes = b""
+    artifacts: list[Artifact] = []
+    #: The new lines, summarized (with `with_lines`).
+    events: list[LineInfo] = []
+
+
+class LinesReply(msgspec.Struct, frozen=True):
+    lines: list[LineInfo]
+
+
+class Installed(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    seq: int
+    hash: str
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    error: str
+    kind: str
+    hint: str | None = None
+    fork_seq: int | None = None
+
+
+Reply = ProbeReply | HeadReply | LinesReply | Received | Installed | VerifyReport
+
+
+_request_decoder = msgspec.json.Decoder(Request)
+
+
+def encode_request(request: Request, data: bytes = b"") -> bytes:
+    """The bytes a request travels as: its JSON line, then the bytes it carries."""
+    return msgspec.json.encode(request) + b"\n" + data
+
+
+def serve_bytes(root: Path, sent: bytes) -> bytes:
+    """Answer one request (`encode_request`'s bytes) about datasets under `root`: the reply's JSON, a
+    `Failure` when a `UsrError` stopped it."""
+    newline = sent.find(b"\n")
+    head, data = (sent, b"") if newline < 0 else (sent[:newline], sent[newline + 1 :])
+    try:
+        try:
+            request = _request_decoder.decode(head)
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"not a sync request this usr_es {__version__} knows: {exc}") from None
+        reply: Reply = serve(root, request, data)
+    except UsrError as exc:
+        failure = Failure(
+            error=exc.message, kind=type(exc).__name__, hint=exc.hint, fork_seq=getattr(exc, "fork_seq", None)
+        )
+        return msgspec.json.encode({"failure": failure})
+    return msgspec.json.encode({"reply": reply})
+
+
+def serve(root: Path, request: Request, data: bytes = b"") -> Reply:
+    """Answer one request about datasets under `root`."""
+    if isinstance(request, Probe):
+        return _probe(root)
+    directory = root / validate_id(request.dataset)
+    if isinstance(request, Head):
+        return head_of(directory, request)
+    if isinstance(request, Lines):
+        return LinesReply(line_infos(directory, request.from_seq))
+    if isinstance(request, Receive):
+        return _receive(root, request, data)
+    if isinstance(request, Verify):
+        from .replay import verify
+
+        if not (directory / LOG_FILE).is_file():
+            raise NotFound(f"Dataset not found: {request.dataset}")
+        return verify(directory, request.dataset)
+    return install(root, request.dataset, _staging(root, request.dataset, request.staging, fresh=True))
+
+
+def _probe(root: Path) -> ProbeReply:
+    return ProbeReply(
+        version=__version__,
+        python=f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        root=str(root),
+        root_exists=root.is_dir(),
+        root_writable=root.is_dir() and os.access(root, os.W_OK | os.X_OK),
+        rsync=shutil.which("rsync") or "",
+    )
+
+
+def head_of(directory: Path, request: Head) -> HeadReply:
+    """The head of the dataset in `directory` (verified: every line's hash and the chain)."""
+    log = directory / LOG_FILE
+    if not log.is_file():
+        return HeadReply(exists=False)
+    lines, scan = read_lines(log)
+    holds: bool | None = None
+    if request.known_seq == 0:
+        holds = True
+    elif request.known_seq <= scan.seq:
+        holds = lines[request.known_seq - 1].record.hash == request.known_hash
+    later = lines[request.known_seq :] if request.with_lines and holds else []
+    records = [line.record for line in later]
+    return HeadReply(
+        exists=True,
+        seq=scan.seq,
+        hash=scan.hash,
+        size=scan.size,
+        timestamp_utc=scan.last_timestamp or "",
+        holds_known=holds,
+        lines=b"".join(line.raw + b"\n" for line in later),
+        artifacts=artifacts_with_sizes(directory, records),
+        events=[line_info(record) for record in records],
+    )
+
+
+def artifacts_with_sizes(directory: Path, records: list[LogRecord]) -> list[Artifact]:
+    """The files the events name (payloads and frozen registries) with their sizes here."""
+    from .shipping import artifacts_of
+
+    found = []
+    for rel in artifacts_of(records):
+        try:
+            found.append(Artifact(rel, (directory / rel).stat().st_size))
+        except FileNotFoundError:
+            raise IntegrityError(f"{rel}, named by the log of {directory.name}, is missing") from None
+    return found
+
+
+def line_infos(directory: Path, from_seq: int) -> list[LineInfo]:
+    log = directory / LOG_FILE
+    if not log.is_file():
+        raise NotFound(f"Dataset not found: {directory.name}")
+    return [line_info(line.record) for line in iter_lines(log) if line.seq >= from_seq]
+
+
+def line_info(record: LogRecord) -> LineInfo:
+    actor = record.actor
+    who = f"{actor.tool}@{actor.host}" if actor is not None else ""
+    return LineInfo(
+        seq=record.seq,
+        hash=record.hash,
+        action=record.action,
+        timestamp_utc=record.timestamp_utc,
+        actor=who,
+        command_id=record.command_id,
+    )
+
+
+def staging_name(token: str) -> str:
+    if not token or not all(c.isalnum() or c in "-_" for c in token):
+        raise InvalidInput(f"bad staging name {token!r}")
+    return token
+
+
+def _staging(root: Path, dataset: str, token: str, *, fresh: bool) -> Path:
+    """Where a transfer stages files: in the dataset folder, or (`fresh`: a dataset this side lacks) in
+    the root, under a name for that dataset."""
+    name = staging_name(token)
+    if fresh:
+        return root / STAGING_DIR / name
+    return root / validate_id(dataset) / STAGING_DIR / name
+
+
+def staging_path(root: Path, dataset: str, token: str, *, fresh: bool) -> Path:
+    return _staging(root, dataset, token, fresh=fresh)
+
+
+def _receive(root: Path, request: Receive, data: bytes) -> Received:
+    from .writer import Writer
+
+    directory = root / validate_id(request.dataset)
+    if not (directory / LOG_FILE).is_file():
+        raise NotFound(f"Dataset not found: {request.dataset}")
+    received = Writer(root, request.dataset, directory).receive(
+        data, _staging(root, request.dataset, request.staging, fresh=False)
+    )
+    clear_staging(directory)
+    return received
+
+
+def clear_staging(directory: Path) -> None:
+    """Remove a dataset's staging folders once its log holds what they carried (a transfer into the same
+    dataset at this very moment loses its files and says so: run it again)."""
+    shutil.rmtree(directory / STAGING_DIR, ignore_errors=True)
+
+
+def install(root: Path, dataset: str, staged: Path) -> Installed:
+    """Make the folder `staged` (a copy of a dataset folder) the dataset `dataset` of `root`: its chain and
+    payloads are checked, a torn tail the copy caught is dropped, the projections are caught up from its
+    log, and the folder is renamed into place (a dataset already there is refused)."""
+    from .fileio import fileops
+    from .mounts import check_locks
+    from .recovery import catch_up
+    from .shipping import check_artifacts
+
+    target = root / validate_id(dataset)
+    check_locks(root)
+    if (target / LOG_FILE).exists():
+        raise DatasetExists(f"Dataset already exists: {dataset}", hint="Pull or push into it instead.")
+    if not (staged / LOG_FILE).is_file():
+        raise NotFound(f"nothing was sent for {dataset} (no log in {staged})", hint="Run the transfer again.")
+    (staged / LOCK_FILE).unlink(missing_ok=True)
+    tail = catch_up(staged, quarantine=True)  # checks the chain; folds what the copied projections lack
+    (staged / QUARANTINE_FILE).unlink(missing_ok=True)  # a line the copy caught mid-append: no record here
+    if tail.scan.seq == 0:
+        raise IntegrityError(f"the copy of {dataset} holds no event", hint="Run the transfer again.")
+    lines, _ = read_lines(staged / LOG_FILE)
+    problems = check_artifacts(staged, [line.record for line in lines])
+    if problems:
+        raise IntegrityError(f"the copy of {dataset} is damaged: {problems[0]}", hint="Run the transfer again.")
+    ops = fileops()
+    ops.mkdir(target.parent)
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    ops.replace(staged, target)
+    ops.fsync_dir(target.parent)
+    if staged.parent.name == STAGING_DIR and not any(staged.parent.iterdir()):
+        staged.parent.rmdir()
+    return Installed(dataset=dataset, seq=tail.scan.seq, hash=tail.scan.hash)

@@ -1,0 +1,514 @@
+"""`usr status`, `usr pull`, `usr push`, `usr diff DATASET REMOTE` and `usr remotes ...` (docs/adr/0021),
+plus the hidden `usr _agent` the other side of an ssh sync runs."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .common import (
+    Format,
+    FormatOpt,
+    datasets_root,
+    emit_json,
+    emit_struct,
+    existing_dataset,
+    output_format,
+)
+
+if TYPE_CHECKING:
+    from ..dataset import Dataset
+    from ..results import SyncResult, SyncStatus
+
+
+class Verify(StrEnum):
+    hash = "hash"
+    auto = "auto"
+    size = "size"
+    parquet = "parquet"
+
+
+RemoteArg = Annotated[str, typer.Argument(help="A remote named in the remotes config (`usr remotes list`).")]
+RemotesConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--remotes-config", help="The remotes config YAML (default: $USR_REMOTES_PATH).", show_default=False),
+]
+VerifyOpt = Annotated[
+    Verify,
+    typer.Option(
+        "--verify",
+        help="hash|auto|size|parquet: every mode checks the transfer the one way a log allows, by comparing "
+        "both heads' seq and chain hash (a hash of every byte of every event) after it.",
+    ),
+]
+AuditOpt = Annotated[
+    Path | None,
+    typer.Option("--audit-json-out", help="Also write the outcome as JSON (the original's audit shape) to PATH."),
+]
+PrimaryOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--primary-only",
+        help="When a whole dataset is copied (the other side lacks it): only the log and the files it names; "
+        "the receiving side folds its projections from the log.",
+    ),
+]
+SkipSnapshotsOpt = Annotated[
+    bool, typer.Option("--skip-snapshots", help="When a whole dataset is copied: leave out its checkpoints.")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would travel; change nothing.")]
+YesOpt = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")]
+SidecarsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--verify-sidecars/--no-verify-sidecars",
+        help="After the transfer, run `usr verify` on the receiving side (every payload digest, and replay "
+        "equals the stored files).",
+        show_default=False,
+    ),
+]
+
+
+def _dataset_for_sync(ident: str) -> Dataset:
+    """The local dataset (a dataset that exists only on the remote is a bootstrap target: opened by id)."""
+    from ..dataset import Dataset
+    from ..roots import looks_like_path
+
+    if looks_like_path(ident) or Path(ident).is_dir():
+        return existing_dataset(ident)
+    return Dataset.open(datasets_root(), ident)
+
+
+# -- status and diff --------------------------------------------------------------------------------
+def status(
+    dataset: Annotated[str, typer.Argument(help="Dataset id or dataset directory.")],
+    remote: RemoteArg,
+    remotes_config: RemotesConfigOpt = None,
+    verify: VerifyOpt = Verify.hash,
+    primary_only: PrimaryOnlyOpt = False,
+    skip_snapshots: SkipSnapshotsOpt = False,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    audit_json_out: AuditOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Read-only: how this copy and the remote's compare -- both heads, the events each side lacks, the
+    bytes that would travel, and the verdict (up to date, ahead, behind, diverged at seq K, missing).
+
+    Example: usr status densegen/demo cluster
+    """
+    ds = _dataset_for_sync(dataset)
+    found = ds.sync.status(remote, remotes_config=remotes_config)
+    if audit_json_out is not None:
+        _audit(audit_json_out, _status_audit(found, "diff", "DIFF-ONLY"))
+    if output_format(fmt) is Format.json:
+        emit_struct(found)
+        return
+    _show_status(found)
+
+
+def sync_diff(dataset: str, remote: str, remotes_config: Path | None, audit: Path | None, fmt: Format) -> None:
+    """`usr diff DATASET REMOTE`: `usr status` under the original's name."""
+    ds = _dataset_for_sync(dataset)
+    found = ds.sync.status(remote, remotes_config=remotes_config)
+    if audit is not None:
+        _audit(audit, _status_audit(found, "diff", "DIFF-ONLY"))
+    if output_format(fmt) is Format.json:
+        emit_struct(found)
+        return
+    _show_status(found)
+
+
+_VERDICTS = {
+    "up-to-date": "up to date",
+    "local-ahead": "local ahead (push sends {local} event(s))",
+    "remote-ahead": "remote ahead (pull brings {remote} event(s))",
+    "diverged": "DIVERGED at seq {fork}: both sides appended since",
+    "remote-missing": "remote missing (push copies the dataset there)",
+    "local-missing": "local missing (pull copies the dataset here)",
+}
+
+
+def _show_status(found: SyncStatus) -> None:
+    def head(side: Any) -> str:
+        return f"seq {side.seq}  {side.hash[:12]}  {side.timestamp_utc}" if side.exists else "(none)"
+
+    verdict = _VERDICTS[found.verdict].format(
+        local=len(found.local_only), remote=len(found.remote_only), fork=found.fork_seq
+    )
+    typer.echo(f"{found.dataset} <-> {found.remote}: {verdict}")
+    typer.echo(f"  local : {head(found.local)}")
+    typer.echo(f"  remote: {head(found.remote_head)}")
+    for label, events in (("only here", found.local_only), ("only there", found.remote_only)):
+        for event in events[:20]:
+            typer.echo(f"  {label}: seq {event.seq} {event.action} {event.timestamp_utc} {event.actor}")
+        if len(events) > 20:
+            typer.echo(f"  {label}: ... {len(events) - 20} more")
+    if found.bytes_to_pull or found.bytes_to_push:
+        typer.echo(f"  would travel: pull {found.bytes_to_pull:,} bytes, push {found.bytes_to_push:,} bytes")
+    typer.echo(f"  round trips: {found.round_trips}")
+
+
+# -- pull and push ----------------------------------------------------------------------------------
+def pull(
+    dataset: Annotated[str, typer.Argument(help="Dataset id (one this root lacks is copied here) or directory.")],
+    remote: RemoteArg,
+    remotes_config: RemotesConfigOpt = None,
+    yes: YesOpt = False,
+    dry_run: DryRunOpt = False,
+    verify: VerifyOpt = Verify.hash,
+    verify_sidecars: SidecarsOpt = None,
+    primary_only: PrimaryOnlyOpt = False,
+    skip_snapshots: SkipSnapshotsOpt = False,
+    audit_json_out: AuditOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Bring the remote's events this copy lacks, appended through this copy's write path (payload files
+    first, digests checked). A fork is refused, naming the fork seq.
+
+    Example: usr pull densegen/demo cluster -y
+    """
+    _transfer(
+        "pull",
+        dataset,
+        remote,
+        remotes_config,
+        yes,
+        dry_run,
+        verify_sidecars,
+        primary_only,
+        skip_snapshots,
+        audit_json_out,
+        fmt,
+    )
+
+
+def push(
+    dataset: Annotated[str, typer.Argument(help="Dataset id or dataset directory.")],
+    remote: RemoteArg,
+    remotes_config: RemotesConfigOpt = None,
+    yes: YesOpt = False,
+    dry_run: DryRunOpt = False,
+    verify: VerifyOpt = Verify.hash,
+    verify_sidecars: SidecarsOpt = None,
+    primary_only: PrimaryOnlyOpt = False,
+    skip_snapshots: SkipSnapshotsOpt = False,
+    audit_json_out: AuditOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Send this copy's events the remote lacks, appended through the remote's write path (its lock, chain
+    check and projections). A fork is refused, naming the fork seq.
+
+    Example: usr push densegen/demo cluster -y
+    """
+    _transfer(
+        "push",
+        dataset,
+        remote,
+        remotes_config,
+        yes,
+        dry_run,
+        verify_sidecars,
+        primary_only,
+        skip_snapshots,
+        audit_json_out,
+        fmt,
+    )
+
+
+def _transfer(
+    action: str,
+    dataset: str,
+    remote: str,
+    remotes_config: Path | None,
+    yes: bool,
+    dry_run: bool,
+    sidecars: bool | None,
+    primary_only: bool,
+    skip_snapshots: bool,
+    audit: Path | None,
+    fmt: Format,
+) -> None:
+    from ..errors import UserAbort
+
+    ds = _dataset_for_sync(dataset)
+    if not yes and not dry_run and sys.stdin.isatty():
+        found = ds.sync.status(remote, remotes_config=remotes_config)
+        _show_status(found)
+        moving = found.verdict in (
+            ("remote-ahead", "local-missing") if action == "pull" else ("local-ahead", "remote-missing")
+        )
+        if moving and not typer.confirm("Proceed?", default=True):
+            raise UserAbort(f"{action.capitalize()} cancelled.")
+    move = ds.sync.pull if action == "pull" else ds.sync.push
+    done = move(
+        remote, dry_run=dry_run, primary_only=primary_only, skip_snapshots=skip_snapshots, remotes_config=remotes_config
+    )
+    checked = _checked(ds, remote, remotes_config, done, sidecars)
+    if audit is not None:
+        _audit(audit, _result_audit(done, checked))
+    if output_format(fmt) is Format.json:
+        emit_json({"result": _builtins(done), "verify": checked})
+        return
+    what = "bootstrap (whole dataset)" if done.bootstrap else f"{done.appended} event(s)"
+    if done.transfer_state == "NO-OP":
+        typer.echo(f"{action.upper()} {done.dataset} <-> {done.remote}: nothing to do ({done.message})")
+        return
+    typer.echo(
+        f"{action.upper()} audit: {done.dataset} <-> {done.remote} [{done.transfer_state}] {what}, "
+        f"{done.bytes:,} bytes in {done.files} file(s) + lines, {done.round_trips} round trip(s)"
+    )
+    typer.echo(f"  head now: seq {done.head.seq} {done.head.hash[:12]}")
+    for line in checked.get("notes", []):
+        typer.echo(f"  {line}")
+    if done.transfer_state == "TRANSFERRED":
+        typer.echo(f"{action.capitalize()} complete.")
+
+
+def _checked(ds: Dataset, remote: str, config: Path | None, done: SyncResult, sidecars: bool | None) -> dict[str, Any]:
+    """After a transfer: both heads compared (seq and chain hash), and with `sidecars` a `usr verify` of the
+    receiving side. A mismatch is an error."""
+    from ..errors import IntegrityError
+
+    if done.transfer_state != "TRANSFERRED":
+        return {"primary": "skipped", "sidecars": "skipped"}
+    found = ds.sync.status(remote, remotes_config=config)
+    if found.verdict != "up-to-date":
+        raise IntegrityError(f"after the {done.action} the copies still differ: {found.verdict}")
+    checked: dict[str, Any] = {
+        "primary": "seq+chain-hash",
+        "sidecars": "skipped",
+        "notes": [f"verified: both heads at seq {found.local.seq} {found.local.hash[:12]}"],
+    }
+    if sidecars:
+        report = ds.verify() if done.action == "pull" else ds.sync.verify_remote(remote, remotes_config=config)
+        if not report.ok:
+            raise IntegrityError(f"`usr verify` of the receiving side failed: {report.problems[0]}")
+        checked["sidecars"] = "usr-verify"
+        checked["notes"].append(f"usr verify on the receiving side: OK ({len(report.files_checked)} file(s))")
+    return checked
+
+
+def _builtins(obj: Any) -> Any:
+    import msgspec
+
+    return msgspec.to_builtins(obj)
+
+
+def _status_audit(found: SyncStatus, action: str, state: str) -> dict[str, Any]:
+    return {
+        "action": action,
+        "transfer_state": state,
+        "dataset": found.dataset,
+        "remote": found.remote,
+        "verdict": found.verdict,
+        "fork_seq": found.fork_seq,
+        "verify": {"primary": "seq+chain-hash", "sidecars": "skipped", "content_hashes": "xxh3-128 chain"},
+        ".events.log": {
+            "changed": found.verdict != "up-to-date",
+            "local": {"seq": found.local.seq, "hash": found.local.hash},
+            "remote": {"seq": found.remote_head.seq, "hash": found.remote_head.hash},
+            "local_only": len(found.local_only),
+            "remote_only": len(found.remote_only),
+        },
+        "bytes_to_pull": found.bytes_to_pull,
+        "bytes_to_push": found.bytes_to_push,
+        "round_trips": found.round_trips,
+    }
+
+
+def _result_audit(done: SyncResult, checked: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "action": done.action,
+        "transfer_state": done.transfer_state,
+        "dataset": done.dataset,
+        "remote": done.remote,
+        "verdict": done.verdict,
+        "bootstrap": done.bootstrap,
+        "verify": {k: v for k, v in checked.items() if k != "notes"},
+        ".events.log": {"changed": done.appended > 0, "appended": done.appended, "head": _builtins(done.head)},
+        "bytes": done.bytes,
+        "files": done.files,
+        "round_trips": done.round_trips,
+    }
+
+
+def _audit(path: Path, data: dict[str, Any]) -> None:
+    import msgspec
+
+    from ..fileio import write_atomic
+
+    write_atomic(path, msgspec.json.encode({"usr_output_version": 1, "data": data}) + b"\n", point="audit")
+
+
+# -- remotes ----------------------------------------------------------------------------------------
+remotes_app = typer.Typer(
+    help="The remotes config: where other copies of datasets live ($USR_REMOTES_PATH).\n\n"
+    "Example: usr remotes add cluster --host login.hpc.example.org --user me --base-dir /project/me/usr",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+@remotes_app.command("list")
+def remotes_list(remotes_config: RemotesConfigOpt = None, fmt: FormatOpt = Format.auto) -> None:
+    """One line per remote: name, type, address and how ssh authenticates.
+
+    Example: usr remotes list
+    """
+    from ..remotes import Remote, config_path, load_remotes
+
+    found = [Remote(name=n, spec=s) for n, s in sorted(load_remotes(config_path(remotes_config)).items())]
+    if output_format(fmt) is Format.json:
+        emit_struct(found)
+        return
+    for remote in found:
+        typer.echo(f"{remote.name}\t{remote.spec.type}\t{remote.address}\tauth={remote.auth}")
+
+
+@remotes_app.command("show")
+def remotes_show(
+    name: Annotated[str, typer.Argument(help="The remote's name.")],
+    remotes_config: RemotesConfigOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Every field of one remote.
+
+    Example: usr remotes show cluster
+    """
+    import msgspec
+
+    from ..remotes import config_path, get_remote
+
+    remote = get_remote(name, config_path(remotes_config))
+    if output_format(fmt) is Format.json:
+        emit_struct(remote)
+        return
+    typer.echo(f"name: {remote.name}")
+    for key, value in msgspec.to_builtins(remote.spec).items():
+        typer.echo(f"{key}: {value}")
+
+
+@remotes_app.command("add")
+def remotes_add(
+    name: Annotated[str, typer.Argument(help="The remote's name.")],
+    base_dir: Annotated[str, typer.Option("--base-dir", help="The datasets root on the remote.")],
+    type_: Annotated[str, typer.Option("--type", help="ssh, or local (a mounted filesystem).")] = "ssh",
+    host: Annotated[str, typer.Option("--host", help="ssh host (or an alias from ~/.ssh/config).")] = "",
+    user: Annotated[str, typer.Option("--user", help="ssh user.")] = "",
+    batch_mode: Annotated[bool, typer.Option("--batch-mode/--no-batch-mode", help="ssh BatchMode.")] = True,
+    ssh_key_env: Annotated[str | None, typer.Option("--ssh-key-env", help="Env var holding the key path.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="ssh port.")] = None,
+    usr_command: Annotated[str, typer.Option("--usr-command", help="How to run usr there.")] = "usr",
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a remote of that name.")] = False,
+    remotes_config: RemotesConfigOpt = None,
+) -> None:
+    """Save a remote into the remotes config (created when missing).
+
+    Example: usr remotes add cluster --host login.hpc.example.org --user me --base-dir /project/me/usr_datasets
+    """
+    from ..remotes import RemoteSpec, config_path, save_remote
+
+    if type_ not in ("ssh", "local"):
+        from ..errors import InvalidInput
+
+        raise InvalidInput(f"Unknown remote type '{type_}'.", hint="Use --type ssh or --type local.")
+    spec = RemoteSpec(
+        type="ssh" if type_ == "ssh" else "local",
+        base_dir=base_dir,
+        host=host,
+        user=user,
+        batch_mode=batch_mode,
+        ssh_key_env=ssh_key_env,
+        port=port,
+        usr_command=usr_command,
+    )
+    path = config_path(remotes_config)
+    save_remote(path, name, spec, replace=replace)
+    typer.echo(f"Saved remote '{name}' to {path}")
+
+
+_PRESETS = {"bu-scc": ("scc1.bu.edu", "scc-globus.bu.edu")}
+
+
+@remotes_app.command("wizard")
+def remotes_wizard(
+    user: Annotated[str, typer.Option("--user", help="Your user on the cluster.")],
+    base_dir: Annotated[str, typer.Option("--base-dir", help="The datasets root on the cluster.")],
+    preset: Annotated[str, typer.Option("--preset", help="bu-scc (Boston University SCC).")] = "bu-scc",
+    name: Annotated[str, typer.Option("--name", help="The remote's name.")] = "bu-scc",
+    host: Annotated[str, typer.Option("--host", help="Override the preset's login host.")] = "",
+    transfer_node: Annotated[bool, typer.Option("--transfer-node", help="Use the data transfer node.")] = False,
+    batch_mode: Annotated[bool, typer.Option("--batch-mode/--no-batch-mode", help="ssh BatchMode.")] = True,
+    ssh_key_env: Annotated[str | None, typer.Option("--ssh-key-env", help="Env var holding the key path.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a remote of that name.")] = False,
+    remotes_config: RemotesConfigOpt = None,
+) -> None:
+    """Save a remote from a preset and print the ~/.ssh/config lines that keep one login per session.
+
+    Example: usr remotes wizard --preset bu-scc --user me --base-dir /project/me/usr_datasets
+    """
+    from ..errors import InvalidInput
+    from ..remotes import RemoteSpec, config_path, save_remote
+
+    if preset not in _PRESETS:
+        raise InvalidInput(f"Unknown preset '{preset}'.", hint=f"Presets: {', '.join(_PRESETS)}.")
+    login, transfer = _PRESETS[preset]
+    chosen = host or (transfer if transfer_node else login)
+    spec = RemoteSpec(base_dir=base_dir, host=chosen, user=user, batch_mode=batch_mode, ssh_key_env=ssh_key_env)
+    path = config_path(remotes_config)
+    save_remote(path, name, spec, replace=replace)
+    typer.echo(f"Saved remote '{name}' ({user}@{chosen}:{base_dir}) to {path}")
+    typer.echo("Add to ~/.ssh/config so one login (and one two-factor prompt) serves a whole session:")
+    typer.echo(
+        f"Host {chosen}\n  User {user}\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%r@%h:%p\n  ControlPersist 4h"
+    )
+
+
+@remotes_app.command("doctor")
+def remotes_doctor(
+    remote: Annotated[str, typer.Option("--remote", help="The remote to check.")],
+    check_base_dir: Annotated[
+        bool, typer.Option("--check-base-dir/--no-check-base-dir", help="Check the remote datasets root.")
+    ] = True,
+    remotes_config: RemotesConfigOpt = None,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Check each step a sync needs -- local ssh and rsync, reaching the host, usr_es there (same version),
+    rsync there, the remote datasets root -- and name the first that fails with its fix.
+
+    Example: usr remotes doctor --remote cluster
+    """
+    from ..errors import RemoteError
+    from ..remotes import config_path, doctor, get_remote
+
+    checks = doctor(get_remote(remote, config_path(remotes_config)), check_base_dir=check_base_dir)
+    if output_format(fmt) is Format.json:
+        emit_struct(checks)
+    else:
+        for check in checks:
+            typer.echo(f"[{'ok' if check.ok else 'FAIL'}] {check.step}: {check.detail}")
+            if not check.ok and check.fix:
+                typer.echo(f"       fix: {check.fix}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise RemoteError(f"remote '{remote}': {failed[0].step} failed", hint=failed[0].fix or None)
+
+
+# -- the other side of an ssh sync --------------------------------------------------------------------
+def agent() -> None:
+    """(internal) Answer one sync request read from stdin; the other side of `usr pull`/`push` runs it."""
+    from ..agent import serve_bytes
+    from .common import options
+
+    root = options["root"]
+    if root is None:
+        from ..errors import InvalidInput
+
+        raise InvalidInput("usr _agent needs --root.")
+    sys.stdout.buffer.write(serve_bytes(root.expanduser().resolve(), sys.stdin.buffer.read()))
+    sys.stdout.buffer.flush()
