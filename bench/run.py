@@ -644,6 +644,18 @@ def main(argv: list[str] | None = None) -> int:
     upkeep_import, upkeep_attach = upkeep["import"] / imported.seconds, upkeep["attach"] / attached.seconds
     print("usr maintenance merge ...", flush=True)
     merge_figures = merge_surface(usr, env=env, n=args.n, work=work, import_baseline=base_steps["import"])
+    print("sync over ssh on 127.0.0.1: bootstrap, a 1,000-row pull, diff ...", flush=True)
+    from sync_bench import sync_surface
+
+    sync_rows, _ = sync_surface(
+        checked,
+        env=env,
+        root=root,
+        dataset="bench/merge-src",
+        scratch=scratch / "sync",
+        registry=root / "registry.yaml",
+    )
+    sync_figures = tuple(Figure(*row) for row in sync_rows)
 
     ratio = imported.seconds / base_steps["import"]
     attach_ratio = attached.seconds / base_steps["attach"]
@@ -681,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         **{figure.label: bool(figure.ok) for figure in reads if figure.ok is not None},
         **{figure.label: bool(figure.ok) for figure in forensic if figure.ok is not None},
         **{figure.label: bool(figure.ok) for figure in merge_figures if figure.ok is not None},
+        **{figure.label: bool(figure.ok) for figure in sync_figures if figure.ok is not None},
         "history upkeep": upkeep_import <= UPKEEP_FRACTION and upkeep_attach <= UPKEEP_FRACTION,
     }
 
@@ -745,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * upkeep_attach:.1f}% of `usr attach` | ≤ {100 * UPKEEP_FRACTION:.0f}% | "
         f"{verdict(checks['history upkeep'])} |",
         *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in merge_figures),
+        *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in sync_figures),
         f"| `usr verify` (final, after every step) | {final_verify.seconds:.2f} s, "
         f"{'OK' if final_verify.code == 0 else f'exit {final_verify.code}'} | exit 0 | {verdict(checks['verify'])} |",
         "",

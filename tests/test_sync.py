@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,3 +198,111 @@ def _raw_lines(ds: Dataset) -> list[bytes]:
 
 def _head_hash(ds: Dataset) -> str:
     return ds.log.events(n=1)[0].hash
+
+
+# -- pull --rebase -------------------------------------------------------------------------------------
+def _scores(ds: Dataset, ns: str = "mock") -> dict[str, float | None]:
+    table = ds.head(1000, columns=["id", f"{ns}__score"])
+    return dict(zip(table.column("id").to_pylist(), table.column(f"{ns}__score").to_pylist(), strict=True))
+
+
+def test_rebase_combines_two_machines_imports_and_attaches(here: Dataset, remote: Remote) -> None:
+    import pyarrow as pa
+
+    here.sync.push(remote)
+    there = _there(remote)
+    ids = here.head(30, columns=["id"]).column("id").to_pylist()
+    there.write_overlay("mock", pa.table({"id": ids[:10], "mock__score": [1.0] * 10}), key="id")
+    there.add_sequences(_dna("cluster-batch", 12))
+    mine = here.write_overlay("mock", pa.table({"id": ids[10:20], "mock__score": [2.0] * 10}), key="id")
+    here.add_sequences(_dna("laptop-batch", 8))
+    here.delete(ids[25:27], reason="bad well")
+    assert here.sync.status(remote).fork_seq == 2
+
+    preview = here.sync.pull(remote, rebase=True, dry_run=True)
+    assert preview.transfer_state == "DRY-RUN" and [c.new_seq for c in preview.rebased] == [5, 6, 7]
+    assert here.info().head_seq == 5  # nothing replaced
+
+    done = here.sync.pull(remote, rebase=True)
+    assert [(c.old_seq, c.new_seq) for c in done.rebased] == [(3, 5), (4, 6), (5, 7)]
+    assert done.rebased[0].command_id == mine.command_id
+    events = here.log.events()
+    assert [e.action for e in events[2:]] == ["attach", "import_rows", "attach", "import_rows", "tombstone", "rebase"]
+    assert events[-1].metrics == {"reapplied": 3, "left_out": 0}
+    scores = _scores(here)
+    assert [scores[i] for i in ids[:20]] == [1.0] * 10 + [2.0] * 10
+    assert here.info().rows == 30 + 12 + 8 - 2
+    assert here.verify().ok
+    kept = (here.dir / ".events.log.rebased").read_bytes().splitlines()
+    assert len(kept) == 3  # the replaced lines, byte for byte
+    pushed = here.sync.push(remote)  # the other machine takes the combined history as a plain prefix
+    assert pushed.appended == 4
+    _same(here, there)
+
+
+def test_a_rebased_command_that_no_longer_validates_is_left_out_and_reported(here: Dataset, remote: Remote) -> None:
+    import pyarrow as pa
+
+    here.sync.push(remote)
+    there = _there(remote)
+    ids = here.head(30, columns=["id"]).column("id").to_pylist()
+    there.delete(ids[:5])
+    there.maintenance.materialize(drop_deleted=True)  # those records are gone on the cluster
+    here.write_overlay("mock", pa.table({"id": ids[:5], "mock__score": [3.0] * 5}), key="id")
+    here.set_state(ids[20:22], split="train")
+    done = here.sync.pull(remote, rebase=True)
+    attach, state = done.rebased
+    assert attach.new_seq is None and "not present" in attach.reason
+    assert state.new_seq is not None
+    assert here.log.events()[-1].metrics == {"reapplied": 1, "left_out": 1}
+    assert "mock__score" not in here.head(1).column_names or set(_scores(here).values()) <= {None}
+    assert here.verify().ok
+
+
+def test_a_rebase_refuses_when_this_side_changed_meanwhile(
+    here: Dataset, remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usr_es import ConcurrencyError, rebase
+
+    here.sync.push(remote)
+    _there(remote).add_sequences(_dna("theirs", 3))
+    here.add_sequences(_dna("mine", 3))
+    real = rebase._swap
+
+    def racing(*args: object, **kwargs: object) -> None:
+        here.add_sequences(_dna("meanwhile", 2))
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rebase, "_swap", racing)
+    with pytest.raises(ConcurrencyError, match="changed here while rebasing"):
+        here.sync.pull(remote, rebase=True)
+    assert [e.action for e in here.log.events()[2:]] == ["import_rows", "import_rows"]  # mine, then meanwhile
+    assert not (here.dir / ".events.log.rebased").exists()
+    assert here.verify().ok
+
+
+def test_a_bootstrap_copy_that_caught_a_write_mid_way_fetches_the_log_again(
+    tmp_path: Path, here: Dataset, remote: Remote
+) -> None:
+    from usr_es.remotes import LocalTransport
+
+    here.sync.push(remote)
+    there = _there(remote)
+    there.add_sequences(_dna("during-the-copy", 6))
+    full = there.log_path.read_bytes()
+
+    class WriteDuringCopy(LocalTransport):
+        """The whole-folder copy read the log before the last write, its projections after it."""
+
+        def fetch(self, remote_dir: str, local_dir: Path, files: Any = None, *, exclude: Any = ()) -> int:
+            sent = super().fetch(remote_dir, local_dir, files, exclude=exclude)
+            if files is None:
+                (local_dir / ".events.log").write_bytes(full[: full.rstrip(b"\n").rfind(b"\n") + 1])
+            return sent
+
+    elsewhere = Dataset.open(_root(tmp_path / "desktop"), NAME)
+    from usr_es import sync
+
+    done = sync.pull(elsewhere.root, elsewhere.dir, NAME, WriteDuringCopy(remote))
+    assert done.head.seq == 3
+    _same(elsewhere, there)

@@ -43,6 +43,9 @@ class Head(msgspec.Struct, frozen=True, kw_only=True, tag="head"):
     known_seq: int = 0
     known_hash: str = ""
     with_lines: bool = False
+    #: Send the files the new lines name in the reply itself when they total at most this many bytes
+    #: (saves the copy's own ssh session for a small pull).
+    inline_limit: int = 0
 
 
 class Lines(msgspec.Struct, frozen=True, kw_only=True, tag="lines"):
@@ -58,6 +61,8 @@ class Receive(msgspec.Struct, frozen=True, kw_only=True, tag="receive"):
 
     dataset: str
     staging: str
+    #: Files sent in the request itself (a small push), else already copied into `staging`.
+    files: dict[str, bytes] = {}
 
 
 class Install(msgspec.Struct, frozen=True, kw_only=True, tag="install"):
@@ -113,6 +118,8 @@ class HeadReply(msgspec.Struct, frozen=True, kw_only=True):
     artifacts: list[Artifact] = []
     #: The new lines, summarized (with `with_lines`).
     events: list[LineInfo] = []
+    #: The files the new lines name, when `inline_limit` allowed them.
+    files: dict[str, bytes] = {}
 
 
 class LinesReply(msgspec.Struct, frozen=True):
@@ -206,6 +213,8 @@ def head_of(directory: Path, request: Head) -> HeadReply:
         holds = lines[request.known_seq - 1].record.hash == request.known_hash
     later = lines[request.known_seq :] if request.with_lines and holds else []
     records = [line.record for line in later]
+    artifacts = artifacts_with_sizes(directory, records)
+    inline = bool(artifacts) and sum(a.size for a in artifacts) <= request.inline_limit
     return HeadReply(
         exists=True,
         seq=scan.seq,
@@ -214,8 +223,9 @@ def head_of(directory: Path, request: Head) -> HeadReply:
         timestamp_utc=scan.last_timestamp or "",
         holds_known=holds,
         lines=b"".join(line.raw + b"\n" for line in later),
-        artifacts=artifacts_with_sizes(directory, records),
+        artifacts=artifacts,
         events=[line_info(record) for record in records],
+        files={a.file: (directory / a.file).read_bytes() for a in artifacts} if inline else {},
     )
 
 
@@ -272,14 +282,15 @@ def staging_path(root: Path, dataset: str, token: str, *, fresh: bool) -> Path:
 
 
 def _receive(root: Path, request: Receive, data: bytes) -> Received:
+    from .shipping import stage_files
     from .writer import Writer
 
     directory = root / validate_id(request.dataset)
     if not (directory / LOG_FILE).is_file():
         raise NotFound(f"Dataset not found: {request.dataset}")
-    received = Writer(root, request.dataset, directory).receive(
-        data, _staging(root, request.dataset, request.staging, fresh=False)
-    )
+    staged = _staging(root, request.dataset, request.staging, fresh=False)
+    stage_files(staged, request.files)
+    received = Writer(root, request.dataset, directory).receive(data, staged)
     clear_staging(directory)
     return received
 
@@ -306,7 +317,8 @@ def install(root: Path, dataset: str, staged: Path) -> Installed:
     if not (staged / LOG_FILE).is_file():
         raise NotFound(f"nothing was sent for {dataset} (no log in {staged})", hint="Run the transfer again.")
     (staged / LOCK_FILE).unlink(missing_ok=True)
-    tail = catch_up(staged, quarantine=True)  # checks the chain; folds what the copied projections lack
+    # Checks the chain and folds what the copied projections lack; a current base is not read.
+    tail = catch_up(staged, quarantine=True, base_columns=[])
     (staged / QUARANTINE_FILE).unlink(missing_ok=True)  # a line the copy caught mid-append: no record here
     if tail.scan.seq == 0:
         raise IntegrityError(f"the copy of {dataset} holds no event", hint="Run the transfer again.")

@@ -190,6 +190,31 @@ class AdoptDataset(
     keep_originals: bool = False
 
 
+class RebasedCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """One command a rebase decided again (docs/adr/0021): the line it had (`old_seq`, `old_hash`: its
+    last line), and where it landed (`new_seq`, `new_hash`) or why it was left out (`reason`)."""
+
+    old_seq: int
+    old_hash: str
+    command_id: str
+    action: str
+    new_seq: int | None = None
+    new_hash: str | None = None
+    reason: str = ""
+
+
+class RecordRebase(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="record_rebase", forbid_unknown_fields=True
+):
+    """Record that this copy's commands after `fork_seq` were decided again after another copy's events up
+    to `onto_seq` / `onto_hash` (`usr pull --rebase`, docs/adr/0021)."""
+
+    fork_seq: int
+    onto_seq: int
+    onto_hash: str
+    commands: tuple[RebasedCommand, ...] = ()
+
+
 INLINE_IDS = 256
 
 Command = (
@@ -208,6 +233,7 @@ Command = (
     | RemoveOverlay
     | FreezeRegistry
     | AdoptDataset
+    | RecordRebase
 )
 
 command_decoder = msgspec.json.Decoder(Command)

@@ -1057,18 +1057,21 @@ class Sync:
         remote: str | Remote,
         *,
         dry_run: bool = False,
+        rebase: bool = False,
         primary_only: bool = False,
         skip_snapshots: bool = False,
         remotes_config: Path | str | None = None,
     ) -> SyncResult:
         """Append the remote's events this copy lacks, through this copy's write path. A dataset missing
         here is copied whole (`primary_only`: only its log and the files it names, the projections folded
-        here; `skip_snapshots`: without its checkpoints)."""
+        here; `skip_snapshots`: without its checkpoints). When both copies appended since a common line,
+        `rebase` decides this copy's commands again after the remote's events (a command that no longer
+        validates is left out and reported; `SyncResult.rebased`); without it, `Diverged`."""
         from . import sync
 
         ds, copy = self._ds, sync.Copying(primary_only=primary_only, skip_snapshots=skip_snapshots)
         where = self._transport(remote, remotes_config)
-        return sync.pull(ds.root, ds.dir, ds.name, where, dry_run=dry_run, copy=copy)
+        return sync.pull(ds.root, ds.dir, ds.name, where, dry_run=dry_run, copy=copy, rebase=rebase)
 
     def push(
         self,

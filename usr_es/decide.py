@@ -29,6 +29,7 @@ from .commands import (
     InitDataset,
     Materialize,
     MergeDatasets,
+    RecordRebase,
     RemoveOverlay,
     RestoreRecords,
     SetState,
@@ -46,6 +47,7 @@ from .errors import (
 )
 from .events import (
     ACTIONS,
+    CommandsRebased,
     DatasetAdopted,
     DatasetInitialized,
     Event,
@@ -254,7 +256,29 @@ def decide(
         case FreezeRegistry():
             digest = state.registry.hash if state.registry is not None else ""
             return Decision.of(RegistryFrozen(registry_hash=digest), None, {"registry_hash": digest}, {})
+        case RecordRebase():
+            return _decide_rebase(state, command, now)
     raise InvalidInput(f"unsupported command {type(command).__name__}")
+
+
+def _decide_rebase(state: DatasetState, command: RecordRebase, now: str) -> Decision:
+    """The line that records a rebase: it names lines before it (the fork, the other copy's head) and
+    the commands decided again after them, so those must be in this log."""
+    if not 1 <= command.fork_seq <= command.onto_seq <= state.seq:
+        raise InvalidInput(f"a rebase onto seq {command.onto_seq} from fork {command.fork_seq} at seq {state.seq}")
+    landed = [c.new_seq for c in command.commands if c.new_seq is not None]
+    if any(not command.onto_seq < seq <= state.seq for seq in landed):
+        raise InvalidInput("a rebased command landed outside the lines after the other copy's head")
+    event = CommandsRebased(
+        fork_seq=command.fork_seq,
+        onto_seq=command.onto_seq,
+        onto_hash=command.onto_hash,
+        commands=command.commands,
+        created_at=now,
+    )
+    args = {"fork_seq": command.fork_seq, "onto_seq": command.onto_seq, "onto_hash": command.onto_hash}
+    metrics = {"reapplied": len(landed), "left_out": len(command.commands) - len(landed)}
+    return Decision.of(event, None, args, metrics)
 
 
 def _rows(mask: pa.Array | pa.ChunkedArray, start: int = 0) -> list[int]:

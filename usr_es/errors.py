@@ -150,6 +150,11 @@ class RemoteError(UsrError):
     exit_code = EXIT_IO
 
 
+class NotRebasable(InvalidInput):
+    """A command `usr pull --rebase` cannot decide again from its line alone (a merge reads another
+    dataset): it is left out and reported."""
+
+
 class UnsafeLocks(InvalidInput):
     """The dataset's filesystem does not make `flock` locks coherent across machines (NFS `nolock`,
     Lustre without `flock`, ...): writes are refused unless `USR_ALLOW_UNSAFE_LOCKS=1` (docs/adr/0021)."""

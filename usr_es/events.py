@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from .commands import Command
+from .commands import Command, RebasedCommand
 
 EVENT_VERSION = 1
 GENESIS_HASH = "0" * 32
@@ -188,6 +188,18 @@ class RegistryFrozen(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     registry_hash: str
 
 
+class CommandsRebased(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="commands_rebased"):
+    """This copy's commands after `fork_seq` were decided again after another copy's events up to
+    `onto_seq` (`usr pull --rebase`): each old line, and where its command landed or why it was left out.
+    The replaced lines are kept in `.events.log.rebased`. No projection changes."""
+
+    fork_seq: int
+    onto_seq: int
+    onto_hash: str
+    commands: tuple[RebasedCommand, ...]
+    created_at: str
+
+
 Event = (
     DatasetInitialized
     | DatasetAdopted
@@ -208,6 +220,7 @@ Event = (
     | RecordsDeduplicated
     | RecordsReplaced
     | RegistryFrozen
+    | CommandsRebased
 )
 
 #: `action` names, reusing the original USR names where the operation is the same.
@@ -231,6 +244,7 @@ ACTIONS: dict[type, str] = {
     RecordsDeduplicated: "dedupe",
     RecordsReplaced: "merge_replace",
     RegistryFrozen: "registry_freeze",
+    CommandsRebased: "rebase",
 }
 
 #: Events that change `records.parquet`; any other event leaves the base file untouched.

@@ -4,6 +4,7 @@ columns, by the original's rules (docs/adr/0019). Pure: the caller reads both da
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,13 +207,20 @@ def plan_merge(
     schema, coerced = merged_schema(dest_schema, source.rows.schema.remove_metadata(), columns, coerce_overlap)
     rows = source.rows
     casefold_skipped = 0
-    if dest_casefold is not None and rows.num_rows and dest_casefold.num_rows:
-        held = held_up_to_case(rows, dest_casefold)
-        casefold_skipped = int(pc.sum(held).as_py() or 0)
-        if casefold_skipped:
-            rows = rows.filter(pc.invert(held))
+    # The ids are tested on a second core while the case-insensitive check runs (each source id's answer
+    # is its own, so the rows the check leaves out just drop theirs).
+    with ThreadPoolExecutor(1, thread_name_prefix="usr-merge") as pool:
+        every = rows.column("id").combine_chunks()
+        asked = pool.submit(dest_has, every) if len(every) else None
+        held = None
+        if dest_casefold is not None and rows.num_rows and dest_casefold.num_rows:
+            held = held_up_to_case(rows, dest_casefold)
+            casefold_skipped = int(pc.sum(held).as_py() or 0)
+        repeated = asked.result() if asked is not None else pa.array([], pa.bool_())
+    if held is not None and casefold_skipped:
+        kept_rows = pc.invert(held)
+        rows, repeated = rows.filter(kept_rows), repeated.filter(kept_rows)
     ids = rows.column("id").combine_chunks()
-    repeated = dest_has(ids) if len(ids) else pa.array([], pa.bool_())
     duplicates = int(pc.sum(repeated).as_py() or 0)
     replaced = pa.array([], pa.string())
     if duplicates and if_duplicate == "error":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,9 @@ class RemoteSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     port: int | None = None
     usr_command: str = "usr"
     ssh_options: list[str] = []
+    #: Keep one ssh connection open this many seconds after a command, for the next request and copy to
+    #: reuse (ssh ControlMaster); 0: a connection per request.
+    control_persist: int = 60
 
 
 class _RemotesDoc(msgspec.Struct, frozen=True, kw_only=True):
@@ -273,6 +277,20 @@ def _copy(source: Path, target: Path, files: Sequence[str] | None, exclude: Sequ
     return copied
 
 
+def _control_dir() -> Path | None:
+    """A folder only this user can use for ssh's connection sockets (None: none could be made safely)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    folder = Path(base) / f"usr-ssh-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None  # someone else's, or open to others: no shared sockets there
+    return folder
+
+
 class SshTransport:
     """A remote over ssh: the agent is `usr --root BASE_DIR _agent` there; files travel by rsync."""
 
@@ -296,6 +314,13 @@ class SshTransport:
             argv += ["-i", key]
         if spec.port is not None:
             argv += ["-p", str(spec.port)]
+        sockets = _control_dir() if spec.control_persist > 0 else None
+        if sockets is not None:
+            argv += [
+                "-o", "ControlMaster=auto",
+                "-o", f"ControlPath={sockets}/%C",
+                "-o", f"ControlPersist={spec.control_persist}",
+            ]  # fmt: skip
         for option in spec.ssh_options:
             argv += ["-o", option]
         return argv

@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from .commands import RebasedCommand
+
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     """The durable outcome of a mutation: the event's position in the log.
@@ -467,3 +469,5 @@ class SyncResult(msgspec.Struct, frozen=True, kw_only=True):
     bootstrap: bool = False
     round_trips: int = 0
     message: str = ""
+    #: With `--rebase`: each of this side's commands since the fork, where it landed or why it was left out.
+    rebased: list[RebasedCommand] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import msgspec
@@ -19,7 +20,7 @@ from .errors import ConcurrencyError, Diverged, IntegrityError, NotFound
 from .events import LogRecord
 from .fileio import fileops
 from .log import LogLine, Scan, shipped_lines
-from .names import REGISTRY_DIR
+from .names import PAYLOAD_DIR, REGISTRY_DIR
 from .storage import digest_of
 
 
@@ -88,6 +89,26 @@ def _named(record: LogRecord) -> list[tuple[str, str, int | None]]:
 
 def registry_file(digest: str) -> str:
     return f"{REGISTRY_DIR}/registry.{digest}.yaml"
+
+
+#: The only paths a transfer writes a sent file to: a payload or a frozen registry, named by its digest.
+_ARTIFACT = re.compile(rf"^({PAYLOAD_DIR}/[0-9a-f]{{32}}\.arrow|{REGISTRY_DIR}/registry\.[0-9a-f]{{64}}\.yaml)\Z")
+
+
+def safe_artifact(rel: str) -> str:
+    """`rel` if it names a payload or frozen registry inside a dataset folder; a path the other side sent
+    that could land elsewhere (`../`, absolute, another folder) is refused."""
+    if not _ARTIFACT.match(rel):
+        raise IntegrityError(f"the other side named a file {rel!r} that is no payload or frozen registry; refused")
+    return rel
+
+
+def stage_files(staged: Path, files: dict[str, bytes]) -> None:
+    """Write files sent inline into the staging folder (their digests are checked when they are moved in)."""
+    for rel, data in files.items():
+        path = staged / safe_artifact(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 def place_artifacts(records: list[LogRecord], staged: Path, directory: Path) -> list[str]:

@@ -32,13 +32,13 @@ from .agent import (
     clear_staging,
     install,
 )
-from .errors import Diverged, NotFound
+from .errors import Diverged, IntegrityError, NotFound, UsrError
 from .fileio import fileops
 from .log import LogLine, read_lines
 from .names import LOG_FILE, SNAPSHOT_DIR
 from .remotes import Transport
 from .results import Received, SideHead, SyncEvent, SyncResult, SyncStatus
-from .shipping import artifacts_of
+from .shipping import artifacts_of, safe_artifact, stage_files
 
 #: How many lines before the shorter head the first fork search asks for (a fork is usually recent).
 _FORK_WINDOW = 4096
@@ -81,13 +81,29 @@ def _folder_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and STAGING_DIR not in p.parts)
 
 
-def _compare(directory: Path, dataset: str, remote: Transport) -> _Compared:
+#: A pull or push whose files total at most this many bytes sends them in its request or reply: no copy of
+#: its own (one ssh session fewer: a small pull is one session).
+INLINE_BYTES = 8 << 20
+
+
+def _compare(directory: Path, dataset: str, remote: Transport, *, inline: bool = False) -> _Compared:
+    """Both heads and the verdict (one request; a second to find a fork). `inline`: a pull asks for the
+    files the new lines name within the reply when they are small."""
     lines: list[LogLine] = []
     local = SideHead(exists=False)
     if (directory / LOG_FILE).is_file():
         lines, scan = read_lines(directory / LOG_FILE)
         local = SideHead(exists=True, seq=scan.seq, hash=scan.hash, timestamp_utc=scan.last_timestamp or "")
-    reply = remote.call(Head(dataset=dataset, known_seq=local.seq, known_hash=local.hash, with_lines=True), HeadReply)
+    asked = Head(
+        dataset=dataset,
+        known_seq=local.seq,
+        known_hash=local.hash,
+        with_lines=True,
+        inline_limit=INLINE_BYTES if inline else 0,
+    )
+    reply = remote.call(asked, HeadReply)
+    for artifact in reply.artifacts:
+        safe_artifact(artifact.file)
     there = SideHead(exists=reply.exists, seq=reply.seq, hash=reply.hash, timestamp_utc=reply.timestamp_utc)
     name = remote.remote.name
     if not local.exists and not reply.exists:
@@ -172,8 +188,20 @@ def _refuse_fork(found: SyncStatus) -> Diverged:
         f"{found.dataset} diverged at seq {fork}: this side has {len(found.local_only)} event(s) since ({mine}), "
         f"remote '{found.remote}' has {len(found.remote_only)} ({theirs}); nothing was transferred",
         fork_seq=fork,
-        hint="`usr status DATASET REMOTE` lists both sides' events since the fork.",
+        hint="`usr status DATASET REMOTE` lists both sides' events since the fork; `usr pull --rebase` puts this "
+        "side's commands after the remote's.",
     )
+
+
+def _holds(seq: int, digest: str, sent: SideHead, receiver: str) -> None:
+    """After a transfer: the receiving side's line at the sender's head seq is the sender's head line (the
+    chain makes every line before it equal too). One check, no extra round trip."""
+    if (seq, digest) != (sent.seq, sent.hash):
+        raise IntegrityError(
+            f"after the transfer {receiver} holds seq {seq} {digest[:12]}, not the sender's head seq {sent.seq} "
+            f"{sent.hash[:12]}",
+            hint="Run `usr status DATASET REMOTE` and `usr verify` on both sides.",
+        )
 
 
 def _token(kind: str, seq: int, digest: str) -> str:
@@ -187,11 +215,25 @@ def _result(found: SyncStatus, action: str, state: str, **fields: Any) -> SyncRe
 
 
 def pull(
-    root: Path, directory: Path, dataset: str, remote: Transport, *, dry_run: bool = False, copy: Copying | None = None
+    root: Path,
+    directory: Path,
+    dataset: str,
+    remote: Transport,
+    *,
+    dry_run: bool = False,
+    copy: Copying | None = None,
+    rebase: bool = False,
 ) -> SyncResult:
-    """Bring the remote's events this copy lacks (or, when it has no copy, the whole dataset) here."""
-    compared = _compare(directory, dataset, remote)
+    """Bring the remote's events this copy lacks (or, when it has no copy, the whole dataset) here; with
+    `rebase`, a fork puts this side's commands after the remote's events (`rebase.rebase_pull`)."""
+    if not (directory / LOG_FILE).is_file() and not dry_run:  # a bootstrap: no head to compare first
+        return _bootstrap_pull(root, dataset, remote, copy or Copying())
+    compared = _compare(directory, dataset, remote, inline=True)
     found, reply = compared.status, compared.reply
+    if found.verdict == "diverged" and rebase:
+        from .rebase import rebase_pull
+
+        return rebase_pull(root, directory, dataset, remote, found, compared.local_lines, dry_run=dry_run)
     if found.verdict == "diverged":
         raise _refuse_fork(found)
     if found.verdict in ("up-to-date", "local-ahead", "remote-missing"):
@@ -225,15 +267,20 @@ def pull(
             round_trips=remote.round_trips,
         )
     if found.verdict == "local-missing":
-        return _bootstrap_pull(root, dataset, remote, found, copy or Copying())
+        return _bootstrap_pull(root, dataset, remote, copy or Copying())
     staged = directory / STAGING_DIR / _token("pull", reply.seq, reply.hash)
-    wanted = [a.file for a in reply.artifacts if not (directory / a.file).is_file()]
-    sent = remote.fetch(remote.path(dataset), staged, wanted) if wanted else 0
+    wanted = [a for a in reply.artifacts if not (directory / a.file).is_file()]
+    if reply.files:
+        stage_files(staged, {a.file: reply.files[a.file] for a in wanted if a.file in reply.files})
+        sent = sum(a.size for a in wanted)
+    else:
+        sent = remote.fetch(remote.path(dataset), staged, [a.file for a in wanted]) if wanted else 0
     fileops().point("after_transfer")
     from .writer import Writer
 
     received = Writer(root, dataset, directory).receive(reply.lines, staged)
     clear_staging(directory)
+    _holds(received.seq, received.hash, found.remote_head, "this copy")
     head = SideHead(exists=True, seq=received.seq, hash=received.hash, timestamp_utc=reply.timestamp_utc)
     return _result(
         found,
@@ -247,20 +294,42 @@ def pull(
     )
 
 
-def _bootstrap_pull(root: Path, dataset: str, remote: Transport, found: SyncStatus, copy: Copying) -> SyncResult:
+def _bootstrap_pull(root: Path, dataset: str, remote: Transport, copy: Copying) -> SyncResult:
     """Copy the remote's folder whole (its log again last: the copy's projections never run ahead of the
-    copy's log, and the files its newer lines name come after it), then install it here."""
-    staged = root / STAGING_DIR / _token(dataset.replace("/", "--"), found.remote_head.seq, found.remote_head.hash)
+    copy's log, and the files its newer lines name come after it), then install it here. No head is asked
+    first: the copy is the answer (a remote without the dataset is asked why the copy failed)."""
+    staged = root / STAGING_DIR / f"{dataset.replace('/', '--')}-incoming"
     where = remote.path(dataset)
-    sent = 0 if copy.primary_only else remote.fetch(where, staged, exclude=copy.excluded)
-    sent += remote.fetch(where, staged, [LOG_FILE])
+    try:
+        if copy.primary_only:
+            sent = remote.fetch(where, staged, [LOG_FILE])
+        else:  # the log is read first: a projection copied after a newer line may be ahead of it (below)
+            sent = remote.fetch(where, staged, exclude=copy.excluded)
+    except UsrError:
+        if not remote.call(Head(dataset=dataset), HeadReply).exists:
+            raise NotFound(
+                f"Dataset not found on either side: {dataset} (here or on remote '{remote.remote.name}')",
+                hint="`usr ls` lists this root's datasets; check the id on the remote.",
+            ) from None
+        raise
+    if _ahead_of_log(staged):  # a write there during the copy: its log again, now the newest file copied
+        sent += remote.fetch(where, staged, [LOG_FILE])
     lines, _ = read_lines(staged / LOG_FILE)
-    missing = [rel for rel in artifacts_of([x.record for x in lines]) if not (staged / rel).is_file()]
+    records = [x.record for x in lines]
+    missing = [rel for rel in artifacts_of(records) if not (staged / rel).is_file()]
     if missing:
         sent += remote.fetch(where, staged, missing)
     fileops().point("after_transfer")
     done = install(root, dataset, staged)
     head = SideHead(exists=True, seq=done.seq, hash=done.hash, timestamp_utc=lines[-1].record.timestamp_utc)
+    found = SyncStatus(
+        dataset=dataset,
+        remote=remote.remote.name,
+        verdict="local-missing",
+        local=SideHead(exists=False),
+        remote_head=head,
+        round_trips=remote.round_trips,
+    )
     return _result(
         found,
         "pull",
@@ -272,6 +341,19 @@ def _bootstrap_pull(root: Path, dataset: str, remote: Transport, found: SyncStat
         bootstrap=True,
         round_trips=remote.round_trips,
     )
+
+
+def _ahead_of_log(staged: Path) -> bool:
+    """Whether a copied projection reflects a line the copied log lacks (the copy read the log first)."""
+    from .projections import Fold
+    from .recovery import LocalSource, anchor
+
+    log = staged / LOG_FILE
+    for member in Fold(LocalSource(staged)).members:
+        mark = member.stored_mark(staged) if member.anchored else None
+        if mark is not None and anchor(log, mark) is None:
+            return True
+    return False
 
 
 def push(
@@ -320,10 +402,15 @@ def push(
         copy = copy or Copying()
         sent = 0 if copy.primary_only else remote.send(directory, staging, exclude=copy.excluded)
         sent += remote.send(directory, staging, [LOG_FILE])
-        files = artifacts_of([x.record for x in lines])
-        sent += remote.send(directory, staging, files)
+        now, _ = read_lines(directory / LOG_FILE)  # lines appended here during the copy name newer files
+        files = artifacts_of([x.record for x in now[len(lines) :]])
+        if files or copy.primary_only:
+            files = artifacts_of([x.record for x in now]) if copy.primary_only else files
+            sent += remote.send(directory, staging, files)
         fileops().point("after_transfer")
         done = remote.call(Install(dataset=dataset, staging=token), Installed)
+        if done.seq < found.local.seq:
+            _holds(done.seq, done.hash, found.local, f"remote '{found.remote}'")
         head = SideHead(exists=True, seq=done.seq, hash=done.hash, timestamp_utc=found.local.timestamp_utc)
         return _result(
             found,
@@ -339,10 +426,17 @@ def push(
     ahead = lines[found.remote_head.seq :]
     token = _token("push", found.local.seq, found.local.hash)
     files = artifacts_of([x.record for x in ahead])
-    sent = remote.send(directory, remote.path(dataset, STAGING_DIR, token), files) if files else 0
+    sizes = {rel: (directory / rel).stat().st_size for rel in files}
+    inline: dict[str, bytes] = {}
+    if sum(sizes.values()) <= INLINE_BYTES:
+        inline = {rel: (directory / rel).read_bytes() for rel in files}
+        sent = sum(sizes.values())
+    else:
+        sent = remote.send(directory, remote.path(dataset, STAGING_DIR, token), files)
     data = b"".join(x.raw + b"\n" for x in ahead)
     fileops().point("after_transfer")
-    received = remote.call(Receive(dataset=dataset, staging=token), Received, data)
+    received = remote.call(Receive(dataset=dataset, staging=token, files=inline), Received, data)
+    _holds(received.seq, received.hash, found.local, f"remote '{found.remote}'")
     head = SideHead(exists=True, seq=received.seq, hash=received.hash, timestamp_utc=found.local.timestamp_utc)
     return _result(
         found,
