@@ -122,3 +122,47 @@ def test_a_transfer_killed_at_any_step_completes_when_run_again(world: dict[str,
     source.add_sequences(["CCCCAAAAGGGGTTTT"])  # the next transfer clears what the killed one staged
     _usr("--root", str(here), action, NAME, "cluster", "-y", env=env)
     assert not list(here.glob("**/.usr-sync")) + list(there.glob("**/.usr-sync"))
+
+
+def test_file_mode_compares_pulls_and_pushes_one_file_by_path(world: dict[str, Any]) -> None:
+    here, there, env, tmp = world["here"], world["there"], world["env"], world["tmp"]
+    local = tmp / "repo" / "runs" / "42" / "table.parquet"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"PAR1 first version PAR1")
+    remote_file = "shared/table.parquet"
+    args = ["--remote-path", remote_file]
+    found = _json(_usr("status", str(local), "cluster", *args, "--format", "json", env=env))
+    assert found["verdict"] == "remote-missing" and found["local"]["sha256"]
+    pushed = _usr("push", str(local), "cluster", *args, "-y", env=env)
+    assert "Push complete." in pushed.stdout and (there / remote_file).read_bytes() == local.read_bytes()
+    (there / remote_file).write_bytes(b"PAR1 made on the cluster PAR1")
+    assert "DIFFER" in _usr("diff", str(local), "cluster", *args, env=env).stdout
+    pulled = _json(_usr("pull", str(local), "cluster", *args, "-y", "--format", "json", env=env))
+    assert pulled["transfer_state"] == "TRANSFERRED" and local.read_bytes() == b"PAR1 made on the cluster PAR1"
+    again = _json(_usr("pull", str(local), "cluster", *args, "-y", "--format", "json", env=env))
+    assert again["transfer_state"] == "NO-OP"
+    refused = _usr("pull", str(local), "cluster", *args, "-y", "--verify-sidecars", env=env, check=2)
+    assert "dataset-only flags" in refused.stderr
+    unmapped = _usr("status", str(local), "cluster", env=env, check=2)
+    assert "--remote-path" in unmapped.stderr
+    _usr("remotes", "add", "mapped", "--type", "local", "--base-dir", str(there), env=env)
+    config = Path(env["USR_REMOTES_PATH"])
+    config.write_text(config.read_text().replace("  mapped:\n", f"  mapped:\n    repo_root: {there}/mirror\n"))
+    mapped = _usr("push", str(local), "mapped", "--repo-root", str(tmp / "repo"), "-y", env=env)
+    assert "Push complete." in mapped.stdout
+    assert (there / "mirror" / "runs" / "42" / "table.parquet").read_bytes() == local.read_bytes()
+    assert here.exists()
+
+
+def test_dataset_directory_mode_names_the_dataset_by_its_folder(world: dict[str, Any]) -> None:
+    here, there, env, tmp = world["here"], world["there"], world["env"], world["tmp"]
+    outside = tmp / "scratch" / "copy-of-ds"
+    outside.parent.mkdir()
+    import shutil
+
+    shutil.copytree(here / NAME, outside)  # a dataset folder outside any --root
+    pushed = _usr("push", str(outside), "cluster", "-y", env=env)
+    assert "Push complete." in pushed.stdout
+    assert (there / NAME / ".events.log").read_bytes() == (outside / ".events.log").read_bytes()
+    found = _json(_usr("diff", str(outside), "cluster", "--format", "json", env=env))
+    assert (found["dataset"], found["verdict"]) == (NAME, "up-to-date")

@@ -152,3 +152,39 @@ def test_pushes_and_pulls_killed_at_random_moments_complete_when_run_again(
         assert done.returncode == 0, f"seed={seed} round {round_}: {done.stderr}"
         _same(here, there)
     print(f"ssh transfers killed mid-way: {killed} of 4")
+
+
+def test_a_remote_lock_held_by_a_killed_process_does_not_block_the_next_push(here: Dataset, remote: Remote) -> None:
+    here.sync.push(remote)
+    there = _there(remote)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from usr_es.fileio import locked\n"
+         "with locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
+         str(there.dir / ".usr.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)  # a pusher that died holding the remote lock
+    holder.wait(timeout=30)
+    holder.stdout.close()
+    here.add_sequences(_dna("after-the-crash", 4))
+    assert here.sync.push(remote).appended == 1
+    _same(here, there)
+
+
+def test_file_mode_over_ssh_replaces_one_file_and_compares_sha256(tmp_path: Path, remote: Remote) -> None:
+    from usr_es.remotes import transport
+    from usr_es.sync import file_status, file_transfer
+
+    local = tmp_path / "models" / "scores.parquet"
+    local.parent.mkdir()
+    local.write_bytes(b"PAR1" + bytes(range(256)) * 40 + b"PAR1")
+    where = transport(remote)
+    assert file_status(local, "files/scores.parquet", where).verdict == "remote-missing"
+    pushed = file_transfer("push", local, "files/scores.parquet", where)
+    assert (pushed.transfer_state, pushed.bytes) == ("TRANSFERRED", local.stat().st_size)
+    (Path(remote.spec.base_dir) / "files" / "scores.parquet").write_bytes(b"PAR1 newer PAR1")
+    pulled = file_transfer("pull", local, "files/scores.parquet", where)
+    assert pulled.transfer_state == "TRANSFERRED" and local.read_bytes() == b"PAR1 newer PAR1"
+    assert file_status(local, "files/scores.parquet", where).verdict == "up-to-date"

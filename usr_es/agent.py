@@ -79,7 +79,14 @@ class Verify(msgspec.Struct, frozen=True, kw_only=True, tag="verify"):
     dataset: str
 
 
-Request = Probe | Head | Lines | Receive | Install | Verify
+class Stat(msgspec.Struct, frozen=True, kw_only=True, tag="stat"):
+    """Size, time and sha256 of one file there (file mode: `usr diff|pull|push PATH REMOTE`); a relative
+    `path` is under the root."""
+
+    path: str
+
+
+Request = Probe | Head | Lines | Receive | Install | Verify | Stat
 
 
 # -- replies -----------------------------------------------------------------------------------------------
@@ -139,7 +146,17 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     fork_seq: int | None = None
 
 
-Reply = ProbeReply | HeadReply | LinesReply | Received | Installed | VerifyReport
+class FileStat(msgspec.Struct, frozen=True, kw_only=True):
+    """One file as one side sees it (`exists` false: nothing there)."""
+
+    path: str
+    exists: bool
+    size: int = 0
+    mtime_utc: str = ""
+    sha256: str = ""
+
+
+Reply = ProbeReply | HeadReply | LinesReply | Received | Installed | VerifyReport | FileStat
 
 
 _request_decoder = msgspec.json.Decoder(Request)
@@ -173,6 +190,8 @@ def serve(root: Path, request: Request, data: bytes = b"") -> Reply:
     """Answer one request about datasets under `root`."""
     if isinstance(request, Probe):
         return _probe(root)
+    if isinstance(request, Stat):
+        return file_stat(root / request.path)
     directory = root / validate_id(request.dataset)
     if isinstance(request, Head):
         return head_of(directory, request)
@@ -198,6 +217,22 @@ def _probe(root: Path) -> ProbeReply:
         root_writable=root.is_dir() and os.access(root, os.W_OK | os.X_OK),
         rsync=shutil.which("rsync") or "",
     )
+
+
+def file_stat(path: Path) -> FileStat:
+    """A file's size, modification time (UTC) and sha256, read a block at a time."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    if not path.is_file():
+        return FileStat(path=str(path), exists=False)
+    hasher = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(8 << 20):
+            hasher.update(block)
+    info = path.stat()
+    when = datetime.fromtimestamp(info.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return FileStat(path=str(path), exists=True, size=info.st_size, mtime_utc=when, sha256=hasher.hexdigest())
 
 
 def head_of(directory: Path, request: Head) -> HeadReply:

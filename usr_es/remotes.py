@@ -167,6 +167,14 @@ class Transport(Protocol):
         """A path under the remote's base_dir."""
         ...
 
+    def get(self, remote_file: str, local_file: Path) -> int:
+        """Copy one file from there to `local_file` (replaced whole, never half-written); its bytes."""
+        ...
+
+    def put(self, local_file: Path, remote_file: str) -> int:
+        """Copy one file to `remote_file` there (its folder made when missing); its bytes."""
+        ...
+
 
 def transport(remote: Remote) -> Transport:
     return LocalTransport(remote) if remote.spec.type == "local" else SshTransport(remote)
@@ -246,6 +254,24 @@ class LocalTransport:
 
     def path(self, *parts: str) -> str:
         return str(self.root.joinpath(*parts))
+
+    def get(self, remote_file: str, local_file: Path) -> int:
+        self.round_trips += 1
+        return _copy_one(self.root / remote_file, local_file)
+
+    def put(self, local_file: Path, remote_file: str) -> int:
+        self.round_trips += 1
+        return _copy_one(local_file, self.root / remote_file)
+
+
+def _copy_one(source: Path, target: Path) -> int:
+    if not source.is_file():
+        raise NotFound(f"{source} is not a file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f".tmp-copy-{target.name}")
+    shutil.copyfile(source, part)
+    os.replace(part, target)
+    return source.stat().st_size
 
 
 def _copy(source: Path, target: Path, files: Sequence[str] | None, exclude: Sequence[str]) -> int:
@@ -370,6 +396,18 @@ class SshTransport:
     def path(self, *parts: str) -> str:
         return "/".join([self.remote.spec.base_dir.rstrip("/"), *parts])
 
+    def _absolute(self, remote_file: str) -> str:
+        return remote_file if remote_file.startswith("/") else self.path(remote_file)
+
+    def get(self, remote_file: str, local_file: Path) -> int:
+        local_file.parent.mkdir(parents=True, exist_ok=True)
+        return self._rsync(f"{self.destination}:{self._absolute(remote_file)}", str(local_file), None, ())
+
+    def put(self, local_file: Path, remote_file: str) -> int:
+        target = self._absolute(remote_file)
+        folder = target.rsplit("/", 1)[0] or "/"
+        return self._rsync(str(local_file), f"{self.destination}:{target}", None, (), make=folder)
+
     def _rsync(
         self, source: str, target: str, files: Sequence[str] | None, exclude: Sequence[str], *, make: str | None = None
     ) -> int:
@@ -390,6 +428,8 @@ class SshTransport:
         for pattern in (*NEVER_COPIED, *exclude):
             argv += ["--exclude", pattern]
         data = b""
+        if files is None:
+            argv.append("--whole-file")  # a folder copied whole: no delta search against what is there
         if files is not None:
             argv += ["--files-from=-", "--from0"]
             data = b"\0".join(f.encode() for f in files)

@@ -471,3 +471,39 @@ class SyncResult(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     #: With `--rebase`: each of this side's commands since the fork, where it landed or why it was left out.
     rebased: list[RebasedCommand] = []
+
+
+class FileSide(msgspec.Struct, frozen=True, kw_only=True):
+    """One file on one side (file mode): `exists`, size, modification time and sha256."""
+
+    path: str
+    exists: bool
+    size: int = 0
+    mtime_utc: str = ""
+    sha256: str = ""
+
+
+class FileSyncStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """File mode (`usr diff|status|pull|push PATH REMOTE`): the file here and there, compared by sha256.
+    `verdict`: `up-to-date`, `differ`, `remote-missing`, `local-missing` (or `both-missing`)."""
+
+    remote: str
+    verdict: str
+    local: FileSide
+    remote_file: FileSide
+    round_trips: int = 0
+
+
+class FileSyncResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a file-mode pull or push did: `transfer_state` `TRANSFERRED`, `NO-OP` or `DRY-RUN`; `bytes`
+    copied; the sha256 both sides hold afterwards."""
+
+    remote: str
+    action: str
+    transfer_state: str
+    verdict: str
+    bytes: int
+    sha256: str
+    local_path: str
+    remote_path: str
+    round_trips: int = 0

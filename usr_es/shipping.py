@@ -21,7 +21,6 @@ from .events import LogRecord
 from .fileio import fileops
 from .log import LogLine, Scan, shipped_lines
 from .names import PAYLOAD_DIR, REGISTRY_DIR
-from .storage import digest_of
 
 
 class _Head(msgspec.Struct):
@@ -151,6 +150,8 @@ def place_artifacts(records: list[LogRecord], staged: Path, directory: Path) -> 
 def _matches(path: Path, digest: str, size: int | None) -> bool:
     if size is None:  # a frozen registry: named by the sha256 of its bytes
         return hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    from .storage import digest_of  # pyarrow: kept off the start-up of a sync that copies whole folders
+
     found_size, found = digest_of(path)
     return found_size == size and found == digest
 

@@ -15,12 +15,14 @@ and the receiving write path skips the lines it already holds.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .agent import (
     STAGING_DIR,
+    FileStat,
     Head,
     HeadReply,
     Install,
@@ -29,15 +31,17 @@ from .agent import (
     Lines,
     LinesReply,
     Receive,
+    Stat,
     clear_staging,
+    file_stat,
     install,
 )
-from .errors import Diverged, IntegrityError, NotFound, UsrError
+from .errors import Diverged, IntegrityError, InvalidInput, NotFound, UsrError
 from .fileio import fileops
 from .log import LogLine, read_lines
 from .names import LOG_FILE, SNAPSHOT_DIR
 from .remotes import Transport
-from .results import Received, SideHead, SyncEvent, SyncResult, SyncStatus
+from .results import FileSide, FileSyncResult, FileSyncStatus, Received, SideHead, SyncEvent, SyncResult, SyncStatus
 from .shipping import artifacts_of, safe_artifact, stage_files
 
 #: How many lines before the shorter head the first fork search asks for (a fork is usually recent).
@@ -301,10 +305,13 @@ def _bootstrap_pull(root: Path, dataset: str, remote: Transport, copy: Copying) 
     staged = root / STAGING_DIR / f"{dataset.replace('/', '--')}-incoming"
     where = remote.path(dataset)
     try:
-        if copy.primary_only:
-            sent = remote.fetch(where, staged, [LOG_FILE])
-        else:  # the log is read first: a projection copied after a newer line may be ahead of it (below)
-            sent = remote.fetch(where, staged, exclude=copy.excluded)
+        with ThreadPoolExecutor(1, thread_name_prefix="usr-copy") as pool:
+            # The log is read first: a projection copied after a newer line may be ahead of it (below).
+            files = [LOG_FILE] if copy.primary_only else None
+            copying = pool.submit(lambda: remote.fetch(where, staged, files, exclude=copy.excluded))
+            from . import recovery  # noqa: F401 -- the fold's modules (pyarrow) load while the copy runs
+
+            sent = copying.result()
     except UsrError:
         if not remote.call(Head(dataset=dataset), HeadReply).exists:
             raise NotFound(
@@ -448,3 +455,88 @@ def push(
         head=head,
         round_trips=remote.round_trips,
     )
+
+
+# -- file mode: one file by path (the original's `usr diff|pull|push PATH REMOTE`) ------------------------
+def remote_file_path(local: Path, remote: Transport, *, remote_path: str | None, repo_root: Path | None) -> str:
+    """Where `local` lives there: `remote_path`, else the remote's `repo_root` joined with `local`'s path
+    under the local repo root (`repo_root`, the remote's `local_repo_root`, or `$DNADESIGN_REPO_ROOT`)."""
+    import os
+
+    if remote_path:
+        return remote_path
+    spec = remote.remote.spec
+    local_root = repo_root or (Path(spec.local_repo_root) if spec.local_repo_root else None)
+    if local_root is None and os.environ.get("DNADESIGN_REPO_ROOT"):
+        local_root = Path(os.environ["DNADESIGN_REPO_ROOT"])
+    if not spec.repo_root or local_root is None:
+        raise InvalidInput(
+            f"File mode needs to know where {local.name} lives on remote '{remote.remote.name}'.",
+            hint="Pass --remote-path PATH, or set repo_root in the remote's config and a local repo root "
+            "(--repo-root, the remote's local_repo_root, or $DNADESIGN_REPO_ROOT).",
+        )
+    try:
+        relative = local.resolve().relative_to(local_root.expanduser().resolve())
+    except ValueError:
+        raise InvalidInput(f"{local} is not under the local repo root {local_root}.") from None
+    return f"{spec.repo_root.rstrip('/')}/{relative.as_posix()}"
+
+
+def _side(stat: FileStat) -> FileSide:
+    return FileSide(path=stat.path, exists=stat.exists, size=stat.size, mtime_utc=stat.mtime_utc, sha256=stat.sha256)
+
+
+def file_status(local: Path, remote_file: str, remote: Transport) -> FileSyncStatus:
+    """The file here and there, compared by sha256 (read-only; one request)."""
+    here = _side(file_stat(local))
+    there = _side(remote.call(Stat(path=remote_file), FileStat))
+    if not here.exists and not there.exists:
+        verdict = "both-missing"
+    elif not there.exists:
+        verdict = "remote-missing"
+    elif not here.exists:
+        verdict = "local-missing"
+    else:
+        verdict = "up-to-date" if here.sha256 == there.sha256 else "differ"
+    return FileSyncStatus(
+        remote=remote.remote.name, verdict=verdict, local=here, remote_file=there, round_trips=remote.round_trips
+    )
+
+
+def file_transfer(
+    action: str, local: Path, remote_file: str, remote: Transport, *, dry_run: bool = False
+) -> FileSyncResult:
+    """Pull (remote -> here) or push one file, replacing the other side's copy whole; then both sha256s are
+    compared (a mismatch is an `IntegrityError`)."""
+    found = file_status(local, remote_file, remote)
+    source = found.remote_file if action == "pull" else found.local
+    if not source.exists:
+        where = f"remote '{found.remote}'" if action == "pull" else "here"
+        raise NotFound(f"{source.path} does not exist {where}; nothing to {action}")
+
+    def result(state: str, moved: int, digest: str) -> FileSyncResult:
+        return FileSyncResult(
+            remote=found.remote,
+            action=action,
+            transfer_state=state,
+            verdict=found.verdict,
+            bytes=moved,
+            sha256=digest,
+            local_path=str(local),
+            remote_path=remote_file,
+            round_trips=remote.round_trips,
+        )
+
+    if found.verdict == "up-to-date":
+        return result("NO-OP", 0, source.sha256)
+    if dry_run:
+        return result("DRY-RUN", source.size, source.sha256)
+    moved = remote.get(remote_file, local) if action == "pull" else remote.put(local, remote_file)
+    after = file_status(local, remote_file, remote)
+    if after.verdict != "up-to-date":
+        raise IntegrityError(
+            f"after the {action}, {local} and {remote_file} on remote '{found.remote}' differ "
+            f"({after.local.sha256[:12]} vs {after.remote_file.sha256[:12]})",
+            hint="Run it again; if it persists, check the file on both sides.",
+        )
+    return result("TRANSFERRED", moved, after.local.sha256)

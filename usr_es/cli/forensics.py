@@ -20,7 +20,7 @@ from .common import (
     plain_value,
     split_list,
 )
-from .sync import AuditOpt, RemotesConfigOpt, Verify, VerifyOpt, sync_diff
+from .sync import AuditOpt, RemotePathOpt, RemotesConfigOpt, RepoRootOpt, Verify, VerifyOpt, sync_diff
 
 if TYPE_CHECKING:
     from ..results import Credit, RecordBlame
@@ -129,6 +129,8 @@ def diff(
     summary: Annotated[bool, typer.Option("--summary", help="Only the counts.")] = False,
     remotes_config: RemotesConfigOpt = None,
     verify: VerifyOpt = Verify.hash,
+    remote_path: RemotePathOpt = None,
+    repo_root: RepoRootOpt = None,
     audit_json_out: AuditOpt = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:
@@ -144,7 +146,7 @@ def diff(
                 "Compare with a remote as `usr diff DATASET REMOTE` (no --from/--to).",
                 hint="usr diff DATASET --from A --to B compares two points of one log.",
             )
-        sync_diff(dataset, remote, remotes_config, audit_json_out, fmt)
+        sync_diff(dataset, remote, remotes_config, audit_json_out, fmt, remote_path=remote_path, repo_root=repo_root)
         return
     if not start:
         raise InvalidInput(

@@ -23,7 +23,8 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..dataset import Dataset
-    from ..results import SyncResult, SyncStatus
+    from ..remotes import Transport
+    from ..results import FileSyncStatus, SyncResult, SyncStatus
 
 
 class Verify(StrEnum):
@@ -85,8 +86,22 @@ def _dataset_for_sync(ident: str) -> Dataset:
 
 
 # -- status and diff --------------------------------------------------------------------------------
+RemotePathOpt = Annotated[
+    str | None,
+    typer.Option("--remote-path", help="File mode: the file's path on the remote (relative: under its base_dir)."),
+]
+RepoRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--repo-root",
+        help="File mode: the local repo root the file's path is taken relative to (default: the remote's "
+        "local_repo_root, else $DNADESIGN_REPO_ROOT), joined to the remote's repo_root.",
+    ),
+]
+
+
 def status(
-    dataset: Annotated[str, typer.Argument(help="Dataset id or dataset directory.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset id, dataset directory, or a file (file mode).")],
     remote: RemoteArg,
     remotes_config: RemotesConfigOpt = None,
     verify: VerifyOpt = Verify.hash,
@@ -94,26 +109,45 @@ def status(
     skip_snapshots: SkipSnapshotsOpt = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
+    remote_path: RemotePathOpt = None,
+    repo_root: RepoRootOpt = None,
     audit_json_out: AuditOpt = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:
     """Read-only: how this copy and the remote's compare -- both heads, the events each side lacks, the
-    bytes that would travel, and the verdict (up to date, ahead, behind, diverged at seq K, missing).
+    bytes that would travel, and the verdict (up to date, ahead, behind, diverged at seq K, missing). A
+    file path compares one file by sha256 (file mode). The transfer flags are accepted, as the original
+    accepted them, and change nothing here.
 
     Example: usr status densegen/demo cluster
     """
-    ds = _dataset_for_sync(dataset)
-    found = ds.sync.status(remote, remotes_config=remotes_config)
-    if audit_json_out is not None:
-        _audit(audit_json_out, _status_audit(found, "diff", "DIFF-ONLY"))
-    if output_format(fmt) is Format.json:
-        emit_struct(found)
+    sync_diff(dataset, remote, remotes_config, audit_json_out, fmt, remote_path=remote_path, repo_root=repo_root)
+
+
+def sync_diff(
+    dataset: str,
+    remote: str,
+    remotes_config: Path | None,
+    audit: Path | None,
+    fmt: Format,
+    *,
+    remote_path: str | None = None,
+    repo_root: Path | None = None,
+) -> None:
+    """`usr status` / `usr diff DATASET REMOTE`: a dataset's two copies, or one file (file mode)."""
+    target = _file_target(dataset, remote_path)
+    if target is not None:
+        from ..sync import file_status
+
+        where = _transport(remote, remotes_config)
+        found_file = file_status(target, _remote_file(target, where, remote_path, repo_root), where)
+        if audit is not None:
+            _audit(audit, {"action": "diff", "transfer_state": "DIFF-ONLY", **_builtins(found_file)})
+        if output_format(fmt) is Format.json:
+            emit_struct(found_file)
+            return
+        _show_file(found_file)
         return
-    _show_status(found)
-
-
-def sync_diff(dataset: str, remote: str, remotes_config: Path | None, audit: Path | None, fmt: Format) -> None:
-    """`usr diff DATASET REMOTE`: `usr status` under the original's name."""
     ds = _dataset_for_sync(dataset)
     found = ds.sync.status(remote, remotes_config=remotes_config)
     if audit is not None:
@@ -122,6 +156,45 @@ def sync_diff(dataset: str, remote: str, remotes_config: Path | None, audit: Pat
         emit_struct(found)
         return
     _show_status(found)
+
+
+def _file_target(ident: str, remote_path: str | None) -> Path | None:
+    """The local file of file mode: an existing file, or any path when --remote-path names the remote one
+    (None: a dataset)."""
+    path = Path(ident).expanduser()
+    if path.is_file() or (remote_path is not None and not path.is_dir()):
+        return path.resolve()
+    return None
+
+
+def _transport(remote: str, config: Path | None) -> Transport:
+    from ..remotes import config_path, get_remote, transport
+
+    return transport(get_remote(remote, config_path(config)))
+
+
+def _remote_file(local: Path, where: Transport, remote_path: str | None, repo_root: Path | None) -> str:
+    from ..sync import remote_file_path
+
+    return remote_file_path(local, where, remote_path=remote_path, repo_root=repo_root)
+
+
+_FILE_VERDICTS = {
+    "up-to-date": "up to date",
+    "differ": "DIFFER (pull or push replaces the other side's copy whole)",
+    "remote-missing": "remote missing (push copies it there)",
+    "local-missing": "local missing (pull copies it here)",
+    "both-missing": "missing on both sides",
+}
+
+
+def _show_file(found: FileSyncStatus) -> None:
+    def side(f: Any) -> str:
+        return f"{f.size:,} bytes  {f.mtime_utc}  sha256 {f.sha256[:16]}  {f.path}" if f.exists else f"(none) {f.path}"
+
+    typer.echo(f"file <-> {found.remote}: {_FILE_VERDICTS[found.verdict]}")
+    typer.echo(f"  local : {side(found.local)}")
+    typer.echo(f"  remote: {side(found.remote_file)}")
 
 
 _VERDICTS = {
@@ -174,6 +247,8 @@ def pull(
     verify_sidecars: SidecarsOpt = None,
     primary_only: PrimaryOnlyOpt = False,
     skip_snapshots: SkipSnapshotsOpt = False,
+    remote_path: RemotePathOpt = None,
+    repo_root: RepoRootOpt = None,
     audit_json_out: AuditOpt = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:
@@ -186,7 +261,18 @@ def pull(
         "pull",
         dataset,
         remote,
-        _Options(remotes_config, yes, dry_run, verify_sidecars, primary_only, skip_snapshots, audit_json_out, rebase),
+        _Options(
+            remotes_config,
+            yes,
+            dry_run,
+            verify_sidecars,
+            primary_only,
+            skip_snapshots,
+            audit_json_out,
+            rebase,
+            remote_path,
+            repo_root,
+        ),
         fmt,
     )
 
@@ -201,6 +287,8 @@ def push(
     verify_sidecars: SidecarsOpt = None,
     primary_only: PrimaryOnlyOpt = False,
     skip_snapshots: SkipSnapshotsOpt = False,
+    remote_path: RemotePathOpt = None,
+    repo_root: RepoRootOpt = None,
     audit_json_out: AuditOpt = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:
@@ -213,7 +301,18 @@ def push(
         "push",
         dataset,
         remote,
-        _Options(remotes_config, yes, dry_run, verify_sidecars, primary_only, skip_snapshots, audit_json_out),
+        _Options(
+            remotes_config,
+            yes,
+            dry_run,
+            verify_sidecars,
+            primary_only,
+            skip_snapshots,
+            audit_json_out,
+            False,
+            remote_path,
+            repo_root,
+        ),
         fmt,
     )
 
@@ -228,11 +327,20 @@ class _Options:
     skip_snapshots: bool
     audit: Path | None
     rebase: bool = False
+    remote_path: str | None = None
+    repo_root: Path | None = None
 
 
 def _transfer(action: str, dataset: str, remote: str, opts: _Options, fmt: Format) -> None:
     from ..errors import UserAbort
 
+    target = _file_target(dataset, opts.remote_path)
+    if target is not None:
+        _transfer_file(action, target, remote, opts, fmt)
+        return
+    if action == "pull" and not opts.dry_run and not opts.rebase and _bootstrap(dataset):
+        _bootstrap_pull(dataset, remote, opts, fmt)
+        return
     ds = _dataset_for_sync(dataset)
     if not opts.yes and not opts.dry_run and sys.stdin.isatty():
         found = ds.sync.status(remote, remotes_config=opts.config)
@@ -247,7 +355,10 @@ def _transfer(action: str, dataset: str, remote: str, opts: _Options, fmt: Forma
         done = ds.sync.pull(remote, dry_run=opts.dry_run, rebase=opts.rebase, remotes_config=opts.config, **copy)
     else:
         done = ds.sync.push(remote, dry_run=opts.dry_run, remotes_config=opts.config, **copy)
-    checked = _checked(ds, remote, opts.config, done, opts.sidecars)
+    _report(action, done, _checked(ds, remote, opts.config, done, opts.sidecars), opts, fmt)
+
+
+def _report(action: str, done: SyncResult, checked: dict[str, Any], opts: _Options, fmt: Format) -> None:
     if opts.audit is not None:
         _audit(opts.audit, _result_audit(done, checked))
     if output_format(fmt) is Format.json:
@@ -267,6 +378,65 @@ def _transfer(action: str, dataset: str, remote: str, opts: _Options, fmt: Forma
     typer.echo(f"  head now: seq {done.head.seq} {done.head.hash[:12]}")
     for line in checked.get("notes", []):
         typer.echo(f"  {line}")
+    if done.transfer_state == "TRANSFERRED":
+        typer.echo(f"{action.capitalize()} complete.")
+
+
+def _bootstrap(ident: str) -> bool:
+    """Whether a pull of `ident` copies a dataset this root lacks (decided without loading pyarrow)."""
+    from ..names import LOG_FILE
+    from ..roots import looks_like_path, validate_id
+
+    if looks_like_path(ident) or Path(ident).is_dir():
+        return False
+    validate_id(ident)
+    return not (datasets_root() / ident / LOG_FILE).exists()
+
+
+def _bootstrap_pull(dataset: str, remote: str, opts: _Options, fmt: Format) -> None:
+    """A dataset this root lacks, copied whole: its folder's copy starts before the modules that install it
+    (pyarrow) are loaded, so the two overlap (`sync.pull`)."""
+    from ..sync import Copying
+    from ..sync import pull as pull_dataset
+
+    root = datasets_root()
+    copy = Copying(primary_only=opts.primary_only, skip_snapshots=opts.skip_snapshots)
+    done = pull_dataset(root, root / dataset, dataset, _transport(remote, opts.config), copy=copy)
+    from ..dataset import Dataset
+
+    _report("pull", done, _checked(Dataset.open(root, dataset), remote, opts.config, done, opts.sidecars), opts, fmt)
+
+
+def _transfer_file(action: str, target: Path, remote: str, opts: _Options, fmt: Format) -> None:
+    """File mode: one file replaced whole on the receiving side, then both sha256s compared."""
+    from ..errors import InvalidInput, UserAbort
+    from ..sync import file_status, file_transfer
+
+    if opts.sidecars or opts.primary_only or opts.skip_snapshots or opts.rebase:
+        raise InvalidInput(
+            "--verify-sidecars, --primary-only, --skip-snapshots and --rebase are dataset-only flags.",
+            hint="File mode copies one file whole and compares sha256s.",
+        )
+    where = _transport(remote, opts.config)
+    remote_file = _remote_file(target, where, opts.remote_path, opts.repo_root)
+    if not opts.yes and not opts.dry_run and sys.stdin.isatty():
+        found = file_status(target, remote_file, where)
+        _show_file(found)
+        if found.verdict != "up-to-date" and not typer.confirm("Replace the other side's copy?", default=True):
+            raise UserAbort(f"{action.capitalize()} cancelled.")
+    done = file_transfer(action, target, remote_file, where, dry_run=opts.dry_run)
+    if opts.audit is not None:
+        _audit(opts.audit, _builtins(done))
+    if output_format(fmt) is Format.json:
+        emit_struct(done)
+        return
+    if done.transfer_state == "NO-OP":
+        typer.echo(f"{action.upper()} {target} <-> {done.remote}: nothing to do (same sha256)")
+        return
+    typer.echo(
+        f"{action.upper()} audit: {target} <-> {done.remote}:{remote_file} [{done.transfer_state}] "
+        f"{done.bytes:,} bytes, sha256 {done.sha256[:16]} on both sides"
+    )
     if done.transfer_state == "TRANSFERRED":
         typer.echo(f"{action.capitalize()} complete.")
 
