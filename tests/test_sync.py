@@ -4,60 +4,33 @@ fork seq, and what a damaged copy or a damaged transfer does."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.syncing import NAME, dna, laptop, make_root, remote_copy, same
 from usr_es import Dataset, IntegrityError
 from usr_es.errors import Diverged, NotFound
-from usr_es.registry import register_namespace, split_columns_spec
 from usr_es.remotes import Remote, RemoteSpec
-
-NAME = "demo/ds"
-
-
-def _root(path: Path) -> Path:
-    register_namespace(path, "mock", split_columns_spec("mock__score:float64"))
-    return path
-
-
-def _dna(tag: str, n: int) -> list[str]:
-    rng = random.Random(tag)
-    return ["".join(rng.choice("ACGT") for _ in range(24)) for _ in range(n)]
 
 
 @pytest.fixture
 def here(tmp_path: Path) -> Dataset:
-    ds = Dataset.open(_root(tmp_path / "laptop"), NAME)
-    ds.init(source="laptop")
-    ds.add_sequences(_dna("first", 30))
-    return ds
+    return laptop(tmp_path / "laptop")
 
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Remote:
-    return Remote(name="cluster", spec=RemoteSpec(type="local", base_dir=str(_root(tmp_path / "cluster"))))
-
-
-def _there(remote: Remote) -> Dataset:
-    return Dataset.open(Path(remote.spec.base_dir), NAME)
-
-
-def _same(a: Dataset, b: Dataset) -> None:
-    assert a.log_path.read_bytes() == b.log_path.read_bytes()
-    for ds in (a, b):
-        report = ds.verify()
-        assert report.ok, report.problems
+    return Remote(name="cluster", spec=RemoteSpec(type="local", base_dir=str(make_root(tmp_path / "cluster"))))
 
 
 def test_push_bootstraps_a_dataset_the_remote_lacks_then_both_are_up_to_date(here: Dataset, remote: Remote) -> None:
     assert here.sync.status(remote).verdict == "remote-missing"
     done = here.sync.push(remote)
     assert (done.transfer_state, done.bootstrap, done.head.seq) == ("TRANSFERRED", True, 2)
-    there = _there(remote)
-    _same(here, there)
+    there = remote_copy(remote)
+    same(here, there)
     assert there.head(50).num_rows == 30
     found = here.sync.status(remote)
     assert (found.verdict, found.remote_head.hash) == ("up-to-date", _head_hash(there))
@@ -65,7 +38,7 @@ def test_push_bootstraps_a_dataset_the_remote_lacks_then_both_are_up_to_date(her
 
 def test_push_sends_only_the_missing_lines_and_their_payloads(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    here.add_sequences(_dna("second", 40))
+    here.add_sequences(dna("second", 40))
     here.delete(here.head(3, columns=["id"]).column("id").to_pylist())
     found = here.sync.status(remote)
     assert found.verdict == "local-ahead"
@@ -73,19 +46,19 @@ def test_push_sends_only_the_missing_lines_and_their_payloads(here: Dataset, rem
     done = here.sync.push(remote)
     assert (done.appended, done.head.seq, done.head.hash) == (2, 4, _head_hash(here))
     assert done.bytes == found.bytes_to_push
-    there = _there(remote)
-    _same(here, there)
+    there = remote_copy(remote)
+    same(here, there)
     assert there.info().rows == 67 and there.info().deleted == 3
 
 
 def test_pull_appends_the_remote_events_through_the_local_write_path(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    there = _there(remote)
-    there.add_sequences(_dna("made-on-the-cluster", 25))
+    there = remote_copy(remote)
+    there.add_sequences(dna("made-on-the-cluster", 25))
     assert here.sync.status(remote).verdict == "remote-ahead"
     done = here.sync.pull(remote)
     assert (done.appended, done.head.seq) == (1, 3)
-    _same(here, there)
+    same(here, there)
     assert here.info().rows == 55
     again = here.sync.pull(remote)
     assert (again.transfer_state, again.appended) == ("NO-OP", 0)
@@ -93,11 +66,11 @@ def test_pull_appends_the_remote_events_through_the_local_write_path(here: Datas
 
 def test_pull_bootstraps_a_dataset_this_side_lacks(tmp_path: Path, here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    elsewhere = Dataset.open(_root(tmp_path / "desktop"), NAME)
+    elsewhere = Dataset.open(make_root(tmp_path / "desktop"), NAME)
     assert elsewhere.sync.status(remote).verdict == "local-missing"
     done = elsewhere.sync.pull(remote, skip_snapshots=True)
     assert (done.bootstrap, done.head.seq) == (True, 2)
-    _same(elsewhere, _there(remote))
+    same(elsewhere, remote_copy(remote))
     assert elsewhere.head(50).num_rows == 30
 
 
@@ -105,8 +78,8 @@ def test_a_primary_only_bootstrap_folds_the_projections_from_the_log(
     tmp_path: Path, here: Dataset, remote: Remote
 ) -> None:
     here.sync.push(remote, primary_only=True)
-    there = _there(remote)
-    _same(here, there)
+    there = remote_copy(remote)
+    same(here, there)
     assert (
         there.head(50, columns=["sequence"]).column("sequence").to_pylist()
         == here.head(50, columns=["sequence"]).column("sequence").to_pylist()
@@ -115,10 +88,10 @@ def test_a_primary_only_bootstrap_folds_the_projections_from_the_log(
 
 def test_a_fork_is_refused_naming_the_fork_seq_and_both_sides_events(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    there = _there(remote)
-    here.add_sequences(_dna("laptop-only", 5))
-    there.add_sequences(_dna("cluster-only", 7))
-    there.add_sequences(_dna("cluster-again", 7))
+    there = remote_copy(remote)
+    here.add_sequences(dna("laptop-only", 5))
+    there.add_sequences(dna("cluster-only", 7))
+    there.add_sequences(dna("cluster-again", 7))
     before = (here.log_path.read_bytes(), there.log_path.read_bytes())
     found = here.sync.status(remote)
     assert (found.verdict, found.fork_seq) == ("diverged", 2)
@@ -131,7 +104,7 @@ def test_a_fork_is_refused_naming_the_fork_seq_and_both_sides_events(here: Datas
 
 
 def test_copies_that_share_no_event_are_different_datasets(tmp_path: Path, here: Dataset, remote: Remote) -> None:
-    other = _there(remote)
+    other = remote_copy(remote)
     other.init(source="another dataset of the same name")
     found = here.sync.status(remote)
     assert (found.verdict, found.fork_seq) == ("diverged", 0)
@@ -142,12 +115,12 @@ def test_copies_that_share_no_event_are_different_datasets(tmp_path: Path, here:
 def test_a_dry_run_says_what_would_travel_and_moves_nothing(here: Dataset, remote: Remote) -> None:
     done = here.sync.push(remote, dry_run=True)
     assert (done.transfer_state, done.bootstrap) == ("DRY-RUN", True) and done.bytes > 0
-    assert not _there(remote).exists
+    assert not remote_copy(remote).exists
 
 
 def test_a_payload_damaged_in_transit_is_refused_and_nothing_is_appended(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    receipt = here.add_sequences(_dna("damaged", 10))
+    receipt = here.add_sequences(dna("damaged", 10))
     line = here.log.events()[-1]
     assert line.seq == receipt.seq and line.payload is not None
     staged = here.dir.parent / "staged"
@@ -155,20 +128,20 @@ def test_a_payload_damaged_in_transit_is_refused_and_nothing_is_appended(here: D
     data = bytearray((here.dir / line.payload.file).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (staged / line.payload.file).write_bytes(bytes(data))
-    there = _there(remote)
+    there = remote_copy(remote)
     before = there.log_path.read_bytes()
     with pytest.raises(IntegrityError, match="other bytes than the event records"):
         there.receive_lines(_raw_lines(here)[-1], staged)
     assert there.log_path.read_bytes() == before
     assert here.sync.push(remote).appended == 1  # a clean transfer goes through
-    _same(here, there)
+    same(here, there)
 
 
 def test_lines_that_do_not_continue_the_chain_are_refused(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    here.add_sequences(_dna("a", 3))
-    here.add_sequences(_dna("b", 3))
-    there = _there(remote)
+    here.add_sequences(dna("a", 3))
+    here.add_sequences(dna("b", 3))
+    there = remote_copy(remote)
     with pytest.raises(Exception, match="lines are missing"):
         there.receive_lines(_raw_lines(here)[-1], here.dir)  # seq 4 without seq 3
     tampered = _raw_lines(here)[-2].replace(b'"rows_written":3', b'"rows_written":4')
@@ -179,7 +152,7 @@ def test_lines_that_do_not_continue_the_chain_are_refused(here: Dataset, remote:
 
 def test_a_remote_with_a_corrupt_line_is_reported_not_copied(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    there = _there(remote)
+    there = remote_copy(remote)
     raw = there.log_path.read_bytes()
     there.log_path.write_bytes(raw.replace(b'"source":"laptop"', b'"source":"lapt0p"', 1))
     with pytest.raises(IntegrityError, match=r"remote 'cluster'.*hash mismatch"):
@@ -187,7 +160,7 @@ def test_a_remote_with_a_corrupt_line_is_reported_not_copied(here: Dataset, remo
 
 
 def test_an_unknown_dataset_on_both_sides_is_not_found(tmp_path: Path, remote: Remote) -> None:
-    ghost = Dataset.open(_root(tmp_path / "empty"), "nobody/here")
+    ghost = Dataset.open(make_root(tmp_path / "empty"), "nobody/here")
     with pytest.raises(NotFound):
         ghost.sync.status(remote)
 
@@ -210,12 +183,12 @@ def test_rebase_combines_two_machines_imports_and_attaches(here: Dataset, remote
     import pyarrow as pa
 
     here.sync.push(remote)
-    there = _there(remote)
+    there = remote_copy(remote)
     ids = here.head(30, columns=["id"]).column("id").to_pylist()
     there.write_overlay("mock", pa.table({"id": ids[:10], "mock__score": [1.0] * 10}), key="id")
-    there.add_sequences(_dna("cluster-batch", 12))
+    there.add_sequences(dna("cluster-batch", 12))
     mine = here.write_overlay("mock", pa.table({"id": ids[10:20], "mock__score": [2.0] * 10}), key="id")
-    here.add_sequences(_dna("laptop-batch", 8))
+    here.add_sequences(dna("laptop-batch", 8))
     here.delete(ids[25:27], reason="bad well")
     assert here.sync.status(remote).fork_seq == 2
 
@@ -237,14 +210,14 @@ def test_rebase_combines_two_machines_imports_and_attaches(here: Dataset, remote
     assert len(kept) == 3  # the replaced lines, byte for byte
     pushed = here.sync.push(remote)  # the other machine takes the combined history as a plain prefix
     assert pushed.appended == 4
-    _same(here, there)
+    same(here, there)
 
 
 def test_a_rebased_command_that_no_longer_validates_is_left_out_and_reported(here: Dataset, remote: Remote) -> None:
     import pyarrow as pa
 
     here.sync.push(remote)
-    there = _there(remote)
+    there = remote_copy(remote)
     ids = here.head(30, columns=["id"]).column("id").to_pylist()
     there.delete(ids[:5])
     there.maintenance.materialize(drop_deleted=True)  # those records are gone on the cluster
@@ -265,12 +238,12 @@ def test_a_rebase_refuses_when_this_side_changed_meanwhile(
     from usr_es import ConcurrencyError, rebase
 
     here.sync.push(remote)
-    _there(remote).add_sequences(_dna("theirs", 3))
-    here.add_sequences(_dna("mine", 3))
+    remote_copy(remote).add_sequences(dna("theirs", 3))
+    here.add_sequences(dna("mine", 3))
     real = rebase._swap
 
     def racing(*args: object, **kwargs: object) -> None:
-        here.add_sequences(_dna("meanwhile", 2))
+        here.add_sequences(dna("meanwhile", 2))
         real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rebase, "_swap", racing)
@@ -287,8 +260,8 @@ def test_a_bootstrap_copy_that_caught_a_write_mid_way_fetches_the_log_again(
     from usr_es.remotes import LocalTransport
 
     here.sync.push(remote)
-    there = _there(remote)
-    there.add_sequences(_dna("during-the-copy", 6))
+    there = remote_copy(remote)
+    there.add_sequences(dna("during-the-copy", 6))
     full = there.log_path.read_bytes()
 
     class WriteDuringCopy(LocalTransport):
@@ -300,9 +273,9 @@ def test_a_bootstrap_copy_that_caught_a_write_mid_way_fetches_the_log_again(
                 (local_dir / ".events.log").write_bytes(full[: full.rstrip(b"\n").rfind(b"\n") + 1])
             return sent
 
-    elsewhere = Dataset.open(_root(tmp_path / "desktop"), NAME)
+    elsewhere = Dataset.open(make_root(tmp_path / "desktop"), NAME)
     from usr_es import sync
 
     done = sync.pull(elsewhere.root, elsewhere.dir, NAME, WriteDuringCopy(remote))
     assert done.head.seq == 3
-    _same(elsewhere, there)
+    same(elsewhere, there)

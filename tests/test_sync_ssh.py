@@ -15,12 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.sshd import Sshd, start_sshd
+from tests.syncing import NAME, dna, laptop, make_root, remote_copy, same
 from usr_es import Dataset
 from usr_es.errors import Diverged, RemoteError
-from usr_es.registry import register_namespace, split_columns_spec
 from usr_es.remotes import Remote, doctor, save_remote
-
-NAME = "demo/ds"
 
 
 @pytest.fixture(scope="module")
@@ -30,69 +28,45 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     server.stop()
 
 
-def _root(path: Path) -> Path:
-    register_namespace(path, "mock", split_columns_spec("mock__score:float64"))
-    return path
-
-
-def _dna(tag: str, n: int) -> list[str]:
-    rng = random.Random(tag)
-    return ["".join(rng.choice("ACGT") for _ in range(24)) for _ in range(n)]
-
-
 @pytest.fixture
 def remote(sshd: Sshd, tmp_path: Path) -> Remote:
-    return sshd.remote("cluster", _root(tmp_path / "cluster"))
+    return sshd.remote("cluster", make_root(tmp_path / "cluster"))
 
 
 @pytest.fixture
 def here(tmp_path: Path) -> Dataset:
-    ds = Dataset.open(_root(tmp_path / "laptop"), NAME)
-    ds.init(source="laptop")
-    ds.add_sequences(_dna("first", 30))
-    return ds
-
-
-def _there(remote: Remote) -> Dataset:
-    return Dataset.open(Path(remote.spec.base_dir), NAME)
-
-
-def _same(a: Dataset, b: Dataset) -> None:
-    assert a.log_path.read_bytes() == b.log_path.read_bytes()
-    for ds in (a, b):
-        report = ds.verify()
-        assert report.ok, report.problems
+    return laptop(tmp_path / "laptop")
 
 
 def test_bootstrap_push_then_prefix_push_and_pull_over_ssh(here: Dataset, remote: Remote) -> None:
     first = here.sync.push(remote)
     assert first.bootstrap and first.transfer_state == "TRANSFERRED"
-    there = _there(remote)
-    _same(here, there)
-    here.add_sequences(_dna("second", 20))
+    there = remote_copy(remote)
+    same(here, there)
+    here.add_sequences(dna("second", 20))
     pushed = here.sync.push(remote)
     assert (pushed.appended, pushed.files) == (1, 2)  # the import's payload and its frozen registry
-    there.add_sequences(_dna("on-the-cluster", 10))
+    there.add_sequences(dna("on-the-cluster", 10))
     found = here.sync.status(remote)
     assert found.verdict == "remote-ahead" and found.round_trips == 1
     pulled = here.sync.pull(remote)
     assert pulled.appended == 1
-    _same(here, there)
+    same(here, there)
     assert here.info().rows == 60
 
 
 def test_bootstrap_pull_over_ssh(tmp_path: Path, here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    elsewhere = Dataset.open(_root(tmp_path / "desktop"), NAME)
+    elsewhere = Dataset.open(make_root(tmp_path / "desktop"), NAME)
     done = elsewhere.sync.pull(remote)
     assert done.bootstrap and done.head.seq == 2
-    _same(elsewhere, _there(remote))
+    same(elsewhere, remote_copy(remote))
 
 
 def test_a_fork_over_ssh_is_refused_with_the_fork_seq(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    here.add_sequences(_dna("mine", 3))
-    _there(remote).add_sequences(_dna("theirs", 3))
+    here.add_sequences(dna("mine", 3))
+    remote_copy(remote).add_sequences(dna("theirs", 3))
     with pytest.raises(Diverged) as refused:
         here.sync.push(remote)
     assert refused.value.fork_seq == 2
@@ -135,13 +109,13 @@ def test_pushes_and_pulls_killed_at_random_moments_complete_when_run_again(
     env = {**os.environ, "USR_REMOTES_PATH": str(config)}
     env.pop("USR_ES_CRASH_AT", None)
     here.sync.push(remote)
-    there = _there(remote)
+    there = remote_copy(remote)
     killed = 0
     for round_ in range(4):
         action = "push" if round_ % 2 == 0 else "pull"
         source = here if action == "push" else there
         for k in range(2):
-            source.add_sequences(_dna(f"round-{round_}-{k}", 2000))
+            source.add_sequences(dna(f"round-{round_}-{k}", 2000))
         argv = [sys.executable, "-m", "usr_es", "--root", str(here.root), action, NAME, "cluster", "-y"]
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.05, 0.6))
@@ -150,13 +124,13 @@ def test_pushes_and_pulls_killed_at_random_moments_complete_when_run_again(
         killed += proc.returncode == -signal.SIGKILL
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, f"seed={seed} round {round_}: {done.stderr}"
-        _same(here, there)
+        same(here, there)
     print(f"ssh transfers killed mid-way: {killed} of 4")
 
 
 def test_a_remote_lock_held_by_a_killed_process_does_not_block_the_next_push(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
-    there = _there(remote)
+    there = remote_copy(remote)
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from pathlib import Path; from usr_es.fileio import locked\n"
@@ -168,9 +142,9 @@ def test_a_remote_lock_held_by_a_killed_process_does_not_block_the_next_push(her
     holder.send_signal(signal.SIGKILL)  # a pusher that died holding the remote lock
     holder.wait(timeout=30)
     holder.stdout.close()
-    here.add_sequences(_dna("after-the-crash", 4))
+    here.add_sequences(dna("after-the-crash", 4))
     assert here.sync.push(remote).appended == 1
-    _same(here, there)
+    same(here, there)
 
 
 def test_file_mode_over_ssh_replaces_one_file_and_compares_sha256(tmp_path: Path, remote: Remote) -> None:

@@ -22,7 +22,7 @@ from .errors import DatasetExists, IntegrityError, InvalidInput, NotFound, UsrEr
 from .events import LogRecord
 from .log import iter_lines, read_lines
 from .names import LOCK_FILE, LOG_FILE, QUARANTINE_FILE
-from .results import Received, VerifyReport
+from .results import FileSide, Received, VerifyReport
 from .roots import validate_id
 
 #: The folder (in a dataset folder, or in a root for a dataset that does not exist yet) where a transfer
@@ -146,17 +146,7 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     fork_seq: int | None = None
 
 
-class FileStat(msgspec.Struct, frozen=True, kw_only=True):
-    """One file as one side sees it (`exists` false: nothing there)."""
-
-    path: str
-    exists: bool
-    size: int = 0
-    mtime_utc: str = ""
-    sha256: str = ""
-
-
-Reply = ProbeReply | HeadReply | LinesReply | Received | Installed | VerifyReport | FileStat
+Reply = ProbeReply | HeadReply | LinesReply | Received | Installed | VerifyReport | FileSide
 
 
 _request_decoder = msgspec.json.Decoder(Request)
@@ -219,20 +209,20 @@ def _probe(root: Path) -> ProbeReply:
     )
 
 
-def file_stat(path: Path) -> FileStat:
+def file_stat(path: Path) -> FileSide:
     """A file's size, modification time (UTC) and sha256, read a block at a time."""
     import hashlib
     from datetime import UTC, datetime
 
     if not path.is_file():
-        return FileStat(path=str(path), exists=False)
+        return FileSide(path=str(path), exists=False)
     hasher = hashlib.sha256()
     with path.open("rb") as fh:
         while block := fh.read(8 << 20):
             hasher.update(block)
     info = path.stat()
     when = datetime.fromtimestamp(info.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return FileStat(path=str(path), exists=True, size=info.st_size, mtime_utc=when, sha256=hasher.hexdigest())
+    return FileSide(path=str(path), exists=True, size=info.st_size, mtime_utc=when, sha256=hasher.hexdigest())
 
 
 def head_of(directory: Path, request: Head) -> HeadReply:

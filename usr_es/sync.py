@@ -22,7 +22,6 @@ from typing import Any
 
 from .agent import (
     STAGING_DIR,
-    FileStat,
     Head,
     HeadReply,
     Install,
@@ -482,14 +481,10 @@ def remote_file_path(local: Path, remote: Transport, *, remote_path: str | None,
     return f"{spec.repo_root.rstrip('/')}/{relative.as_posix()}"
 
 
-def _side(stat: FileStat) -> FileSide:
-    return FileSide(path=stat.path, exists=stat.exists, size=stat.size, mtime_utc=stat.mtime_utc, sha256=stat.sha256)
-
-
 def file_status(local: Path, remote_file: str, remote: Transport) -> FileSyncStatus:
     """The file here and there, compared by sha256 (read-only; one request)."""
-    here = _side(file_stat(local))
-    there = _side(remote.call(Stat(path=remote_file), FileStat))
+    here = file_stat(local)
+    there = remote.call(Stat(path=remote_file), FileSide)
     if not here.exists and not there.exists:
         verdict = "both-missing"
     elif not there.exists:
