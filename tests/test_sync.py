@@ -208,6 +208,8 @@ def test_rebase_combines_two_machines_imports_and_attaches(here: Dataset, remote
     assert here.verify().ok
     kept = (here.dir / ".events.log.rebased").read_bytes().splitlines()
     assert len(kept) == 3  # the replaced lines, byte for byte
+    meta = (here.dir / "meta.md").read_text()
+    assert "name: demo/ds" in meta and "import_rows (seq 2)" in meta and "rebase (seq 8)" in meta
     pushed = here.sync.push(remote)  # the other machine takes the combined history as a plain prefix
     assert pushed.appended == 4
     same(here, there)

@@ -38,6 +38,7 @@ from .errors import ConcurrencyError, Diverged, NotRebasable, UsrError
 from .events import LogRecord
 from .fileio import fileops, locked, write_atomic
 from .log import LogLine, read_lines
+from .meta import write_meta
 from .names import (
     DERIVED_DIR,
     HISTORY_DIR,
@@ -52,7 +53,7 @@ from .names import (
 )
 from .remotes import Transport
 from .results import SideHead, SyncResult, SyncStatus
-from .shipping import artifacts_of
+from .shipping import artifacts_of, safe_artifact
 from .storage import read_payload
 
 if TYPE_CHECKING:
@@ -86,6 +87,8 @@ def rebase_pull(
     reply = remote.call(Head(dataset=dataset, known_seq=fork, known_hash=base.record.hash, with_lines=True), HeadReply)
     if not reply.holds_known:
         raise ConcurrencyError(f"remote '{found.remote}' changed its copy of {dataset} while rebasing; run it again")
+    for artifact in reply.artifacts:
+        safe_artifact(artifact.file)
     token = f"rebase-{reply.seq}-{reply.hash[:16]}-{found.local.seq}-{found.local.hash[:16]}"
     work = directory / STAGING_DIR / token
     copy = work / "dataset"
@@ -103,7 +106,7 @@ def rebase_pull(
     )
     new_lines, scan = read_lines(copy / LOG_FILE)
     if not dry_run:
-        _swap(directory, copy, fork, found.local, ours)
+        _swap(directory, copy, fork, found.local, ours, [line.record for line in new_lines])
     clear_staging(directory)
     left_out = [o for o in outcomes if o.new_seq is None]
     head = SideHead(exists=True, seq=scan.seq, hash=scan.hash, timestamp_utc=scan.last_timestamp or "")
@@ -233,8 +236,11 @@ def _replayable(record: LogRecord, directory: Path) -> tuple[Command, RowsLoader
     return command, None  # no input rows (materialize, dedupe, ...), or ids inline; several lines: decided once
 
 
-def _swap(directory: Path, copy: Path, fork: int, local: SideHead, ours: list[LogLine]) -> None:
-    """Under this dataset's lock: keep the replaced lines, then the new log, then its projections."""
+def _swap(
+    directory: Path, copy: Path, fork: int, local: SideHead, ours: list[LogLine], records: list[LogRecord]
+) -> None:
+    """Under this dataset's lock: keep the replaced lines, then the new log, then its projections and a
+    meta.md of every event (`records`: the new log's)."""
     ops = fileops()
     with locked(directory / LOCK_FILE):
         _, scan = read_lines(directory / LOG_FILE)
@@ -266,6 +272,7 @@ def _swap(directory: Path, copy: Path, fork: int, local: SideHead, ours: list[Lo
         for checkpoint in sorted((copy / SNAPSHOT_DIR).glob("checkpoint-*")):
             ops.mkdir(directory / SNAPSHOT_DIR)
             ops.replace(checkpoint, directory / SNAPSHOT_DIR / checkpoint.name)
+        write_meta(directory, records)  # for people: every event, the other side's included
         ops.fsync_dir(directory)
 
 
