@@ -281,3 +281,16 @@ def test_a_bootstrap_copy_that_caught_a_write_mid_way_fetches_the_log_again(
     done = sync.pull(elsewhere.root, elsewhere.dir, NAME, WriteDuringCopy(remote))
     assert done.head.seq == 3
     same(elsewhere, there)
+
+
+def test_an_ssh_base_dir_under_home_is_given_to_rsync_relative_to_it() -> None:
+    from usr_es.remotes import SshTransport
+
+    def at(base_dir: str) -> SshTransport:
+        return SshTransport(Remote(name="c", spec=RemoteSpec(host="h", base_dir=base_dir)))
+
+    assert at("~/usr_datasets/").path("demo/ds", ".usr-sync") == "usr_datasets/demo/ds/.usr-sync"
+    assert at("~").path("demo/ds") == "demo/ds"
+    assert at("/project/me/usr").path("demo/ds") == "/project/me/usr/demo/ds"
+    assert at("/project/me/usr")._absolute("~/runs/t.parquet") == "runs/t.parquet"  # file mode, --remote-path
+    assert at("/project/me/usr")._absolute("runs/t.parquet") == "/project/me/usr/runs/t.parquet"

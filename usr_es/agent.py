@@ -181,7 +181,7 @@ def serve(root: Path, request: Request, data: bytes = b"") -> Reply:
     if isinstance(request, Probe):
         return _probe(root)
     if isinstance(request, Stat):
-        return file_stat(root / request.path)
+        return file_stat(root / Path(request.path).expanduser())  # an absolute path (or ~/...) stays itself
     directory = root / validate_id(request.dataset)
     if isinstance(request, Head):
         return head_of(directory, request)

@@ -257,11 +257,11 @@ class LocalTransport:
 
     def get(self, remote_file: str, local_file: Path) -> int:
         self.round_trips += 1
-        return _copy_one(self.root / remote_file, local_file)
+        return _copy_one(self.root / Path(remote_file).expanduser(), local_file)
 
     def put(self, local_file: Path, remote_file: str) -> int:
         self.round_trips += 1
-        return _copy_one(local_file, self.root / remote_file)
+        return _copy_one(local_file, self.root / Path(remote_file).expanduser())
 
 
 def _copy_one(source: Path, target: Path) -> int:
@@ -394,9 +394,16 @@ class SshTransport:
         return self._rsync(f"{local_dir}/", f"{self.destination}:{remote_dir}/", files, exclude, make=remote_dir)
 
     def path(self, *parts: str) -> str:
-        return "/".join([self.remote.spec.base_dir.rstrip("/"), *parts])
+        """A path under base_dir, as rsync and the remote shell take it: `~/x` becomes `x` (relative to the
+        login's home, where both start), since a quoted or protected `~` is not expanded there."""
+        base = self.remote.spec.base_dir.rstrip("/")
+        if base == "~" or base.startswith("~/"):
+            base = base[2:]
+        return "/".join(p for p in (base, *parts) if p) or "."
 
     def _absolute(self, remote_file: str) -> str:
+        if remote_file == "~" or remote_file.startswith("~/"):
+            return remote_file[2:] or "."  # relative to the login's home, as `path` gives a `~/` base_dir
         return remote_file if remote_file.startswith("/") else self.path(remote_file)
 
     def get(self, remote_file: str, local_file: Path) -> int:
