@@ -22,7 +22,7 @@ from .errors import DatasetExists, IntegrityError, InvalidInput, NotFound, UsrEr
 from .events import LogRecord
 from .log import iter_lines, read_lines
 from .names import LOCK_FILE, LOG_FILE, QUARANTINE_FILE
-from .results import FileSide, Received, VerifyReport
+from .results import FileSide, Received, SyncEvent, VerifyReport
 from .roots import validate_id
 
 #: The folder (in a dataset folder, or in a root for a dataset that does not exist yet) where a transfer
@@ -104,15 +104,6 @@ class Artifact(msgspec.Struct, frozen=True):
     size: int
 
 
-class LineInfo(msgspec.Struct, frozen=True, kw_only=True):
-    seq: int
-    hash: str
-    action: str
-    timestamp_utc: str
-    actor: str
-    command_id: str
-
-
 class HeadReply(msgspec.Struct, frozen=True, kw_only=True):
     exists: bool
     seq: int = 0
@@ -124,19 +115,13 @@ class HeadReply(msgspec.Struct, frozen=True, kw_only=True):
     lines: bytes = b""
     artifacts: list[Artifact] = []
     #: The new lines, summarized (with `with_lines`).
-    events: list[LineInfo] = []
+    events: list[SyncEvent] = []
     #: The files the new lines name, when `inline_limit` allowed them.
     files: dict[str, bytes] = {}
 
 
 class LinesReply(msgspec.Struct, frozen=True):
-    lines: list[LineInfo]
-
-
-class Installed(msgspec.Struct, frozen=True, kw_only=True):
-    dataset: str
-    seq: int
-    hash: str
+    lines: list[SyncEvent]
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,7 +131,7 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     fork_seq: int | None = None
 
 
-Reply = ProbeReply | HeadReply | LinesReply | Received | Installed | VerifyReport | FileSide
+Reply = ProbeReply | HeadReply | LinesReply | Received | VerifyReport | FileSide
 
 
 _request_decoder = msgspec.json.Decoder(Request)
@@ -216,13 +201,11 @@ def file_stat(path: Path) -> FileSide:
 
     if not path.is_file():
         return FileSide(path=str(path), exists=False)
-    hasher = hashlib.sha256()
     with path.open("rb") as fh:
-        while block := fh.read(8 << 20):
-            hasher.update(block)
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
     info = path.stat()
     when = datetime.fromtimestamp(info.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return FileSide(path=str(path), exists=True, size=info.st_size, mtime_utc=when, sha256=hasher.hexdigest())
+    return FileSide(path=str(path), exists=True, size=info.st_size, mtime_utc=when, sha256=digest)
 
 
 def head_of(directory: Path, request: Head) -> HeadReply:
@@ -267,17 +250,17 @@ def artifacts_with_sizes(directory: Path, records: list[LogRecord]) -> list[Arti
     return found
 
 
-def line_infos(directory: Path, from_seq: int) -> list[LineInfo]:
+def line_infos(directory: Path, from_seq: int) -> list[SyncEvent]:
     log = directory / LOG_FILE
     if not log.is_file():
         raise NotFound(f"Dataset not found: {directory.name}")
     return [line_info(line.record) for line in iter_lines(log) if line.seq >= from_seq]
 
 
-def line_info(record: LogRecord) -> LineInfo:
+def line_info(record: LogRecord) -> SyncEvent:
     actor = record.actor
     who = f"{actor.tool}@{actor.host}" if actor is not None else ""
-    return LineInfo(
+    return SyncEvent(
         seq=record.seq,
         hash=record.hash,
         action=record.action,
@@ -287,23 +270,12 @@ def line_info(record: LogRecord) -> LineInfo:
     )
 
 
-def staging_name(token: str) -> str:
-    if not token or not all(c.isalnum() or c in "-_" for c in token):
-        raise InvalidInput(f"bad staging name {token!r}")
-    return token
-
-
 def _staging(root: Path, dataset: str, token: str, *, fresh: bool) -> Path:
     """Where a transfer stages files: in the dataset folder, or (`fresh`: a dataset this side lacks) in
     the root, under a name for that dataset."""
-    name = staging_name(token)
-    if fresh:
-        return root / STAGING_DIR / name
-    return root / validate_id(dataset) / STAGING_DIR / name
-
-
-def staging_path(root: Path, dataset: str, token: str, *, fresh: bool) -> Path:
-    return _staging(root, dataset, token, fresh=fresh)
+    if not token or not all(c.isalnum() or c in "-_" for c in token):
+        raise InvalidInput(f"bad staging name {token!r}")
+    return root / STAGING_DIR / token if fresh else root / validate_id(dataset) / STAGING_DIR / token
 
 
 def _receive(root: Path, request: Receive, data: bytes) -> Received:
@@ -326,7 +298,7 @@ def clear_staging(directory: Path) -> None:
     shutil.rmtree(directory / STAGING_DIR, ignore_errors=True)
 
 
-def install(root: Path, dataset: str, staged: Path) -> Installed:
+def install(root: Path, dataset: str, staged: Path) -> Received:
     """Make the folder `staged` (a copy of a dataset folder) the dataset `dataset` of `root`: its chain and
     payloads are checked, a torn tail the copy caught is dropped, the projections are caught up from its
     log, and the folder is renamed into place (a dataset already there is refused)."""
@@ -359,4 +331,4 @@ def install(root: Path, dataset: str, staged: Path) -> Installed:
     ops.fsync_dir(target.parent)
     if staged.parent.name == STAGING_DIR and not any(staged.parent.iterdir()):
         staged.parent.rmdir()
-    return Installed(dataset=dataset, seq=tail.scan.seq, hash=tail.scan.hash)
+    return Received(dataset=dataset, appended=tail.scan.seq, seq=tail.scan.seq, hash=tail.scan.hash)

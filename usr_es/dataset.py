@@ -1039,11 +1039,9 @@ class Sync:
         self._ds = ds
 
     def _transport(self, remote: str | Remote, remotes_config: Path | str | None) -> Transport:
-        from .remotes import config_path, get_remote, transport
+        from .remotes import reach
 
-        if isinstance(remote, str):
-            remote = get_remote(remote, config_path(Path(remotes_config) if remotes_config is not None else None))
-        return transport(remote)
+        return reach(remote, remotes_config)
 
     def status(self, remote: str | Remote, *, remotes_config: Path | str | None = None) -> SyncStatus:
         """How this copy and the remote's compare: up to date, which side is ahead and by which events, or

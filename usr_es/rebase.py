@@ -24,6 +24,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from .agent import STAGING_DIR, Head, HeadReply, clear_staging
 from .commands import (
     AttachColumns,
@@ -176,20 +178,11 @@ def _reapply(writer: Writer, group: list[LogLine], directory: Path) -> RebasedCo
         return _left_out(old, exc.message)
     if receipt.noop:
         return _left_out(old, f"nothing to do any more ({receipt.message})")
-    return RebasedCommand(
-        old_seq=old.old_seq,
-        old_hash=old.old_hash,
-        command_id=old.command_id,
-        action=old.action,
-        new_seq=receipt.seq,
-        new_hash=receipt.hash,
-    )
+    return msgspec.structs.replace(old, new_seq=receipt.seq, new_hash=receipt.hash)
 
 
 def _left_out(old: RebasedCommand, reason: str) -> RebasedCommand:
-    return RebasedCommand(
-        old_seq=old.old_seq, old_hash=old.old_hash, command_id=old.command_id, action=old.action, reason=reason
-    )
+    return msgspec.structs.replace(old, reason=reason)
 
 
 def _replayable(record: LogRecord, directory: Path) -> tuple[Command, RowsLoader | None]:

@@ -180,6 +180,14 @@ def transport(remote: Remote) -> Transport:
     return LocalTransport(remote) if remote.spec.type == "local" else SshTransport(remote)
 
 
+def reach(remote: str | Remote, config: Path | str | None = None) -> Transport:
+    """The transport to `remote`: a `Remote`, or a name in the remotes config (`config`, else
+    `$USR_REMOTES_PATH`)."""
+    if isinstance(remote, str):
+        remote = get_remote(remote, config_path(Path(config) if config is not None else None))
+    return transport(remote)
+
+
 def _decoded(raw: bytes, kind: type[R], where: str) -> R:
     try:
         envelope = msgspec.json.decode(raw, type=_Envelope)

@@ -422,9 +422,10 @@ class SideHead(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SyncEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """An event one copy has and the other lacks."""
+    """A line of one copy's log, summarized (the events one copy has and the other lacks)."""
 
     seq: int
+    hash: str
     action: str
     timestamp_utc: str
     actor: str

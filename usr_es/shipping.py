@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
@@ -61,14 +62,8 @@ def accept_lines(scan: Scan, data: bytes) -> list[LogLine]:
             f"the lines sent do not continue this copy's head (seq {scan.seq}): the logs have forked",
             hint="`usr status DATASET REMOTE` names the fork.",
         )
-    kept = [line for line in sent if line.seq > scan.seq]
-    offset = scan.size
-    placed: list[LogLine] = []
-    for line in kept:
-        end = offset + len(line.raw) + 1
-        placed.append(LogLine(seq=line.seq, offset=offset, end=end, raw=line.raw, record=line.record))
-        offset = end
-    return placed
+    shift = scan.size - sum(len(line.raw) + 1 for line in held)  # where the first kept line lands here
+    return [replace(line, offset=line.offset + shift, end=line.end + shift) for line in sent if line.seq > scan.seq]
 
 
 def artifacts_of(records: list[LogRecord]) -> list[str]:
@@ -114,10 +109,10 @@ def place_artifacts(records: list[LogRecord], staged: Path, directory: Path) -> 
     """Make every file the events name present in `directory`: kept if there (content-addressed), else
     moved in from `staged` once its digest is checked (fsync'd into place). Returns what was moved.
     A file missing from both places, or sent with another digest, raises before anything moves."""
-    moves: list[tuple[Path, Path]] = []
+    moves: dict[Path, Path] = {}  # target -> source
     for record in records:
         for rel, digest, size in _named(record):
-            if (directory / rel).is_file() or any(dst == directory / rel for _, dst in moves):
+            if (directory / rel).is_file() or directory / rel in moves:
                 continue
             source = staged / rel
             if not source.is_file():
@@ -131,9 +126,9 @@ def place_artifacts(records: list[LogRecord], staged: Path, directory: Path) -> 
                     "(damaged in transit?); nothing was appended",
                     hint="Run the transfer again.",
                 )
-            moves.append((source, directory / rel))
+            moves[directory / rel] = source
     ops = fileops()
-    for source, target in moves:
+    for target, source in moves.items():
         ops.mkdir(target.parent)
         fd = ops.open(source, os.O_RDONLY)  # the transfer wrote it without fsync
         try:
@@ -141,10 +136,10 @@ def place_artifacts(records: list[LogRecord], staged: Path, directory: Path) -> 
         finally:
             ops.close(fd)
         ops.replace(source, target)
-    for folder in {target.parent for _, target in moves}:
+    for folder in {target.parent for target in moves}:
         ops.fsync_dir(folder)
     ops.point("after_place")
-    return [str(target.relative_to(directory)) for _, target in moves]
+    return [str(target.relative_to(directory)) for target in moves]
 
 
 def _matches(path: Path, digest: str, size: int | None) -> bool:

@@ -25,8 +25,6 @@ from .agent import (
     Head,
     HeadReply,
     Install,
-    Installed,
-    LineInfo,
     Lines,
     LinesReply,
     Receive,
@@ -34,6 +32,7 @@ from .agent import (
     clear_staging,
     file_stat,
     install,
+    line_info,
 )
 from .errors import Diverged, IntegrityError, InvalidInput, NotFound, UsrError
 from .fileio import fileops
@@ -66,18 +65,6 @@ class _Compared:
     status: SyncStatus
     local_lines: list[LogLine]
     reply: HeadReply
-
-
-def _event(info: LineInfo) -> SyncEvent:
-    return SyncEvent(
-        seq=info.seq, action=info.action, timestamp_utc=info.timestamp_utc, actor=info.actor, command_id=info.command_id
-    )
-
-
-def _local_event(line: LogLine) -> SyncEvent:
-    from .agent import line_info
-
-    return _event(line_info(line.record))
 
 
 def _folder_bytes(directory: Path) -> int:
@@ -126,12 +113,12 @@ def _compare(directory: Path, dataset: str, remote: Transport, *, inline: bool =
 
     if not reply.exists:
         return status(
-            "remote-missing", local_only=[_local_event(x) for x in lines], bytes_to_push=_folder_bytes(directory)
+            "remote-missing", local_only=[line_info(x.record) for x in lines], bytes_to_push=_folder_bytes(directory)
         )
     if not local.exists:
         return status(
             "local-missing",
-            remote_only=[_event(e) for e in reply.events],
+            remote_only=list(reply.events),
             bytes_to_pull=len(reply.lines) + sum(a.size for a in reply.artifacts),
         )
     if reply.holds_known:
@@ -140,7 +127,7 @@ def _compare(directory: Path, dataset: str, remote: Transport, *, inline: bool =
         wanted = [a for a in reply.artifacts if not (directory / a.file).is_file()]
         return status(
             "remote-ahead",
-            remote_only=[_event(e) for e in reply.events],
+            remote_only=list(reply.events),
             bytes_to_pull=len(reply.lines) + sum(a.size for a in wanted),
         )
     if reply.seq <= local.seq and reply.seq and lines[reply.seq - 1].record.hash == reply.hash:
@@ -148,19 +135,19 @@ def _compare(directory: Path, dataset: str, remote: Transport, *, inline: bool =
         sizes = {rel: (directory / rel).stat().st_size for rel in artifacts_of([x.record for x in ahead])}
         return status(
             "local-ahead",
-            local_only=[_local_event(x) for x in ahead],
+            local_only=[line_info(x.record) for x in ahead],
             bytes_to_push=sum(len(x.raw) + 1 for x in ahead) + sum(sizes.values()),
         )
     fork, theirs = _fork(lines, dataset, remote, min(local.seq, reply.seq))
     return status(
         "diverged",
         fork_seq=fork,
-        local_only=[_local_event(x) for x in lines[fork:]],
-        remote_only=[_event(e) for e in theirs if e.seq > fork],
+        local_only=[line_info(x.record) for x in lines[fork:]],
+        remote_only=[e for e in theirs if e.seq > fork],
     )
 
 
-def _fork(lines: list[LogLine], dataset: str, remote: Transport, shorter: int) -> tuple[int, list[LineInfo]]:
+def _fork(lines: list[LogLine], dataset: str, remote: Transport, shorter: int) -> tuple[int, list[SyncEvent]]:
     """The last seq both logs hold the same line at (0: none), and the remote's lines from the window
     searched on. Hash-chained: the same line at seq K means the same lines up to K."""
     start = max(1, shorter - _FORK_WINDOW + 1)
@@ -217,6 +204,26 @@ def _result(found: SyncStatus, action: str, state: str, **fields: Any) -> SyncRe
     )
 
 
+def _unmoved(
+    found: SyncStatus, action: str, state: str, remote: Transport, *, message: str = "", files: int = 0
+) -> SyncResult:
+    """A pull or push that moved nothing: `NO-OP`, or `DRY-RUN` with what would travel to the receiving
+    side (whose head it reports)."""
+    pulling, dry = action == "pull", state == "DRY-RUN"
+    return _result(
+        found,
+        action,
+        state,
+        appended=len(found.remote_only if pulling else found.local_only) if dry else 0,
+        bytes=(found.bytes_to_pull if pulling else found.bytes_to_push) if dry else 0,
+        files=files,
+        head=found.local if pulling else found.remote_head,
+        bootstrap=dry and found.verdict == ("local-missing" if pulling else "remote-missing"),
+        message=message,
+        round_trips=remote.round_trips,
+    )
+
+
 def pull(
     root: Path,
     directory: Path,
@@ -246,31 +253,9 @@ def pull(
             "remote-missing": f"remote '{found.remote}' has no {dataset} (push bootstraps it)",
         }[found.verdict]
         clear_staging(directory)  # what an interrupted pull staged, if its lines made it in
-        return _result(
-            found,
-            "pull",
-            "NO-OP",
-            appended=0,
-            bytes=0,
-            files=0,
-            head=found.local,
-            message=message,
-            round_trips=remote.round_trips,
-        )
+        return _unmoved(found, "pull", "NO-OP", remote, message=message)
     if dry_run:
-        return _result(
-            found,
-            "pull",
-            "DRY-RUN",
-            appended=len(found.remote_only),
-            bytes=found.bytes_to_pull,
-            files=len(reply.artifacts),
-            head=found.local,
-            bootstrap=found.verdict == "local-missing",
-            round_trips=remote.round_trips,
-        )
-    if found.verdict == "local-missing":
-        return _bootstrap_pull(root, dataset, remote, copy or Copying())
+        return _unmoved(found, "pull", "DRY-RUN", remote, files=len(reply.artifacts))
     staged = directory / STAGING_DIR / _token("pull", reply.seq, reply.hash)
     wanted = [a for a in reply.artifacts if not (directory / a.file).is_file()]
     if reply.files:
@@ -298,9 +283,10 @@ def pull(
 
 
 def _bootstrap_pull(root: Path, dataset: str, remote: Transport, copy: Copying) -> SyncResult:
-    """Copy the remote's folder whole (its log again last: the copy's projections never run ahead of the
-    copy's log, and the files its newer lines name come after it), then install it here. No head is asked
-    first: the copy is the answer (a remote without the dataset is asked why the copy failed)."""
+    """Copy the remote's folder whole, then install it here. rsync reads the log first, so a write there
+    during the copy can leave a copied projection ahead of the copied log: then the log is fetched again,
+    and any file its newer lines name. No head is asked first: the copy is the answer (a remote without
+    the dataset is asked why the copy failed)."""
     staged = root / STAGING_DIR / f"{dataset.replace('/', '--')}-incoming"
     where = remote.path(dataset)
     try:
@@ -379,29 +365,9 @@ def push(
         }[found.verdict]
         if found.verdict == "local-missing":
             raise NotFound(message, hint="`usr ls` lists this root's datasets.")
-        return _result(
-            found,
-            "push",
-            "NO-OP",
-            appended=0,
-            bytes=0,
-            files=0,
-            head=found.remote_head,
-            message=message,
-            round_trips=remote.round_trips,
-        )
+        return _unmoved(found, "push", "NO-OP", remote, message=message)
     if dry_run:
-        return _result(
-            found,
-            "push",
-            "DRY-RUN",
-            appended=len(found.local_only),
-            bytes=found.bytes_to_push,
-            files=0,
-            head=found.remote_head,
-            bootstrap=found.verdict == "remote-missing",
-            round_trips=remote.round_trips,
-        )
+        return _unmoved(found, "push", "DRY-RUN", remote)
     if found.verdict == "remote-missing":
         token = _token(dataset.replace("/", "--"), found.local.seq, found.local.hash)
         staging = remote.path(STAGING_DIR, token)
@@ -414,7 +380,7 @@ def push(
             files = artifacts_of([x.record for x in now]) if copy.primary_only else files
             sent += remote.send(directory, staging, files)
         fileops().point("after_transfer")
-        done = remote.call(Install(dataset=dataset, staging=token), Installed)
+        done = remote.call(Install(dataset=dataset, staging=token), Received)
         if done.seq < found.local.seq:
             _holds(done.seq, done.hash, found.local, f"remote '{found.remote}'")
         head = SideHead(exists=True, seq=done.seq, hash=done.hash, timestamp_utc=found.local.timestamp_utc)

@@ -81,7 +81,7 @@ from .projections import (
     Step,
 )
 from .projectors import PAYLOAD_SCHEMA, Payload, Watermark
-from .recovery import BaseCache, Tail, catch_up, publish_changes, release_memory, remove_temps, step_of
+from .recovery import BaseCache, Tail, catch_up, fold_lines, publish_changes, release_memory, remove_temps
 from .redaction import clean_command, escaped
 from .registry import Registry, load_registry, parse_registry, registry_path
 from .results import Receipt, Received
@@ -230,17 +230,9 @@ class Writer:
         """The steps under the dataset lock (see the module docstring)."""
         from .decide import NoChange  # write-only: kept off the read path's start-up
 
-        remove_temps(self.directory)
-        try:
-            tail = catch_up(
-                self.directory,
-                quarantine=True,
-                base_columns=self._base_columns(command),
-                cache=self._bases,
-                adopting=isinstance(command, AdoptDataset),
-            )
-        except OSError as exc:
-            raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        tail = self._recover(
+            base_columns=self._base_columns(command), cache=self._bases, adopting=isinstance(command, AdoptDataset)
+        )
         release_memory()  # the Parquet reader's scratch buffers
         if command_id is not None:
             prior = find_command(self.directory / LOG_FILE, command_id)
@@ -297,11 +289,7 @@ class Writer:
     def _receive_locked(self, data: bytes, staged: Path, progress: _Progress) -> Received:
         from .shipping import accept_lines, place_artifacts
 
-        remove_temps(self.directory)
-        try:
-            tail = catch_up(self.directory, quarantine=True)
-        except OSError as exc:
-            raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
+        tail = self._recover()
         lines = accept_lines(tail.scan, data)
         if not lines:
             return Received(dataset=self.name, appended=0, seq=tail.scan.seq, hash=tail.scan.hash)
@@ -310,14 +298,21 @@ class Writer:
         except OSError as exc:
             raise CommitError(f"moving the sent files in failed: {exc.strerror}", state="NOT_COMMITTED") from exc
         before = tail.fold.outputs()
-        for line in lines:
-            tail.fold.apply(step_of(line, self.directory))
-            release_memory()
+        fold_lines(tail.fold, lines, self.directory)
         records = [line.record for line in lines]
         marks = [Watermark(line.seq, line.offset, line.record.hash) for line in lines]
         self._commit(tail, before, records, marks, b"".join(line.raw + b"\n" for line in lines), progress)
         last = records[-1]
         return Received(dataset=self.name, appended=len(lines), seq=last.seq, hash=last.hash)
+
+    def _recover(self, **catch_up_options: Any) -> Tail:
+        """Under the lock: remove a crashed writer's temp files, then verify the log and catch the stored
+        projections up (`recovery.catch_up`, a torn tail quarantined)."""
+        remove_temps(self.directory)
+        try:
+            return catch_up(self.directory, quarantine=True, **catch_up_options)
+        except OSError as exc:
+            raise CommitError(f"recovering the log tail failed: {exc.strerror}", state="NOT_COMMITTED") from exc
 
     def _commit(
         self,

@@ -168,9 +168,9 @@ def _file_target(ident: str, remote_path: str | None) -> Path | None:
 
 
 def _transport(remote: str, config: Path | None) -> Transport:
-    from ..remotes import config_path, get_remote, transport
+    from ..remotes import reach
 
-    return transport(get_remote(remote, config_path(config)))
+    return reach(remote, config)
 
 
 def _remote_file(local: Path, where: Transport, remote_path: str | None, repo_root: Path | None) -> str:
@@ -442,8 +442,9 @@ def _transfer_file(action: str, target: Path, remote: str, opts: _Options, fmt: 
 
 
 def _checked(ds: Dataset, remote: str, config: Path | None, done: SyncResult, sidecars: bool | None) -> dict[str, Any]:
-    """After a transfer: both heads compared (seq and chain hash), and with `sidecars` a `usr verify` of the
-    receiving side. A mismatch is an error."""
+    """After a transfer: what the library checked (the receiving side holds the sender's head line, by seq
+    and chain hash; a bootstrap's copy had its chain checked when installed), and with `sidecars` a
+    `usr verify` of the receiving side. A failure is an error."""
     from ..errors import IntegrityError
 
     if done.transfer_state != "TRANSFERRED":
