@@ -118,6 +118,35 @@ def test_a_dry_run_says_what_would_travel_and_moves_nothing(here: Dataset, remot
     assert not remote_copy(remote).exists
 
 
+def test_verify_sidecars_runs_usr_verify_on_the_receiving_side_after_a_transfer(
+    tmp_path: Path, here: Dataset, remote: Remote
+) -> None:
+    pushed = here.sync.push(remote, verify_sidecars=True)
+    assert pushed.verified is not None and pushed.verified.ok and pushed.verified.files_checked
+    there = remote_copy(remote)
+    there.add_sequences(dna("cluster", 5))
+    pulled = here.sync.pull(remote, verify_sidecars=True)
+    assert pulled.appended == 1 and pulled.verified is not None and pulled.verified.ok
+    elsewhere = Dataset.open(make_root(tmp_path / "desktop"), NAME)
+    booted = elsewhere.sync.pull(remote, verify_sidecars=True)
+    assert booted.bootstrap and booted.verified is not None and booted.verified.ok
+    assert here.sync.pull(remote, verify_sidecars=True).verified is None  # nothing moved: nothing to verify
+    assert here.sync.push(remote).verified is None  # not asked
+
+
+def test_a_receiving_side_that_fails_verify_after_a_transfer_is_an_error(here: Dataset, remote: Remote) -> None:
+    here.sync.push(remote)
+    there = remote_copy(remote)
+    (damaged,) = (there.dir / "_history").glob("h-*.arrow")  # a projection the next append leaves as it is
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    here.add_sequences(dna("second", 5))
+    with pytest.raises(IntegrityError, match="`usr verify` of the receiving side after the push failed"):
+        here.sync.push(remote, verify_sidecars=True)
+    assert there.log.events()[-1].hash == here.log.events()[-1].hash  # the lines landed: they passed the chain checks
+
+
 def test_a_payload_damaged_in_transit_is_refused_and_nothing_is_appended(here: Dataset, remote: Remote) -> None:
     here.sync.push(remote)
     receipt = here.add_sequences(dna("damaged", 10))

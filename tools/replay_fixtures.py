@@ -46,9 +46,19 @@ import pyarrow.parquet as pq
 from usr_es import Dataset, __version__
 from usr_es.commands import InputFormat
 from usr_es.errors import UsrError
-from usr_es.names import DERIVED_DIR, LAYOUT_FILE, LOG_FILE, PAYLOAD_DIR, RECORDS_FILE, REGISTRY_DIR, SNAPSHOT_DIR
+from usr_es.names import (
+    DERIVED_DIR,
+    LAYOUT_FILE,
+    LOG_FILE,
+    PAYLOAD_DIR,
+    RECORDS_FILE,
+    REGISTRY_DIR,
+    REGISTRY_FILE,
+    SNAPSHOT_DIR,
+)
 from usr_es.projectors import PROJECTOR_VERSION
 from usr_es.registry import format_type, register_namespace, split_columns_spec
+from usr_es.remotes import Remote, RemoteSpec
 from usr_es.results import Receipt
 from usr_es.storage import read_layout
 
@@ -265,6 +275,10 @@ class _Snapshot:
     hash: str
 
 
+def _hashes(ds: Dataset) -> set[str]:
+    return {line.record.hash for line in ds.log.iter_events()}
+
+
 @dataclass
 class _Builder:
     """Runs one case's commands on a live dataset and records what the fixture must expect."""
@@ -277,6 +291,8 @@ class _Builder:
     same_view: list[list[int]] = field(default_factory=list)
     tampered: list[int] = field(default_factory=list)
     torn_tail_bytes: int = 0
+    #: States observed on another copy of the dataset (`seen_on`), by seq.
+    elsewhere: dict[int, _Snapshot] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         root = self.work / "root"
@@ -370,6 +386,41 @@ class _Builder:
         path.unlink()
         pq.write_table(table.slice(0, table.num_rows - 1), path)
         self.tampered.append(seq)
+
+    def cluster(self) -> tuple[Remote, Dataset]:
+        """A second machine: a `type: local` remote holding a copy of this dataset (a bootstrap push)."""
+        root = self.work / "cluster"
+        root.mkdir(exist_ok=True)
+        shutil.copy(self.ds.root / REGISTRY_FILE, root / REGISTRY_FILE)
+        remote = Remote(name="cluster", spec=RemoteSpec(type="local", base_dir=str(root)))
+        self.ds.sync.push(remote)
+        return remote, Dataset.open(root, self.ds.name)
+
+    def seen_on(self, other: Dataset) -> None:
+        """The state at the other copy's head, observed live there (a rebase makes its log a prefix of this
+        one's: `pull_rebase` takes the state in then)."""
+        head = other.log.events()[-1]
+        self.elsewhere[head.seq] = _Snapshot(
+            projection_files(other.dir), pq.read_metadata(other.records_path).num_rows, head.hash
+        )
+
+    def pull_rebase(self, remote: Remote, *, reapplied: int, left_out: int) -> None:
+        """`pull --rebase`: this copy's lines since the fork are replaced (the remote's lines, then this side's
+        commands decided again, then the `rebase` line), so the states observed past the fork go."""
+        fork = self.ds.sync.status(remote).fork_seq or 0
+        done = self.ds.sync.pull(remote, rebase=True)
+        if sum(c.new_seq is None for c in done.rebased) != left_out or done.head.seq <= fork:
+            raise FixtureError(f"{self.slug}: pull --rebase: {done}")
+        metrics = self.ds.log.events()[-1].metrics
+        if metrics != {"reapplied": reapplied, "left_out": left_out}:
+            raise FixtureError(f"{self.slug}: rebase metrics {metrics}")
+        held = _hashes(self.ds)
+        theirs = {seq: snap for seq, snap in self.elsewhere.items() if snap.hash in held}
+        self.live = {seq: snap for seq, snap in self.live.items() if seq <= fork} | theirs
+        self.same_view = [pair for pair in self.same_view if max(pair) <= fork]
+        files = projection_files(self.ds.dir)
+        self.live[done.head.seq] = _Snapshot(files, pq.read_metadata(self.ds.records_path).num_rows, done.head.hash)
+        self._check_live()
 
     def finish(self) -> None:
         if not self.torn_tail_bytes:
@@ -846,6 +897,22 @@ def _merge(b: _Builder) -> None:
     b.noop("dedupe", key="id")
 
 
+def _rebase(b: _Builder) -> None:
+    """Two machines append after a common seq; `pull --rebase` puts this copy's commands after the other's
+    events: an attach and an import land again, an import of a sequence the other side added meanwhile is
+    left out, and a `rebase` line records where each went."""
+    _feat_dataset(b, (A, B))
+    remote, cluster = b.cluster()
+    cluster.add_sequences([C, E], source="made on the cluster")
+    cluster.attach(b.work / b._input("c.csv", f"id,score\n{IC},7.0\n{IA},0.5\n"), namespace="feat")
+    b.seen_on(cluster)  # seq 4: the cluster's head, which this copy's log holds after the rebase
+    b.attach("s.csv", f"id,score\n{IB},2.0\n", namespace="feat")
+    b.add([C], source="the laptop's import of C: the cluster added it first")
+    b.add([D], source="laptop")
+    b.pull_rebase(remote, reapplied=2, left_out=1)
+    b.attach("after.csv", f"id,score\n{ID},4.0\n", namespace="feat", allow_overwrite=True)
+
+
 CASES: tuple[Case, ...] = (
     Case("init-import", "init, then one CSV import (an extra column is ignored)", _init_import, (1,)),
     Case("mixed-case", "lower/upper/mixed case kept, ids case-sensitive, whitespace trimmed", _mixed_case, (2,)),
@@ -989,6 +1056,13 @@ CASES: tuple[Case, ...] = (
         "union columns with prefer-src and a carried namespace (three lines of one command)",
         _merge,
         (3, 4),
+    ),
+    Case(
+        "pull-rebase",
+        "pull --rebase: this copy's attach and import decided again after the other copy's events, an import "
+        "the other side made first left out, and the `rebase` line",
+        _rebase,
+        (2, 4, 7),
     ),
 )
 

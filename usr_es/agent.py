@@ -21,13 +21,9 @@ from . import __version__
 from .errors import DatasetExists, IntegrityError, InvalidInput, NotFound, UsrError
 from .events import LogRecord
 from .log import iter_lines, read_lines
-from .names import LOCK_FILE, LOG_FILE, QUARANTINE_FILE
+from .names import LOCK_FILE, LOG_FILE, QUARANTINE_FILE, STAGING_DIR
 from .results import FileSide, Received, SyncEvent, VerifyReport
 from .roots import validate_id
-
-#: The folder (in a dataset folder, or in a root for a dataset that does not exist yet) where a transfer
-#: puts the files it sends before the write path takes them.
-STAGING_DIR = ".usr-sync"
 
 
 # -- requests --------------------------------------------------------------------------------------------

@@ -1058,18 +1058,24 @@ class Sync:
         rebase: bool = False,
         primary_only: bool = False,
         skip_snapshots: bool = False,
+        verify_sidecars: bool = False,
         remotes_config: Path | str | None = None,
     ) -> SyncResult:
         """Append the remote's events this copy lacks, through this copy's write path. A dataset missing
         here is copied whole (`primary_only`: only its log and the files it names, the projections folded
         here; `skip_snapshots`: without its checkpoints). When both copies appended since a common line,
         `rebase` decides this copy's commands again after the remote's events (a command that no longer
-        validates is left out and reported; `SyncResult.rebased`); without it, `Diverged`."""
+        validates is left out and reported; `SyncResult.rebased`); without it, `Diverged`.
+        `verify_sidecars`: `usr verify` of this copy after a transfer (`SyncResult.verified`; a failure
+        raises `IntegrityError`)."""
         from . import sync
+        from .bootstrap import Copying
 
-        ds, copy = self._ds, sync.Copying(primary_only=primary_only, skip_snapshots=skip_snapshots)
+        ds, copy = self._ds, Copying(primary_only=primary_only, skip_snapshots=skip_snapshots)
         where = self._transport(remote, remotes_config)
-        return sync.pull(ds.root, ds.dir, ds.name, where, dry_run=dry_run, copy=copy, rebase=rebase)
+        return sync.pull(
+            ds.root, ds.dir, ds.name, where, dry_run=dry_run, copy=copy, rebase=rebase, verify_sidecars=verify_sidecars
+        )
 
     def push(
         self,
@@ -1078,15 +1084,19 @@ class Sync:
         dry_run: bool = False,
         primary_only: bool = False,
         skip_snapshots: bool = False,
+        verify_sidecars: bool = False,
         remotes_config: Path | str | None = None,
     ) -> SyncResult:
         """Append this copy's events the remote lacks, through the remote's write path (a dataset missing
-        there is copied whole, as `pull` copies one)."""
+        there is copied whole, as `pull` copies one). `verify_sidecars`: `usr verify` of the remote's copy,
+        run there, after a transfer."""
         from . import sync
+        from .bootstrap import Copying
 
-        ds, copy = self._ds, sync.Copying(primary_only=primary_only, skip_snapshots=skip_snapshots)
+        ds, copy = self._ds, Copying(primary_only=primary_only, skip_snapshots=skip_snapshots)
         ds._require()
-        return sync.push(ds.dir, ds.name, self._transport(remote, remotes_config), dry_run=dry_run, copy=copy)
+        where = self._transport(remote, remotes_config)
+        return sync.push(ds.dir, ds.name, where, dry_run=dry_run, copy=copy, verify_sidecars=verify_sidecars)
 
     def verify_remote(self, remote: str | Remote, *, remotes_config: Path | str | None = None) -> VerifyReport:
         """`usr verify` of the remote's copy, run there."""

@@ -22,6 +22,9 @@ PAYLOAD_DIR = "_payloads"
 REGISTRY_DIR = "_registry"
 SNAPSHOT_DIR = "_snapshots"
 CHECKPOINT_MANIFEST = "manifest.json"
+#: The folder (in a dataset folder, or in a root for a dataset that does not exist yet) where a transfer
+#: puts the files it sends before the write path takes them.
+STAGING_DIR = ".usr-sync"
 #: The root's registry (the folder holding it is a datasets root).
 REGISTRY_FILE = "registry.yaml"
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .agent import STAGING_DIR, Head, HeadReply, clear_staging
+from .agent import Head, HeadReply, clear_staging
 from .commands import (
     AttachColumns,
     Command,
@@ -52,6 +52,7 @@ from .names import (
     RECORDS_FILE,
     REGISTRY_DIR,
     SNAPSHOT_DIR,
+    STAGING_DIR,
 )
 from .remotes import Transport
 from .results import SideHead, SyncResult, SyncStatus

@@ -18,16 +18,18 @@ import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import msgspec
 import yaml
 
 from . import errors
-from .agent import Reply, Request, encode_request, serve_bytes
 from .errors import InvalidInput, NotFound, RemoteError, UsrError
 from .fileio import write_atomic
 from .names import LOCK_FILE
+
+if TYPE_CHECKING:  # the agent's messages (msgspec structs of events) load on the first request
+    from .agent import Request
 
 REMOTES_ENV = "USR_REMOTES_PATH"
 #: Never copied: locks belong to one machine's processes, staging folders to one transfer.
@@ -246,6 +248,8 @@ class LocalTransport:
                 f"remote '{self.remote.name}': base_dir {self.root} is not a folder",
                 hint="Mount it, or fix base_dir (`usr remotes show`).",
             )
+        from .agent import encode_request, serve_bytes
+
         return _decoded(serve_bytes(self.root, encode_request(request, data)), kind, f"remote '{self.remote.name}'")
 
     def fetch(
@@ -388,6 +392,8 @@ class SshTransport:
     def call(self, request: Request, kind: type[R], data: bytes = b"") -> R:
         spec = self.remote.spec
         command = f"{spec.usr_command} --root {shlex.quote(spec.base_dir)} _agent"
+        from .agent import encode_request
+
         return _decoded(self.run(command, encode_request(request, data)), kind, f"remote '{self.remote.name}'")
 
     def fetch(
@@ -471,7 +477,7 @@ def _copied_bytes(out: str) -> int:
     return total
 
 
-__all__ = ["Remote", "RemoteSpec", "Reply", "Transport", "config_path", "get_remote", "load_remotes", "transport"]
+__all__ = ["Remote", "RemoteSpec", "Transport", "config_path", "get_remote", "load_remotes", "transport"]
 
 
 # -- doctor ----------------------------------------------------------------------------------------------

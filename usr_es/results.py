@@ -472,6 +472,8 @@ class SyncResult(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     #: With `--rebase`: each of this side's commands since the fork, where it landed or why it was left out.
     rebased: list[RebasedCommand] = []
+    #: With `--verify-sidecars`: `usr verify` of the receiving side after the transfer.
+    verified: VerifyReport | None = None
 
 
 class FileSide(msgspec.Struct, frozen=True, kw_only=True):

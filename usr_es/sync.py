@@ -15,49 +15,43 @@ and the receiving write path skips the lines it already holds.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .agent import (
-    STAGING_DIR,
     Head,
     HeadReply,
-    Install,
     Lines,
     LinesReply,
     Receive,
     Stat,
+    Verify,
     clear_staging,
     file_stat,
-    install,
     line_info,
 )
-from .errors import Diverged, IntegrityError, InvalidInput, NotFound, UsrError
+from .bootstrap import Copying, bootstrap_pull, bootstrap_push, holds, token, verified, verify_here
+from .errors import Diverged, IntegrityError, InvalidInput, NotFound
 from .fileio import fileops
 from .log import LogLine, read_lines
-from .names import LOG_FILE, SNAPSHOT_DIR
+from .names import LOG_FILE, STAGING_DIR
 from .remotes import Transport
-from .results import FileSide, FileSyncResult, FileSyncStatus, Received, SideHead, SyncEvent, SyncResult, SyncStatus
+from .results import (
+    FileSide,
+    FileSyncResult,
+    FileSyncStatus,
+    Received,
+    SideHead,
+    SyncEvent,
+    SyncResult,
+    SyncStatus,
+    VerifyReport,
+)
 from .shipping import artifacts_of, safe_artifact, stage_files
 
 #: How many lines before the shorter head the first fork search asks for (a fork is usually recent).
 _FORK_WINDOW = 4096
-
-
-@dataclass(frozen=True)
-class Copying:
-    """What a copy of a whole dataset (a bootstrap) leaves out: `primary_only` sends only the log and the
-    files it names (the other side folds its projections from the log); `skip_snapshots` leaves out
-    the checkpoints."""
-
-    primary_only: bool = False
-    skip_snapshots: bool = False
-
-    @property
-    def excluded(self) -> tuple[str, ...]:
-        return (SNAPSHOT_DIR,) if self.skip_snapshots else ()
 
 
 @dataclass
@@ -183,21 +177,6 @@ def _refuse_fork(found: SyncStatus) -> Diverged:
     )
 
 
-def _holds(seq: int, digest: str, sent: SideHead, receiver: str) -> None:
-    """After a transfer: the receiving side's line at the sender's head seq is the sender's head line (the
-    chain makes every line before it equal too). One check, no extra round trip."""
-    if (seq, digest) != (sent.seq, sent.hash):
-        raise IntegrityError(
-            f"after the transfer {receiver} holds seq {seq} {digest[:12]}, not the sender's head seq {sent.seq} "
-            f"{sent.hash[:12]}",
-            hint="Run `usr status DATASET REMOTE` and `usr verify` on both sides.",
-        )
-
-
-def _token(kind: str, seq: int, digest: str) -> str:
-    return f"{kind}-{seq}-{digest[:16]}"
-
-
 def _result(found: SyncStatus, action: str, state: str, **fields: Any) -> SyncResult:
     return SyncResult(
         dataset=found.dataset, remote=found.remote, action=action, transfer_state=state, verdict=found.verdict, **fields
@@ -233,11 +212,19 @@ def pull(
     dry_run: bool = False,
     copy: Copying | None = None,
     rebase: bool = False,
+    verify_sidecars: bool = False,
 ) -> SyncResult:
     """Bring the remote's events this copy lacks (or, when it has no copy, the whole dataset) here; with
-    `rebase`, a fork puts this side's commands after the remote's events (`rebase.rebase_pull`)."""
+    `rebase`, a fork puts this side's commands after the remote's events (`rebase.rebase_pull`); with
+    `verify_sidecars`, `usr verify` of this copy afterwards (`SyncResult.verified`)."""
+
     if not (directory / LOG_FILE).is_file() and not dry_run:  # a bootstrap: no head to compare first
-        return _bootstrap_pull(root, dataset, remote, copy or Copying())
+        return bootstrap_pull(root, dataset, remote, copy or Copying(), verify_sidecars=verify_sidecars)
+    done = _pull(root, directory, dataset, remote, dry_run=dry_run, rebase=rebase)
+    return verified(done, verify_sidecars, lambda: verify_here(directory, dataset))
+
+
+def _pull(root: Path, directory: Path, dataset: str, remote: Transport, *, dry_run: bool, rebase: bool) -> SyncResult:
     compared = _compare(directory, dataset, remote, inline=True)
     found, reply = compared.status, compared.reply
     if found.verdict == "diverged" and rebase:
@@ -256,7 +243,7 @@ def pull(
         return _unmoved(found, "pull", "NO-OP", remote, message=message)
     if dry_run:
         return _unmoved(found, "pull", "DRY-RUN", remote, files=len(reply.artifacts))
-    staged = directory / STAGING_DIR / _token("pull", reply.seq, reply.hash)
+    staged = directory / STAGING_DIR / token("pull", reply.seq, reply.hash)
     wanted = [a for a in reply.artifacts if not (directory / a.file).is_file()]
     if reply.files:
         stage_files(staged, {a.file: reply.files[a.file] for a in wanted if a.file in reply.files})
@@ -268,7 +255,7 @@ def pull(
 
     received = Writer(root, dataset, directory).receive(reply.lines, staged)
     clear_staging(directory)
-    _holds(received.seq, received.hash, found.remote_head, "this copy")
+    holds(received.seq, received.hash, found.remote_head, "this copy")
     head = SideHead(exists=True, seq=received.seq, hash=received.hash, timestamp_utc=reply.timestamp_utc)
     return _result(
         found,
@@ -282,76 +269,22 @@ def pull(
     )
 
 
-def _bootstrap_pull(root: Path, dataset: str, remote: Transport, copy: Copying) -> SyncResult:
-    """Copy the remote's folder whole, then install it here. rsync reads the log first, so a write there
-    during the copy can leave a copied projection ahead of the copied log: then the log is fetched again,
-    and any file its newer lines name. No head is asked first: the copy is the answer (a remote without
-    the dataset is asked why the copy failed)."""
-    staged = root / STAGING_DIR / f"{dataset.replace('/', '--')}-incoming"
-    where = remote.path(dataset)
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="usr-copy") as pool:
-            # The log is read first: a projection copied after a newer line may be ahead of it (below).
-            files = [LOG_FILE] if copy.primary_only else None
-            copying = pool.submit(lambda: remote.fetch(where, staged, files, exclude=copy.excluded))
-            from . import recovery  # noqa: F401 -- the fold's modules (pyarrow) load while the copy runs
-
-            sent = copying.result()
-    except UsrError:
-        if not remote.call(Head(dataset=dataset), HeadReply).exists:
-            raise NotFound(
-                f"Dataset not found on either side: {dataset} (here or on remote '{remote.remote.name}')",
-                hint="`usr ls` lists this root's datasets; check the id on the remote.",
-            ) from None
-        raise
-    if _ahead_of_log(staged):  # a write there during the copy: its log again, now the newest file copied
-        sent += remote.fetch(where, staged, [LOG_FILE])
-    lines, _ = read_lines(staged / LOG_FILE)
-    records = [x.record for x in lines]
-    missing = [rel for rel in artifacts_of(records) if not (staged / rel).is_file()]
-    if missing:
-        sent += remote.fetch(where, staged, missing)
-    fileops().point("after_transfer")
-    done = install(root, dataset, staged)
-    head = SideHead(exists=True, seq=done.seq, hash=done.hash, timestamp_utc=lines[-1].record.timestamp_utc)
-    found = SyncStatus(
-        dataset=dataset,
-        remote=remote.remote.name,
-        verdict="local-missing",
-        local=SideHead(exists=False),
-        remote_head=head,
-        round_trips=remote.round_trips,
-    )
-    return _result(
-        found,
-        "pull",
-        "TRANSFERRED",
-        appended=done.seq,
-        bytes=sent,
-        files=len(missing),
-        head=head,
-        bootstrap=True,
-        round_trips=remote.round_trips,
-    )
-
-
-def _ahead_of_log(staged: Path) -> bool:
-    """Whether a copied projection reflects a line the copied log lacks (the copy read the log first)."""
-    from .projections import Fold
-    from .recovery import LocalSource, anchor
-
-    log = staged / LOG_FILE
-    for member in Fold(LocalSource(staged)).members:
-        mark = member.stored_mark(staged) if member.anchored else None
-        if mark is not None and anchor(log, mark) is None:
-            return True
-    return False
-
-
 def push(
-    directory: Path, dataset: str, remote: Transport, *, dry_run: bool = False, copy: Copying | None = None
+    directory: Path,
+    dataset: str,
+    remote: Transport,
+    *,
+    dry_run: bool = False,
+    copy: Copying | None = None,
+    verify_sidecars: bool = False,
 ) -> SyncResult:
-    """Send this copy's events the remote lacks (or, when it has no copy, the whole dataset) there."""
+    """Send this copy's events the remote lacks (or, when it has no copy, the whole dataset) there; with
+    `verify_sidecars`, `usr verify` of the remote's copy afterwards, run there (`SyncResult.verified`)."""
+    done = _push(directory, dataset, remote, dry_run=dry_run, copy=copy)
+    return verified(done, verify_sidecars, lambda: remote.call(Verify(dataset=dataset), VerifyReport))
+
+
+def _push(directory: Path, dataset: str, remote: Transport, *, dry_run: bool, copy: Copying | None) -> SyncResult:
     compared = _compare(directory, dataset, remote)
     found, lines = compared.status, compared.local_lines
     if found.verdict == "diverged":
@@ -369,34 +302,9 @@ def push(
     if dry_run:
         return _unmoved(found, "push", "DRY-RUN", remote)
     if found.verdict == "remote-missing":
-        token = _token(dataset.replace("/", "--"), found.local.seq, found.local.hash)
-        staging = remote.path(STAGING_DIR, token)
-        copy = copy or Copying()
-        sent = 0 if copy.primary_only else remote.send(directory, staging, exclude=copy.excluded)
-        sent += remote.send(directory, staging, [LOG_FILE])
-        now, _ = read_lines(directory / LOG_FILE)  # lines appended here during the copy name newer files
-        files = artifacts_of([x.record for x in now[len(lines) :]])
-        if files or copy.primary_only:
-            files = artifacts_of([x.record for x in now]) if copy.primary_only else files
-            sent += remote.send(directory, staging, files)
-        fileops().point("after_transfer")
-        done = remote.call(Install(dataset=dataset, staging=token), Received)
-        if done.seq < found.local.seq:
-            _holds(done.seq, done.hash, found.local, f"remote '{found.remote}'")
-        head = SideHead(exists=True, seq=done.seq, hash=done.hash, timestamp_utc=found.local.timestamp_utc)
-        return _result(
-            found,
-            "push",
-            "TRANSFERRED",
-            appended=done.seq,
-            bytes=sent,
-            files=len(files),
-            head=head,
-            bootstrap=True,
-            round_trips=remote.round_trips,
-        )
+        return bootstrap_push(directory, found, lines, remote, copy or Copying())
     ahead = lines[found.remote_head.seq :]
-    token = _token("push", found.local.seq, found.local.hash)
+    staging = token("push", found.local.seq, found.local.hash)
     files = artifacts_of([x.record for x in ahead])
     sizes = {rel: (directory / rel).stat().st_size for rel in files}
     inline: dict[str, bytes] = {}
@@ -404,11 +312,11 @@ def push(
         inline = {rel: (directory / rel).read_bytes() for rel in files}
         sent = sum(sizes.values())
     else:
-        sent = remote.send(directory, remote.path(dataset, STAGING_DIR, token), files)
+        sent = remote.send(directory, remote.path(dataset, STAGING_DIR, staging), files)
     data = b"".join(x.raw + b"\n" for x in ahead)
     fileops().point("after_transfer")
-    received = remote.call(Receive(dataset=dataset, staging=token, files=inline), Received, data)
-    _holds(received.seq, received.hash, found.local, f"remote '{found.remote}'")
+    received = remote.call(Receive(dataset=dataset, staging=staging, files=inline), Received, data)
+    holds(received.seq, received.hash, found.local, f"remote '{found.remote}'")
     head = SideHead(exists=True, seq=received.seq, hash=received.hash, timestamp_utc=found.local.timestamp_utc)
     return _result(
         found,

@@ -351,14 +351,18 @@ def _transfer(action: str, dataset: str, remote: str, opts: _Options, fmt: Forma
         ):
             raise UserAbort(f"{action.capitalize()} cancelled.")
     copy = {"primary_only": opts.primary_only, "skip_snapshots": opts.skip_snapshots}
+    sidecars, config = bool(opts.sidecars), opts.config
     if action == "pull":
-        done = ds.sync.pull(remote, dry_run=opts.dry_run, rebase=opts.rebase, remotes_config=opts.config, **copy)
+        done = ds.sync.pull(
+            remote, dry_run=opts.dry_run, rebase=opts.rebase, verify_sidecars=sidecars, remotes_config=config, **copy
+        )
     else:
-        done = ds.sync.push(remote, dry_run=opts.dry_run, remotes_config=opts.config, **copy)
-    _report(action, done, _checked(ds, remote, opts.config, done, opts.sidecars), opts, fmt)
+        done = ds.sync.push(remote, dry_run=opts.dry_run, verify_sidecars=sidecars, remotes_config=config, **copy)
+    _report(action, done, opts, fmt)
 
 
-def _report(action: str, done: SyncResult, checked: dict[str, Any], opts: _Options, fmt: Format) -> None:
+def _report(action: str, done: SyncResult, opts: _Options, fmt: Format) -> None:
+    checked = _checked(done)
     if opts.audit is not None:
         _audit(opts.audit, _result_audit(done, checked))
     if output_format(fmt) is Format.json:
@@ -395,16 +399,13 @@ def _bootstrap(ident: str) -> bool:
 
 def _bootstrap_pull(dataset: str, remote: str, opts: _Options, fmt: Format) -> None:
     """A dataset this root lacks, copied whole: its folder's copy starts before the modules that install it
-    (pyarrow) are loaded, so the two overlap (`sync.pull`)."""
-    from ..sync import Copying
-    from ..sync import pull as pull_dataset
+    (pyarrow) are loaded, so the two overlap (`bootstrap.bootstrap_pull`)."""
+    from ..bootstrap import Copying, bootstrap_pull
 
-    root = datasets_root()
     copy = Copying(primary_only=opts.primary_only, skip_snapshots=opts.skip_snapshots)
-    done = pull_dataset(root, root / dataset, dataset, _transport(remote, opts.config), copy=copy)
-    from ..dataset import Dataset
-
-    _report("pull", done, _checked(Dataset.open(root, dataset), remote, opts.config, done, opts.sidecars), opts, fmt)
+    where = _transport(remote, opts.config)
+    done = bootstrap_pull(datasets_root(), dataset, where, copy, verify_sidecars=bool(opts.sidecars))
+    _report("pull", done, opts, fmt)
 
 
 def _transfer_file(action: str, target: Path, remote: str, opts: _Options, fmt: Format) -> None:
@@ -441,15 +442,12 @@ def _transfer_file(action: str, target: Path, remote: str, opts: _Options, fmt: 
         typer.echo(f"{action.capitalize()} complete.")
 
 
-def _checked(ds: Dataset, remote: str, config: Path | None, done: SyncResult, sidecars: bool | None) -> dict[str, Any]:
+def _checked(done: SyncResult) -> dict[str, Any]:
     """After a transfer: what the library checked (the receiving side holds the sender's head line, by seq
-    and chain hash; a bootstrap's copy had its chain checked when installed), and with `sidecars` a
-    `usr verify` of the receiving side. A failure is an error."""
-    from ..errors import IntegrityError
-
+    and chain hash; a bootstrap's copy had its chain checked when installed), and with `--verify-sidecars`
+    its `usr verify` of the receiving side."""
     if done.transfer_state != "TRANSFERRED":
         return {"primary": "skipped", "sidecars": "skipped"}
-    # The library checked that the receiving side holds the sender's head line (seq and chain hash).
     checked: dict[str, Any] = {
         "primary": "seq+chain-hash",
         "sidecars": "skipped",
@@ -457,12 +455,9 @@ def _checked(ds: Dataset, remote: str, config: Path | None, done: SyncResult, si
             f"verified: the receiving side holds the sender's head, now seq {done.head.seq} {done.head.hash[:12]}"
         ],
     }
-    if sidecars:
-        report = ds.verify() if done.action == "pull" else ds.sync.verify_remote(remote, remotes_config=config)
-        if not report.ok:
-            raise IntegrityError(f"`usr verify` of the receiving side failed: {report.problems[0]}")
+    if done.verified is not None:
         checked["sidecars"] = "usr-verify"
-        checked["notes"].append(f"usr verify on the receiving side: OK ({len(report.files_checked)} file(s))")
+        checked["notes"].append(f"usr verify on the receiving side: OK ({len(done.verified.files_checked)} file(s))")
     return checked
 
 
