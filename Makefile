@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test check lint typecheck fmt fixtures docs bench bench-scale reliability clean
+.PHONY: help venv demo test check lint typecheck fmt fixtures docs screenshots bench bench-scale reliability clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ fixtures: $(STAMP) ## Regenerate replay_fixtures/ (review the diff!)
 
 docs: $(STAMP) ## Regenerate docs/cli.md from the help texts
 	$(BIN)/python -m tools.clidoc docs/cli.md
+
+screenshots: $(STAMP) ## docs/img/explore.png: `usr explore` in headless Chromium (apt-get install chromium)
+	$(BIN)/python -m tools.screenshots
 
 bench: $(STAMP) ## Benchmarks against the physical baseline (N=1,000,000 by default)
 	$(BIN)/python bench/run.py $(if $(N),--n $(N),)

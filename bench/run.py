@@ -656,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
         registry=root / "registry.yaml",
     )
     sync_figures = tuple(Figure(*row) for row in sync_rows)
+    print("usr explore: open, filter, page, record, as of, diff ...", flush=True)
+    from explore_bench import explore_surface
+
+    explore_rows, _ = explore_surface([str(USR)], env=env, root=root, dataset=DATASET)
+    explore_figures = tuple(Figure(*row) for row in explore_rows)
 
     ratio = imported.seconds / base_steps["import"]
     attach_ratio = attached.seconds / base_steps["attach"]
@@ -694,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         **{figure.label: bool(figure.ok) for figure in forensic if figure.ok is not None},
         **{figure.label: bool(figure.ok) for figure in merge_figures if figure.ok is not None},
         **{figure.label: bool(figure.ok) for figure in sync_figures if figure.ok is not None},
+        **{figure.label: bool(figure.ok) for figure in explore_figures if figure.ok is not None},
         "history upkeep": upkeep_import <= UPKEEP_FRACTION and upkeep_attach <= UPKEEP_FRACTION,
     }
 
@@ -758,7 +764,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * upkeep_attach:.1f}% of `usr attach` | ≤ {100 * UPKEEP_FRACTION:.0f}% | "
         f"{verdict(checks['history upkeep'])} |",
         *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in merge_figures),
-        *(f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |" for f in sync_figures),
+        *(
+            f"| {f.label} | {f.figure} | {f.target} | {'' if f.ok is None else verdict(f.ok)} |"
+            for f in (*sync_figures, *explore_figures)
+        ),
         f"| `usr verify` (final, after every step) | {final_verify.seconds:.2f} s, "
         f"{'OK' if final_verify.code == 0 else f'exit {final_verify.code}'} | exit 0 | {verdict(checks['verify'])} |",
         "",

@@ -915,6 +915,15 @@ class History:
         return diff(self._ds._head, start, end, columns=columns, summary=summary)
 
     @_read
+    def diff_extent(self, start: str | int, end: str | int | None = None) -> int:
+        """How many record mentions a `diff(start, end)` looks at (what its time grows with), counted from the
+        log lines without reading a payload: the explorer asks before it diffs."""
+        from .forensics import diff_extent
+
+        self._ds._require()
+        return diff_extent(self._ds._head, start, end)
+
+    @_read
     def timeline(
         self,
         *,

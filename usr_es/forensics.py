@@ -537,6 +537,27 @@ def _window_columns(log: _Log, a: int, b: int) -> set[str] | None:
     return seen
 
 
+def diff_extent(head: ReadHead, start: str | int, end: str | int | None = None) -> int:
+    """How many record mentions a diff of (start, end] looks at (what its cost grows with), counted from the
+    log lines alone: a payload's row count, ids inline, and for an overlay removal every write of its
+    namespace before it; no payload is read. As `_named_between` names them, with repeats counted."""
+    log = _Log.read(head)
+    a, b = log.seq(start, 0), log.seq(end, log.head)
+
+    def mentions(line: LogLine) -> int:
+        inline = getattr(line.record.event, "ids", None)
+        if inline is not None:
+            return len(inline)
+        return line.record.payload.rows if line.record.payload is not None else 0
+
+    removed = {line.record.event.namespace for line in log.lines[a:b] if isinstance(line.record.event, OverlayRemoved)}
+    total = sum(mentions(line) for line in log.lines[a:b] if history.names_records(line.record.event))
+    for line in log.lines[:b] if removed else []:
+        if isinstance(line.record.event, OverlayWritten) and line.record.event.namespace in removed:
+            total += mentions(line)
+    return total
+
+
 def _named_between(log: _Log, a: int, b: int) -> list[str]:
     """The ids the events in (a, b] name, and for an overlay removal the ids its namespace held."""
     payloads = _Payloads(log.directory, None)

@@ -36,6 +36,7 @@ _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("describe", reads.describe),
     ("export", reads.export),
     ("schema", reads.schema),
+    ("explore", reads.explore),
     ("replay", log.replay),
     ("rebuild", log.rebuild),
     ("verify", log.verify),

@@ -351,3 +351,37 @@ def schema(
         typer.echo(f"  {group}")
         for row in members:
             typer.echo(f"    {row['name']}: {row['type']}{'' if row['nullable'] else ' (not null)'}")
+
+
+def explore(
+    dataset: Annotated[
+        str | None, typer.Argument(help="Dataset to open first (default: the landing page, which lists the root's).")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8765,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; the default serves this machine only.")
+    ] = "127.0.0.1",
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the address; do not open a browser.")] = False,
+    fmt: FormatOpt = Format.auto,
+) -> None:
+    """Browse the root's datasets in a web page: filter, page, summaries, a record's history and blame, any
+    earlier state ("as of") and the diff between two. Read-only; runs until Ctrl-C.
+
+    Example: usr explore densegen/demo --port 8765
+    """
+    from ..explore_http import ExploreServer
+
+    name = existing_dataset(dataset).name if dataset is not None else None
+    server = ExploreServer(datasets_root(), host=host, port=port)
+    link = server.link(name)
+    if output_format(fmt) is Format.json:
+        emit_json({"url": link, "root": str(server.explorer.root)})
+    else:
+        typer.echo(f"usr explore: {server.explorer.root} at {link} (read-only; Ctrl-C stops)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: listening on {host}: anyone who can reach it can read these datasets", err=True)
+    sys.stdout.flush()
+    try:
+        server.serve_forever(open_browser=not no_browser, dataset=name)
+    except KeyboardInterrupt:
+        typer.echo("usr explore: stopped", err=True)
