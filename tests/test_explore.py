@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tools.screen_sample import MOTIF, NAME, dna, ids_of, screen
 from usr_es import Dataset
 from usr_es.errors import InvalidInput, NotFound
-from usr_es.explore import BINS, Explorer, Predicate, Query, select
+from usr_es.explore import BINS, Explorer, Predicate, Query, Selection, _Once, _take, select
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,120 @@ def test_select_keeps_exactly_the_rows_the_model_keeps(
         return bound is None or (score is not None and not math.isnan(score) and score <= bound)
 
     assert kept == [str(i) for i, row in enumerate(rows) if keep(row)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=7), min_size=1, max_size=6),
+    keep=st.lists(st.booleans(), max_size=42),
+    offset=st.integers(min_value=0, max_value=45),
+    limit=st.integers(min_value=1, max_value=10),
+)
+def test_a_page_of_a_chunked_view_is_the_models_slice(
+    sizes: list[int], keep: list[bool], offset: int, limit: int
+) -> None:
+    total = sum(sizes)
+    flags = (keep + [True] * total)[:total]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    chunks = [
+        pa.table(
+            {
+                "id": pa.array([str(i) for i in range(start, start + n)], pa.string()),
+                "usr__deleted": pa.array([not flags[i] for i in range(start, start + n)], pa.bool_()),
+            }
+        )
+        for start, n in zip(starts, sizes, strict=True)
+    ]
+    table = pa.concat_tables(chunks)  # one chunk per piece: pages cross chunk boundaries
+    page = Selection(table, Query(dataset="x")).page(offset, limit, ["id"])
+    assert page.column("id").to_pylist() == [str(i) for i in range(total) if flags[i]][offset : offset + limit]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=6), data=st.data())
+def test_take_by_ascending_positions_crosses_chunks(sizes: list[int], data: st.DataObject) -> None:
+    values = [f"v{i}" for i in range(sum(sizes))]
+    column = pa.chunked_array([values[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(len(sizes))], pa.string())
+    positions = sorted(
+        data.draw(st.sets(st.integers(min_value=0, max_value=max(0, len(values) - 1)))) if values else []
+    )
+    assert _take(column, positions).to_pylist() == [values[p] for p in positions]
+
+
+def test_a_value_is_made_once_however_many_ask_and_evictions_are_told() -> None:
+    import threading
+    import time
+
+    made: list[str] = []
+    dropped: list[str] = []
+    kept = _Once(2, dropped=dropped.append)
+
+    def make(key: str) -> str:
+        made.append(key)
+        time.sleep(0.05)
+        return key.upper()
+
+    threads = [threading.Thread(target=lambda: kept.get("a", lambda: make("a"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert made == ["a"]
+    kept.get("b", lambda: make("b"))
+    assert kept.get("c", lambda: make("c")) == "C" and dropped == ["a"]
+    assert kept.get("a", lambda: make("a")) == "A" and made == ["a", "b", "c", "a"]
+
+
+def test_numeric_and_time_columns_are_summarized_by_value(explorer: Explorer) -> None:
+    summary = explorer.summary(Query(dataset=NAME, with_ns=("assay",)))
+    scores = {c.name: c for c in summary.columns}["assay__score"]
+    assert (scores.min, scores.max) == (0.2, 14.9)  # the first two records, 0.0 and 0.1, are deleted
+    assert scores.mean == pytest.approx(sum(i / 10 for i in range(2, 150)) / 148)
+    assert scores.histogram is not None and sum(scores.histogram.counts) == 148
+    assert scores.histogram.edges[0] == 0.2 and scores.histogram.edges[-1] == 14.9
+    created = {c.name: c for c in summary.columns}["created_at"]
+    assert created.kind == "time" and isinstance(created.min, str) and created.min.startswith("20")
+
+
+def test_a_half_float_column_is_filtered_and_summarized(tmp_path: Path) -> None:
+    import numpy as np
+
+    from usr_es.registry import register_namespace, split_columns_spec
+
+    ds = screen(tmp_path)
+    register_namespace(tmp_path, "half", split_columns_spec("half__x:float16"))
+    ids = ds.view(columns=["id"]).column("id").to_pylist()[:4]
+    ds.write_overlay("half", pa.table({"id": ids, "half__x": pa.array(np.array([0.5, 1.5, 2.5, 3.5], np.float16))}))
+    found = Explorer(tmp_path)
+    try:
+        query = Query(dataset=NAME, where=(Predicate(column="half__x", op="gt", value="1"),))
+        assert found.rows(query).total == 3
+        column = {c.name: c for c in found.summary(query).columns}["half__x"]
+        assert (column.min, column.max) == (1.5, 3.5)
+    finally:
+        found.close()
+
+
+def test_a_view_read_while_a_writer_appends_is_kept_under_the_seq_it_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = screen(tmp_path)
+    real_view = Dataset.view
+    calls = []
+
+    def view_then_write(self: Dataset, **kwargs: object) -> pa.Table:
+        table = real_view(self, **kwargs)  # type: ignore[arg-type]
+        if not calls:  # the first read: a writer appends right after it
+            calls.append(1)
+            Dataset.open(tmp_path, NAME).add_sequences(["ACGTTGCAACGT"], source="meanwhile")
+        return table
+
+    monkeypatch.setattr(Dataset, "view", view_then_write)
+    found = Explorer(tmp_path)
+    try:
+        page = found.rows(Query(dataset=NAME), limit=1)
+        assert (page.seq, page.total) == (7, 279)  # read again at the new head, not kept as seq 6
+        assert found.overview(NAME, 6).rows == 278
+    finally:
+        found.close()
+    assert ds.info().head_seq == 7

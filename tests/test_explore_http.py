@@ -29,25 +29,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExploreServer]:
         yield running
 
 
-def _get(server: ExploreServer, path: str, **params: Any) -> tuple[int, Any]:
+def _get(server: ExploreServer, path: str, headers: dict[str, str] | None = None, **params: Any) -> tuple[int, Any]:
     url = server.url.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
     try:
-        with urllib.request.urlopen(url, timeout=30) as answer:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as answer:
             body = answer.read()
             return answer.status, json.loads(body) if answer.headers["Content-Type"] == "application/json" else body
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
 
 
-def test_it_listens_on_the_loopback_address_only(server: ExploreServer) -> None:
-    assert server.url.startswith("http://127.0.0.1:")
+def test_the_page_its_script_and_style_are_served(server: ExploreServer) -> None:
+    for path, kind in (("/", "text/html"), ("/app.js", "javascript"), ("/app.css", "text/css")):
+        with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=30) as answer:
+            assert answer.status == 200 and kind in answer.headers["Content-Type"] and answer.read()
 
 
-def test_the_page_and_its_script_are_served(server: ExploreServer) -> None:
-    status, page = _get(server, "/")
-    assert status == 200 and b"<title>usr explore</title>" in page and b'src="/app.js"' in page
-    status, script = _get(server, "/app.js")
-    assert status == 200 and b"/api/rows" in script
+def test_a_request_naming_another_host_is_refused(server: ExploreServer) -> None:
+    status, body = _get(server, "/api/datasets", headers={"Host": "attacker.example:80"})
+    assert status == 403 and "this machine only" in body["error"]
+    assert _get(server, "/api/datasets", headers={"Host": "localhost"})[0] == 200
+
+
+def test_a_head_request_answers_like_get_without_a_body(server: ExploreServer) -> None:
+    request = urllib.request.Request(server.url + "api/datasets", method="HEAD")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200 and int(answer.headers["Content-Length"]) > 0 and answer.read() == b""
 
 
 def test_the_json_answers(server: ExploreServer) -> None:
@@ -64,6 +71,9 @@ def test_the_json_answers(server: ExploreServer) -> None:
     assert status == 200 and record["history"]["entries"][0]["credit"]["action"] == "import_rows"
     status, diff = _get(server, "/api/diff", dataset=NAME, **{"from": 4, "to": 5})
     assert status == 200 and diff["diff"]["deleted"] == 2 and [e["credit"]["seq"] for e in diff["events"]] == [5]
+    fourth = overview["events"][3][1]  # a diff's ends may be times too
+    status, by_time = _get(server, "/api/diff", dataset=NAME, **{"from": fourth, "to": 5})
+    assert status == 200 and by_time["from_seq"] == 4 and by_time["diff"] == diff["diff"]
 
 
 def test_as_of_takes_a_time_as_well_as_a_seq(server: ExploreServer) -> None:
@@ -84,6 +94,8 @@ def test_as_of_takes_a_time_as_well_as_a_seq(server: ExploreServer) -> None:
         ("/api/rows", {"q": json.dumps({"dataset": NAME}), "limit": "lots"}, 400, "not a whole number"),
         ("/api/overview", {}, 400, "missing parameter 'dataset'"),
         ("/api/overview", {"dataset": "lab/ghost"}, 404, "Dataset not found"),
+        ("/api/overview", {"dataset": "/etc"}, 400, "dataset id"),
+        ("/api/overview", {"dataset": "../lab/screen"}, 400, "dataset id"),
         ("/api/record", {"dataset": NAME, "id": "nope"}, 404, "no record nope"),
         ("/api/nothing", {}, 404, "no such page"),
     ],
@@ -92,7 +104,7 @@ def test_errors_are_json_with_a_status(
     server: ExploreServer, path: str, params: dict[str, str], status: int, message: str
 ) -> None:
     got, body = _get(server, path, **params)
-    assert got == status and message in body["error"]
+    assert got == status and message.lower() in body["error"].lower()
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
@@ -101,6 +113,27 @@ def test_nothing_but_get_is_served(server: ExploreServer, method: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 405 and "read-only" in json.loads(refused.value.read())["error"]
+
+
+def test_a_dataset_named_at_start_is_read_before_the_page_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from usr_es import Dataset
+
+    screen(tmp_path)
+    reads: list[str] = []
+    real_view = Dataset.view
+
+    def counted(self: Dataset, **kwargs: Any) -> Any:
+        reads.append(self.name)
+        return real_view(self, **kwargs)
+
+    monkeypatch.setattr(Dataset, "view", counted)
+    with ExploreServer(tmp_path) as running:
+        running.warm(NAME).join(timeout=120)
+        assert reads == [NAME]
+        status, page = _get(running, "/api/rows", q=json.dumps({"dataset": NAME}), limit=1)
+        status_summary, _ = _get(running, "/api/summary", q=json.dumps({"dataset": NAME}))
+        assert (status, status_summary, page["total"]) == (200, 200, 278)
+        assert reads == [NAME]  # the page's questions were answered from what the warm-up read
 
 
 def test_usr_explore_serves_until_interrupted(tmp_path: Path) -> None:

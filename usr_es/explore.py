@@ -4,7 +4,7 @@ filtered, paged, summarized; a record with its history and blame; the diff betwe
 Read-only. A view is read whole once per (dataset, seq) and kept in memory (tombstoned rows included, so
 "include deleted" is a filter, not another read); an earlier seq is replayed into a scratch folder once
 (`replay` starts from the nearest checkpoint). Filters and summaries are Arrow compute over that table,
-kept per query, so paging and the record panel re-read nothing. `serve.py` puts this behind HTTP.
+kept per query, so paging and the record panel re-read nothing. `explore_http` puts this behind HTTP.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,8 +28,9 @@ import pyarrow.compute as pc
 
 from .dataset import Dataset
 from .errors import InvalidInput, NotFound
-from .names import DELETED, HIDDEN_PREFIX, ID
+from .names import DELETED, HIDDEN_PREFIX, ID, QC_STATUSES, SPLITS, STATE_NS
 from .results import DatasetSummary, DiffResult, LogEntry, RecordBlame, RecordHistory
+from .roots import validate_id
 
 #: Comparison operators a column predicate may use, by what they need of the column.
 Op = Literal["eq", "ne", "lt", "le", "gt", "ge", "contains", "startswith", "regex", "null", "notnull"]
@@ -74,6 +76,8 @@ class ColumnMeta(msgspec.Struct, frozen=True, kw_only=True):
     #: "number", "time", "text", "bool", "list" or "other": which predicates and summary it takes.
     kind: str
     namespace: str = ""
+    #: The values a record-state column allows (`usr state set`), for a picker.
+    allowed: list[str] = []
 
 
 class Overview(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,24 +170,49 @@ class RecordPanel(msgspec.Struct, frozen=True, kw_only=True):
 T = TypeVar("T")
 
 
-class _Kept(OrderedDict[Any, Any]):
-    """A small least-recently-used map."""
+class _Moved(Exception):
+    """The head moved while its view was read."""
 
-    def __init__(self, size: int) -> None:
-        super().__init__()
+
+class _Once:
+    """A small least-recently-used map whose values are made once: a second caller asking for a key being
+    made waits for it (other keys go on meanwhile); `dropped` hears of each value evicted."""
+
+    def __init__(self, size: int, dropped: Callable[[Any], None] = lambda key: None) -> None:
         self.size = size
+        self._dropped = dropped
+        self._values: OrderedDict[Any, Any] = OrderedDict()
+        self._making: dict[Any, threading.Lock] = {}
+        self._lock = threading.Lock()
 
-    def take(self, key: Any) -> Any:
-        if key in self:
-            self.move_to_end(key)
-        return self.get(key)
+    def get(self, key: Any, make: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]  # type: ignore[no-any-return]
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                if key in self._values:
+                    return self._values[key]  # type: ignore[no-any-return]
+            try:
+                value = make()
+            finally:
+                with self._lock:
+                    self._making.pop(key, None)
+            with self._lock:
+                self._values[key] = value
+                evicted = []
+                while len(self._values) > self.size:
+                    evicted.append(self._values.popitem(last=False)[0])
+            for gone in evicted:
+                self._dropped(gone)
+            return value
 
-    def keep(self, key: Any, value: T) -> T:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
+    def drop_where(self, test: Callable[[Any], bool]) -> None:
+        with self._lock:
+            for key in [k for k in self._values if test(k)]:
+                del self._values[key]
 
 
 class Explorer:
@@ -193,17 +222,17 @@ class Explorer:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser().resolve()
         self._scratch = Path(tempfile.mkdtemp(prefix="usr-explore-"))
-        self._views = _Kept(VIEWS_KEPT)
-        self._selections = _Kept(SELECTIONS_KEPT)
-        self._summaries = _Kept(SELECTIONS_KEPT)
-        # One computation of each thing at a time, so the page's concurrent requests for the same view or
-        # selection wait for the first instead of repeating it: taken in this order, never the reverse.
-        self._view_lock = threading.Lock()
-        self._select_lock = threading.Lock()
-        self._summary_lock = threading.Lock()
+        # A selection holds its view: when a view goes, so do its selections and summaries.
+        self._selections = _Once(SELECTIONS_KEPT)
+        self._summaries = _Once(SELECTIONS_KEPT)
+        self._views = _Once(VIEWS_KEPT, dropped=self._forget)
 
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _forget(self, mark: str) -> None:
+        for kept in (self._selections, self._summaries):
+            kept.drop_where(lambda key: key[0] == mark)
 
     # -- what there is ----------------------------------------------------------------------------------
     def datasets(self) -> list[DatasetSummary]:
@@ -212,8 +241,9 @@ class Explorer:
 
     def overview(self, dataset: str, as_of: int | None = None) -> Overview:
         ds = self._dataset(dataset)
-        events = [(r.seq, r.timestamp_utc, r.action) for r in ds.log.events()]
-        seq, _, table = self._view(ds, as_of)
+        records = ds.log.events()
+        events = [(r.seq, r.timestamp_utc, r.action) for r in records]
+        seq, _, table = self._view(ds, as_of, [r.hash for r in records])
         deleted = int(pc.sum(table[DELETED]).as_py() or 0) if DELETED in table.column_names else 0
         columns = [_meta(f) for f in table.schema if not f.name.startswith(HIDDEN_PREFIX)]
         namespaces = sorted({c.namespace for c in columns if c.namespace})
@@ -247,11 +277,7 @@ class Explorer:
 
     def summary(self, query: Query) -> Summary:
         seq, key, selected = self._select(query)
-        with self._summary_lock:
-            kept: Summary | None = self._summaries.take(key)
-            if kept is None:
-                kept = self._summaries.keep(key, _summarize(query.dataset, seq, selected))
-        return kept
+        return self._summaries.get(key, lambda: _summarize(query.dataset, seq, selected))
 
     # -- one record, two points -------------------------------------------------------------------------
     def record(self, dataset: str, record_id: str, as_of: int | None = None) -> RecordPanel:
@@ -292,28 +318,35 @@ class Explorer:
 
     # -- internals --------------------------------------------------------------------------------------
     def _dataset(self, name: str) -> Dataset:
-        ds = Dataset.open(self.root, name)
+        ds = Dataset.open(self.root, validate_id(name))  # an id under this root, never a path
         if not ds.exists:
             raise NotFound(f"Dataset not found: {name}", hint="The landing page lists this root's datasets.")
         return ds
 
-    def _view(self, ds: Dataset, as_of: int | None) -> tuple[int, str, pa.Table]:
+    def _view(self, ds: Dataset, as_of: int | None, hashes: list[str] | None = None) -> tuple[int, str, pa.Table]:
         """The view at `as_of` (None: the head), tombstoned rows included, and the chain hash of its line
-        (what it is kept by: a rebased log's seq K is another state); read once."""
-        hashes = [r.hash for r in ds.log.events()]
-        seq = len(hashes) if as_of is None else as_of
-        if not 0 <= seq <= len(hashes):
-            raise InvalidInput(f"{ds.name} has events 1..{len(hashes)}: there is no seq {seq}")
-        mark = f"{ds.name}@{seq}:{hashes[seq - 1] if seq else ''}"
-        with self._view_lock:
-            table = self._views.take(mark)
-            if table is None:
-                table = self._views.keep(mark, self._read_view(ds, seq, len(hashes)))
-        return seq, mark, table
+        (what it is kept by: a rebased log's seq K is another state); read once. `hashes`: the log's chain
+        hashes, when the caller has read them."""
+        for _ in range(3):
+            hashes = hashes if hashes is not None else [r.hash for r in ds.log.events()]
+            seq = len(hashes) if as_of is None else as_of
+            if not 0 <= seq <= len(hashes):
+                raise InvalidInput(f"{ds.name} has events 1..{len(hashes)}: there is no seq {seq}")
+            mark = f"{ds.name}@{seq}:{hashes[seq - 1] if seq else ''}"
+            try:
+                return seq, mark, self._views.get(mark, partial(self._read_view, ds, seq, len(hashes), mark))
+            except _Moved:  # a writer appended while the head was read: ask the log again
+                hashes = None
+        raise InvalidInput(f"{ds.name} is being written to faster than it can be read; try again")
 
-    def _read_view(self, ds: Dataset, seq: int, head: int) -> pa.Table:
+    def _read_view(self, ds: Dataset, seq: int, head: int, mark: str) -> pa.Table:
+        """The view at `seq` (`_Moved` when it was the head and a writer appended meanwhile)."""
         if seq == head:
-            return ds.view(include_deleted=True)
+            table = ds.view(include_deleted=True)
+            last = ds.log.events(n=1)
+            if not last or not mark.endswith(":" + last[-1].hash):
+                raise _Moved
+            return table
         if seq == 0:
             return pa.table({ID: pa.array([], pa.string())})
         with self._replayed(ds, seq) as past:
@@ -329,15 +362,11 @@ class Explorer:
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
-    def _select(self, query: Query) -> tuple[int, bytes, Selection]:
+    def _select(self, query: Query) -> tuple[int, tuple[str, bytes], Selection]:
         """The rows `query` keeps, and what they are kept by (the view's mark and the query)."""
-        with self._select_lock:
-            seq, mark, table = self._view(self._dataset(query.dataset), query.as_of)
-            key = mark.encode() + b" " + _key(query)
-            selected = self._selections.take(key)
-            if selected is None:
-                selected = self._selections.keep(key, Selection(table, query))
-        return seq, key, selected
+        seq, mark, table = self._view(self._dataset(query.dataset), query.as_of)
+        key = (mark, _key(query))
+        return seq, key, self._selections.get(key, lambda: Selection(table, query))
 
 
 def _key(query: Query) -> bytes:
@@ -452,7 +481,7 @@ def _holds(table: pa.Table, p: Predicate) -> pa.ChunkedArray:
         raise InvalidInput(f"{p.column} ({column.type}) compares by eq / ne, not {p.op}")
     scalar = _scalar(p.value, column.type, p.column)
     compare: Callable[..., pa.ChunkedArray] = getattr(pc, _ORDERED[p.op])
-    return compare(column, scalar)
+    return compare(_comparable(column) if kind == "number" else column, scalar)
 
 
 def _scalar(value: object, type_: pa.DataType, column: str) -> pa.Scalar:
@@ -477,6 +506,11 @@ def _reason(exc: Exception) -> str:
 
 
 # -- describing -----------------------------------------------------------------------------------------
+def _comparable(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A number column as Arrow compute compares it (half floats have no kernels of their own)."""
+    return pc.cast(column, pa.float32()) if pa.types.is_float16(column.type) else column
+
+
 def _kind(type_: pa.DataType) -> str:
     if pa.types.is_boolean(type_):
         return "bool"
@@ -491,9 +525,14 @@ def _kind(type_: pa.DataType) -> str:
     return "other"
 
 
+_ALLOWED = {f"{STATE_NS}__qc_status": list(QC_STATUSES), f"{STATE_NS}__split": list(SPLITS)}
+
+
 def _meta(field: pa.Field) -> ColumnMeta:
     ns, sep, _ = field.name.partition("__")
-    return ColumnMeta(name=field.name, type=str(field.type), kind=_kind(field.type), namespace=ns if sep else "")
+    kind = _kind(field.type)
+    allowed = _ALLOWED.get(field.name, ["true", "false"] if kind == "bool" else [])
+    return ColumnMeta(name=field.name, type=str(field.type), kind=kind, namespace=ns if sep else "", allowed=allowed)
 
 
 def _summarize(dataset: str, seq: int, selected: Selection) -> Summary:
@@ -581,7 +620,7 @@ def _histogram(
     counts = [0] * BINS
     for item in pc.value_counts(index).to_pylist():
         counts[item["values"]] = int(item["counts"])
-    return Histogram(edges=[float(f"{low + i * width:.6g}") for i in range(BINS)] + [high], counts=counts)
+    return Histogram(edges=[low + i * width for i in range(BINS)] + [high], counts=counts)
 
 
 def _column(name: str, selected: Selection) -> ColumnSummary:
@@ -598,8 +637,8 @@ def _column(name: str, selected: Selection) -> ColumnSummary:
     if rows == nulls:
         return ColumnSummary(**base)
     if kind in ("number", "time"):
-        numbers = pc.cast(column, pa.int64()) if kind == "time" else column
-        found = pc.min_max(column).as_py()
+        numbers = pc.cast(column, pa.int64()) if kind == "time" else _comparable(column)
+        found = pc.min_max(numbers if kind == "number" else column).as_py()
         mean = pc.mean(pc.cast(numbers, pa.float64())).as_py()
         shown = {k: _plain(v) for k, v in found.items()}
         return ColumnSummary(
@@ -610,9 +649,16 @@ def _column(name: str, selected: Selection) -> ColumnSummary:
             histogram=_histogram(numbers),
         )
     if kind in ("text", "bool"):
-        counted = _counts(column)
-        top = sorted(counted.items(), key=lambda kv: (-kv[1], kv[0]))[:10] if len(counted) <= rows // 2 + 1 else []
-        return ColumnSummary(**base, distinct=len(counted), top=top)
+        counted = pc.value_counts(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0))
+        values = counted.field("values")
+        counted = counted.filter(pc.is_valid(values))
+        distinct = len(counted)
+        if distinct > rows // 2 + 1:  # most values once: no frequent values to show
+            return ColumnSummary(**base, distinct=distinct)
+        batch = pa.RecordBatch.from_struct_array(counted)
+        order = pc.select_k_unstable(batch, 10, [("counts", "descending"), ("values", "ascending")])
+        top = [(str(v["values"]), int(v["counts"])) for v in batch.take(order).to_pylist()]
+        return ColumnSummary(**base, distinct=distinct, top=top)
     if kind == "list":
         lengths = pc.drop_null(pc.list_value_length(column))
         stats = pc.min_max(lengths).as_py()

@@ -362,6 +362,9 @@ def explore(
         str, typer.Option("--host", help="Address to listen on; the default serves this machine only.")
     ] = "127.0.0.1",
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the address; do not open a browser.")] = False,
+    notebook: Annotated[
+        bool, typer.Option("--notebook", help="Print where the marimo notebook is installed (`marimo edit` it).")
+    ] = False,
     fmt: FormatOpt = Format.auto,
 ) -> None:
     """Browse the root's datasets in a web page: filter, page, summaries, a record's history and blame, any
@@ -369,8 +372,15 @@ def explore(
 
     Example: usr explore densegen/demo --port 8765
     """
-    from ..explore_http import ExploreServer
+    from ..explore_http import ExploreServer, notebook_path
 
+    if notebook:
+        path = notebook_path()
+        if output_format(fmt) is Format.json:
+            emit_json({"notebook": str(path)})
+        else:
+            typer.echo(f"{path}\n(needs the explore extra: pip install 'usr_es[explore]'; then: marimo edit {path})")
+        return
     name = existing_dataset(dataset).name if dataset is not None else None
     server = ExploreServer(datasets_root(), host=host, port=port)
     link = server.link(name)

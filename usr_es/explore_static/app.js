@@ -3,6 +3,7 @@
 "use strict";
 
 const state = {
+  generation: 0,       // bumped by every change of dataset, as-of or filter: older answers are dropped
   dataset: null,
   asOf: null,          // null: the head
   overview: null,
@@ -26,7 +27,11 @@ const el = (tag, attrs = {}, ...children) => {
 const fmt = (n) => (typeof n === "number" ? n.toLocaleString("en-US") : String(n));
 const show = (value) => {
   if (value === null || value === undefined) return "—";
-  if (typeof value === "number") return Number.isInteger(value) ? fmt(value) : value.toPrecision(6).replace(/\.?0+$/, "");
+  if (typeof value === "number") {
+    if (Number.isInteger(value)) return fmt(value);
+    const text = value.toPrecision(6);  // trailing zeros of a fraction go; an exponent or a whole part stays
+    return text.includes(".") && !text.includes("e") ? text.replace(/0+$/, "").replace(/\.$/, "") : text;
+  }
   if (Array.isArray(value)) return "[" + value.map(show).join(", ") + "]";
   if (typeof value === "object") return JSON.stringify(value);
   return String(value);
@@ -79,6 +84,10 @@ async function openDataset(name, asOf) {
   state.offset = 0;
   state.query = { where: [], motif: "", include_deleted: false, with_ns: [], without_ns: [] };
   resetFilterForm();
+  $("record").hidden = true;
+  $("diff").hidden = true;
+  $("diff-from").value = "";
+  $("pred-column").replaceChildren();
   for (const b of document.querySelectorAll("#dataset-list button")) b.classList.toggle("current", b.dataset.dataset === name);
   writeHash();
   await refreshAll();
@@ -91,11 +100,13 @@ function writeHash() {
 }
 
 async function refreshAll() {
+  const generation = ++state.generation;
   try {
     const overview = await api("/api/overview", { dataset: state.dataset, as_of: state.asOf });
+    if (generation !== state.generation) return;
     state.overview = overview;
     drawOverview(overview);
-    await Promise.all([refreshRows(), refreshSummary()]);
+    await Promise.all([refreshRows(generation), refreshSummary(generation)]);
   } catch (error) {
     fail(error.message);
   }
@@ -127,12 +138,20 @@ function drawOverview(o) {
   const column = $("pred-column");
   const was = column.value;
   column.replaceChildren(...o.columns.map((c) => el("option", { value: c.name, "data-kind": c.kind }, `${c.name} (${c.kind})`)));
-  if (was) column.value = was;
+  column.value = o.columns.some((c) => c.name === was) ? was : o.columns[0].name;
+  offerValues();
+}
+
+function offerValues() {
+  // A column with known values (a record-state field, a bool) offers them as the value's choices.
+  const meta = (state.overview ? state.overview.columns : []).find((c) => c.name === $("pred-column").value);
+  $("pred-values").replaceChildren(...(meta ? meta.allowed : []).map((v) => el("option", { value: v })));
 }
 
 // -- rows ------------------------------------------------------------------------------------------------
-async function refreshRows() {
+async function refreshRows(generation = state.generation) {
   const page = await api("/api/rows", { q: queryParam(), offset: state.offset, limit: state.limit });
+  if (generation !== state.generation || page.offset !== state.offset) return;  // a newer question was asked
   state.total = page.total;
   const shown = page.columns.filter((c) => c !== "usr__deleted");
   $("rows").querySelector("thead").replaceChildren(el("tr", {}, ...shown.map((c) => el("th", {}, c))));
@@ -194,8 +213,9 @@ function bar(pct) {
   return el("div", { class: "bar", title: `${pct.toFixed(1)}%` }, fill);
 }
 
-async function refreshSummary() {
+async function refreshSummary(generation = state.generation) {
   const s = await api("/api/summary", { q: queryParam() });
+  if (generation !== state.generation) return;
   const card = (title, ...body) => el("div", { class: "card", "data-card": title }, el("h4", {}, title), ...body);
   const coverage = Object.entries(s.coverage);
   $("cards").replaceChildren(
@@ -246,8 +266,9 @@ function readFilterForm() {
 async function applyFilters() {
   readFilterForm();
   state.offset = 0;
+  const generation = ++state.generation;
   try {
-    await Promise.all([refreshRows(), refreshSummary()]);
+    await Promise.all([refreshRows(generation), refreshSummary(generation)]);
   } catch (error) {
     fail(error.message);
   }
@@ -311,7 +332,7 @@ async function runDiff() {
   $("diff-events").replaceChildren(...answer.events.map((e) => el("li", {},
     el("strong", {}, `seq ${e.credit.seq} ${e.credit.action}`), ` by ${actor(e.credit)} at ${e.credit.timestamp_utc} — ${e.summary}`)));
   if (d === null) {
-    $("diff-facts").textContent = `${fmt(answer.events.length)} events naming ${fmt(answer.mentions)} records: too many to compare ` +
+    $("diff-facts").textContent = `${fmt(answer.events.length)} events with ${fmt(answer.mentions)} record mentions: too many to compare ` +
       `cell by cell here; \`usr diff ${answer.dataset} --from ${answer.from_seq} --to ${answer.to_seq}\` lists them.`;
     $("diff-rows").querySelector("tbody").replaceChildren();
     return;
@@ -345,6 +366,7 @@ function wire() {
   $("asof-head").addEventListener("click", () => { $("asof-time").value = ""; moveAsOf(null); });
   $("diff-run").addEventListener("click", runDiff);
   $("diff-close").addEventListener("click", () => { $("diff").hidden = true; });
+  $("pred-column").addEventListener("change", offerValues);
   $("record-close").addEventListener("click", () => { $("record").hidden = true; });
 }
 

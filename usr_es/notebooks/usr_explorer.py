@@ -1,4 +1,4 @@
-"""The seed's interactive notebook, on the explorer's queries: `marimo edit usr_es/notebooks/usr_explorer.py`
+"""The seed's interactive notebook, on the explorer's queries: `marimo edit "$(usr explore --notebook | head -1)"`
 (needs the `explore` extra: `pip install 'usr_es[explore]'`). The root is `$USR_ROOT`, else the one `usr`
 would use here. `usr explore` serves the same answers as a web page without marimo."""
 
@@ -10,6 +10,7 @@ app = marimo.App(width="full")
 
 @app.cell
 def _():
+    import atexit
     import os
     from pathlib import Path
 
@@ -20,6 +21,7 @@ def _():
 
     root = Path(os.environ["USR_ROOT"]) if os.environ.get("USR_ROOT") else find_root()
     explorer = Explorer(root)
+    atexit.register(explorer.close)  # its scratch folder of replays
     names = [d.dataset for d in explorer.datasets() if d.status == "ok"]
     return Predicate, Query, explorer, mo, names, root
 
