@@ -6,11 +6,15 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from usr_es import Dataset
 from usr_es.registry import register_namespace, split_columns_spec
+
+if TYPE_CHECKING:
+    from usr_es.explore_http import ExploreServer
 
 DEMO_CSV = """\
 sequence,some_other_value
@@ -90,3 +94,15 @@ def cli_root(tmp_path: Path, demo_csv: Path) -> Path:
         result = CliRunner().invoke(app, ["--root", str(root), *args])
         assert result.exit_code == 0, (result.output, result.exception)
     return root
+
+
+@pytest.fixture(scope="module")
+def screen_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExploreServer]:
+    """`usr explore`'s server on 127.0.0.1 over a root holding the sample screening dataset."""
+    from tools.screen_sample import screen
+    from usr_es.explore_http import ExploreServer
+
+    root = tmp_path_factory.mktemp("screen")
+    screen(root)
+    with ExploreServer(root) as running:
+        yield running

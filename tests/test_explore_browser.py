@@ -12,16 +12,13 @@ from typing import Any
 import pytest
 
 from tests.browser import ARTIFACTS, chromium
-from tools.screen_sample import MOTIF, NAME, dna, ids_of, screen
+from tools.screen_sample import MOTIF, NAME, dna, ids_of
 from usr_es.explore_http import ExploreServer
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExploreServer]:
-    root = tmp_path_factory.mktemp("browsed")
-    screen(root)
-    with ExploreServer(root) as running:
-        yield running
+@pytest.fixture
+def served(screen_server: ExploreServer) -> ExploreServer:
+    return screen_server
 
 
 @pytest.fixture

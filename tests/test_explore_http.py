@@ -11,7 +11,6 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,9 @@ from tools.screen_sample import MOTIF, NAME, screen
 from usr_es.explore_http import ExploreServer
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExploreServer]:
-    root = tmp_path_factory.mktemp("served")
-    screen(root)
-    with ExploreServer(root) as running:
-        yield running
+@pytest.fixture
+def server(screen_server: ExploreServer) -> ExploreServer:
+    return screen_server
 
 
 def _get(server: ExploreServer, path: str, headers: dict[str, str] | None = None, **params: Any) -> tuple[int, Any]:

@@ -19,7 +19,7 @@ from .names import LOG_FILE, SNAPSHOT_DIR, STAGING_DIR
 if TYPE_CHECKING:
     from .log import LogLine
     from .remotes import Transport
-    from .results import SideHead, SyncResult, SyncStatus, VerifyReport
+    from .results import Received, SideHead, SyncResult, SyncStatus, VerifyReport
 
 
 @dataclass(frozen=True)
@@ -111,21 +111,7 @@ def bootstrap_pull(
         sent += remote.fetch(where, staged, missing)
     fileops().point("after_transfer")
     installed = agent.install(root, dataset, staged)
-    stamp = lines[-1].record.timestamp_utc
-    head = results.SideHead(exists=True, seq=installed.seq, hash=installed.hash, timestamp_utc=stamp)
-    done = results.SyncResult(
-        dataset=dataset,
-        remote=remote.remote.name,
-        action="pull",
-        transfer_state="TRANSFERRED",
-        verdict="local-missing",
-        appended=installed.seq,
-        bytes=sent,
-        files=len(missing),
-        head=head,
-        bootstrap=True,
-        round_trips=remote.round_trips,
-    )
+    done = _copied("pull", "local-missing", installed, remote, sent, len(missing), lines[-1].record.timestamp_utc)
     return verified(done, verify_sidecars, lambda: verify_here(root / dataset, dataset))
 
 
@@ -150,7 +136,7 @@ def bootstrap_push(
     from .agent import Install
     from .fileio import fileops
     from .log import read_lines
-    from .results import Received, SideHead, SyncResult
+    from .results import Received
     from .shipping import artifacts_of
 
     dataset = found.dataset
@@ -167,17 +153,25 @@ def bootstrap_push(
     done = remote.call(Install(dataset=dataset, staging=name), Received)
     if done.seq < found.local.seq:
         holds(done.seq, done.hash, found.local, f"remote '{found.remote}'")
-    head = SideHead(exists=True, seq=done.seq, hash=done.hash, timestamp_utc=found.local.timestamp_utc)
+    return _copied("push", found.verdict, done, remote, sent, len(files), found.local.timestamp_utc)
+
+
+def _copied(
+    action: str, verdict: str, installed: Received, remote: Transport, sent: int, files: int, stamp: str
+) -> SyncResult:
+    """A bootstrap's result: the copy installed on the receiving side, its head that of the whole log."""
+    from .results import SideHead, SyncResult
+
     return SyncResult(
-        dataset=dataset,
-        remote=found.remote,
-        action="push",
+        dataset=installed.dataset,
+        remote=remote.remote.name,
+        action=action,
         transfer_state="TRANSFERRED",
-        verdict=found.verdict,
-        appended=done.seq,
+        verdict=verdict,
+        appended=installed.seq,
         bytes=sent,
-        files=len(files),
-        head=head,
+        files=files,
+        head=SideHead(exists=True, seq=installed.seq, hash=installed.hash, timestamp_utc=stamp),
         bootstrap=True,
         round_trips=remote.round_trips,
     )
