@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -309,12 +311,23 @@ class InBaseOrder:
         from .projectors import payload_batches
 
         names = [ID, *(name for name in rows.schema.names if name != ID)]
-        # The rows are read (decoded) on a second core while the batch before them is located and sorted.
-        for batch in regrouped(prefetched(payload_batches(rows, names)), _ASKED_AT_ONCE):
+
+        def placed(batch: pa.RecordBatch) -> pa.Table:
             positions, base_rows = locate(batch.column(ID))
             order = pc.sort_indices(base_rows)
-            runs.write(batch.take(pc.take(positions, order)).append_column(BASE_ROW, pc.take(base_rows, order)))
-            del batch, positions, base_rows, order
+            return batch.take(pc.take(positions, order)).append_column(BASE_ROW, pc.take(base_rows, order))
+
+        # The rows are read (decoded) on a second core, and two batches are located and sorted at once (Arrow
+        # releases the GIL); runs are written here, in any order (a run is read by key, not by position).
+        with ThreadPoolExecutor(2, thread_name_prefix="usr-spill") as pool:
+            pending: deque[Future[pa.Table]] = deque()
+            for batch in regrouped(prefetched(payload_batches(rows, names)), _ASKED_AT_ONCE):
+                pending.append(pool.submit(placed, batch))
+                del batch
+                if len(pending) > 1:
+                    runs.write(pending.popleft().result())
+            while pending:
+                runs.write(pending.popleft().result())
         return cls(runs, pa.schema([rows.schema.field(name) for name in names]))
 
     def rows(self, offset: int, n: int, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
