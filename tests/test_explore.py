@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tools.screen_sample import MOTIF, NAME, dna, ids_of, screen
 from usr_es import Dataset
 from usr_es.errors import InvalidInput, NotFound
-from usr_es.explore import BINS, Explorer, Predicate, Query, Selection, _Once, _take, select
+from usr_es.explore import BINS, Explorer, Predicate, Query, Selection, _Once, _take
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ _rows = st.lists(
     bound=st.one_of(st.none(), st.floats(min_value=-5, max_value=5, allow_nan=False)),
     include_deleted=st.booleans(),
 )
-def test_select_keeps_exactly_the_rows_the_model_keeps(
+def test_a_selection_keeps_exactly_the_rows_the_model_keeps(
     rows: list[tuple[str, float | None, bool]], motif: str, bound: float | None, include_deleted: bool
 ) -> None:
     table = pa.table(
@@ -247,7 +247,7 @@ def test_select_keeps_exactly_the_rows_the_model_keeps(
     )
     where = () if bound is None else (Predicate(column="ns__score", op="le", value=str(bound)),)
     query = Query(dataset="x", motif=motif, include_deleted=include_deleted, where=where)
-    kept = select(table, query).column("id").to_pylist()
+    kept = Selection(table, query).rows().column("id").to_pylist()
 
     def keep(row: tuple[str, float | None, bool]) -> bool:
         seq, score, deleted = row

@@ -110,6 +110,10 @@ def test_copies_that_share_no_event_are_different_datasets(tmp_path: Path, here:
     assert (found.verdict, found.fork_seq) == ("diverged", 0)
     with pytest.raises(Diverged, match="different datasets"):
         here.sync.pull(remote)
+    before = here.log_path.read_bytes()
+    with pytest.raises(Diverged, match="different datasets"):  # nothing to put this side's commands after
+        here.sync.pull(remote, rebase=True)
+    assert here.log_path.read_bytes() == before
 
 
 def test_a_dry_run_says_what_would_travel_and_moves_nothing(here: Dataset, remote: Remote) -> None:

@@ -90,7 +90,7 @@ def bootstrap_pull(
             files = [LOG_FILE] if copy.primary_only else None
             copying = pool.submit(lambda: remote.fetch(where, staged, files, exclude=copy.excluded))
             # What checks and installs the copy (the agent's messages, the fold, pyarrow) loads meanwhile.
-            from . import agent, recovery, results, shipping  # noqa: F401
+            from . import agent, recovery, shipping  # noqa: F401
 
             sent = copying.result()
     except UsrError:

@@ -406,11 +406,6 @@ class Selection:
         return self.table if self.mask is None else self.table.filter(self.mask)
 
 
-def select(table: pa.Table, query: Query) -> pa.Table:
-    """The rows of `table` (a view with its tombstone column) that `query` keeps, in order."""
-    return Selection(table, query).rows()
-
-
 def _mask(table: pa.Table, query: Query) -> pa.ChunkedArray | pa.Array | None:
     """Which rows `query` keeps (None: all of them), without nulls."""
     masks: list[pa.ChunkedArray | pa.Array] = []
@@ -564,9 +559,14 @@ def _share(mask: pa.ChunkedArray | pa.Array, rows: int) -> float:
     return round(100.0 * (pc.sum(mask).as_py() or 0) / rows, 2) if rows else 0.0
 
 
-def _counts(column: pa.ChunkedArray) -> dict[str, int]:
+def _counted(column: pa.ChunkedArray) -> pa.RecordBatch:
+    """Each value of `column` but null and how often it occurs (columns `values`, `counts`)."""
     counted = pc.value_counts(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0))
-    return {str(v["values"]): int(v["counts"]) for v in counted.to_pylist() if v["values"] is not None}
+    return pa.RecordBatch.from_struct_array(counted.filter(pc.is_valid(counted.field("values"))))
+
+
+def _counts(column: pa.ChunkedArray) -> dict[str, int]:
+    return {str(v["values"]): int(v["counts"]) for v in _counted(column).to_pylist()}
 
 
 def _gc(selected: Selection) -> tuple[Histogram | None, float | None, int]:
@@ -649,15 +649,12 @@ def _column(name: str, selected: Selection) -> ColumnSummary:
             histogram=_histogram(numbers),
         )
     if kind in ("text", "bool"):
-        counted = pc.value_counts(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0))
-        values = counted.field("values")
-        counted = counted.filter(pc.is_valid(values))
-        distinct = len(counted)
+        counted = _counted(column)
+        distinct = counted.num_rows
         if distinct > rows // 2 + 1:  # most values once: no frequent values to show
             return ColumnSummary(**base, distinct=distinct)
-        batch = pa.RecordBatch.from_struct_array(counted)
-        order = pc.select_k_unstable(batch, 10, [("counts", "descending"), ("values", "ascending")])
-        top = [(str(v["values"]), int(v["counts"])) for v in batch.take(order).to_pylist()]
+        order = pc.select_k_unstable(counted, 10, [("counts", "descending"), ("values", "ascending")])
+        top = [(str(v["values"]), int(v["counts"])) for v in counted.take(order).to_pylist()]
         return ColumnSummary(**base, distinct=distinct, top=top)
     if kind == "list":
         lengths = pc.drop_null(pc.list_value_length(column))

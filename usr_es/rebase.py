@@ -36,7 +36,7 @@ from .commands import (
     RecordRebase,
     _IdsCommand,
 )
-from .errors import ConcurrencyError, Diverged, NotRebasable, UsrError
+from .errors import ConcurrencyError, NotRebasable, UsrError
 from .events import LogRecord
 from .fileio import fileops, locked, write_atomic
 from .log import LogLine, read_lines
@@ -80,12 +80,7 @@ def rebase_pull(
     from .writer import Writer
 
     fork = found.fork_seq or 0
-    if fork == 0:
-        raise Diverged(
-            f"{dataset} here and on remote '{found.remote}' share no event: they are different datasets",
-            fork_seq=0,
-            hint="Pick another dataset id for one of them; a rebase needs a common first event.",
-        )
+    assert fork > 0, "copies sharing no event are refused before a rebase (sync._refuse_fork)"
     ours, base = lines[fork:], lines[fork - 1]
     reply = remote.call(Head(dataset=dataset, known_seq=fork, known_hash=base.record.hash, with_lines=True), HeadReply)
     if not reply.holds_known:

@@ -217,7 +217,6 @@ def pull(
     """Bring the remote's events this copy lacks (or, when it has no copy, the whole dataset) here; with
     `rebase`, a fork puts this side's commands after the remote's events (`rebase.rebase_pull`); with
     `verify_sidecars`, `usr verify` of this copy afterwards (`SyncResult.verified`)."""
-
     if not (directory / LOG_FILE).is_file() and not dry_run:  # a bootstrap: no head to compare first
         return bootstrap_pull(root, dataset, remote, copy or Copying(), verify_sidecars=verify_sidecars)
     done = _pull(root, directory, dataset, remote, dry_run=dry_run, rebase=rebase)
@@ -227,7 +226,7 @@ def pull(
 def _pull(root: Path, directory: Path, dataset: str, remote: Transport, *, dry_run: bool, rebase: bool) -> SyncResult:
     compared = _compare(directory, dataset, remote, inline=True)
     found, reply = compared.status, compared.reply
-    if found.verdict == "diverged" and rebase:
+    if found.verdict == "diverged" and rebase and found.fork_seq:  # no common event: nothing to rebase onto
         from .rebase import rebase_pull
 
         return rebase_pull(root, directory, dataset, remote, found, compared.local_lines, dry_run=dry_run)
