@@ -170,21 +170,30 @@ BASELINE_RUNS = 3  # the baseline's own figures vary by up to 40% from run to ru
 def baseline(work: Path, out: Path, *, env: dict[str, str]) -> tuple[dict[str, float], Run]:
     """The physical baseline's seconds per step, each the median of BASELINE_RUNS runs (and the last run)."""
     runs: dict[str, list[float]] = {}
-    for k in range(BASELINE_RUNS):
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        result = checked([sys.executable, str(BASELINE), str(work), str(out)], env=env, what="physical baseline")
-        for line in result.stdout.splitlines():
-            name, _, value = line.strip().partition(" ")
-            try:
-                runs.setdefault(name, []).append(float(value))
-            except ValueError:
-                continue
-        for step in ("import", "attach", "materialize"):
-            if len(runs.get(step, ())) != k + 1:
-                sys.stderr.write(f"bench: no `{step} <seconds>` line in the baseline output:\n{result.stdout}")
-                raise SystemExit(1)
+    for _ in range(BASELINE_RUNS):
+        steps, result = baseline_once(work, out, env=env)
+        for name, seconds in steps.items():
+            runs.setdefault(name, []).append(seconds)
     return {name: statistics.median(times) for name, times in runs.items()}, result
+
+
+def baseline_once(work: Path, out: Path, *, env: dict[str, str]) -> tuple[dict[str, float], Run]:
+    """One run of the physical baseline into a fresh `out`: its seconds per step (and the run)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    result = checked([sys.executable, str(BASELINE), str(work), str(out)], env=env, what="physical baseline")
+    steps: dict[str, float] = {}
+    for line in result.stdout.splitlines():
+        name, _, value = line.strip().partition(" ")
+        try:
+            steps[name] = float(value)
+        except ValueError:
+            continue
+    for step in ("import", "attach", "materialize"):
+        if step not in steps:
+            sys.stderr.write(f"bench: no `{step} <seconds>` line in the baseline output:\n{result.stdout}")
+            raise SystemExit(1)
+    return steps, result
 
 
 def state_set_probe(root: str, dataset: str, record_id: str) -> int:
