@@ -290,6 +290,21 @@ def test_the_usr_process_keeps_pandas_and_numpy_out_even_where_they_are_installe
     assert "numpy._core" not in done.stderr and "numpy.core" not in done.stderr  # ... and numpy on import
 
 
+def test_the_usr_process_turns_python_values_into_arrow_without_importing_pandas_numpy_or_dateutil() -> None:
+    pytest.importorskip("dateutil")  # pandas brings it: without it there is nothing to keep out
+    probe = (
+        "import sys\n"
+        "from usr_es.cli import _without_unneeded\n"
+        "_without_unneeded()\n"
+        "import pyarrow as pa, pyarrow.compute as pc\n"
+        "assert pc.equal(pa.array([1.5, 2.0]), 2.0).to_pylist() == [False, True]\n"
+        "print(sorted(m for m in ('pandas', 'numpy', 'dateutil') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the jemalloc preference applies on Linux")
 @pytest.mark.parametrize(("preset", "expected"), [(None, "jemalloc"), ("system", "system")])
 def test_the_usr_process_allocates_with_jemalloc_unless_a_pool_is_named(preset: str | None, expected: str) -> None:

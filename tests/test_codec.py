@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -74,3 +75,44 @@ def test_a_scratch_folder_that_cannot_be_written_falls_back_to_the_temp_folder(
     piece = runs.between(0, 3)
     runs.discard()
     assert piece is not None and piece.column("row").to_pylist() == [1, 2]
+
+
+def _footer_view(meta: object) -> tuple[object, ...]:
+    import pyarrow.parquet as pq
+
+    assert isinstance(meta, pq.FileMetaData)
+    return (meta.num_rows, meta.num_row_groups, meta.schema.to_arrow_schema(), meta.metadata, meta.created_by)
+
+
+def test_a_footer_read_from_a_path_or_bytes_is_the_one_pyarrow_reads(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(bytes(codec.encode_part(INFO, _rows(70_000))))
+    expected = _footer_view(pq.read_metadata(path))
+    assert _footer_view(codec.footer_of(path)) == expected
+    assert _footer_view(codec.footer_of(path.read_bytes())) == expected
+    assert _footer_view(codec.footer_of(pa.py_buffer(path.read_bytes()))) == expected
+
+
+def test_a_file_rewritten_in_place_with_the_same_size_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "rows.parquet"
+    first = bytes(codec.encode_part(INFO, _rows(10)))
+    second = bytes(codec.encode_part(replace(INFO, registry_hash="s" * 64), _rows(10)))
+    assert len(first) == len(second) and first != second
+    path.write_bytes(first)
+    assert codec.footer_of(path).metadata[b"usr:registry_hash"] == b"r" * 64
+    with path.open("r+b") as fh:  # same inode, same size: only the bytes tell
+        fh.write(second)
+    assert codec.footer_of(path).metadata[b"usr:registry_hash"] == b"s" * 64
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1", b"not a parquet file at all", b"PAR1" + b"\xff" * 40 + b"PAR1"])
+def test_a_file_that_is_not_parquet_is_refused_as_pyarrow_refuses_it(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(content)
+    with pytest.raises((OSError, pa.ArrowInvalid)):
+        codec.footer_of(path)
+    with pytest.raises((OSError, pa.ArrowInvalid)):
+        codec.footer_of(content)
+    assert codec.read_watermark(path) is None

@@ -7,6 +7,7 @@ bytes for one pyarrow version; changing an option here bumps `PROJECTOR_VERSION`
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,41 @@ def encode_parquet(
 _OWN_READER_BYTES = 64 << 20
 
 
+#: Parsed footers by their bytes, newest last (`footer_of`).
+_FOOTERS: dict[bytes, pq.FileMetaData] = {}
+_FOOTERS_KEPT = 4
+_MAGIC = b"PAR1"
+
+
+def footer_of(source: Path | str | pa.Buffer | memoryview | bytes) -> pq.FileMetaData:
+    """The footer of the Parquet file at `source` (a path, or the file's last bytes at least as far as its
+    footer), parsed once per process for the same footer bytes: a write reads records.parquet's footer
+    from several steps, and at 10M rows (315 row groups) each parse took 2.5-4.5 ms. Keyed by the bytes
+    themselves, so a file grown or patched in place is parsed again. Read-only: never `append_row_groups`
+    to it. A file whose trailer is not Parquet's is left to `pq.read_metadata`, which names the problem."""
+    if isinstance(source, (Path, str)):
+        with open(source, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            trailer = os.pread(fh.fileno(), 8, size - 8) if size >= 12 else b""
+            length = int.from_bytes(trailer[:4], "little")
+            if len(trailer) != 8 or trailer[4:] != _MAGIC or length + 12 > size:
+                return pq.read_metadata(str(source))
+            footer = os.pread(fh.fileno(), length + 8, size - 8 - length)
+    else:
+        data = memoryview(source).cast("B") if not isinstance(source, bytes) else memoryview(source)
+        length = int.from_bytes(bytes(data[-8:-4]), "little") if len(data) >= 8 else -1
+        if length < 0 or bytes(data[-4:]) != _MAGIC or length + 8 > len(data):
+            return pq.read_metadata(pa.BufferReader(pa.py_buffer(bytes(data))))
+        footer = bytes(data[len(data) - 8 - length :])
+    found = _FOOTERS.pop(footer, None)
+    if found is None:
+        found = pq.read_metadata(pa.BufferReader(pa.py_buffer(_MAGIC + footer)))
+        while len(_FOOTERS) >= _FOOTERS_KEPT:
+            del _FOOTERS[next(iter(_FOOTERS))]
+    _FOOTERS[footer] = found
+    return found
+
+
 def read_parquet(source: Path | pa.NativeFile, columns: list[str] | None = None) -> pa.Table:
     """A Parquet file's rows (only `columns`, in that order, when given; the row count kept without any).
     A small file, or no column, is read through its own reader: `pq.read_table` goes through pyarrow's
@@ -128,7 +164,10 @@ def read_parquet(source: Path | pa.NativeFile, columns: list[str] | None = None)
     size = source.size() if isinstance(source, pa.NativeFile) else Path(source).stat().st_size
     if size > _OWN_READER_BYTES and columns != []:
         return pq.read_table(source if isinstance(source, pa.NativeFile) else str(source), columns=columns)
-    with pq.ParquetFile(source if isinstance(source, pa.NativeFile) else str(source)) as reader:
+    if isinstance(source, pa.NativeFile):
+        with pq.ParquetFile(source) as reader:
+            return reader.read(columns=columns)
+    with pq.ParquetFile(str(source), metadata=footer_of(source)) as reader:
         return reader.read(columns=columns)
 
 
@@ -420,7 +459,7 @@ def read_watermark(path: object) -> Watermark | None:
     """The watermark stamped into a Parquet projection file, or None when the file is absent, unreadable
     or written by another pyarrow or projector version (see `foreign_writer`)."""
     try:
-        meta = pq.read_metadata(path)
+        meta = footer_of(path) if isinstance(path, (Path, str)) else pq.read_metadata(path)
         ours = meta.created_by == PARQUET_WRITER
     except (OSError, pa.ArrowInvalid, UnicodeDecodeError):  # a damaged footer: `created_by` may not decode
         return None

@@ -42,6 +42,7 @@ from .codec import (
     encode_groups,
     encode_part,
     encode_part_batches,
+    footer_of,
     footer_start,
     patch_watermark_hash,
     read_parquet,
@@ -280,11 +281,9 @@ class BaseBytes:
     def footer(self) -> pq.FileMetaData:
         """The file's footer (the last chunk's, else the stored file's)."""
         if self.chunks:
-            source = pa.py_buffer(self.chunks[-1].footer)
-        else:
-            assert self.path is not None
-            source = _mapped(self.path, self.size)
-        return pq.read_metadata(pa.BufferReader(source))
+            return footer_of(self.chunks[-1].footer)
+        assert self.path is not None
+        return footer_of(_mapped(self.path, self.size))
 
     def read(self, columns: list[str] | None) -> pa.Table:
         """The base table these bytes hold (only `columns`, when given)."""
@@ -295,8 +294,8 @@ class BaseBytes:
         """A reader of the file these bytes make: the stored file read as a file when it is all of them (its
         pages are not mapped into this process, so reading it whole does not grow the resident set)."""
         if self.path is not None and not self.chunks and self.path.stat().st_size == self.size:
-            return pq.ParquetFile(str(self.path), pre_buffer=False)
-        return pq.ParquetFile(pa.BufferReader(self._buffer()))
+            return pq.ParquetFile(str(self.path), metadata=self.footer(), pre_buffer=False)
+        return pq.ParquetFile(pa.BufferReader(self._buffer()), metadata=self.footer())
 
     def ids_at(self, rows: list[int]) -> pa.Array:
         """The ids at base rows `rows` (sorted), reading only the row groups that hold them."""

@@ -142,7 +142,7 @@ def _prefer_jemalloc() -> None:
 
 
 #: Modules pyarrow imports when they are installed and the `usr` process never uses (`_without_unneeded`).
-_UNNEEDED = ("pandas", "numpy")
+_UNNEEDED = ("pandas", "numpy", "dateutil")
 
 
 class _Unneeded:
@@ -154,11 +154,12 @@ class _Unneeded:
 
 
 def _without_unneeded() -> None:
-    """Keep pandas and numpy out of the `usr` process. Where they are installed (the `pandas` extra brings
-    both), pyarrow imports numpy when it is imported (~70 ms) and pandas the first time it turns a Python
-    value into Arrow (`pa.scalar`, `pc.fill_null(..., False)`: 0.2-0.3 s and 60 MB), for every command,
-    though usr_es uses neither (pyarrow needs neither). Refused, each import fails once and pyarrow
-    carries on as it does where they are not installed."""
+    """Keep pandas, numpy and dateutil out of the `usr` process. Where they are installed (the `pandas`
+    extra brings all three), pyarrow imports numpy when it is imported (~70 ms), pandas the first time it
+    turns a Python value into Arrow (`pa.scalar`, `pc.fill_null(..., False)`: 0.2-0.3 s and 60 MB) and
+    dateutil then too (~3 ms; it would convert a `relativedelta`), for every command, though usr_es uses
+    none of them (pyarrow needs none). Refused, each import fails once and pyarrow carries on as it does
+    where they are not installed."""
     if not any(name in sys.modules for name in _UNNEEDED):
         sys.meta_path.insert(0, _Unneeded())
 
