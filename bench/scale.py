@@ -4,7 +4,8 @@ For each N (default 1,000,000 and 10,000,000 generated sequences, `../shared/ben
 runs every step as a child process, the way a user runs it; each figure is the child's wall time and peak
 RSS (`os.wait4`). The bulk steps run in BULK_ROUNDS rounds, each a run of the physical baseline
 (`../shared/bench/physical_baseline.py`) followed by `usr` import, attach and materialize in a dataset of
-its own; both sides' figures are the medians over the rounds. The table gives both sizes, the growth ratio
+its own; both sides' figures are the medians over the rounds. The small writes and reads run on a copy of
+the last round's dataset taken before it materialized. The table gives both sizes, the growth ratio
 (largest N over smallest) and the ratio to the baseline where one applies; the rounds' own figures follow
 it. A streaming import of a generated `--stream-rows` CSV (default 30,000,000) comes last. Writes
 bench/results/scale.md. Needs ../shared/bench (the test suite never does).
@@ -83,7 +84,7 @@ def measure(n: int, steps: dict[str, Step], scratch: Path, env: dict[str, str]) 
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     dataset = bench.DATASET
-    root = scratch / "root"  # the last round's dataset: the small writes and reads run on it
+    root = scratch / "root"  # a copy of the last round's dataset before it materializes: the small writes run on it
     bulk_argv = {
         "import": ["import", dataset, "--from", "csv", "--path", str(work / "sequences.csv")],
         "attach": ["attach", dataset, "--path", str(work / "overlay.csv"), "--namespace", NAMESPACE,
@@ -93,18 +94,18 @@ def measure(n: int, steps: dict[str, Step], scratch: Path, env: dict[str, str]) 
     bulk: dict[str, list[bench.Run]] = {name: [] for name in BULK}
     baselines: list[dict[str, float]] = []
     for k in range(BULK_ROUNDS):
-        print(f"[{n:,}] round {k + 1} of {BULK_ROUNDS}: physical baseline, then usr import and attach ...", flush=True)
+        print(f"[{n:,}] round {k + 1} of {BULK_ROUNDS}: physical baseline, then usr {', '.join(BULK)} ...", flush=True)
         baselines.append(bench.baseline_once(work, scratch / "baseline", env=env)[0])
-        last = k == BULK_ROUNDS - 1
-        here = root if last else scratch / f"round-{k}"
+        here = scratch / f"round-{k}"
         usr = [str(bench.USR), "--root", str(here)]
         overlay = ["namespace", "register", NAMESPACE, "--columns", bench.OVERLAY_COLUMNS]
         bench.checked([*usr, *overlay], env=env, what="ns")
         bench.checked([*usr, "init", dataset, "--source", "bench"], env=env, what="init")
-        for name in BULK if not last else BULK[:2]:  # the last round materializes after the small writes
+        for name in BULK:
+            if name == "materialize" and k == BULK_ROUNDS - 1:
+                shutil.copytree(here, root, symlinks=True)  # (bench.run flushes the copy before the next step)
             bulk[name].append(bench.checked([*usr, *bulk_argv[name]], env=env, what=f"usr {name}"))
-        if not last:
-            shutil.rmtree(here)
+        shutil.rmtree(here)
     shutil.rmtree(scratch / "baseline", ignore_errors=True)
     usr = [str(bench.USR), "--root", str(root)]
     bench.checked([*usr, "namespace", "register", LATE, "--columns", f"{LATE}__score:float64"], env=env, what="ns")
@@ -120,6 +121,7 @@ def measure(n: int, steps: dict[str, Step], scratch: Path, env: dict[str, str]) 
 
     record_bulk("import", "import of all N rows (CSV)")
     record_bulk("attach", "attach of N rows by sequence (score + 8-float vector)")
+    record_bulk("materialize", "materialize")
 
     def step(
         key: str,
@@ -200,9 +202,6 @@ def measure(n: int, steps: dict[str, Step], scratch: Path, env: dict[str, str]) 
     steps["export"].baseline[n] = float(plain.stdout.strip())
     step("verify", "`verify`", "rss", ["verify", dataset])
     step("rebuild", "`rebuild`", "rss", ["rebuild", dataset])
-    print(f"[{n:,}] materialize ...", flush=True)
-    bulk["materialize"].append(bench.checked([*usr, *bulk_argv["materialize"]], env=env, what="usr materialize"))
-    record_bulk("materialize", "materialize")
 
 
 def stream_csv(path: Path, rows: int) -> float:

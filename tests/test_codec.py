@@ -95,6 +95,12 @@ def test_a_footer_read_from_a_path_or_bytes_is_the_one_pyarrow_reads(tmp_path: P
     assert _footer_view(codec.footer_of(pa.py_buffer(path.read_bytes()))) == expected
 
 
+def test_a_footer_read_again_unchanged_is_not_parsed_again(tmp_path: Path) -> None:
+    path = tmp_path / "rows.parquet"
+    path.write_bytes(bytes(codec.encode_part(INFO, _rows(10))))
+    assert codec.footer_of(path) is codec.footer_of(path) is codec.footer_of(path.read_bytes())
+
+
 def test_a_file_rewritten_in_place_with_the_same_size_is_read_again(tmp_path: Path) -> None:
     path = tmp_path / "rows.parquet"
     first = bytes(codec.encode_part(INFO, _rows(10)))
@@ -107,7 +113,16 @@ def test_a_file_rewritten_in_place_with_the_same_size_is_read_again(tmp_path: Pa
     assert codec.footer_of(path).metadata[b"usr:registry_hash"] == b"s" * 64
 
 
-@pytest.mark.parametrize("content", [b"", b"PAR1", b"not a parquet file at all", b"PAR1" + b"\xff" * 40 + b"PAR1"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"PAR1",
+        b"not a parquet file at all",
+        b"PAR1" + b"\xff" * 40 + b"PAR1",
+        b"PAR1" + b"\x15\x02" * 20 + (40).to_bytes(4, "little") + b"PAR1",  # a plausible trailer, a garbage footer
+    ],
+)
 def test_a_file_that_is_not_parquet_is_refused_as_pyarrow_refuses_it(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.parquet"
     path.write_bytes(content)

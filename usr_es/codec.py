@@ -7,6 +7,7 @@ bytes for one pyarrow version; changing an option here bumps `PROJECTOR_VERSION`
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,7 @@ _OWN_READER_BYTES = 64 << 20
 #: Parsed footers by their bytes, newest last (`footer_of`).
 _FOOTERS: dict[bytes, pq.FileMetaData] = {}
 _FOOTERS_KEPT = 4
+_FOOTERS_LOCK = threading.Lock()
 _MAGIC = b"PAR1"
 
 
@@ -147,12 +149,15 @@ def footer_of(source: Path | str | pa.NativeFile | pa.Buffer | memoryview | byte
         if length < 0 or bytes(data[-4:]) != _MAGIC or length + 8 > len(data):
             return pq.read_metadata(pa.BufferReader(pa.py_buffer(bytes(data))))
         footer = bytes(data[len(data) - 8 - length :])
-    found = _FOOTERS.pop(footer, None)
+    with _FOOTERS_LOCK:
+        found = _FOOTERS.pop(footer, None)
     if found is None:
         found = pq.read_metadata(pa.BufferReader(pa.py_buffer(_MAGIC + footer)))
+    with _FOOTERS_LOCK:
+        _FOOTERS.pop(footer, None)
         while len(_FOOTERS) >= _FOOTERS_KEPT:
             del _FOOTERS[next(iter(_FOOTERS))]
-    _FOOTERS[footer] = found
+        _FOOTERS[footer] = found
     return found
 
 

@@ -535,7 +535,8 @@ def _checked_labels(
     sequence: pa.Array | pa.ChunkedArray, bio_type: pa.ChunkedArray, alphabet: pa.ChunkedArray, start: int
 ) -> list[tuple[str, str]]:
     """The batch's (bio_type, alphabet) pairs once every row's are supported and its sequence is in its
-    alphabet; else the error naming the first row that is not (rows counted from input row `start`)."""
+    alphabet; else an error naming a row that is not (rows counted from input row `start`): an unsupported
+    bio_type first, then pair by pair in the order they appear, the first failing pair's first row."""
     for bt in pc.unique(bio_type).to_pylist():
         if bt not in BIO_TYPES:
             first = _rows(pc.equal(bio_type, bt), start)[0]

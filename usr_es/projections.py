@@ -293,8 +293,11 @@ class BaseBytes:
     def reader(self) -> pq.ParquetFile:
         """A reader of the file these bytes make: the stored file read as a file when it is all of them (its
         pages are not mapped into this process, so reading it whole does not grow the resident set)."""
-        if self.path is not None and not self.chunks and self.path.stat().st_size == self.size:
-            return pq.ParquetFile(str(self.path), metadata=self.footer(), pre_buffer=False)
+        if self.path is not None and not self.chunks:
+            opened = pa.OSFile(str(self.path))  # its footer and its rows from this one open file
+            if opened.size() == self.size:
+                return pq.ParquetFile(opened, metadata=footer_of(opened), pre_buffer=False)
+            opened.close()
         return pq.ParquetFile(pa.BufferReader(self._buffer()), metadata=self.footer())
 
     def ids_at(self, rows: list[int]) -> pa.Array:

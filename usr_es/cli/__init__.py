@@ -146,10 +146,13 @@ _UNNEEDED = ("pandas", "numpy", "dateutil")
 
 
 class _Unneeded:
-    """A meta path finder that refuses `_UNNEEDED` (see `_without_unneeded`)."""
+    """A meta path finder that refuses the modules it is given (see `_without_unneeded`)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name.partition(".")[0] in _UNNEEDED:
+        if name.partition(".")[0] in self.names:
             raise ModuleNotFoundError(f"No module named {name!r} (kept out of the usr process)", name=name)
 
 
@@ -160,8 +163,9 @@ def _without_unneeded() -> None:
     dateutil then too (~3 ms; it would convert a `relativedelta`), for every command, though usr_es uses
     none of them (pyarrow needs none). Refused, each import fails once and pyarrow carries on as it does
     where they are not installed."""
-    if not any(name in sys.modules for name in _UNNEEDED):
-        sys.meta_path.insert(0, _Unneeded())
+    absent = tuple(name for name in _UNNEEDED if name not in sys.modules)  # one already loaded stays usable
+    if absent:
+        sys.meta_path.insert(0, _Unneeded(absent))
 
 
 def main(argv: list[str] | None = None) -> None:
