@@ -132,10 +132,20 @@ def test_a_dataset_named_at_start_is_read_before_the_page_asks(tmp_path: Path, m
         assert reads == [NAME]  # the page's questions were answered from what the warm-up read
 
 
+#: Runs `python ARGS...` with Ctrl-C's default disposition. A test run started in the background by a
+#: non-interactive shell ignores SIGINT (POSIX), and a child inherits that: Python would then never raise
+#: KeyboardInterrupt in it.
+_WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 def test_usr_explore_serves_until_interrupted(tmp_path: Path) -> None:
     screen(tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    argv = [sys.executable, "-m", "usr_es", "--root", str(tmp_path), "explore", NAME, "--port", "0", "--no-browser"]
+    argv = [sys.executable, "-c", _WITH_SIGINT, "-m", "usr_es", "--root", str(tmp_path), "explore", NAME,
+            "--port", "0", "--no-browser"]  # fmt: skip
     process = subprocess.Popen([*argv, "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         assert process.stdout is not None
