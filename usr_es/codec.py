@@ -136,28 +136,23 @@ def footer_of(source: Path | str | pa.NativeFile | pa.Buffer | memoryview | byte
     if isinstance(source, (Path, str)):
         with pa.OSFile(str(source)) as opened:
             return footer_of(opened)
-    if isinstance(source, pa.NativeFile):
-        size = source.size()
-        trailer = source.read_at(8, size - 8) if size >= 12 else b""
-        length = int.from_bytes(trailer[:4], "little")
-        if len(trailer) != 8 or trailer[4:] != _MAGIC or length + 12 > size:
-            return pq.read_metadata(source)
-        footer = source.read_at(length + 8, size - 8 - length)
-    else:
-        data = memoryview(source).cast("B") if not isinstance(source, bytes) else memoryview(source)
-        length = int.from_bytes(bytes(data[-8:-4]), "little") if len(data) >= 8 else -1
-        if length < 0 or bytes(data[-4:]) != _MAGIC or length + 8 > len(data):
-            return pq.read_metadata(pa.BufferReader(pa.py_buffer(bytes(data))))
-        footer = bytes(data[len(data) - 8 - length :])
+    if not isinstance(source, pa.NativeFile):
+        source = pa.BufferReader(source if isinstance(source, pa.Buffer) else pa.py_buffer(source))
+    size = source.size()
+    trailer = source.read_at(8, size - 8) if size >= 8 else b""  # (a chunk's footer has no leading magic)
+    length = int.from_bytes(trailer[:4], "little")
+    if len(trailer) != 8 or trailer[4:] != _MAGIC or length + 8 > size:
+        return pq.read_metadata(source)
+    footer = source.read_at(length + 8, size - 8 - length)
     with _FOOTERS_LOCK:
         found = _FOOTERS.pop(footer, None)
     if found is None:
         found = pq.read_metadata(pa.BufferReader(pa.py_buffer(_MAGIC + footer)))
     with _FOOTERS_LOCK:
-        _FOOTERS.pop(footer, None)
-        while len(_FOOTERS) >= _FOOTERS_KEPT:
-            del _FOOTERS[next(iter(_FOOTERS))]
+        _FOOTERS.pop(footer, None)  # another thread may have parsed it meanwhile: newest last either way
         _FOOTERS[footer] = found
+        while len(_FOOTERS) > _FOOTERS_KEPT:
+            del _FOOTERS[next(iter(_FOOTERS))]
     return found
 
 
