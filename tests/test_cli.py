@@ -510,6 +510,33 @@ def test_init_refuses_a_folder_holding_datasets_and_a_folder_inside_one(cli_root
     assert [d.dataset for d in Dataset.list_all(cli_root)] == ["demo/ds", "flat"]
 
 
+def test_a_dataset_inferred_from_the_current_folder_must_be_under_the_root_given(
+    cli_root: Path, tmp_path: Path, demo_csv: Path
+) -> None:
+    other = tmp_path / "other"
+    assert usr_process(tmp_path, "--root", str(other), "namespace", "register", "mock", "--columns",
+                       "mock__score:float64").returncode == 0  # fmt: skip
+    assert usr_process(tmp_path, "--root", str(other), "init", "demo/ds").returncode == 0
+    inside = cli_root / "demo" / "ds"
+    before = (inside / ".events.log").read_bytes(), (other / "demo" / "ds" / ".events.log").read_bytes()
+    write = ["import", "--from", "csv", "--path", str(demo_csv), "--on-conflict", "skip"]
+    for env in ({}, {"USR_ROOT": str(other)}):  # a root given by --root or by USR_ROOT
+        given = ["--root", str(other)] if not env else []
+        for args in (write, ["info", "--format", "json"]):
+            refused = usr_process(inside, *given, *args, env=env)
+            assert_user_error(refused, 2)
+            assert f"not under the datasets root {other}" in refused.stderr
+    assert ((inside / ".events.log").read_bytes(), (other / "demo" / "ds" / ".events.log").read_bytes()) == before
+    # Inside the root it names, or with no root given, the folder is the dataset; `.` names it from anywhere.
+    for given in (["--root", str(cli_root)], []):
+        shown = usr_process(inside, *given, "info", "--format", "json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["data"]["rows"] == len(DEMO_SEQUENCES)
+    by_path = usr_process(inside, "--root", str(other), "info", ".", "--format", "json")
+    assert by_path.returncode == 0, by_path.stderr
+    assert json.loads(by_path.stdout)["data"]["rows"] == len(DEMO_SEQUENCES)
+
+
 def test_multi_line_notes_keep_the_meta_md_header_readable(cli_root: Path, tmp_path: Path) -> None:
     import yaml
 

@@ -61,10 +61,18 @@ def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
     )
 
 
-def enclosing_dataset(cwd: Path) -> Path:
-    """The dataset folder `cwd` is in (it or its nearest ancestor that `holds_dataset`)."""
+def enclosing_dataset(cwd: Path, *, within: Path | None = None) -> Path:
+    """The dataset folder `cwd` is in (it or its nearest ancestor that `holds_dataset`). With `within` (a
+    datasets root the user gave), that folder must be under it: a command never falls through to a dataset
+    of another root."""
     for folder in (cwd, *cwd.parents):
         if holds_dataset(folder):
+            if within is not None and not folder.resolve().is_relative_to(within.resolve()):
+                raise InvalidInput(
+                    f"The current directory is inside dataset folder {folder}, which is not under the "
+                    f"datasets root {within}.",
+                    hint="Name the dataset: by its id under that root, or by path (`.`) for the folder you are in.",
+                )
             return folder
     raise InvalidInput(
         "No dataset given, and the current directory is not inside a dataset folder.",

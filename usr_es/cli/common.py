@@ -97,7 +97,8 @@ def existing_dataset(ident: str | None) -> Dataset:
     from ..roots import enclosing_dataset, resolve_existing
 
     if ident is None:
-        return Dataset.at(enclosing_dataset(Path.cwd()))
+        given = options["root"] is not None or bool(os.environ.get("USR_ROOT"))
+        return Dataset.at(enclosing_dataset(Path.cwd(), within=datasets_root() if given else None))
     ds = _dataset(ident)
     if ds.exists:
         return ds
