@@ -524,6 +524,28 @@ def test_list_all_summarises_datasets(root: Path, dataset: Dataset, demo_csv: Pa
     assert summaries["demo/ds"].rows == 6 and summaries["demo/ds"].head_seq == 2
 
 
+def test_list_all_lists_a_dataset_it_cannot_read_as_an_error_and_goes_on(
+    root: Path, dataset: Dataset, demo_csv: Path
+) -> None:
+    from usr_es.fileio import FILE_MODE, FileOps, use_fileops
+
+    dataset.import_file(demo_csv)
+    Dataset.open(root, "solo").init()
+    dataset.records_path.unlink()  # a lagging base: listing it catches up under the lock
+
+    class ReadOnly(FileOps):  # storage mounted read-only: the lock file cannot be opened for writing
+        def open(self, path: Path, flags: int, mode: int = FILE_MODE) -> int:
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                raise OSError(30, "Read-only file system", str(path))
+            return super().open(path, flags, mode)
+
+    with use_fileops(ReadOnly()):
+        summaries = {s.dataset: s for s in Dataset.list_all(root)}
+    assert summaries["demo/ds"].status == "error"
+    assert summaries["demo/ds"].error == "info of demo/ds failed: Read-only file system"
+    assert (summaries["solo"].status, summaries["solo"].head_seq) == ("ok", 1)
+
+
 def test_missing_dataset_reads_are_not_found(root: Path) -> None:
     ds = Dataset.open(root, "demo/ghost")
     for read in (ds.info, ds.head, ds.verify, ds.maintenance.rebuild, ds.log.events):

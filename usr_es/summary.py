@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 from .checkpoints import list_checkpoints
 from .errors import UsrError
 from .names import ID, LAYOUT_FILE, RECORDS_FILE, TOMBSTONE_NS, WRITTEN
-from .recovery import ReadHead, merged_overlay
+from .recovery import ReadHead, merged_overlay, read_consistently
 from .results import ColumnInfo, DatasetInfo, DatasetSummary
 from .roots import list_datasets
 from .storage import read_layout
@@ -96,8 +97,9 @@ def list_all(root: Path) -> list[DatasetSummary]:
         if unadopted(root / ident):
             out.append(_original_summary(ident, root / ident))
             continue
-        try:
-            found = info(ReadHead(ident, root / ident))
+        head = ReadHead(ident, root / ident)
+        try:  # an I/O error (a lagging dataset on read-only storage, say) is that dataset's `ReadError`
+            found = read_consistently(head.dir, partial(info, head), what=f"info of {ident}")
         except UsrError as exc:  # one broken dataset must not hide the others
             out.append(
                 DatasetSummary(
