@@ -406,6 +406,24 @@ def test_attach_rejections_print_one_error_and_append_nothing(
     assert_cli_rejects(oroot, ds, [*args, *extra], *fragments, hint=True)
 
 
+def test_attach_accepts_the_originals_backend_option_for_a_parquet_file(
+    oroot: Path, ds_ids: tuple[Dataset, list[str]], tmp_path: Path
+) -> None:
+    """The seed README's advice for large Parquet attachments (`--backend duckdb --no-parse-json`) runs as
+    written and attaches what the default backend does; a backend the original never had is a usage error."""
+    import pyarrow.parquet as pq
+
+    ds, ids = ds_ids
+    path = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({"id": ids[:2], "score": [0.25, 0.75], "vec": [[1.0], [2.0, 3.0]]}), path)
+    args = ["attach", ds.name, "--path", str(path), "--namespace", "mock", "--key", "id", "--no-parse-json"]
+    data = usr_json(oroot, *args, "--backend", "duckdb")
+    assert (data["action"], data["metrics"]["rows_written"]) == ("attach", 2)
+    view = rows_by_id(ds.view())
+    assert [(view[i]["mock__score"], view[i]["mock__vec"]) for i in ids[:2]] == [(0.25, [1.0]), (0.75, [2.0, 3.0])]
+    assert_cli_rejects(oroot, ds, [*args, "--backend", "spark"], "spark")
+
+
 def test_attach_rejects_unsupported_file_type(oroot: Path, ds_ids: tuple[Dataset, list[str]], tmp_path: Path) -> None:
     ds, ids = ds_ids
     path = write_csv(tmp_path / "a.txt", f"id,score\n{ids[0]},1\n")

@@ -37,6 +37,11 @@ class Conflict(StrEnum):
     skip = "skip"
 
 
+class Backend(StrEnum):
+    pyarrow = "pyarrow"
+    duckdb = "duckdb"
+
+
 class Key(StrEnum):
     id = "id"
     sequence = "sequence"
@@ -130,6 +135,13 @@ def attach(
     parse_json: Annotated[
         bool, typer.Option("--parse-json/--no-parse-json", help="Parse JSON text into list/struct columns.")
     ] = True,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            "--backend",
+            help="Accepted for the original's scripts; every input is read in batches with pyarrow either way.",
+        ),
+    ] = Backend.pyarrow,
     note: Annotated[str, typer.Option("--note", help="Free text recorded in the event.")] = "",
     command_id: CommandIdOpt = None,
     expected_seq: ExpectedSeqOpt = None,
