@@ -537,6 +537,46 @@ def test_a_dataset_inferred_from_the_current_folder_must_be_under_the_root_given
     assert json.loads(by_path.stdout)["data"]["rows"] == len(DEMO_SEQUENCES)
 
 
+def _on_a_terminal(cwd: Path, *args: str) -> str:
+    """Run `python -m usr_es ARGS` with its stdout on a pseudo-terminal; what it printed there."""
+    import pty
+
+    master, slave = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("USR_")}
+    with subprocess.Popen([sys.executable, "-m", "usr_es", *args], cwd=cwd, env=clean, stdout=slave) as child:
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert child.wait(timeout=60) == 0
+    os.close(master)
+    return b"".join(chunks).decode()
+
+
+def test_no_rich_prints_plain_text_on_a_terminal_too(cli_root: Path, tmp_path: Path) -> None:
+    rich = _on_a_terminal(tmp_path, "--root", str(cli_root), "ls")
+    plain = _on_a_terminal(tmp_path, "--no-rich", "--root", str(cli_root), "ls")
+    assert "\u2500" in rich or "\u2501" in rich  # a rich table's rules
+    assert plain.splitlines()[0].split("\t")[:2] == ["dataset", "status"]
+    assert "demo/ds\tok" in plain
+
+
+def test_the_global_remotes_config_option_names_the_remotes_file(tmp_path: Path) -> None:
+    config = tmp_path / "remotes.yaml"
+    added = usr_process(tmp_path, "--remotes-config", str(config), "remotes", "add", "hpc", "--type", "local",
+                        "--base-dir", str(tmp_path / "there"))  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    listed = usr_process(tmp_path, "--remotes-config", str(config), "remotes", "list")
+    assert (listed.returncode, listed.stdout) == (0, f"hpc\tlocal\t{tmp_path / 'there'}\tauth=batch\n")
+    assert_user_error(usr_process(tmp_path, "remotes", "list"), 2)  # no $USR_REMOTES_PATH, no option
+
+
 def test_multi_line_notes_keep_the_meta_md_header_readable(cli_root: Path, tmp_path: Path) -> None:
     import yaml
 

@@ -325,6 +325,18 @@ def test_describe_profiles_each_column(tmp_path: Path) -> None:
     assert [(p.name, p.rows, p.non_null) for p in sampled] == [("mock__score", 2, 1), ("id", 2, 2)]
 
 
+def test_describe_with_include_deleted_profiles_tombstoned_rows_and_the_usr_columns(tmp_path: Path) -> None:
+    ds, ids = make_dataset(tmp_path / "root")
+    _overlaid(ds, ids)  # two records tombstoned
+    every = {p.name: p for p in ds.describe(include_deleted=True)}
+    assert list(every) == ds.view_schema(include_deleted=True).names
+    assert every["id"].rows == every["id"].non_null == len(SEQUENCES)
+    assert every["usr__deleted"].example is not None
+    assert {p.name for p in ds.describe()} == {n for n in every if not n.startswith("usr__")}
+    with pytest.raises(InvalidInput, match="--include-deleted"):
+        ds.describe(columns=["usr__deleted"])
+
+
 def test_columns_list_the_view_in_order(tmp_path: Path) -> None:
     ds, ids = make_dataset(tmp_path / "root")
     _overlaid(ds, ids)

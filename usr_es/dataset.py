@@ -534,11 +534,14 @@ class Dataset:
         return reads.grep(self._head, pattern, limit=limit, include_deleted=include_deleted)
 
     @_read
-    def describe(self, *, columns: list[str] | None = None, sample: int | None = None) -> list[ColumnProfile]:
-        """Per live-view column: type, non-null count, null %, an example, list lengths (`sample`: first N rows)."""
+    def describe(
+        self, *, columns: list[str] | None = None, sample: int | None = None, include_deleted: bool = False
+    ) -> list[ColumnProfile]:
+        """Per live-view column: type, non-null count, null %, an example, list lengths (`sample`: first N rows;
+        `include_deleted`: tombstoned rows and the `usr__` columns too)."""
         from . import reads
 
-        return reads.describe(self._head, columns=columns, sample=sample)
+        return reads.describe(self._head, columns=columns, sample=sample, include_deleted=include_deleted)
 
     @_read
     def columns(self, *, include_deleted: bool = False) -> list[ColumnInfo]:

@@ -792,11 +792,13 @@ def columns(ds: ReadHead, *, include_deleted: bool = False) -> list[ColumnInfo]:
     return out
 
 
-def describe(ds: ReadHead, *, columns: Sequence[str] | None = None, sample: int | None = None) -> list[ColumnProfile]:
+def describe(
+    ds: ReadHead, *, columns: Sequence[str] | None = None, sample: int | None = None, include_deleted: bool = False
+) -> list[ColumnProfile]:
     """Per view column: type, rows, non-null count, null %, an example and (lists) length min/max/mean.
 
     Streams the view, holding one batch at a time; `sample` profiles only its first N rows (read as
-    `head` reads them).
+    `head` reads them); `include_deleted` profiles tombstoned rows and the `usr__` columns too.
     """
     import pyarrow.compute as pc
 
@@ -806,7 +808,7 @@ def describe(ds: ReadHead, *, columns: Sequence[str] | None = None, sample: int 
     if sample is not None and sample < 0:
         raise InvalidInput("describe --sample must be >= 0.")
     plan = _plan(ds)
-    sel = _select(plan, columns, False)
+    sel = _select(plan, columns, include_deleted)
     stats = [ColumnStats(f.name, f.type) for f in sel.schema]
     rows = 0
     batches = _scan(plan, sel, 65536, ds.dir) if sample is None else iter(_head(plan, sel, sample).to_batches(65536))

@@ -20,7 +20,7 @@ import typer
 
 from ..errors import EXIT_ABORT, EXIT_INTERNAL, EXIT_USAGE, CommitError, Interrupted, UsrError
 from . import forensics, log, maintenance, reads, sync, writes
-from .common import options
+from .common import display, options
 
 #: The top-level commands, in the order `usr --help` (and docs/cli.md) lists them; the groups follow.
 _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
@@ -78,12 +78,23 @@ def _global(
         Path | None,
         typer.Option("--root", help="Datasets root (default: $USR_ROOT, else nearest ancestor with registry.yaml)."),
     ] = None,
+    rich: Annotated[
+        bool,
+        typer.Option("--rich/--no-rich", help="With --no-rich, `--format auto` prints plain text on a terminal too."),
+    ] = True,
+    remotes_config: Annotated[
+        Path | None,
+        typer.Option("--remotes-config", help="The remotes file for this run (sets $USR_REMOTES_PATH)."),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", help="Print the usr_es version and exit.", callback=_version, is_eager=True),
     ] = False,
 ) -> None:
     options["root"] = root
+    display["rich"] = rich
+    if remotes_config is not None:
+        os.environ["USR_REMOTES_PATH"] = str(remotes_config)
 
 
 def _build(names: frozenset[str] | None = None) -> typer.Typer:
@@ -121,7 +132,7 @@ def _app_for(args: list[str]) -> typer.Typer:
     app (`usr --help`, an unknown command and its suggestions)."""
     at = 0
     while at < len(args) and args[at].startswith("-"):
-        at += 2 if args[at] == "--root" else 1
+        at += 2 if args[at] in ("--root", "--remotes-config") else 1
     return _build(frozenset([args[at]])) if at < len(args) and args[at] in _NAMES else app
 
 

@@ -29,6 +29,8 @@ class Format(StrEnum):
 
 #: Global options of `usr` (set by the app callback before any command runs).
 options: dict[str, Path | None] = {"root": None}
+#: `--rich/--no-rich`: whether `--format auto` may print rich tables (on a terminal).
+display: dict[str, bool] = {"rich": True}
 
 
 ColumnsOpt = Annotated[str, typer.Option("--columns", help="Comma-separated column names (default: all).")]
@@ -117,7 +119,7 @@ def split_list(values: list[str] | None) -> list[str]:
 # -- output ------------------------------------------------------------------------------------
 def output_format(fmt: Format) -> Format:
     if fmt is Format.auto:
-        return Format.rich if sys.stdout.isatty() else Format.plain
+        return Format.rich if display["rich"] and sys.stdout.isatty() else Format.plain
     return fmt
 
 

@@ -263,6 +263,7 @@ def describe(
     dataset: DatasetArg = None,
     columns: ColumnsOpt = "",
     sample: Annotated[int | None, typer.Option("--sample", help="Profile only the first N visible rows.")] = None,
+    include_deleted: IncludeDeletedOpt = False,
     fmt: FormatOpt = Format.auto,
 ) -> None:
     """Profile each column: type, non-null count, null %, an example, list lengths.
@@ -272,7 +273,10 @@ def describe(
     import msgspec
 
     ds = existing_dataset(dataset)
-    profiles = [msgspec.to_builtins(p) for p in ds.describe(columns=column_list(columns), sample=sample)]
+    profiles = [
+        msgspec.to_builtins(p)
+        for p in ds.describe(columns=column_list(columns), sample=sample, include_deleted=include_deleted)
+    ]
     names = ["name", "type", "rows", "non_null", "null_pct", "example", "list_len_min", "list_len_max", "list_len_mean"]
     emit_rows(profiles, names, fmt, title=ds.name)
 
