@@ -625,3 +625,87 @@ def test_namespace_register_starts_a_root_only_where_its_parent_exists_and_says_
     )
     assert fresh.returncode == 0, fresh.stderr
     assert f"Created datasets root {tmp_path / 'root'}" in fresh.stderr
+
+
+# -- an input's own id column: each row's id must be its computed one, as in the original ---------------
+MISMATCH = "error: 'id' mismatch for {n} row(s); ids must equal sha1(bio_type|sequence_norm)."
+
+
+def _write_input(path: Path, fmt: str, rows: list[dict[str, Any]]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if fmt == "csv":
+        path.write_text("sequence,id\n" + "".join(f"{r['sequence']},{r['id']}\n" for r in rows))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_an_import_whose_id_column_is_not_the_computed_ids_exits_2_and_appends_nothing(
+    cli_root: Path, tmp_path: Path, fmt: str
+) -> None:
+    rows = [
+        {"sequence": "TTTTAAAACC", "id": "not-the-sha1"},
+        {"sequence": "GGGGCCCCAA", "id": compute_id("dna", "GGGGCCCCAA")},
+        {"sequence": "ACACACACGT", "id": compute_id("dna", "ACACACACGG")},
+    ]
+    path = _write_input(tmp_path / f"wrongid.{fmt}", fmt, rows)
+    before = log_of(cli_root)
+    proc = usr_process(tmp_path, "--root", str(cli_root), "import", "demo/ds", "--from", fmt, "--path", str(path))
+    assert_user_error(proc, 2)
+    error, hint = proc.stderr.splitlines()
+    assert error == MISMATCH.format(n=2)
+    assert "Rows: 1, 3" in hint and "'not-the-sha1'" in hint and compute_id("dna", "TTTTAAAACC") in hint
+    assert "Drop the id column" in hint
+    assert log_of(cli_root) == before
+
+
+@pytest.mark.parametrize(("fmt", "blank"), [("csv", ""), ("csv", "  "), ("jsonl", None), ("parquet", None)])
+def test_an_import_with_a_missing_or_empty_id_exits_2_and_appends_nothing(
+    cli_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str, blank: str | None
+) -> None:
+    rows = [{"sequence": "GGGGCCCCAA", "id": compute_id("dna", "GGGGCCCCAA")}, {"sequence": "TTTTAAAACC", "id": blank}]
+    path = _write_input(tmp_path / f"blank.{fmt}", fmt, rows)
+    before = log_of(cli_root)
+    code, _, err = run_main(capsys, "--root", str(cli_root), "import", "demo/ds", "--from", fmt, "--path", str(path))
+    assert code == 2
+    assert err.splitlines()[0] == "error: 1 row(s) have missing/empty 'id' (rows: 2)."
+    assert log_of(cli_root) == before
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_ids_exported_by_usr_import_into_a_fresh_dataset_unchanged(cli_root: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"export.{fmt}"
+    usr(cli_root, "export", "demo/ds", "--fmt", fmt, "--out", str(out))
+    usr(cli_root, "init", "demo/copy")
+    usr(cli_root, "import", "demo/copy", "--from", fmt, "--path", str(out))
+    original = Dataset.open(cli_root, "demo/ds").view(columns=["id", "sequence"])
+    assert Dataset.open(cli_root, "demo/copy").view(columns=["id", "sequence"]) == original
+    assert original.num_rows == len(DEMO_SEQUENCES)
+
+
+def test_a_wrong_id_in_a_later_batch_refuses_the_whole_import_counting_every_batch(
+    cli_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import usr_es.decide as decide_module
+
+    monkeypatch.setattr(decide_module, "IMPORT_BATCH_ROWS", 2)
+    sequences = ["AAAACCCCGG", "AAAACCCCGT", "AAAACCCCTA", "AAAACCCCTC", "AAAACCCCTG", "AAAACCCCTT", "AAAACCCCAA"]
+    rows = [{"sequence": s, "id": compute_id("dna", s)} for s in sequences]
+    rows[4]["id"] = rows[4]["id"].upper()  # compared as given: the hex digits' case counts
+    rows[6]["id"] = " " + rows[6]["id"]
+    path = _write_input(tmp_path / "later.csv", "csv", rows)
+    before = log_of(cli_root)
+    code, _, err = run_main(capsys, "--root", str(cli_root), "import", "demo/ds", "--from", "csv", "--path", str(path))
+    assert code == 2
+    assert err.splitlines()[0] == MISMATCH.format(n=2)
+    assert "Rows: 5, 7" in err
+    assert log_of(cli_root) == before
+    assert not list(Dataset.open(cli_root, "demo/ds").dir.rglob(".tmp-*"))
+    rows[4]["id"], rows[6]["id"] = compute_id("dna", sequences[4]), compute_id("dna", sequences[6])
+    usr(cli_root, "import", "demo/ds", "--from", "csv", "--path", str(_write_input(path, "csv", rows)))
+    assert Dataset.open(cli_root, "demo/ds").info().rows == len(DEMO_SEQUENCES) + len(sequences)

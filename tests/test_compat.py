@@ -138,3 +138,22 @@ def test_write_overlay_part_reads_the_key_from_key_col(ds: Dataset) -> None:
     frame = pd.DataFrame({"seq": ["GGCC"], "mock__score": [2.0]})
     assert ds.write_overlay_part("mock", frame, key="sequence", key_col="seq") == 1
     assert ds.head(2)["mock__score"].tolist()[1] == 2.0
+
+
+def test_import_rows_refuses_ids_that_are_not_the_computed_ones_as_the_original(ds: Dataset) -> None:
+    from usr_es.alphabet import compute_id
+
+    log = ds.events_path.read_bytes()
+    wrong = [{"sequence": "ACGTAC", "id": compute_id("dna", "ACGTAC")}, {"sequence": "TTTTAAAACC", "id": "x1"}]
+    for rows in (wrong, pd.DataFrame(wrong)):
+        with pytest.raises(SchemaError, match=r"^'id' mismatch for 1 row\(s\); ids must equal sha1\(bio_type\|"):
+            ds.import_rows(rows)
+    with pytest.raises(SchemaError, match=r"missing/empty 'id' \(rows: 2\)"):
+        ds.import_rows(pd.DataFrame({"sequence": ["ACGTAC", "GGCC"], "id": [compute_id("dna", "ACGTAC"), ""]}))
+    with pytest.raises(SchemaError, match="'id' mismatch"):
+        ds.add_sequences(wrong)
+    assert ds.events_path.read_bytes() == log
+    assert ds.import_rows(pd.DataFrame(wrong), strict_id_check=False) == 2  # the original ignores them then
+    assert ds.head(5)["id"].tolist() == [compute_id("dna", "ACGTAC"), compute_id("dna", "TTTTAAAACC")]
+    right = [{"sequence": "GGCCAA", "id": compute_id("dna", "GGCCAA")}]
+    assert ds.import_rows(right) == 1

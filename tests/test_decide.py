@@ -274,3 +274,74 @@ def test_a_sequence_already_in_the_dataset_is_named_by_its_row_in_the_input(monk
         import_rows(["ACGT", "GGCC", "TTAA"], state=state)
     decision = import_rows(["ACGT", "GGCC", "TTAA", "ACGT"], state=state, on_conflict="skip")
     assert payload_column(decision, "sequence") == ["ACGT", "GGCC"]
+
+
+# -- an input's own id column (as in USR: every row's id must be its computed one) ------------------------
+_ID_MISMATCH = r"^'id' mismatch for {n} row\(s\); ids must equal sha1\(bio_type\|sequence_norm\)\.$"
+
+
+def test_decide_import_accepts_an_id_column_holding_the_computed_ids() -> None:
+    sequences = ["ACGT", "  ggcc ", "TTAA"]
+    given = import_rows({"sequence": sequences, "id": [sha1_id("dna", s) for s in sequences]})
+    plain = import_rows(sequences)
+    assert given.only.payload == plain.only.payload and given.only.event == plain.only.event
+
+
+@pytest.mark.parametrize(
+    ("sequence", "supplied"),
+    [
+        ("ACGT", "not-the-sha1"),
+        ("ACGT", sha1_id("dna", "acgt")),  # ids are case-sensitive: another record's id
+        ("ACGT", sha1_id("dna", "ACGT").upper()),  # compared as given
+        ("ACGT", sha1_id("dna", "ACGT") + " "),
+        ("ACGT", sha1_id("rna", "ACGT")),
+    ],
+)
+def test_decide_import_refuses_a_supplied_id_that_is_not_the_computed_one(sequence: str, supplied: str) -> None:
+    with pytest.raises(SchemaError, match=_ID_MISMATCH.format(n=1)) as caught:
+        import_rows({"sequence": ["GGCC", sequence], "id": [sha1_id("dna", "GGCC"), supplied]})
+    assert caught.value.hint is not None and "Rows: 2 (row 2 has" in caught.value.hint
+
+
+@pytest.mark.parametrize("blank", ["", "   ", None])
+def test_decide_import_refuses_a_missing_or_empty_id_before_a_wrong_one(blank: str | None) -> None:
+    with pytest.raises(SchemaError, match=r"^2 row\(s\) have missing/empty 'id' \(rows: 1, 3\)\.$"):
+        import_rows({"sequence": ["ACGT", "GGCC", "TTAA"], "id": [blank, "wrong", None]})
+
+
+@pytest.mark.parametrize("on_conflict", ["error", "skip"])
+def test_decide_import_refuses_wrong_ids_before_looking_for_duplicates(on_conflict: str) -> None:
+    state = DatasetState(name="demo/ds", initialized=True, seq=2, ids=pa.array([sha1_id("dna", "TTAA")]))
+    rows = {"sequence": ["ACGT", "ACGT", "TTAA"], "id": ["x", "y", sha1_id("dna", "TTAA")]}
+    with pytest.raises(SchemaError, match=_ID_MISMATCH.format(n=2)):
+        import_rows(rows, state=state, on_conflict=on_conflict)
+
+
+def test_decide_import_checks_ids_with_each_rows_own_bio_type() -> None:
+    rows = {"sequence": ["ACGU", "ACGT"], "bio_type": ["rna", "dna"], "alphabet": ["rna_4", "dna_4"]}
+    decision = import_rows({**rows, "id": [sha1_id("rna", "ACGU"), sha1_id("dna", "ACGT")]})
+    assert payload_column(decision, "id") == [sha1_id("rna", "ACGU"), sha1_id("dna", "ACGT")]
+    with pytest.raises(SchemaError, match=_ID_MISMATCH.format(n=1)):
+        import_rows({**rows, "id": [sha1_id("dna", "ACGU"), sha1_id("dna", "ACGT")]})
+
+
+def test_wrong_ids_in_several_batches_are_counted_over_the_whole_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decide_module, "IMPORT_BATCH_ROWS", 2)
+    sequences = ["ACGT", "GGCC", "TTAA", "CAGT", "AAAA", "CCCC", "GATC"]
+    ids = [sha1_id("dna", s) for s in sequences]
+    ids[3], ids[4], ids[6] = "x", ids[4].upper(), "y"
+    with pytest.raises(SchemaError, match=_ID_MISMATCH.format(n=3)) as caught:
+        import_rows({"sequence": sequences, "id": ids}, on_conflict="skip")
+    assert caught.value.hint is not None and caught.value.hint.startswith("Rows: 4, 5, 7 (row 4 has 'x', computed")
+    ids = [sha1_id("dna", s) for s in sequences]
+    ids[5] = None
+    with pytest.raises(SchemaError, match=r"1 row\(s\) have missing/empty 'id' \(rows: 6\)"):
+        import_rows({"sequence": sequences, "id": ids})
+
+
+def test_a_batch_without_the_id_column_counts_as_missing_once_another_has_it() -> None:
+    decider = decide_module.ImportDecider(READY, ImportSequences(fmt="jsonl"), NOW)
+    decider.accept(pa.table({"sequence": ["ACGT", "GGCC"]}))
+    decider.accept(pa.table({"sequence": ["TTAA"], "id": [sha1_id("dna", "TTAA")]}))
+    with pytest.raises(SchemaError, match=r"2 row\(s\) have missing/empty 'id' \(rows: 1, 2\)"):
+        decider.finish()

@@ -157,18 +157,13 @@ class Dataset:
         strict_id_check: bool = True,
         actor: dict[str, Any] | None = None,
     ) -> int:
-        """Strict append of rows (a frame or dicts); returns how many were written."""
+        """Strict append of rows (a frame or dicts); returns how many were written. An `id` column must hold
+        every row's computed id (the import's own check, a SchemaError); `strict_id_check=False` ignores it."""
         from .inputs import rows_to_table
 
         table = _native.as_table(rows) if hasattr(rows, "columns") else rows_to_table(rows)
-        if strict_id_check and "id" in table.column_names:
-            from .alphabet import compute_id
-
-            for k, row in enumerate(table.to_pylist(), start=1):
-                given = row.get("id")
-                expected = compute_id(str(row.get("bio_type") or default_bio_type), str(row["sequence"]).strip())
-                if not given or given != expected:
-                    raise SchemaError(f"Row {k}: id {given!r} is not sha1(bio_type|sequence) = {expected}.")
+        if not strict_id_check and "id" in table.column_names:
+            table = table.drop_columns(["id"])
         with _acting(self.native, actor):
             receipt = self.native.add_sequences(
                 table, bio_type=default_bio_type, alphabet=default_alphabet, source=source or ""

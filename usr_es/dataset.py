@@ -280,7 +280,8 @@ class Dataset:
         command_id: str | None = None,
         expected_seq: int | None = None,
     ) -> Receipt:
-        """Import sequences from a csv/jsonl/parquet/fasta file (extra columns are ignored)."""
+        """Import sequences from a csv/jsonl/parquet/fasta file (extra columns are ignored; an `id` column must
+        hold the computed ids)."""
         from . import decide
         from .inputs import import_batches
 

@@ -347,13 +347,89 @@ class _Accepted:
     offsets: pa.Array | None
 
 
+class _SuppliedIds:
+    """An input's own `id` column, checked a batch at a time against the ids computed for its rows: as in
+    USR, every row's id must be present and equal to the computed one (compared as given). Counted over the
+    whole input; `error()` after the last batch names what was found. An input without an id column costs
+    nothing. A batch without the column while others have it (JSON lines whose rows lack the key) counts
+    its rows as missing."""
+
+    def __init__(self) -> None:
+        self.seen = False  # some batch had an id column
+        self.missing = 0
+        self.missing_rows: list[int] = []  # the first ten, 1-based
+        self.absent = 0  # rows of batches without the column
+        self.absent_rows: list[int] = []
+        self.wrong = 0
+        self.wrong_rows: list[int] = []
+        self.samples: list[tuple[int, str | None, str]] = []  # (row, given, computed)
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.missing or self.wrong or (self.seen and self.absent))
+
+    def check(self, given: pa.ChunkedArray | None, ids: pa.ChunkedArray, start: int) -> None:
+        """Note the rows of one batch (input rows from `start`) whose `given` id is missing or not `ids`."""
+        if given is None:
+            self.absent += len(ids)
+            _note_first(self.absent_rows, pa.array(range(min(len(ids), 10)), pa.int64()), start)
+            return
+        self.seen = True
+        given = pc.cast(given, pa.string())
+        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(given)), 0), True)
+        at = pc.indices_nonzero(blank)
+        self.missing += len(at)
+        _note_first(self.missing_rows, at, start)
+        at = pc.indices_nonzero(pc.fill_null(pc.not_equal(given, ids), True))
+        self.wrong += len(at)
+        _note_first(self.wrong_rows, at, start)
+        if len(self.samples) < 3:
+            first = at.slice(0, 3 - len(self.samples))
+            rows = [int(i) + 1 + start for i in first.to_pylist()]
+            pairs = zip(rows, pc.take(given, first).to_pylist(), pc.take(ids, first).to_pylist(), strict=True)
+            self.samples += [(row, value, computed) for row, value, computed in pairs]
+
+    def error(self) -> SchemaError | None:
+        """The input's refusal (missing ids first, as in USR), or None: every row's id is its computed one."""
+        missing = self.missing + (self.absent if self.seen else 0)
+        if missing:
+            rows = sorted(self.missing_rows + (self.absent_rows if self.seen else []))
+            return SchemaError(
+                f"{missing} row(s) have missing/empty 'id' (rows: {_listing(rows, missing)}).",
+                hint="Drop the id column (usr computes each id from bio_type|sequence), or give every row its id.",
+            )
+        if not self.wrong:
+            return None
+        shown = "; ".join(
+            f"row {row} has {_shorter(given)}, computed {computed}" for row, given, computed in self.samples
+        )
+        return SchemaError(
+            f"'id' mismatch for {self.wrong} row(s); ids must equal sha1(bio_type|sequence_norm).",
+            hint=f"Rows: {_listing(self.wrong_rows, self.wrong)} ({shown}). "
+            "Drop the id column (usr computes the ids) or fix the ids.",
+        )
+
+
+def _note_first(rows: list[int], at: pa.Array, start: int) -> None:
+    """Add to `rows` (the first ten, 1-based) the batch offsets `at` of a batch starting at input row `start`."""
+    if len(rows) < 10:
+        rows += [int(i) + 1 + start for i in at.slice(0, 10 - len(rows)).to_pylist()]
+
+
+def _shorter(value: str | None) -> str:
+    """A supplied value as shown in a message: quoted, at most 44 characters of it."""
+    text = value if value is None or len(value) <= 44 else value[:41] + "..."
+    return repr(text)
+
+
 class ImportDecider:
     """An import decided a batch of input rows at a time (docs/adr/0014), so the input need not fit in memory.
 
     `accept(rows)` validates one batch (row numbers in errors count from the first input row), computes its
     ids and returns its payload rows: every row (on_conflict=error: a duplicate, in the batch or already in
     the dataset, raises), or the first row of each sequence the dataset lacks (skip). Of each accepted row
-    only its 8-byte id key is kept. A sequence repeated in two batches is found after the last one:
+    only its 8-byte id key is kept. An input's own `id` column must hold the computed ids: `finish()`, after
+    the last batch, raises for the rows where it does not. A sequence repeated in two batches is found then:
     `repeated_keys()` names the keys accepted more than once, the caller hands back the accepted rows that
     hold them (`confirm`, which raises or names the later rows to leave out), and `decision()` gives the
     event. Pure: no file, clock or randomness; the caller keeps the payload rows."""
@@ -370,12 +446,14 @@ class ImportDecider:
         self.sorted: SortedKeys | None = None
         self._batches: list[_Accepted] = []
         self._left_out = 0  # later copies of a sequence repeated across batches (skip)
+        self._supplied = _SuppliedIds()
 
     def accept(self, rows: pa.Table) -> pa.Table:
-        """Validate one batch of input rows and return its payload rows (PAYLOAD_SCHEMA)."""
+        """Validate one batch of input rows and return its payload rows (PAYLOAD_SCHEMA). Once a supplied id
+        is found wrong the import is refused (`finish`), so later batches are only validated: no rows."""
         start = self.inputs
         self.inputs += rows.num_rows
-        payload, kept = _import_batch(self._command, rows, start, self._known)
+        payload, kept = _import_batch(self._command, rows, start, self._known, self._supplied)
         del rows
         keys = keys_of(payload.column("id"))
         assert keys is not None  # sha1 hex ids are 40 bytes long
@@ -383,6 +461,13 @@ class ImportDecider:
         self._batches.append(_Accepted(self.accepted, start, kept))
         self.accepted += payload.num_rows
         return payload
+
+    def finish(self) -> None:
+        """After the last batch, before `repeated_keys`: an input whose own id column does not hold the
+        computed ids raises (as in USR, before any duplicate is looked for)."""
+        error = self._supplied.error()
+        if error is not None:
+            raise error
 
     def template(self) -> SequencesImported:
         """The event `decision` gives, but for its counts: what the base rows of a payload row carry."""
@@ -443,6 +528,7 @@ class ImportDecider:
         command, n_input = self._command, self.inputs
         if n_input == 0:
             raise SchemaError("The input has no rows.")
+        self.finish()
         written = self.accepted - self._left_out
         source = self._source()
         event = SequencesImported(rows=written, skipped=n_input - written, source=source, created_at=self._now)
@@ -460,10 +546,11 @@ class ImportDecider:
 
 
 def _import_batch(
-    command: ImportSequences, rows: pa.Table, start: int, known: KnownIds | None
+    command: ImportSequences, rows: pa.Table, start: int, known: KnownIds | None, supplied: _SuppliedIds
 ) -> tuple[pa.Table, pa.Array | None]:
     """One batch of an import validated (input rows counted from `start`): its payload rows, and the offsets
-    in the batch of the rows they are (None: every row)."""
+    in the batch of the rows they are (None: every row). The input's own ids are checked into `supplied`;
+    once one is wrong, no rows (the import is refused after the last batch)."""
     n_input = rows.num_rows
     if "sequence" not in rows.column_names:
         raise SchemaError("Missing required column: 'sequence'.", hint=f"Columns found: {rows.column_names}")
@@ -472,6 +559,7 @@ def _import_batch(
     raw = pc.cast(rows.column("sequence"), pa.string())
     bio_type = _label_column(rows, "bio_type", command.bio_type, start)
     alphabet = _label_column(rows, "alphabet", command.alphabet, start)
+    given = rows.column("id") if "id" in rows.column_names else None
     del rows
     plain = _plainly_valid(raw, bio_type, alphabet)
     if plain is not None:
@@ -487,6 +575,10 @@ def _import_batch(
         pairs = _checked_labels(sequence, bio_type, alphabet, start)
     del raw
     ids, distinct = _distinct_ids(sequence, bio_type, single=pairs[0][0] if len(pairs) == 1 else None)
+    supplied.check(given, ids, start)
+    del given
+    if supplied.refused:
+        return PAYLOAD_SCHEMA.empty_table(), None
     keep = None
     if not distinct:
         if command.on_conflict == "error":
@@ -646,6 +738,7 @@ def decide_import(state: DatasetState, command: ImportSequences, rows: pa.Table,
     decider = ImportDecider(state, command, now)
     accepted = [decider.accept(batch) for batch in table_batches(rows)]
     del rows
+    decider.finish()
     repeated = decider.repeated_keys()
     later = decider.confirm(accepted, repeated) if repeated is not None else None
     kept = list(without_rows(accepted, later)) if later is not None else accepted

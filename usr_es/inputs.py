@@ -1,9 +1,10 @@
 """Reading user input (CSV, JSONL, Parquet, FASTA files; Python rows) into Arrow tables.
 
-Only the columns import uses are read (`sequence`, and `bio_type`/`alphabet` when present);
-extra columns are ignored. CSV/JSONL/Parquet are parsed by pyarrow. FASTA has no parser among
-our dependencies and its grammar is a header line plus sequence lines, so it is read here;
-the header text is not part of the USR base schema and is not stored (see README).
+Only the columns import uses are read (`sequence`, and `bio_type`/`alphabet`/`id` when present: the
+decider checks a supplied id against the computed one); extra columns are ignored. CSV/JSONL/Parquet
+are parsed by pyarrow. FASTA has no parser among our dependencies and its grammar is a header line plus
+sequence lines, so it is read here; the header text is not part of the USR base schema and is not
+stored (see README).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from .codec import regrouped
 from .errors import InvalidInput, NotFound, SchemaError
 
-IMPORT_COLUMNS = ("sequence", "bio_type", "alphabet")
+IMPORT_COLUMNS = ("sequence", "bio_type", "alphabet", "id")
 FORMATS = ("csv", "jsonl", "parquet", "fasta")
 
 

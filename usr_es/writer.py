@@ -553,6 +553,7 @@ class Writer:
                     self._prepared.feed(accepted)
                 del accepted
                 release_memory()  # the batch's scratch space, before the next batch is read
+            decider.finish()
             repeated = decider.repeated_keys()
             self._sorted_keys = decider.sorted
             if repeated is not None:

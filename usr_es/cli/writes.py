@@ -102,7 +102,8 @@ def import_(
     expected_seq: ExpectedSeqOpt = None,
     fmt: FormatOpt = Format.auto,
 ) -> None:
-    """Import sequences (extra columns ignored; optional bio_type/alphabet columns must be filled).
+    """Import sequences (extra columns ignored; optional bio_type/alphabet columns must be filled, an id column
+    must hold the computed ids).
 
     Example: usr import densegen/demo --from csv --path seqs.csv --bio-type dna --alphabet dna_4
     """
