@@ -503,11 +503,12 @@ class Case:
 
 def _init_import(b: _Builder) -> None:
     b.init(source="usr_es.fixtures", notes="init, then one CSV import")
-    b.import_text(
-        "sequences.csv",
-        "id,sequence,notes\nx1,ACGTACGT,first\nx2,TTGACCA,second\nx3,GGGCCCAAATTT,third\n",
-        fmt="csv",
-    )
+    rows = [
+        (sequence_id(s), s, note)
+        for s, note in [("ACGTACGT", "first"), ("TTGACCA", "second"), ("GGGCCCAAATTT", "third")]
+    ]
+    b.import_text("sequences.csv", "id,sequence,notes\n" + "".join(f"{i},{s},{n}\n" for i, s, n in rows), fmt="csv")
+    b.reject("SchemaError", "add_sequences", [{"sequence": "TTTTAAAACC", "id": "x1"}])  # an id not its sha1
 
 
 def _mixed_case(b: _Builder) -> None:
@@ -914,7 +915,7 @@ def _rebase(b: _Builder) -> None:
 
 
 CASES: tuple[Case, ...] = (
-    Case("init-import", "init, then one CSV import (an extra column is ignored)", _init_import, (1,)),
+    Case("init-import", "init, a CSV import with its ids and an extra column; wrong ids refused", _init_import, (1,)),
     Case("mixed-case", "lower/upper/mixed case kept, ids case-sensitive, whitespace trimmed", _mixed_case, (2,)),
     Case(
         "every-alphabet",
