@@ -206,6 +206,13 @@ def test_export_rejects_a_bad_format_before_creating_anything(cli_root: Path, tm
     assert not target.parent.exists()
 
 
+def test_export_creates_the_missing_folders_of_its_out_path(cli_root: Path, tmp_path: Path) -> None:
+    target = tmp_path / "exports" / "run1" / "out.csv"
+    result = usr_process(cli_root, "--root", str(cli_root), "export", "demo/ds", "--fmt", "csv", "--out", str(target))
+    assert result.returncode == 0, result.stderr
+    assert target.read_text().startswith('"id"')
+
+
 def test_path_first_tools_read_any_parquet_file_or_folder(cli_root: Path, tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

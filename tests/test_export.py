@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from usr_es.errors import InvalidInput, NotFound
+from usr_es.errors import InvalidInput
 from usr_es.export import EXPORT_FORMATS, check_format, export_target, write_export
 from usr_es.fileio import FileOps, remove_stale_temps, use_fileops
 from usr_es.jsontext import json_rows, json_text, json_value
@@ -321,13 +321,25 @@ def test_export_target_file_path_is_used_as_is(tmp_path: Path) -> None:
     assert export_target(tmp_path / "old.jsonl", "ns/name", "jsonl") == tmp_path / "old.jsonl"
 
 
-def test_export_target_missing_directory_is_not_found_and_nothing_is_created(tmp_path: Path) -> None:
-    with pytest.raises(NotFound) as info:
-        export_target(tmp_path / "missing" / "out.csv", "ns/name", "csv")
-    assert info.value.hint is not None and "mkdir" in info.value.hint
-    with pytest.raises(NotFound):
-        export_target(f"{tmp_path / 'newdir'}/", "ns/name", "csv")
+def test_export_target_in_missing_folders_is_accepted_without_creating_them(tmp_path: Path) -> None:
+    assert export_target(tmp_path / "a" / "b" / "out.csv", "ns/name", "csv") == tmp_path / "a" / "b" / "out.csv"
+    assert export_target(f"{tmp_path / 'newdir'}/", "ns/name", "csv") == tmp_path / "newdir" / "ns_name.csv"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_target_refuses_a_file_where_a_folder_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile" / "out.csv", tmp_path / "afile" / "sub" / "out.csv", f"{tmp_path / 'afile'}/"):
+        with pytest.raises(InvalidInput, match="is a file, not a directory"):
+            export_target(out, "ns/name", "csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_write_export_creates_missing_parent_folders(tmp_path: Path) -> None:
+    table = sample_table()
+    out = tmp_path / "exports" / "run1" / "out.csv"
+    result = write_export(batches_of(table, 2), table.schema, "csv", out, durable=False)
+    assert result.rows == 3 and pcsv.read_csv(out).num_rows == 3
 
 
 def test_export_target_bad_format_is_rejected_before_anything_is_created(tmp_path: Path) -> None:

@@ -574,7 +574,7 @@ class Dataset:
         `out` may be an existing directory (the file is `<id with / as _>.<fmt>`). Parquet keeps Arrow
         types and the `usr:` metadata; CSV writes list/struct cells as JSON text and timestamps as RFC 3339;
         JSONL writes one object per line. A bad format or target is rejected before anything is created;
-        the file appears atomically (an existing one is replaced)."""
+        missing parent folders are created, and the file appears atomically (an existing one is replaced)."""
         from .export import export_dataset
 
         return export_dataset(self._head, fmt, out, columns=columns, include_deleted=include_deleted, progress=progress)

@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from .errors import InvalidInput, NotFound
-from .fileio import SeamFile, atomic_file
+from .errors import InvalidInput
+from .fileio import SeamFile, atomic_file, fileops
 from .jsontext import TEXT, hex_cells, is_binary, json_text, jsonl_buffer, rfc3339, str_cells
 from .prefetch import prefetched
 from .reads import scan_with_schema
@@ -52,9 +52,10 @@ def export_target(out: Path | str, dataset_name: str, fmt: str, *, dataset_dir: 
     """The file an export of `dataset_name` to `out` writes.
 
     An existing directory gets `<out>/<dataset id with '/' replaced by '_'>.<fmt>`; any other
-    path is the file itself, and its directory must exist (NotFound otherwise; nothing is
-    created). A path ending in a separator names a directory, which must exist. An existing
-    file is replaced, as the original `usr export` did: the new file is written next to it
+    path is the file itself, and its missing parent folders are created when the file is written
+    (as the original `usr export` did; nothing is created here). A path ending in a separator names
+    a directory, created likewise if missing. A file in the way of those folders is InvalidInput.
+    An existing file is replaced, as the original `usr export` did: the new file is written next to it
     and renamed over it at the end, so a failed export leaves the old file untouched. With
     `dataset_dir`, a target that is one of the dataset's own files (`records.parquet`, `meta.md`,
     hidden files, anything in its subfolders) is refused; other files beside them are allowed
@@ -63,7 +64,9 @@ def export_target(out: Path | str, dataset_name: str, fmt: str, *, dataset_dir: 
     fmt = check_format(fmt)
     wants_dir = isinstance(out, str) and out.endswith((os.sep, "/"))
     out = Path(out)
-    if out.is_dir():
+    if wants_dir and not out.is_dir():
+        _refuse_file_in_the_way(out)
+    if out.is_dir() or wants_dir:
         target = out / f"{dataset_name.replace('/', '_')}.{fmt}"
         limit = _name_max(out)
         if len(os.fsencode(target.name)) + len(b".export-tmp-") + 20 > limit:  # with the temp file's prefix
@@ -75,17 +78,21 @@ def export_target(out: Path | str, dataset_name: str, fmt: str, *, dataset_dir: 
             raise InvalidInput(f"export target {target} is a directory", hint="pass a file path to --out")
         _refuse_dataset_file(target, dataset_dir)
         return target
-    if wants_dir:
-        raise NotFound(f"output directory {out} does not exist", hint=f"create it first: mkdir -p {out}")
-    parent = out.parent
-    if not parent.is_dir():
-        what = "is not a directory" if parent.exists() else "does not exist"
-        raise NotFound(
-            f"output directory {parent} {what}",
-            hint=f"create it first (mkdir -p {parent}) or pass an existing directory to --out",
-        )
+    _refuse_file_in_the_way(out.parent)
     _refuse_dataset_file(out, dataset_dir)
     return out
+
+
+def _refuse_file_in_the_way(folder: Path) -> None:
+    """`folder` (to be created if missing) must not be, or lie under, something that is not a directory."""
+    for ancestor in (folder, *folder.parents):
+        if ancestor.is_dir():
+            return
+        if ancestor.exists() or ancestor.is_symlink():
+            raise InvalidInput(
+                f"output directory {folder}: {ancestor} is a file, not a directory",
+                hint="choose an --out path whose folders are directories (missing ones are created)",
+            )
 
 
 _DATASET_FILES = frozenset({"records.parquet", "meta.md"})
@@ -122,9 +129,9 @@ def write_export(
     """Stream `batches` (each of `schema`) into `path` as csv, jsonl or parquet.
 
     Memory stays near one batch (parquet buffers up to `ROW_GROUP_ROWS` rows / `ROW_GROUP_BYTES`
-    per row group). The file is written to a temp file in `path`'s directory, fsync'd (unless
-    `durable=False`) and renamed over `path`; on any error the temp file is removed and `path` is
-    left as it was. `progress(rows_so_far)` is called after each batch.
+    per row group). The file is written to a temp file in `path`'s directory (created with any missing
+    parents), fsync'd (unless `durable=False`) and renamed over `path`; on any error the temp file is
+    removed and `path` is left as it was. `progress(rows_so_far)` is called after each batch.
 
     parquet: Arrow types kept, schema metadata = `metadata` when given (the dataset's `usr:*`
     keys), else the schema's own; snappy compression (the pyarrow default and the fastest).
@@ -133,6 +140,7 @@ def write_export(
     """
     fmt = check_format(fmt)
     path = Path(path)
+    fileops().mkdir(path.parent)  # the original's export created missing folders too
     # Not `.tmp-`: a writer's crash clean-up removes those, and an export into a dataset folder runs unlocked.
     # (The writers below write whole pages or batches: no buffering is needed.)
     with atomic_file(path, point="export", temp_prefix=".export-tmp-", durable=durable) as sink:

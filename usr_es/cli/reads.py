@@ -284,7 +284,9 @@ def describe(
 def export(
     dataset: DatasetArg = None,
     to: Annotated[str, typer.Option("--fmt", help="csv, jsonl or parquet.")] = "parquet",
-    out: Annotated[Path | None, typer.Option("--out", help="Output file, or an existing directory.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output file (missing folders are created), or an existing directory.")
+    ] = None,
     columns: ColumnsOpt = "",
     include_deleted: IncludeDeletedOpt = False,
     fmt: FormatOpt = Format.auto,
