@@ -567,7 +567,20 @@ def test_get_state_defaults_in_request_order(ds_ids: tuple[Dataset, list[str]]) 
     }  # fmt: skip
     with pytest.raises(NotFound):
         ds.get_state(["nope"])
-    assert ds.get_state(["nope", ids[0]], allow_missing=True).num_rows == 2
+
+
+def test_get_state_allow_missing_skips_unknown_ids(oroot: Path, ds_ids: tuple[Dataset, list[str]]) -> None:
+    ds, ids = ds_ids
+    ds.set_state([ids[1]], qc_status="warn")
+    got = ds.get_state(["nope", ids[1], "deadbeef", ids[0]], allow_missing=True)
+    assert got.column("id").to_pylist() == [ids[1], ids[0]]
+    assert got.column("usr_state__qc_status").to_pylist() == ["warn", None]
+    assert ds.get_state(["nope"], allow_missing=True).num_rows == 0
+    assert [r["id"] for r in usr_json(oroot, "state", "get", ds.name, "--id", f"nope,{ids[0]}", "--allow-missing")] == [
+        ids[0]
+    ]
+    out = usr(oroot, "state", "get", ds.name, "--id", f"deadbeef,{ids[0]}", "--allow-missing", "--format", "plain")
+    assert ids[0] in out.stdout and "deadbeef" not in out.stdout
 
 
 @pytest.mark.parametrize(

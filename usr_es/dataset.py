@@ -460,7 +460,7 @@ class Dataset:
     @_read
     def get_state(self, ids: Iterable[str], *, allow_missing: bool = False) -> pa.Table:
         """One row per requested id (request order): id + the five usr_state fields (masked defaults False);
-        with `allow_missing`, an id not in the dataset gets the defaults instead of raising NotFound."""
+        with `allow_missing`, an id not in the dataset is skipped (no row) instead of raising NotFound."""
         from . import reads
 
         return reads.state_of(self._head, ids, allow_missing=allow_missing)

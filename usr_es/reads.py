@@ -821,7 +821,7 @@ def describe(
 
 def state_of(ds: ReadHead, ids: Iterable[str], *, allow_missing: bool = False) -> pa.Table:
     """One row per requested id (request order): id + the five usr_state fields (masked defaults False);
-    with `allow_missing`, an id not in the dataset gets the defaults instead of raising NotFound."""
+    with `allow_missing`, an id not in the dataset is skipped (no row) instead of raising NotFound."""
     import pyarrow.compute as pc
 
     from .overlays import STATE_SCHEMA
@@ -830,6 +830,8 @@ def state_of(ds: ReadHead, ids: Iterable[str], *, allow_missing: bool = False) -
     # The live view's state (overlay over materialized columns, ADR 0008), read for these ids only.
     names = [c.name for c in columns(ds, include_deleted=True) if c.name.startswith("usr_state__")]
     found = get(ds, wanted.to_pylist(), columns=["id", *names], include_deleted=True, allow_missing=allow_missing)
+    if allow_missing:
+        wanted = wanted.filter(pc.is_in(wanted, value_set=found.column("id")))
     at = pc.index_in(wanted, value_set=found.column("id"))
     arrays: list[pa.Array | pa.ChunkedArray] = [wanted]
     for field_ in STATE_SCHEMA:
