@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
@@ -167,6 +169,23 @@ def test_a_merge_with_nothing_to_add_appends_nothing(pair: tuple[Dataset, Datase
     again = dest.maintenance.merge(src, columns="require-same")
     assert again.receipt is not None and again.receipt.noop and again.rows_added == 0
     assert dest.log_path.read_bytes() == log
+
+
+@pytest.mark.parametrize(
+    ("if_duplicate", "avoid_casefold_dups"), [("skip", True), ("skip", False), ("prefer-dest", False)]
+)
+def test_a_merge_with_nothing_to_add_reports_the_figures_of_its_dry_run(
+    pair: tuple[Dataset, Dataset], if_duplicate: str, avoid_casefold_dups: bool
+) -> None:
+    src, dest = pair
+    options: dict[str, Any] = {"columns": "union", "avoid_casefold_dups": avoid_casefold_dups}
+    dest.maintenance.merge(src, if_duplicate="skip", **options)
+    dry = dest.maintenance.merge(src, if_duplicate=if_duplicate, dry_run=True, **options)
+    done = dest.maintenance.merge(src, if_duplicate=if_duplicate, **options)
+    assert done.receipt is not None and done.receipt.noop
+    assert dry.columns_total > 0 and dry.casefold_skipped + dry.duplicates_total == 4
+    assert msgspec.structs.replace(done, dry_run=True, receipt=None) == dry
+    assert done.message.replace("[MERGED]", "[DRY-RUN]") == dry.message
 
 
 def test_a_dataset_is_not_merged_into_itself(pair: tuple[Dataset, Dataset]) -> None:

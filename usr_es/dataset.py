@@ -772,7 +772,12 @@ class Maintenance:
             return _merge_result(ds.name, command_of(), seq, digest, planned, rows_before, after, None)
         command = command_of()
         receipt = ds._writer.execute(command, rows=lambda: source, command_id=command_id, expected_seq=expected_seq)
-        metrics: dict[str, Any] = {"rows_src": source.rows.num_rows, "rows_src_deleted": source.deleted}
+        # A no-op's receipt holds the counts its merge line would have recorded (`decide_merge`).
+        metrics: dict[str, Any] = {
+            "rows_src": source.rows.num_rows,
+            "rows_src_deleted": source.deleted,
+            **receipt.metrics,
+        }
         if not receipt.noop:  # the merge line's counts (a carried namespace's attach is the command's last line)
             lines = ds.log.events(n=len(carry) + 2)
             metrics = next(

@@ -83,7 +83,12 @@ _SAMPLE = 5
 
 
 class NoChange(Exception):
-    """The command is valid but would change nothing; its message says why."""
+    """The command is valid but would change nothing; its message says why, and `metrics` holds the counts
+    the command's event would have recorded (the no-op receipt reports them)."""
+
+    def __init__(self, message: str, *, metrics: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.metrics = metrics or {}
 
 
 class Rows:
@@ -1431,7 +1436,8 @@ def decide_merge(state: DatasetState, command: MergeDatasets, source: MergeSourc
         emits.append(Emit(event, cast, named, {"rows_incoming": cast.num_rows, "rows_written": cast.num_rows}))
     if not emits:
         raise NoChange(
-            f"[MERGED] nothing to add: all {plan.rows_src} record(s) of {source.name} are in {state.name} already."
+            f"[MERGED] nothing to add: all {plan.rows_src} record(s) of {source.name} are in {state.name} already.",
+            metrics=metrics,
         )
     return Decision(tuple(emits))
 

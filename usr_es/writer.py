@@ -256,7 +256,7 @@ class Writer:
                 command_id=command_id or "",
                 hash=tail.scan.hash,
                 timestamp_utc=now,
-                metrics={},
+                metrics=nothing.metrics,
                 noop=True,
                 message=str(nothing),
                 warnings=list(tail.warnings),
