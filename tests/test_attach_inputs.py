@@ -183,6 +183,24 @@ def test_select_columns_rejects_column_of_another_namespace(columns: list[str] |
     assert info.value.hint
 
 
+@pytest.mark.parametrize(
+    ("column", "fragment"),
+    [
+        ("usr_state__masked", "`usr state set DATASET --id ID --masked/--unmasked`"),
+        ("usr_state__qc_status", "`usr state set DATASET --id ID --qc-status VALUE`"),
+        ("usr_state__lineage", "`usr state set DATASET --id ID --lineage VALUE`"),
+        ("usr_state__other", "`usr state set`"),
+        ("usr__deleted", "`usr delete`"),
+    ],
+)
+def test_a_reserved_namespaces_column_is_pointed_to_the_command_that_writes_it(column: str, fragment: str) -> None:
+    table = _table(id=["x"], **{column: ["true"]})
+    with pytest.raises(NamespaceError) as info:
+        select_columns(table, namespace="mock", key="id", key_col=None, columns=None)
+    assert info.value.hint is not None and fragment in info.value.hint
+    assert "--namespace" not in info.value.hint  # attach refuses the reserved namespaces
+
+
 @pytest.mark.parametrize("essential", ["id", "bio_type", "alphabet", "length", "source", "created_at"])
 def test_select_columns_refuses_essential_columns_by_default(essential: str) -> None:
     table = _table(**{"sequence": ["ACGT"], essential: ["v"], "score": ["1"]})

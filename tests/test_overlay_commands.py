@@ -382,6 +382,8 @@ ATTACH_ERRORS: list[tuple[str, str, list[str], list[str]]] = [
     ("essential_column_requested", "id,length\n{id0},3\n", ["--columns", "length"], ["essential column: length"]),
     ("duplicate_keys", "id,score\n{id0},1\n{id1},2\n{id0},3\n", [], ["Duplicate keys", "rows 1,3"]),
     ("unknown_keys", "id,score\n{id0},1\nno-such-id,2\n", [], ["not present", "no-such-id", "rows: 2"]),
+    ("state_column", "id,usr_state__masked\n{id0},true\n", [], ["usr_state__masked", "`usr state set", "--masked"]),
+    ("tombstone_column", "id,usr__deleted\n{id0},true\n", [], ["usr__deleted", "`usr delete`"]),
     ("reserved_usr", "id,deleted\n{id0},true\n", ["--namespace", "usr"], ["'usr' is reserved"]),
     ("reserved_usr_state", "id,split\n{id0},train\n", ["--namespace", "usr_state"], ["'usr_state' is reserved"]),
     ("overwrite", "id,label\n{id5},new\n", [], ["mock__label", "already hold values", "--allow-overwrite"]),

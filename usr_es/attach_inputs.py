@@ -35,7 +35,7 @@ from .inputs import (
     restarting,
     valid_text,
 )
-from .names import ESSENTIAL_COLUMNS
+from .names import ESSENTIAL_COLUMNS, STATE_FIELDS, STATE_NS, TOMBSTONE_NS
 from .registry import format_type
 
 KEY_KINDS = ("id", "sequence", "sequence_norm", "sequence_ci")
@@ -236,6 +236,19 @@ def select_columns(
     return Selection(keys=_as_text(table.column(key_col), key_col), columns=selected)
 
 
+def _owner_hint(owner: str, name: str) -> str:
+    """How a column of namespace `owner` is written (the reserved ones are not attached)."""
+    if owner == STATE_NS:
+        field = name.split("__", 1)[1]
+        if field not in STATE_FIELDS:
+            return f"usr_state holds only {', '.join(STATE_FIELDS)}, set with `usr state set` (attach refuses them)"
+        flag = "--masked/--unmasked" if field == "masked" else f"--{field.replace('_', '-')} VALUE"
+        return f"Set it with `usr state set DATASET --id ID {flag}` (attach refuses usr_state)"
+    if owner == TOMBSTONE_NS:
+        return "Tombstones are set with `usr delete` and cleared with `usr restore` (attach refuses them)"
+    return f"Attach it with --namespace {owner}"
+
+
 def _resolve_column(name: str, names: list[str], namespace: str) -> tuple[str, str]:
     """Return (input column, output name) for one requested column name."""
     prefix = f"{namespace}__"
@@ -244,7 +257,7 @@ def _resolve_column(name: str, names: list[str], namespace: str) -> tuple[str, s
         if owner != namespace:
             raise NamespaceError(
                 f"Column '{name}' does not belong to namespace '{namespace}'.",
-                hint=f"Attach it with --namespace {owner}, or rename it to '{prefix}<field>'."
+                hint=f"{_owner_hint(owner, name)}, or rename it to '{prefix}<field>'."
                 if owner
                 else f"Rename it to '{prefix}<field>'.",
             )
