@@ -599,6 +599,9 @@ def test_paths_and_ids_fail_by_one_rule(cli_root: Path, tmp_path: Path) -> None:
         (["--root", str(afile), "ls"], 2, "is a file, not a directory"),
         (["--root", root, "import", "demo/ds", "--from", "csv", "--path", str(tmp_path)], 2, "is a directory"),
         (["--root", root, "delete", "demo/ds", "--id-file", str(tmp_path)], 2, "is a directory"),
+        (["--root", root, "replay", "demo/ds", "--until", "1", "--out", str(afile)], 2, "is a file, not a directory"),
+        (["--root", root, "replay", "demo/ds", "--until", "1", "--out", str(afile / "sub")], 2, "is a file, not a"),
+        (["--root", root, "export", "demo/ds", "--fmt", "csv", "--out", str(afile / "x.csv")], 2, "is a file, not a"),
         (["--root", root, "head", "missing.parquet"], 4, "Path not found: missing.parquet"),
         (["--root", root, "head", "./missing.parquet"], 4, "Path not found: ./missing.parquet"),
     ]
@@ -612,6 +615,7 @@ def test_paths_and_ids_fail_by_one_rule(cli_root: Path, tmp_path: Path) -> None:
         proc = usr_process(tmp_path, *args)
         assert_user_error(proc, code)
         assert says in proc.stderr, (args, proc.stderr)
+    assert afile.read_text() == "x"
 
 
 def test_namespace_register_starts_a_root_only_where_its_parent_exists_and_says_so(tmp_path: Path) -> None:

@@ -420,6 +420,16 @@ def test_replay_into_non_empty_directory_is_rejected(dataset: Dataset, tmp_path:
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_replay_into_a_file_is_invalid_input_and_writes_nothing(dataset: Dataset, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    before = sorted(tmp_path.iterdir())
+    for out in (afile, afile / "sub"):
+        with pytest.raises(InvalidInput, match="is a file, not a directory"):
+            dataset.log.replay(1, out)
+    assert afile.read_text() == "mine" and sorted(tmp_path.iterdir()) == before
+
+
 def test_a_replayed_dataset_takes_writes_once_its_root_has_a_registry(dataset: Dataset, tmp_path: Path) -> None:
     from usr_es.errors import RegistryError
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from .errors import InvalidInput
 from .fileio import SeamFile, atomic_file, fileops
+from .inputs import require_directory
 from .jsontext import TEXT, hex_cells, is_binary, json_text, jsonl_buffer, rfc3339, str_cells
 from .prefetch import prefetched
 from .reads import scan_with_schema
@@ -65,7 +66,7 @@ def export_target(out: Path | str, dataset_name: str, fmt: str, *, dataset_dir: 
     wants_dir = isinstance(out, str) and out.endswith((os.sep, "/"))
     out = Path(out)
     if wants_dir and not out.is_dir():
-        _refuse_file_in_the_way(out)
+        require_directory(out, "Output directory")
     if out.is_dir() or wants_dir:
         target = out / f"{dataset_name.replace('/', '_')}.{fmt}"
         limit = _name_max(out)
@@ -78,21 +79,9 @@ def export_target(out: Path | str, dataset_name: str, fmt: str, *, dataset_dir: 
             raise InvalidInput(f"export target {target} is a directory", hint="pass a file path to --out")
         _refuse_dataset_file(target, dataset_dir)
         return target
-    _refuse_file_in_the_way(out.parent)
+    require_directory(out.parent, "Output directory")
     _refuse_dataset_file(out, dataset_dir)
     return out
-
-
-def _refuse_file_in_the_way(folder: Path) -> None:
-    """`folder` (to be created if missing) must not be, or lie under, something that is not a directory."""
-    for ancestor in (folder, *folder.parents):
-        if ancestor.is_dir():
-            return
-        if ancestor.exists() or ancestor.is_symlink():
-            raise InvalidInput(
-                f"output directory {folder}: {ancestor} is a file, not a directory",
-                hint="choose an --out path whose folders are directories (missing ones are created)",
-            )
 
 
 _DATASET_FILES = frozenset({"records.parquet", "meta.md"})

@@ -96,6 +96,19 @@ def require_file(path: Path, what: str) -> None:
         raise NotFound(f"{what} not found: {path}")
 
 
+def require_directory(path: Path, what: str) -> None:
+    """A directory the user named (created if missing) must not be a file: a file there, or in place of a
+    folder above it, is InvalidInput (exit 2), the counterpart of `require_file`."""
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            raise InvalidInput(
+                f"{what} is a file, not a directory: {folder}",
+                hint="Name a folder (a missing one is created), not a file.",
+            )
+
+
 def import_batches(path: Path, fmt: str, *, batch_rows: int) -> Iterator[pa.Table]:
     """The import columns of `path` in format `fmt` (csv|jsonl|parquet|fasta), `batch_rows` rows at a time
     (the last batch may be shorter): an input of any size is read with about one batch in memory

@@ -105,6 +105,9 @@ def resolve_until(directory: Path, name: str, until: str | int) -> int:
 
 def replay(directory: Path, seq: int, out: Path) -> ReplayResult:
     """Write the dataset as it was right after event `seq` into the new (or empty) folder `out`."""
+    from .inputs import require_directory
+
+    require_directory(out, "Output directory")
     if out.exists() and any(out.iterdir()):
         raise DatasetExists(f"Output directory is not empty: {out}")
     done = replayed(directory, until_seq=seq)
