@@ -291,6 +291,31 @@ def test_tail_raw_shows_a_damaged_line_that_verified_output_refuses(dataset: Dat
         list(tail(dataset.log_path, dataset.name))
 
 
+def test_tail_raw_shows_a_final_line_that_lost_its_newline_as_verified_output_does(dataset: Dataset) -> None:
+    add(dataset, "ACGT")
+    lines = log_lines(dataset)
+    os.truncate(dataset.log_path, dataset.log_path.stat().st_size - 1)  # committed: its hash verifies
+    for raw in (False, True):
+        assert list(tail(dataset.log_path, dataset.name, n=1, raw=raw)) == lines[-1:]
+        assert list(tail(dataset.log_path, dataset.name, raw=raw)) == lines
+    dataset.log_path.write_bytes(dataset.log_path.read_bytes()[:-10])  # a torn tail is still never shown
+    assert list(tail(dataset.log_path, dataset.name, raw=True)) == lines[:-1]
+
+
+def test_follow_raw_after_a_lost_newline_prints_each_later_line_once(dataset: Dataset) -> None:
+    add(dataset, "ACGT")
+    os.truncate(dataset.log_path, dataset.log_path.stat().st_size - 1)
+    got: list[bytes] = []
+    stream = following(dataset, until=lambda: len(got) >= 2, seconds=10, n=1, raw=True)
+    later = threading.Timer(0.5, lambda: add(Dataset.open(dataset.root, dataset.name), "TTAA"))
+    later.start()
+    try:
+        got.extend(stream)
+    finally:
+        later.join()
+    assert got == log_lines(dataset)[-2:]
+
+
 # -- follow -----------------------------------------------------------------------------------------
 def test_follow_with_cursor_picks_up_events_appended_by_another_thread(dataset: Dataset, cursor_file: Path) -> None:
     got: list[bytes] = []

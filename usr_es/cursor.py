@@ -202,7 +202,10 @@ def _tail_plain(
         for data in _history(lines(), n=n, follow=follow):
             yield data + b"\n"
         offset = end
-        while follow and _wait(log_path, offset, None, None, poll=poll, stop=stop):
+        # A final line that lost its newline ends a byte short of `offset` until a writer restores the newline.
+        lost = 1 if follow and os.stat(log_path).st_size == offset - 1 else 0
+        while follow and _wait(log_path, offset - lost, None, None, poll=poll, stop=stop):
+            lost = 0
             for start, data in raw_lines(log_path, start_offset=offset):
                 offset = start + len(data) + 1
                 yield data + b"\n"

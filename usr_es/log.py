@@ -420,7 +420,9 @@ def read_lines(path: Path, *, until_seq: int | None = None) -> tuple[list[LogLin
 
 
 def raw_lines(path: Path, *, start_offset: int = 0) -> Iterator[tuple[int, bytes]]:
-    """Yield (offset, bytes) of every complete line from `start_offset`, unverified (forensics)."""
+    """Yield (offset, bytes) of every complete line from `start_offset`, unverified (forensics). A final
+    line that lost its newline is complete when its own hash verifies (see `iter_lines`); a torn tail is
+    never shown."""
     if not path.exists():
         return
     with open_log(path) as fh:
@@ -428,7 +430,10 @@ def raw_lines(path: Path, *, start_offset: int = 0) -> Iterator[tuple[int, bytes
         offset = start_offset
         for data in fh:
             if not data.endswith(b"\n"):
-                return  # a torn tail is never shown
+                whole = whole_line(data)
+                if whole is not None:
+                    yield offset, whole
+                return
             yield offset, data[:-1]
             offset += len(data)
 
