@@ -61,6 +61,20 @@ def following(
     return tail(ds.log_path, ds.name, cursor_path=cursor, follow=True, poll=poll, stop=stop, n=n, raw=raw)
 
 
+def followed_while_adding(dataset: Dataset, count: int, *, n: int | None = None, raw: bool = False) -> list[bytes]:
+    """What following the log printed until `count` lines, while another writer adds a sequence half a
+    second after it started."""
+    got: list[bytes] = []
+    stream = following(dataset, until=lambda: len(got) >= count, seconds=10, n=n, raw=raw)
+    later = threading.Timer(0.5, lambda: add(Dataset.open(dataset.root, dataset.name), "TTAA"))
+    later.start()
+    try:
+        got.extend(stream)
+    finally:
+        later.join()
+    return got
+
+
 @pytest.fixture
 def cursor_file(tmp_path: Path) -> Path:
     return tmp_path / "watcher.cursor"
@@ -305,14 +319,7 @@ def test_tail_raw_shows_a_final_line_that_lost_its_newline_as_verified_output_do
 def test_follow_raw_after_a_lost_newline_prints_each_later_line_once(dataset: Dataset) -> None:
     add(dataset, "ACGT")
     os.truncate(dataset.log_path, dataset.log_path.stat().st_size - 1)
-    got: list[bytes] = []
-    stream = following(dataset, until=lambda: len(got) >= 2, seconds=10, n=1, raw=True)
-    later = threading.Timer(0.5, lambda: add(Dataset.open(dataset.root, dataset.name), "TTAA"))
-    later.start()
-    try:
-        got.extend(stream)
-    finally:
-        later.join()
+    got = followed_while_adding(dataset, 2, n=1, raw=True)
     assert got == log_lines(dataset)[-2:]
 
 
@@ -461,14 +468,7 @@ def test_event_log_doc_annotated_records_decode_and_chain() -> None:
 def test_follow_starts_at_the_end_unless_n_asks_for_history(dataset: Dataset, raw: bool) -> None:
     add(dataset, "ACGT", "GGCC")
     history = log_lines(dataset)
-    got: list[bytes] = []
-    stream = following(dataset, until=lambda: len(got) >= 1, seconds=10, raw=raw)
-    later = threading.Timer(0.5, lambda: add(Dataset.open(dataset.root, dataset.name), "TTAA"))
-    later.start()
-    try:
-        got.extend(stream)
-    finally:
-        later.join()
+    got = followed_while_adding(dataset, 1, raw=raw)
     assert got == log_lines(dataset)[len(history) :]  # only what was written after it started
     asked = following(dataset, n=2, seconds=0.3, raw=raw)
     assert list(asked) == log_lines(dataset)[-2:]
