@@ -38,20 +38,29 @@ def validate_id(dataset_id: str) -> str:
     return dataset_id
 
 
+def given_root(explicit: Path | None = None) -> Path | None:
+    """The datasets root the user gave: `--root`, else `$USR_ROOT` (None: neither; `find_root` then looks
+    above the cwd)."""
+    if explicit is None:
+        env = os.environ.get("USR_ROOT")
+        if not env:
+            return None
+        explicit = Path(env)
+    root = explicit.expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise InvalidInput(
+            f"Datasets root is a file, not a directory: {root}", hint="Pass the folder holding registry.yaml."
+        )
+    if not root.is_dir():
+        raise NotFound(f"Datasets root does not exist: {root}", hint=f"Create it: mkdir -p {root}")
+    return root
+
+
 def find_root(explicit: Path | None = None, *, cwd: Path | None = None) -> Path:
     """`--root`, else `$USR_ROOT`, else the nearest ancestor of the cwd holding registry.yaml."""
-    if explicit is not None:
-        root = explicit.expanduser().resolve()
-        if root.exists() and not root.is_dir():
-            raise InvalidInput(
-                f"Datasets root is a file, not a directory: {root}", hint="Pass the folder holding registry.yaml."
-            )
-        if not root.is_dir():
-            raise NotFound(f"Datasets root does not exist: {root}", hint=f"Create it: mkdir -p {root}")
-        return root
-    env = os.environ.get("USR_ROOT")
-    if env:
-        return find_root(Path(env))
+    given = given_root(explicit)
+    if given is not None:
+        return given
     found = nearest_holding(cwd or Path.cwd(), REGISTRY_FILE)
     if found is not None:
         return found

@@ -20,7 +20,7 @@ import typer
 
 from ..errors import EXIT_ABORT, EXIT_INTERNAL, EXIT_USAGE, CommitError, Interrupted, UsrError
 from . import forensics, log, maintenance, reads, sync, writes
-from .common import display, options
+from .common import options
 
 #: The top-level commands, in the order `usr --help` (and docs/cli.md) lists them; the groups follow.
 _COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
@@ -91,8 +91,7 @@ def _global(
         typer.Option("--version", help="Print the usr_es version and exit.", callback=_version, is_eager=True),
     ] = False,
 ) -> None:
-    options["root"] = root
-    display["rich"] = rich
+    options.root, options.rich = root, rich
     if remotes_config is not None:
         os.environ["USR_REMOTES_PATH"] = str(remotes_config)
 

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,10 +28,15 @@ class Format(StrEnum):
     json = "json"
 
 
-#: Global options of `usr` (set by the app callback before any command runs).
-options: dict[str, Path | None] = {"root": None}
-#: `--rich/--no-rich`: whether `--format auto` may print rich tables (on a terminal).
-display: dict[str, bool] = {"rich": True}
+@dataclass
+class GlobalOptions:
+    """The global options of `usr` (set by the app callback before any command runs)."""
+
+    root: Path | None = None
+    rich: bool = True  # `--no-rich`: `--format auto` prints plain text on a terminal too
+
+
+options = GlobalOptions()
 
 
 ColumnsOpt = Annotated[str, typer.Option("--columns", help="Comma-separated column names (default: all).")]
@@ -65,7 +71,7 @@ def datasets_root(*, create: bool = False) -> Path:
     from ..fileio import fileops
     from ..roots import find_root
 
-    explicit = options["root"]
+    explicit = options.root
     if create and explicit is not None:
         wanted = explicit.expanduser().resolve()
         if not wanted.exists():  # the first `namespace register` starts a root: one new folder, said so
@@ -88,7 +94,7 @@ def _dataset(ident: str) -> Dataset:
     if (
         looks_like_path(ident)
         or Path(ident).is_file()
-        or (os.sep in ident and Path(ident).is_dir() and not options["root"])
+        or (os.sep in ident and Path(ident).is_dir() and not options.root)
     ):
         return Dataset.at(Path(ident))  # a dataset directory, or its records.parquet / .events.log
     return Dataset.open(datasets_root(), ident)
@@ -96,11 +102,10 @@ def _dataset(ident: str) -> Dataset:
 
 def existing_dataset(ident: str | None) -> Dataset:
     from ..dataset import Dataset
-    from ..roots import enclosing_dataset, resolve_existing
+    from ..roots import enclosing_dataset, given_root, resolve_existing
 
     if ident is None:
-        given = options["root"] is not None or bool(os.environ.get("USR_ROOT"))
-        return Dataset.at(enclosing_dataset(Path.cwd(), within=datasets_root() if given else None))
+        return Dataset.at(enclosing_dataset(Path.cwd(), within=given_root(options.root)))
     ds = _dataset(ident)
     if ds.exists:
         return ds
@@ -119,7 +124,7 @@ def split_list(values: list[str] | None) -> list[str]:
 # -- output ------------------------------------------------------------------------------------
 def output_format(fmt: Format) -> Format:
     if fmt is Format.auto:
-        return Format.rich if display["rich"] and sys.stdout.isatty() else Format.plain
+        return Format.rich if options.rich and sys.stdout.isatty() else Format.plain
     return fmt
 
 

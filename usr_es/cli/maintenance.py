@@ -50,7 +50,7 @@ def namespace_register(
     """
     from ..registry import register_namespace, split_columns_spec
 
-    root = datasets_root(create=True) if options["root"] else datasets_root()
+    root = datasets_root(create=True) if options.root else datasets_root()
     spec = register_namespace(
         root,
         namespace,

@@ -105,10 +105,10 @@ def _plain_target(ident: str | None) -> Path | None:
         raise NotFound(f"Path not found: {ident}")  # named as a file: never read as a dataset id
     if path.is_file():  # a dataset's own records.parquet / .events.log stands for the dataset
         return None if path.name in ("records.parquet", LOG_FILE) and (path.parent / LOG_FILE).is_file() else path
-    if not path.is_dir() or (path / LOG_FILE).is_file() or not (looks_like_path(ident) or options["root"] is None):
+    if not path.is_dir() or (path / LOG_FILE).is_file() or not (looks_like_path(ident) or options.root is None):
         return None
     try:  # `ns/name` may be both a folder here and a dataset under the root: the dataset wins
-        return None if (find_root(options["root"]) / ident / LOG_FILE).is_file() else path
+        return None if (find_root(options.root) / ident / LOG_FILE).is_file() else path
     except UsrError:
         return path
 

@@ -673,7 +673,7 @@ def agent() -> None:
     from ..agent import serve_bytes
     from .common import options
 
-    root = options["root"]
+    root = options.root
     if root is None:
         from ..errors import InvalidInput
 

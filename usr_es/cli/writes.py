@@ -218,7 +218,7 @@ def demo(
     """
     from ..demo import run_demo
 
-    run_demo(root or options["root"], echo=typer.echo)
+    run_demo(root or options.root, echo=typer.echo)
 
 
 # -- usr state ---------------------------------------------------------------------------------
