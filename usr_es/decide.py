@@ -533,7 +533,6 @@ class ImportDecider:
         command, n_input = self._command, self.inputs
         if n_input == 0:
             raise SchemaError("The input has no rows.")
-        self.finish()
         written = self.accepted - self._left_out
         source = self._source()
         event = SequencesImported(rows=written, skipped=n_input - written, source=source, created_at=self._now)

@@ -65,10 +65,10 @@ def export_target(out: Path | str, dataset_name: str, fmt: str, *, dataset_dir: 
     fmt = check_format(fmt)
     wants_dir = isinstance(out, str) and out.endswith((os.sep, "/"))
     out = Path(out)
-    if wants_dir and not out.is_dir():
-        require_directory(out, "Output directory")
-    if out.is_dir() or wants_dir:
-        target = out / f"{dataset_name.replace('/', '_')}.{fmt}"
+    into_folder = wants_dir or out.is_dir()
+    target = out / f"{dataset_name.replace('/', '_')}.{fmt}" if into_folder else out
+    require_directory(target.parent, "Output directory")
+    if into_folder:
         limit = _name_max(out)
         if len(os.fsencode(target.name)) + len(b".export-tmp-") + 20 > limit:  # with the temp file's prefix
             raise InvalidInput(
@@ -77,11 +77,8 @@ def export_target(out: Path | str, dataset_name: str, fmt: str, *, dataset_dir: 
             )
         if target.is_dir():
             raise InvalidInput(f"export target {target} is a directory", hint="pass a file path to --out")
-        _refuse_dataset_file(target, dataset_dir)
-        return target
-    require_directory(out.parent, "Output directory")
-    _refuse_dataset_file(out, dataset_dir)
-    return out
+    _refuse_dataset_file(target, dataset_dir)
+    return target
 
 
 _DATASET_FILES = frozenset({"records.parquet", "meta.md"})
